@@ -1,0 +1,134 @@
+"""Writes on datasets and layers."""
+
+import shutil
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from connectome.datasets.models import Dataset, Layer, Membership
+
+
+class DatasetMismatchError(ValueError):
+    """A volume or table that does not fit the dataset it is imported into."""
+
+
+@transaction.atomic
+def dataset_create(
+    *, name: str, voxel_size: tuple[float, float, float], description: str = "",
+    owner=None, is_public: bool = False,
+) -> Dataset:
+    if len(voxel_size) != 3 or any(float(v) <= 0 for v in voxel_size):
+        raise ValueError(f"voxel size must be three positive numbers (z, y, x) in nm, got {voxel_size}")
+    dataset = Dataset(
+        name=name, description=description, owner=owner, is_public=is_public,
+        voxel_size_z=float(voxel_size[0]), voxel_size_y=float(voxel_size[1]),
+        voxel_size_x=float(voxel_size[2]),
+    )
+    dataset.full_clean()
+    dataset.save()
+    if owner is not None:
+        Membership.objects.create(dataset=dataset, user=owner, role=Membership.Role.ADMIN)
+    return dataset
+
+
+@transaction.atomic
+def dataset_add_member(*, dataset: Dataset, user, role: str) -> Membership:
+    if role not in Membership.Role.values:
+        raise ValueError(f"unknown role {role!r}; roles: {', '.join(Membership.Role.values)}")
+    membership, _ = Membership.objects.update_or_create(
+        dataset=dataset, user=user, defaults={"role": role}
+    )
+    return membership
+
+
+def layer_storage_path(*, dataset: Dataset, name: str) -> str:
+    """Where a layer's zarr group lives, relative to DATA_ROOT."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return f"datasets/{dataset.pk}/layers/{safe}.zarr"
+
+
+def staging_path(*, dataset: Dataset) -> Path:
+    """A fresh directory next to the final layers, so the finished volume moves in with a rename."""
+    path = settings.DATA_ROOT / "datasets" / str(dataset.pk) / "staging" / uuid.uuid4().hex
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_volume_fits(*, dataset: Dataset, shape, voxel_size, source: str) -> None:
+    """Refuse a volume whose shape or voxel size contradicts the dataset's."""
+    if dataset.shape is not None and tuple(shape) != dataset.shape:
+        raise DatasetMismatchError(
+            f"{source}: volume shape (z, y, x) {tuple(shape)} does not match dataset "
+            f"'{dataset.name}' shape {dataset.shape}"
+        )
+    if voxel_size is not None:
+        stated = tuple(float(v) for v in voxel_size)
+        if any(abs(a - b) > 1e-6 * max(a, b) for a, b in zip(stated, dataset.voxel_size)):
+            raise DatasetMismatchError(
+                f"{source}: voxel size (z, y, x) {stated} nm does not match dataset "
+                f"'{dataset.name}' voxel size {dataset.voxel_size} nm "
+                "(pass an explicit voxel size to override what the file states)"
+            )
+
+
+def layer_register(
+    *, dataset: Dataset, name: str, kind: str, staged: Path, metadata: dict,
+    source_path: str = "", method: str = "import", parameters: dict | None = None, job=None,
+    with_rows=None,
+) -> Layer:
+    """Record a finished staged volume as a layer and move it into place, all or nothing.
+
+    ``with_rows(layer)``, if given, writes rows that belong with the layer (its cells) in the
+    same transaction. The volume is moved in as the last step; if anything fails, the rows
+    roll back and the moved volume is removed, so no layer row points at a missing volume
+    and no volume is left without its row.
+    """
+    relative = layer_storage_path(dataset=dataset, name=name)
+    final = settings.DATA_ROOT / relative
+    moved = False
+    try:
+        with transaction.atomic():
+            if Layer.objects.filter(dataset=dataset, name=name).exists():
+                raise ValueError(f"dataset '{dataset.name}' already has a layer named '{name}'")
+            if final.exists():
+                raise ValueError(
+                    f"storage for layer '{name}' already exists at {final}; remove it first"
+                )
+            shape = tuple(int(v) for v in metadata["shape"])
+            chunks = tuple(int(v) for v in metadata["chunks"])
+            layer = Layer.objects.create(
+                dataset=dataset, name=name, kind=kind, dtype=str(metadata["dtype"]),
+                shape_z=shape[0], shape_y=shape[1], shape_x=shape[2],
+                chunk_z=chunks[0], chunk_y=chunks[1], chunk_x=chunks[2],
+                storage_path=relative,
+                downsample_factors=[[int(f) for f in level] for level in metadata["factors"]],
+                source_path=source_path, method=method, parameters=parameters or {}, job=job,
+            )
+            if dataset.shape is None:
+                dataset.shape_z, dataset.shape_y, dataset.shape_x = shape
+                dataset.save(update_fields=["shape_z", "shape_y", "shape_x", "updated_at"])
+            if with_rows is not None:
+                with_rows(layer)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            Path(staged).rename(final)
+            moved = True
+    except BaseException:
+        if moved:
+            shutil.rmtree(final, ignore_errors=True)
+        raise
+    finally:
+        remove_staged(Path(staged))
+    return layer
+
+
+def remove_staged(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@transaction.atomic
+def layer_delete(*, layer: Layer) -> None:
+    path = layer.path
+    layer.delete()
+    transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))

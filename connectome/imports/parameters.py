@@ -1,0 +1,113 @@
+"""Validated parameters of the import and export jobs."""
+
+from pathlib import Path
+
+from django.conf import settings
+from rest_framework import serializers
+
+from connectome.datasets.models import Layer
+
+
+class SourcePathField(serializers.CharField):
+    """A server-side path that exists and lies under one of ``IMPORT_ROOTS`` (when set)."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        path = Path(value).expanduser().resolve()
+        roots = settings.IMPORT_ROOTS
+        if roots and not any(path == r or r in path.parents for r in roots):
+            raise serializers.ValidationError(
+                f"{value} is outside the import roots ({', '.join(map(str, roots))})"
+            )
+        if not path.exists():
+            raise serializers.ValidationError(f"{value} does not exist")
+        return str(path)
+
+
+class TargetPathField(serializers.CharField):
+    """A server-side path to write to; its folder must exist."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        path = Path(value).expanduser().resolve()
+        if not path.parent.is_dir():
+            raise serializers.ValidationError(f"folder {path.parent} does not exist")
+        return str(path)
+
+
+class VoxelSizeField(serializers.ListField):
+    def __init__(self, **kwargs):
+        super().__init__(
+            child=serializers.FloatField(min_value=1e-6), min_length=3, max_length=3, **kwargs
+        )
+
+
+class ImportVolumeParameters(serializers.Serializer):
+    source = SourcePathField(help_text="TIFF file or folder, HDF5, zarr or precomputed folder")
+    name = serializers.CharField(max_length=200, help_text="layer name")
+    kind = serializers.ChoiceField(choices=Layer.Kind.choices, default=Layer.Kind.EM)
+    dataset_path = serializers.CharField(
+        required=False, allow_null=True, default=None,
+        help_text="dataset inside an HDF5/zarr file, e.g. volumes/raw",
+    )
+    format = serializers.ChoiceField(
+        choices=["tiff", "tiff-folder", "hdf5", "zarr", "precomputed"], required=False,
+        allow_null=True, default=None,
+    )
+    voxel_size = VoxelSizeField(
+        required=False, allow_null=True, default=None,
+        help_text="(z, y, x) nm; overrides what the file states",
+    )
+    chunks = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=4096), min_length=3,
+        max_length=3, required=False, allow_null=True, default=None,
+    )
+    background_id = serializers.IntegerField(
+        min_value=0, required=False, allow_null=True, default=0,
+        help_text="segmentations: the id that is not a cell; null makes every id a cell",
+    )
+
+
+class ImportSkeletonsParameters(serializers.Serializer):
+    source = SourcePathField(help_text="an SWC file named <segment id>.swc, or a folder of them")
+    source_name = serializers.CharField(max_length=50, default="swc")
+    scale = serializers.FloatField(default=1.0, help_text="multiplies SWC coordinates to get nm")
+
+
+class SkeletonizeParameters(serializers.Serializer):
+    layer = serializers.IntegerField(help_text="segmentation layer id")
+    segment_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, allow_null=True, default=None
+    )
+    min_size_voxels = serializers.IntegerField(min_value=0, default=1000)
+    scale = serializers.FloatField(min_value=0, default=4.0, help_text="kimimaro TEASAR scale")
+    const = serializers.FloatField(min_value=0, default=500.0, help_text="kimimaro TEASAR const, nm")
+
+
+class ImportSynapsesParameters(serializers.Serializer):
+    source = SourcePathField()
+    table_format = serializers.ChoiceField(
+        choices=["cnapse", "cave", "edges"], required=False, allow_null=True, default=None,
+        help_text="detected from the header when left out",
+    )
+    run_name = serializers.CharField(max_length=200)
+    method = serializers.CharField(max_length=100, required=False, default="")
+    create_missing_cells = serializers.BooleanField(
+        default=False, help_text="create cells for ids the dataset does not know (else an error)"
+    )
+    position_unit = serializers.ChoiceField(choices=["nm", "voxel"], default="nm")
+    replace = serializers.BooleanField(
+        default=False, help_text="replace the run of that name, in one transaction"
+    )
+
+
+class ExportSynapsesParameters(serializers.Serializer):
+    target = TargetPathField()
+    table_format = serializers.ChoiceField(choices=["cnapse", "cave", "edges"])
+    run_name = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+
+
+class ExportSkeletonsParameters(serializers.Serializer):
+    target = serializers.CharField(help_text="folder to write <segment id>.swc files into")
+    source = serializers.CharField(required=False, allow_null=True, default=None,
+                                   help_text="only skeletons of this source (swc, kimimaro)")

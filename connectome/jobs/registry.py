@@ -1,0 +1,72 @@
+"""Which job kinds exist: their parameter validation, queue and handler.
+
+A job kind registers a DRF serializer for its parameters and a handler::
+
+    @register_job("import_volume", parameters=ImportVolumeParameters)
+    def run_import_volume(job, parameters, progress):
+        ...
+        return {"layer_id": layer.pk}
+
+The handler gets the validated parameters and a :class:`~connectome.jobs.progress.Progress`
+to report ``done/total`` (which is also where a cancel request stops it); what it returns is
+stored as the job's result.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+from rest_framework import serializers
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    kind: str
+    parameters: type[serializers.Serializer]
+    handler: Callable
+    queue: str = "cpu"
+    description: str = ""
+
+
+_REGISTRY: dict[str, JobSpec] = {}
+
+
+def register_job(kind: str, *, parameters, queue: str = "cpu"):
+    def decorator(handler):
+        if kind in _REGISTRY and _REGISTRY[kind].handler is not handler:
+            raise RuntimeError(f"job kind {kind!r} is registered twice")
+        _REGISTRY[kind] = JobSpec(
+            kind=kind, parameters=parameters, handler=handler, queue=queue,
+            description=(handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else "",
+        )
+        return handler
+
+    return decorator
+
+
+def _load_job_modules():
+    # Job kinds live in each app's jobs.py; importing them fills the registry.
+    from django.apps import apps
+    from importlib import import_module
+    from importlib.util import find_spec
+
+    for config in apps.get_app_configs():
+        if config.name.startswith("connectome.") and find_spec(f"{config.name}.jobs"):
+            import_module(f"{config.name}.jobs")
+
+
+def get_job_spec(kind: str) -> JobSpec:
+    _load_job_modules()
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UnknownJobKind(f"unknown job kind {kind!r}; known kinds: {known}") from None
+
+
+def job_kinds() -> list[str]:
+    _load_job_modules()
+    return sorted(_REGISTRY)
+
+
+class UnknownJobKind(ValueError):
+    pass

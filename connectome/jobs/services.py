@@ -1,0 +1,149 @@
+"""The job lifecycle every kind of work goes through.
+
+create (validated, ``queued``) -> sent to a worker when the creating transaction commits ->
+``running`` with progress -> ``done`` with a result, ``failed`` with the error, or
+``cancelled``. A job can also be executed in the calling process (management commands do,
+so that a long import on a workstation needs no worker).
+"""
+
+import logging
+import traceback as traceback_module
+
+from django.db import transaction
+from django.utils import timezone
+
+from connectome.jobs.models import Job
+from connectome.jobs.progress import JobCancelled, Progress
+from connectome.jobs.registry import get_job_spec
+
+logger = logging.getLogger(__name__)
+
+
+class JobParameterError(ValueError):
+    """Parameters that the job kind's validator refused; ``errors`` maps field -> messages."""
+
+    def __init__(self, kind: str, errors):
+        self.errors = errors
+        details = "; ".join(
+            f"{field}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
+            for field, msgs in (errors.items() if isinstance(errors, dict) else [("", errors)])
+        )
+        super().__init__(f"invalid parameters for {kind} job: {details}")
+
+
+def job_validate_parameters(*, kind: str, parameters: dict) -> dict:
+    spec = get_job_spec(kind)
+    serializer = spec.parameters(data=parameters)
+    if not serializer.is_valid():
+        raise JobParameterError(kind, serializer.errors)
+    # Stored as JSON: keep the validated values in their JSON form.
+    return {key: _jsonable(value) for key, value in serializer.validated_data.items()}
+
+
+def _jsonable(value):
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "pk"):
+        return value.pk
+    return value
+
+
+@transaction.atomic
+def job_create(*, kind: str, parameters: dict, dataset=None, user=None, enqueue: bool = True) -> Job:
+    """Validate and record a job; it is sent to a worker once the transaction commits."""
+    spec = get_job_spec(kind)
+    validated = job_validate_parameters(kind=kind, parameters=parameters)
+    job = Job.objects.create(
+        kind=kind, dataset=dataset, parameters=validated, created_by=user, queue=spec.queue
+    )
+    if enqueue:
+        transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
+    return job
+
+
+def job_enqueue(*, job_id: int) -> None:
+    from connectome.jobs.tasks import run_job
+
+    job = Job.objects.get(pk=job_id)
+    result = run_job.apply_async(args=[job.pk], queue=job.queue)
+    Job.objects.filter(pk=job.pk).update(task_id=result.id or "")
+
+
+def _claim(job_id: int) -> Job | None:
+    """Move a queued job to running; None if it is not there to run (cancelled, already run)."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.state != Job.State.QUEUED:
+            logger.info("job %s is %s, not running it", job_id, job.state)
+            return None
+        if job.cancel_requested:
+            job.state = Job.State.CANCELLED
+            job.finished_at = timezone.now()
+            job.save(update_fields=["state", "finished_at"])
+            return None
+        job.state = Job.State.RUNNING
+        job.started_at = timezone.now()
+        job.save(update_fields=["state", "started_at"])
+        return job
+
+
+def job_execute(*, job_id: int, echo=None) -> Job:
+    """Run a queued job to its end in this process; the worker task and commands call this."""
+    job = _claim(job_id)
+    if job is None:
+        return Job.objects.get(pk=job_id)
+    spec = get_job_spec(job.kind)
+    progress = Progress(job.pk, echo=echo)
+    try:
+        result = spec.handler(job, dict(job.parameters), progress)
+    except JobCancelled:
+        _finish(job, Job.State.CANCELLED, message="cancelled")
+    except Exception as exc:  # noqa: BLE001 - a failed job records any error
+        logger.exception("job %s (%s) failed", job.pk, job.kind)
+        _finish(
+            job, Job.State.FAILED, error=_error_text(exc),
+            traceback=traceback_module.format_exc(),
+        )
+    else:
+        _finish(job, Job.State.DONE, result=result or {}, message="done")
+    return Job.objects.get(pk=job.pk)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, (ValueError, FileNotFoundError, PermissionError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _finish(job: Job, state: str, **fields) -> None:
+    fields = {"state": state, "finished_at": timezone.now(), **fields}
+    if state == Job.State.DONE:
+        fields["progress_done"] = Job.objects.values_list("progress_total", flat=True).get(
+            pk=job.pk
+        )
+    Job.objects.filter(pk=job.pk).update(**fields)
+
+
+def job_cancel(*, job: Job) -> Job:
+    """Stop a job: a queued one is cancelled at once, a running one at its next progress report."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.is_finished:
+            return job
+        job.cancel_requested = True
+        fields = ["cancel_requested"]
+        if job.state == Job.State.QUEUED:
+            job.state = Job.State.CANCELLED
+            job.finished_at = timezone.now()
+            fields += ["state", "finished_at"]
+        job.save(update_fields=fields)
+    return job
+
+
+def job_run_inline(*, kind: str, parameters: dict, dataset=None, user=None, echo=None) -> Job:
+    """Create a job and execute it here and now (management commands, tests)."""
+    job = job_create(kind=kind, parameters=parameters, dataset=dataset, user=user, enqueue=False)
+    return job_execute(job_id=job.pk, echo=echo)

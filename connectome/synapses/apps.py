@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SynapsesConfig(AppConfig):
+    name = "connectome.synapses"
+    label = "synapses"

@@ -1,0 +1,1112 @@
+"""Block-readable volume sources: TIFF, HDF5, zarr / OME-Zarr and Neuroglancer precomputed.
+
+Every source opens lazily: opening reads only metadata (and validates it), and
+:meth:`VolumeSource.read` reads the sub-box it is asked for, so volumes far larger than memory
+can be copied block by block::
+
+    with open_volume("stack.h5", dataset="volumes/raw") as src:
+        for box in iter_blocks(src.shape, (64, 1024, 1024)):
+            block = src.read(box)
+
+Arrays are (z, y, x); voxel sizes are nanometres as (z, y, x) floats, or None where the file
+does not state them. A source is not safe for concurrent reads from several threads; open one
+per thread instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import os
+import re
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import h5py
+import numpy as np
+import tifffile
+import zarr
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("tiff", "tiff-folder", "hdf5", "zarr", "precomputed")
+
+Box = tuple[slice, slice, slice]
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".n5h5")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# Length units found in ImageJ and OME-Zarr metadata, in nanometres.
+_UNIT_NM = {
+    "nm": 1.0,
+    "nanometer": 1.0,
+    "nanometre": 1.0,
+    "um": 1e3,
+    "µm": 1e3,
+    "μm": 1e3,
+    "\\u00b5m": 1e3,
+    "micron": 1e3,
+    "microns": 1e3,
+    "micrometer": 1e3,
+    "micrometre": 1e3,
+    "mm": 1e6,
+    "millimeter": 1e6,
+    "millimetre": 1e6,
+    "cm": 1e7,
+    "centimeter": 1e7,
+    "m": 1e9,
+    "meter": 1e9,
+    "metre": 1e9,
+    "angstrom": 0.1,
+    "å": 0.1,
+    "pm": 1e-3,
+    "picometer": 1e-3,
+}
+
+
+class VolumeFormatError(ValueError):
+    """Bad or unreadable input.
+
+    The message always names the file, and the dataset, page or field where relevant.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes
+
+
+def iter_blocks(shape: Sequence[int], block_shape: Sequence[int]) -> Iterator[Box]:
+    """Boxes tiling a volume in C order (z slowest); boxes at the far edges are clipped.
+
+    Parameters
+    ----------
+    shape : (3,) ints
+        Volume shape (z, y, x).
+    block_shape : (3,) ints
+        Block shape (z, y, x), each > 0.
+
+    Yields
+    ------
+    tuple of 3 slices
+        Half-open box ``(slice(z0, z1), slice(y0, y1), slice(x0, x1))``.
+    """
+    shape = tuple(int(n) for n in shape)
+    block_shape = tuple(int(n) for n in block_shape)
+    if len(shape) != 3 or len(block_shape) != 3:
+        raise ValueError(f"shape and block_shape must have 3 entries, got {shape}, {block_shape}")
+    if any(b <= 0 for b in block_shape):
+        raise ValueError(f"block_shape must be positive, got {block_shape}")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"shape must be non-negative, got {shape}")
+    for z0 in range(0, shape[0], block_shape[0]):
+        for y0 in range(0, shape[1], block_shape[1]):
+            for x0 in range(0, shape[2], block_shape[2]):
+                yield (
+                    slice(z0, min(z0 + block_shape[0], shape[0])),
+                    slice(y0, min(y0 + block_shape[1], shape[1])),
+                    slice(x0, min(x0 + block_shape[2], shape[2])),
+                )
+
+
+def normalize_box(box, shape: Sequence[int]) -> Box:
+    """Resolve a box of 3 slices against ``shape``: explicit, in bounds, step 1.
+
+    ``None`` start/stop mean the volume edge. Out-of-range or reversed bounds and steps other
+    than 1 raise ValueError: a box that does not fit is a caller's bug, not something to clip.
+    """
+    if not isinstance(box, tuple) or len(box) != 3 or not all(isinstance(s, slice) for s in box):
+        raise ValueError(f"box must be a tuple of 3 slices (z, y, x), got {box!r}")
+    out = []
+    for axis, (s, n) in enumerate(zip(box, shape)):
+        if s.step not in (None, 1):
+            raise ValueError(f"box step must be 1, got {s!r} on axis {axis}")
+        start = 0 if s.start is None else int(s.start)
+        stop = int(n) if s.stop is None else int(s.stop)
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"box {box!r} does not fit in shape {tuple(shape)} (axis {axis})")
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
+def _box_shape(box: Box) -> tuple[int, int, int]:
+    return tuple(s.stop - s.start for s in box)
+
+
+def _box_text(box: Box) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in box) + "]"
+
+
+def _native(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    return dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+
+
+def _check_numeric(dtype, where: str) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise VolumeFormatError(
+            f"{where}: data type {dtype} is not supported (need bool, integer or float)"
+        )
+    return _native(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Base class
+
+
+class VolumeSource(ABC):
+    """A 3-D volume on disk, read box by box.
+
+    Attributes
+    ----------
+    path : str
+        File or folder the volume was opened from.
+    shape : (3,) tuple of int
+        Volume shape (z, y, x).
+    dtype : numpy.dtype
+        Data type of the arrays :meth:`read` returns (native byte order).
+    voxel_size : (3,) tuple of float or None
+        Voxel size in nm (z, y, x) where the file states it.
+    chunks : (3,) tuple of int or None
+        Native storage chunking (z, y, x); reading boxes aligned to it is cheapest.
+    dataset : str or None
+        Internal path (HDF5 dataset, zarr array, precomputed scale key) where one applies.
+    format : str
+        One of :data:`FORMATS`.
+    """
+
+    format: str = ""
+
+    def __init__(self, path, *, shape, dtype, voxel_size=None, chunks=None, dataset=None):
+        self.path = str(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = _native(dtype)
+        self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
+        self.chunks = None if chunks is None else tuple(int(c) for c in chunks)
+        self.dataset = dataset
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the whole volume in memory, in bytes."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def read(self, box) -> np.ndarray:
+        """Read one box of the volume.
+
+        Parameters
+        ----------
+        box : tuple of 3 slices
+            Half-open (z, y, x) box, step 1, inside :attr:`shape` (``None`` bounds allowed).
+
+        Returns
+        -------
+        numpy.ndarray
+            C-contiguous array of :attr:`dtype` with the box's shape.
+
+        Raises
+        ------
+        VolumeFormatError
+            Corrupt or missing data; the message names the file and the region.
+        """
+        box = normalize_box(box, self.shape)
+        if 0 in _box_shape(box):
+            return np.zeros(_box_shape(box), dtype=self.dtype)
+        data = self._read(box)
+        if data.shape != _box_shape(box):
+            raise VolumeFormatError(
+                f"{self._where()}: read of {_box_text(box)} gave shape {data.shape}, "
+                f"expected {_box_shape(box)}"
+            )
+        return np.ascontiguousarray(data, dtype=self.dtype)
+
+    @abstractmethod
+    def _read(self, box: Box) -> np.ndarray:
+        """Read a normalized, non-empty box."""
+
+    def close(self) -> None:
+        """Release open files. Reading afterwards is an error."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _where(self) -> str:
+        return self.path if self.dataset is None else f"{self.path} [{self.dataset}]"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self._where()!r}, shape={self.shape}, dtype={self.dtype}, "
+            f"voxel_size={self.voxel_size}, chunks={self.chunks})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# TIFF
+
+
+@contextmanager
+def _tifffile_errors():
+    """Collect the errors tifffile logs instead of raising (broken IFD chains, bad tags).
+
+    tifffile stops at a broken page list with only a log record, which would silently shorten
+    a truncated stack; the records are turned into exceptions by the callers.
+    """
+    records: list[logging.LogRecord] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = _Collect(level=logging.ERROR)
+    tiff_logger = logging.getLogger("tifffile")
+    tiff_logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        tiff_logger.removeHandler(handler)
+
+
+def _open_tiff(path: str) -> tifffile.TiffFile:
+    try:
+        return tifffile.TiffFile(path)
+    except Exception as exc:  # tifffile raises several types for unreadable headers
+        raise VolumeFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
+
+
+def _tiff_pages(tif: tifffile.TiffFile, path: str) -> list:
+    with _tifffile_errors() as records:
+        try:
+            pages = list(tif.pages)
+        except Exception as exc:
+            raise VolumeFormatError(f"{path}: corrupt TIFF page list ({exc})") from exc
+    if records:
+        raise VolumeFormatError(
+            f"{path}: corrupt or truncated TIFF: page list broken after page {len(pages) - 1} "
+            f"({records[0].getMessage()})"
+        )
+    if not pages:
+        raise VolumeFormatError(f"{path}: TIFF file has no pages")
+    return pages
+
+
+def _check_page_extent(page, path: str, index: int, file_size: int) -> None:
+    """A truncated file shows as strips/tiles ending beyond the end of the file."""
+    ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c > 0]
+    if ends and max(ends) > file_size:
+        raise VolumeFormatError(
+            f"{path}: truncated TIFF: page {index} data ends at byte {max(ends)} but the file "
+            f"has {file_size} bytes"
+        )
+
+
+def _is_color(page) -> bool:
+    """RGB-like photometrics, or interleaved extra samples (gray + alpha and the like)."""
+    color_photometrics = (2, 5, 6, 8, 9, 10)  # RGB, CMYK, YCbCr, CIELab variants
+    if page.photometric is not None and int(page.photometric) in color_photometrics:
+        return True
+    return page.samplesperpixel > 1 and page.axes.endswith("S")
+
+
+def _imagej_voxel_size(tif: tifffile.TiffFile, page) -> tuple[float, float, float] | None:
+    """Voxel size (z, y, x) nm from ImageJ 'spacing', 'unit' and the X/YResolution tags."""
+    meta = tif.imagej_metadata
+    if not meta:
+        return None
+    unit = str(meta.get("unit", "")).strip().lower()
+    spacing = meta.get("spacing")
+    scale = _UNIT_NM.get(unit)
+    if scale is None or spacing is None:
+        return None
+    try:
+        sizes = []
+        for name in ("YResolution", "XResolution"):
+            num, den = page.tags[name].value
+            sizes.append(den / num * scale)
+        voxel = (float(spacing) * scale, *sizes)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in voxel):
+        return None
+    return voxel
+
+
+class TiffStackSource(VolumeSource):
+    """One TIFF file: each page a z-section, or a single page that is itself 3-D.
+
+    A single 3-D page (planar-separate samples or SGI ImageDepth) is memory-mapped when stored
+    uncompressed and contiguous; otherwise it is decoded whole on first read and kept, so such
+    files must fit in memory. Section pages are decoded whole for every read that touches
+    them: read boxes spanning full sections (``chunks`` is ``(1, Y, X)``) to decode each once.
+    """
+
+    format = "tiff"
+
+    def __init__(self, path):
+        path = str(path)
+        tif = _open_tiff(path)
+        try:
+            self._tif = tif
+            self._pages = _tiff_pages(tif, path)
+            self._volume = None
+            file_size = os.path.getsize(path)
+            first = self._pages[0]
+            for index, page in enumerate(self._pages):
+                _check_page_extent(page, path, index, file_size)
+            if len(self._pages) == 1:
+                shape, dtype = self._init_single_page(path, first)
+                chunks = None
+            else:
+                shape, dtype = self._check_sections(path)
+                chunks = (1, *shape[1:])
+            voxel_size = _imagej_voxel_size(tif, first)
+        except BaseException:
+            tif.close()
+            raise
+        super().__init__(path, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=chunks)
+
+    def _init_single_page(self, path: str, page):
+        if page.dtype is None:
+            raise VolumeFormatError(f"{path}: page 0 has an unsupported sample format")
+        _check_numeric(page.dtype, f"{path} page 0")
+        if _is_color(page):
+            raise VolumeFormatError(
+                f"{path}: page 0 is an RGB/multi-channel image (shape {page.shape}); only "
+                "single-channel grayscale volumes are supported"
+            )
+        if page.ndim == 2:
+            raise VolumeFormatError(
+                f"{path}: a single 2-D image (shape {page.shape}), not a volume; store one "
+                "page per z-section, or use a folder of section files (format 'tiff-folder')"
+            )
+        if page.ndim != 3 or page.axes not in ("SYX", "ZYX"):
+            raise VolumeFormatError(
+                f"{path}: page 0 has shape {page.shape} with axes {page.axes!r}; expected a "
+                "grayscale z, y, x volume"
+            )
+        if page.is_memmappable:
+            dtype = page.dtype.newbyteorder(self._tif.byteorder)
+            self._volume = np.memmap(
+                path, dtype=dtype, mode="r", offset=page.dataoffsets[0], shape=page.shape
+            )
+        return page.shape, page.dtype
+
+    def _check_sections(self, path: str):
+        first = self._pages[0]
+        for index, page in enumerate(self._pages):
+            if page.dtype is None:
+                raise VolumeFormatError(f"{path}: page {index} has an unsupported sample format")
+            if _is_color(page) or page.ndim != 2:
+                raise VolumeFormatError(
+                    f"{path}: page {index} has shape {page.shape} (axes {page.axes!r}); "
+                    "RGB/multi-channel or multi-dimensional pages are not supported, each page "
+                    "must be one grayscale 2-D section"
+                )
+            if page.shape != first.shape or page.dtype != first.dtype:
+                raise VolumeFormatError(
+                    f"{path}: page {index} has shape {page.shape} and dtype {page.dtype} but "
+                    f"page 0 has shape {first.shape} and dtype {first.dtype}; all sections "
+                    "must match"
+                )
+        _check_numeric(first.dtype, f"{path} page 0")
+        return (len(self._pages), *first.shape), first.dtype
+
+    def _read(self, box: Box) -> np.ndarray:
+        zs, ys, xs = box
+        if len(self._pages) == 1:
+            if self._volume is None:
+                self._volume = self._decode(0)
+            return np.array(self._volume[zs, ys, xs])
+        out = np.empty(_box_shape(box), dtype=self.dtype)
+        for i, z in enumerate(range(zs.start, zs.stop)):
+            out[i] = self._decode(z)[ys, xs]
+        return out
+
+    def _decode(self, index: int) -> np.ndarray:
+        try:
+            return self._pages[index].asarray()
+        except Exception as exc:  # codec errors come in many types
+            raise VolumeFormatError(f"{self.path}: cannot decode page {index} ({exc})") from exc
+
+    def close(self) -> None:
+        self._volume = None
+        self._pages = []
+        self._tif.close()
+
+
+def _natural_key(name: str):
+    """Sort key putting 's2.tif' before 's10.tif'."""
+    parts = re.split(r"(\d+)", name)
+    return [int(p) if p.isdigit() else p.lower() for p in parts], name
+
+
+class TiffFolderSource(VolumeSource):
+    """A folder of single-page 2-D TIFF sections, z order = natural sort of the file names.
+
+    Opening reads every file's header (shape, dtype, data extent); reading a box opens only
+    the section files inside it.
+
+    Attributes
+    ----------
+    files : list of str
+        Section files in z order.
+    """
+
+    format = "tiff-folder"
+
+    def __init__(self, path):
+        path = str(path)
+        names = sorted(
+            (
+                n
+                for n in os.listdir(path)
+                if n.lower().endswith(_TIFF_SUFFIXES) and not n.startswith(".")
+            ),
+            key=_natural_key,
+        )
+        if not names:
+            raise VolumeFormatError(f"{path}: folder contains no .tif/.tiff section files")
+        self.files = [os.path.join(path, n) for n in names]
+        first_shape = first_dtype = None
+        for file in self.files:
+            shape, dtype = self._inspect(file)
+            if first_shape is None:
+                first_shape, first_dtype = shape, dtype
+            elif shape != first_shape or dtype != first_dtype:
+                raise VolumeFormatError(
+                    f"{file}: section has shape {shape} and dtype {dtype} but {self.files[0]} "
+                    f"has shape {first_shape} and dtype {first_dtype}; all sections must match"
+                )
+        super().__init__(
+            path,
+            shape=(len(self.files), *first_shape),
+            dtype=first_dtype,
+            voxel_size=None,
+            chunks=(1, *first_shape),
+        )
+
+    @staticmethod
+    def _inspect(file: str):
+        with _open_tiff(file) as tif:
+            pages = _tiff_pages(tif, file)
+            page = pages[0]
+            if len(pages) != 1:
+                raise VolumeFormatError(
+                    f"{file}: has {len(pages)} pages; a section folder needs one 2-D page per file"
+                )
+            if page.dtype is None:
+                raise VolumeFormatError(f"{file}: page 0 has an unsupported sample format")
+            if _is_color(page) or page.ndim != 2:
+                raise VolumeFormatError(
+                    f"{file}: section has shape {page.shape} (axes {page.axes!r}); RGB or "
+                    "multi-channel sections are not supported, each must be grayscale 2-D"
+                )
+            _check_page_extent(page, file, 0, os.path.getsize(file))
+            return page.shape, _check_numeric(page.dtype, file)
+
+    def _read(self, box: Box) -> np.ndarray:
+        zs, ys, xs = box
+        out = np.empty(_box_shape(box), dtype=self.dtype)
+        for i, z in enumerate(range(zs.start, zs.stop)):
+            file = self.files[z]
+            try:
+                with tifffile.TiffFile(file) as tif:
+                    section = tif.pages[0].asarray()
+            except Exception as exc:
+                raise VolumeFormatError(
+                    f"{file}: cannot read section z={z} (page 0): {exc}"
+                ) from exc
+            if section.shape != self.shape[1:]:
+                raise VolumeFormatError(
+                    f"{file}: section z={z} changed shape to {section.shape} since opening, "
+                    f"expected {self.shape[1:]}"
+                )
+            out[i] = section[ys, xs]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# HDF5
+
+
+def list_hdf5_datasets(path) -> list[tuple[str, tuple, str]]:
+    """Every 3-D dataset of an HDF5 file, to help pick one.
+
+    Returns
+    -------
+    list of (str, tuple of int, str)
+        Internal path, shape and dtype name of each 3-D dataset, sorted by path.
+    """
+    path = str(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return [(name, shape, str(dtype)) for name, shape, dtype in _hdf5_datasets(f, 3)]
+    except OSError as exc:
+        raise VolumeFormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
+
+
+def _hdf5_datasets(f: h5py.File, ndim: int | None = None) -> list[tuple[str, tuple, np.dtype]]:
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and (ndim is None or obj.ndim == ndim):
+            found.append((name, obj.shape, obj.dtype))
+
+    f.visititems(visit)
+    return sorted(found)
+
+
+def _listing(entries) -> str:
+    if not entries:
+        return "none"
+    return ", ".join(f"{name} {tuple(shape)} {dtype}" for name, shape, dtype in entries)
+
+
+def _voxel_size_attr(attrs, where: str, name: str = "resolution"):
+    """Voxel size from a 3-vector attribute in nm (z, y, x), CREMI convention; None if absent."""
+    if name not in attrs:
+        return None
+    try:
+        value = tuple(float(v) for v in np.asarray(attrs[name]).reshape(-1))
+    except (TypeError, ValueError):
+        value = ()
+    if len(value) != 3 or not all(math.isfinite(v) and v > 0 for v in value):
+        logger.warning("%s: ignoring malformed %r attribute %r", where, name, attrs[name])
+        return None
+    return value
+
+
+class Hdf5Source(VolumeSource):
+    """A 3-D dataset of an HDF5 file (CREMI layout and ``resolution`` attribute understood)."""
+
+    format = "hdf5"
+
+    def __init__(self, path, *, dataset=None):
+        path = str(path)
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as exc:
+            raise VolumeFormatError(
+                f"{path}: not a readable HDF5 file, or truncated/corrupt ({exc})"
+            ) from exc
+        try:
+            dataset = self._pick(path, dataset)
+            self._ds = self._file[dataset]
+            where = f"{path} [{dataset}]"
+            dtype = _check_numeric(self._ds.dtype, where)
+            voxel_size = _voxel_size_attr(self._ds.attrs, where)
+        except BaseException:
+            self._file.close()
+            raise
+        super().__init__(
+            path,
+            shape=self._ds.shape,
+            dtype=dtype,
+            voxel_size=voxel_size,
+            chunks=self._ds.chunks,
+            dataset=dataset,
+        )
+
+    def _pick(self, path: str, dataset: str | None) -> str:
+        f = self._file
+        if dataset is not None:
+            dataset = dataset.strip("/")
+            obj = f.get(dataset) if dataset else None
+            if not isinstance(obj, h5py.Dataset):
+                what = "is a group, not a dataset" if isinstance(obj, h5py.Group) else "not found"
+                raise VolumeFormatError(
+                    f"{path}: dataset {dataset!r} {what}; 3-D datasets in the file: "
+                    f"{_listing(_hdf5_datasets(f, 3))}"
+                )
+            if obj.ndim != 3:
+                raise VolumeFormatError(
+                    f"{path}: dataset {dataset!r} is {obj.ndim}-D with shape {obj.shape}; a "
+                    f"3-D (z, y, x) dataset is needed. 3-D datasets in the file: "
+                    f"{_listing(_hdf5_datasets(f, 3))}"
+                )
+            return dataset
+        candidates = _hdf5_datasets(f, 3)
+        if len(candidates) == 1:
+            return candidates[0][0]
+        if isinstance(f.get("volumes/raw"), h5py.Dataset) and f["volumes/raw"].ndim == 3:
+            return "volumes/raw"
+        if not candidates:
+            raise VolumeFormatError(
+                f"{path}: no 3-D dataset in the file; datasets present: "
+                f"{_listing(_hdf5_datasets(f))}"
+            )
+        raise VolumeFormatError(
+            f"{path}: {len(candidates)} 3-D datasets, choose one with dataset=...: "
+            f"{_listing(candidates)}"
+        )
+
+    def _read(self, box: Box) -> np.ndarray:
+        try:
+            return self._ds[box]
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise VolumeFormatError(
+                f"{self.path}: cannot read dataset {self.dataset!r} region {_box_text(box)} "
+                f"(corrupt file?): {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# --------------------------------------------------------------------------------------------
+# zarr v2 / OME-Zarr 0.4
+
+
+def _ome_axes(ms: dict, ndim: int, where: str) -> list[tuple[str, str | None]]:
+    """(name, unit) per array axis from OME 'axes' (0.4 dicts or 0.3 strings); z,y,x if absent."""
+    axes = ms.get("axes")
+    if axes is None:
+        if ndim != 3:
+            raise VolumeFormatError(f"{where}: {ndim}-D array without OME 'axes' metadata")
+        return [("z", None), ("y", None), ("x", None)]
+    out = []
+    for axis in axes:
+        if isinstance(axis, str):
+            out.append((axis.lower(), None))
+        else:
+            out.append((str(axis.get("name", "")).lower(), axis.get("unit")))
+    if len(out) != ndim:
+        raise VolumeFormatError(
+            f"{where}: OME 'axes' lists {len(out)} axes but the array is {ndim}-D"
+        )
+    return out
+
+
+def _ome_scale(ms: dict, dataset_path: str, where: str) -> list[float] | None:
+    """Product of the global and per-dataset 'scale' transforms, in array axis order."""
+    entry = next((d for d in ms.get("datasets", []) if d.get("path") == dataset_path), None)
+    if entry is None:
+        return None
+    scale = None
+    for transforms in (entry.get("coordinateTransformations", []),
+                       ms.get("coordinateTransformations", [])):
+        for t in transforms:
+            if t.get("type") == "scale" and "scale" in t:
+                values = [float(v) for v in t["scale"]]
+                scale = values if scale is None else [a * b for a, b in zip(scale, values)]
+    return scale
+
+
+class ZarrSource(VolumeSource):
+    """A zarr v2 array, or the level-0 (or ``dataset``) array of an OME-Zarr 0.4 multiscale.
+
+    OME axes may come in any order and may include channel/time axes of length 1; reads are
+    always returned as (z, y, x). Voxel size comes from the multiscale 'scale' transforms
+    (units converted to nm; axes without a unit are taken as nm), or for a plain array from a
+    ``resolution`` attribute (z, y, x nm) as in CREMI files.
+    """
+
+    format = "zarr"
+
+    def __init__(self, path, *, dataset=None):
+        path = str(path).rstrip("/\\") or str(path)
+        if os.path.exists(os.path.join(path, "zarr.json")):
+            raise VolumeFormatError(f"{path}: zarr v3 stores are not supported (zarr v2 only)")
+        try:
+            root = zarr.open(path, mode="r")
+        except Exception as exc:  # zarr raises several types for missing/invalid stores
+            raise VolumeFormatError(f"{path}: not a readable zarr v2 array or group ({exc})") from exc
+        array, array_path, ms, level = self._resolve(path, root, dataset)
+        where = f"{path} [{array_path}]" if array_path else path
+        dtype = _check_numeric(array.dtype, where)
+        axes = _ome_axes(ms or {}, array.ndim, where)
+        names = [name for name, _ in axes]
+        if sorted(n for n in names if n in "zyx") != ["x", "y", "z"]:
+            raise VolumeFormatError(f"{where}: axes {names} do not include exactly z, y and x")
+        self._order = [names.index(n) for n in "zyx"]
+        self._fixed = {}
+        for i, name in enumerate(names):
+            if name not in ("z", "y", "x"):
+                if array.shape[i] != 1:
+                    raise VolumeFormatError(
+                        f"{where}: axis {name!r} has length {array.shape[i]}; only single-"
+                        "channel, single-time-point volumes are supported"
+                    )
+                self._fixed[i] = 0
+        voxel_size = None
+        if ms is not None:
+            scale = _ome_scale(ms, level, where)
+            if scale is not None and len(scale) == array.ndim:
+                voxel_size = []
+                for i in self._order:
+                    unit = axes[i][1]
+                    factor = 1.0 if unit is None else _UNIT_NM.get(str(unit).lower())
+                    if factor is None:
+                        raise VolumeFormatError(f"{where}: unknown axis unit {unit!r}")
+                    voxel_size.append(scale[i] * factor)
+        else:
+            voxel_size = _voxel_size_attr(array.attrs, where)
+        self._array = array
+        super().__init__(
+            path,
+            shape=[array.shape[i] for i in self._order],
+            dtype=dtype,
+            voxel_size=voxel_size,
+            chunks=[array.chunks[i] for i in self._order],
+            dataset=array_path or None,
+        )
+
+    @staticmethod
+    def _resolve(path: str, root, dataset: str | None):
+        """Array, its path inside ``path``, the multiscales entry describing it (or None) and
+        its level path within that entry."""
+        if isinstance(root, zarr.Array):
+            # An array opened directly may be one level of an OME-Zarr multiscale group.
+            if dataset:
+                raise VolumeFormatError(f"{path}: is an array; it has no sub-path {dataset!r}")
+            parent, name = os.path.split(os.path.abspath(path))
+            try:
+                group = zarr.open_group(parent, mode="r")
+                ms = group.attrs.get("multiscales", [None])[0]
+            except Exception:  # parent is no zarr group: a plain array
+                ms = None
+            if ms is not None and not any(d.get("path") == name for d in ms.get("datasets", [])):
+                ms = None
+            return root, "", ms, name
+        group = root
+        prefix = ""
+        if dataset:
+            dataset = dataset.strip("/")
+            try:
+                node = root[dataset]
+            except KeyError:
+                raise VolumeFormatError(
+                    f"{path}: {dataset!r} not found; arrays present: "
+                    f"{_listing(_zarr_arrays(root))}"
+                ) from None
+            if isinstance(node, zarr.Array):
+                parent_path, _, name = dataset.rpartition("/")
+                parent = root[parent_path] if parent_path else root
+                ms = parent.attrs.get("multiscales", [None])[0]
+                if ms is not None and not any(d.get("path") == name for d in ms["datasets"]):
+                    ms = None
+                return node, dataset, ms, name
+            group, prefix = node, dataset + "/"
+        multiscales = group.attrs.get("multiscales")
+        if multiscales:
+            ms = multiscales[0]
+            try:
+                level = ms["datasets"][0]["path"]
+                return group[level], prefix + level, ms, level
+            except (KeyError, IndexError, TypeError) as exc:
+                raise VolumeFormatError(
+                    f"{path}: 'multiscales' metadata names no readable level-0 array ({exc})"
+                ) from exc
+        arrays = _zarr_arrays(group)
+        if len(arrays) != 1:
+            raise VolumeFormatError(
+                f"{path}: group holds {len(arrays)} arrays and no OME 'multiscales' metadata; "
+                f"choose one with dataset=...: {_listing(arrays)}"
+            )
+        return group[arrays[0][0]], prefix + arrays[0][0], None, None
+
+    def _read(self, box: Box) -> np.ndarray:
+        selection = [None] * self._array.ndim
+        for i, value in self._fixed.items():
+            selection[i] = value
+        for axis, s in zip(self._order, box):
+            selection[axis] = s
+        try:
+            data = self._array[tuple(selection)]
+        except Exception as exc:  # codec errors (numcodecs/blosc) come in many types
+            raise VolumeFormatError(
+                f"{self._where()}: cannot read region {_box_text(box)} (corrupt chunk?): {exc}"
+            ) from exc
+        # The integer-indexed axes are gone; put the remaining space axes in z, y, x order.
+        kept = [i for i in range(self._array.ndim) if i not in self._fixed]
+        return np.transpose(data, [kept.index(i) for i in self._order])
+
+
+def _zarr_arrays(group) -> list[tuple[str, tuple, np.dtype]]:
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, zarr.Array):
+            found.append((name, obj.shape, obj.dtype))
+
+    group.visititems(visit)
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------------------------
+# Neuroglancer precomputed (local disk)
+
+
+class PrecomputedSource(VolumeSource):
+    """One scale of a Neuroglancer precomputed volume on local disk.
+
+    Supports unsharded ``raw`` (optionally gzip-compressed chunk files, detected by their
+    magic bytes, with or without a ``.gz`` suffix) and ``compressed_segmentation`` encodings
+    with one channel. Missing chunk files read as 0, the precomputed convention.
+
+    Reads are in the scale's own index space: voxel (0, 0, 0) of this source is the voxel at
+    ``voxel_offset`` in the precomputed coordinate system (the offset is added only to build
+    chunk file names). ``voxel_offset`` is exposed, (z, y, x), for callers that need it.
+    When a scale lists several ``chunk_sizes``, the first is the one its files use.
+    """
+
+    format = "precomputed"
+
+    def __init__(self, path, *, dataset=None):
+        path = str(path)
+        info_path = os.path.join(path, "info")
+        try:
+            with open(info_path, encoding="utf-8") as fh:
+                info = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise VolumeFormatError(f"{info_path}: cannot read precomputed info ({exc})") from exc
+        try:
+            scales = info["scales"]
+            if dataset is None:
+                scale = scales[0]
+            else:
+                keys = [s["key"] for s in scales]
+                if dataset not in keys:
+                    raise VolumeFormatError(
+                        f"{info_path}: no scale with key {dataset!r}; scales: {keys}"
+                    )
+                scale = scales[keys.index(dataset)]
+            key = scale["key"]
+            channels = int(info.get("num_channels", 1))
+            dtype = np.dtype(str(info["data_type"])).newbyteorder("<")
+            size_xyz = [int(v) for v in scale["size"]]
+            chunk_xyz = [int(v) for v in scale["chunk_sizes"][0]]
+            resolution_xyz = [float(v) for v in scale["resolution"]]
+            offset_xyz = [int(v) for v in scale.get("voxel_offset", (0, 0, 0))]
+            encoding = scale.get("encoding", "raw")
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise VolumeFormatError(f"{info_path}: malformed precomputed info ({exc!r})") from exc
+        where = f"{info_path} (scale {key!r})"
+        if channels != 1:
+            raise VolumeFormatError(f"{where}: num_channels is {channels}; only 1 is supported")
+        if "sharding" in scale and scale["sharding"]:
+            raise VolumeFormatError(f"{where}: sharded precomputed volumes are not supported")
+        if encoding not in ("raw", "compressed_segmentation"):
+            raise VolumeFormatError(
+                f"{where}: encoding {encoding!r} not supported (raw, compressed_segmentation)"
+            )
+        if encoding == "compressed_segmentation":
+            if dtype not in (np.dtype("<u4"), np.dtype("<u8")):
+                raise VolumeFormatError(
+                    f"{where}: compressed_segmentation needs uint32/uint64, not {dtype}"
+                )
+            self._cseg_block = [int(v) for v in scale["compressed_segmentation_block_size"]]
+        self._dir = os.path.join(path, key)
+        self._encoding = encoding
+        self._file_dtype = dtype
+        self._chunk = chunk_xyz[::-1]
+        self.voxel_offset = tuple(offset_xyz[::-1])
+        super().__init__(
+            path,
+            shape=size_xyz[::-1],
+            dtype=_check_numeric(dtype, where),
+            voxel_size=resolution_xyz[::-1],
+            chunks=chunk_xyz[::-1],
+            dataset=key,
+        )
+
+    def _chunk_file(self, start, stop) -> str:
+        (z0, y0, x0), (z1, y1, x1) = (
+            [s + o for s, o in zip(start, self.voxel_offset)],
+            [s + o for s, o in zip(stop, self.voxel_offset)],
+        )
+        return os.path.join(self._dir, f"{x0}-{x1}_{y0}-{y1}_{z0}-{z1}")
+
+    def _read(self, box: Box) -> np.ndarray:
+        out = np.zeros(_box_shape(box), dtype=self.dtype)
+        ranges = [
+            range(s.start // c, -(-s.stop // c)) for s, c in zip(box, self._chunk)
+        ]
+        for iz in ranges[0]:
+            for iy in ranges[1]:
+                for ix in ranges[2]:
+                    start = [i * c for i, c in zip((iz, iy, ix), self._chunk)]
+                    stop = [min(s + c, n) for s, c, n in zip(start, self._chunk, self.shape)]
+                    chunk = self._load_chunk(start, stop)
+                    if chunk is None:
+                        continue
+                    lo = [max(s, b.start) for s, b in zip(start, box)]
+                    hi = [min(e, b.stop) for e, b in zip(stop, box)]
+                    out[tuple(slice(a - b.start, z - b.start) for a, z, b in zip(lo, hi, box))] = (
+                        chunk[tuple(slice(a - s, z - s) for a, z, s in zip(lo, hi, start))]
+                    )
+        return out
+
+    def _load_chunk(self, start, stop) -> np.ndarray | None:
+        file = self._chunk_file(start, stop)
+        for candidate in (file, file + ".gz"):
+            if os.path.exists(candidate):
+                file = candidate
+                break
+        else:
+            return None
+        try:
+            with open(file, "rb") as fh:
+                raw = fh.read()
+            if raw[:2] == _GZIP_MAGIC:
+                raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise VolumeFormatError(f"{file}: cannot read precomputed chunk ({exc})") from exc
+        shape = tuple(e - s for s, e in zip(start, stop))
+        if self._encoding == "compressed_segmentation":
+            return _decode_compressed_segmentation(
+                raw, shape, self._cseg_block, self._file_dtype, file
+            )
+        expected = math.prod(shape) * self._file_dtype.itemsize
+        if len(raw) != expected:
+            raise VolumeFormatError(
+                f"{file}: precomputed chunk has {len(raw)} bytes, expected {expected} for "
+                f"{shape[::-1]} (x, y, z) voxels of {self._file_dtype.name}"
+            )
+        # x varies fastest in the file, so the bytes are a C-order (z, y, x) array.
+        return np.frombuffer(raw, dtype=self._file_dtype).reshape(shape)
+
+
+def _decode_compressed_segmentation(raw: bytes, shape, block_xyz, dtype, file) -> np.ndarray:
+    """Decode one single-channel compressed_segmentation chunk to a (z, y, x) array.
+
+    Format: neuroglancer ``sliceview/compressed_segmentation/README.md``; a leading uint32 per
+    channel gives the offset of that channel's data, all other offsets count 32-bit words
+    from the start of the channel data.
+    """
+    if len(raw) % 4:
+        raise VolumeFormatError(f"{file}: compressed_segmentation chunk length {len(raw)} is not a multiple of 4")
+    words = np.frombuffer(raw, dtype="<u4")
+    table_words = 2 if dtype.itemsize == 8 else 1
+    block = tuple(block_xyz[::-1])
+    grid = [-(-n // b) for n, b in zip(shape, block)]
+    voxels = math.prod(block)
+    out = np.empty([g * b for g, b in zip(grid, block)], dtype=dtype)
+    try:
+        data = words[int(words[0]):]
+        headers = data[: 2 * math.prod(grid)].reshape(-1, 2)
+        if len(headers) != math.prod(grid):
+            raise IndexError("block headers truncated")
+        for index, (head, values_at) in enumerate(headers):
+            table_at, bits = int(head) & 0xFFFFFF, int(head) >> 24
+            if bits == 0:
+                codes = np.zeros(voxels, dtype=np.uint32)
+            else:
+                if bits not in (1, 2, 4, 8, 16, 32):
+                    raise ValueError(f"invalid encoded bits {bits}")
+                per_word = 32 // bits
+                packed = data[int(values_at): int(values_at) + -(-voxels // per_word)]
+                if len(packed) * per_word < voxels:
+                    raise IndexError("encoded values truncated")
+                shifts = np.arange(per_word, dtype=np.uint32) * np.uint32(bits)
+                mask = np.uint32(0xFFFFFFFF if bits == 32 else (1 << bits) - 1)
+                codes = ((packed[:, None] >> shifts) & mask).reshape(-1)[:voxels]
+            entries = int(codes.max()) + 1
+            table = data[table_at: table_at + entries * table_words]
+            if len(table) != entries * table_words:
+                raise IndexError("lookup table truncated")
+            table = table.view("<u8") if table_words == 2 else table
+            gz, rest = divmod(index, grid[1] * grid[2])
+            gy, gx = divmod(rest, grid[2])
+            out[
+                gz * block[0]: (gz + 1) * block[0],
+                gy * block[1]: (gy + 1) * block[1],
+                gx * block[2]: (gx + 1) * block[2],
+            ] = table[codes].reshape(block)
+    except (IndexError, ValueError) as exc:
+        raise VolumeFormatError(f"{file}: corrupt compressed_segmentation chunk ({exc})") from exc
+    return out[: shape[0], : shape[1], : shape[2]]
+
+
+# --------------------------------------------------------------------------------------------
+# Opening
+
+
+def detect_format(path) -> str:
+    """Guess the format name of ``path`` from its extension, layout or magic bytes."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise VolumeFormatError(
+            f"{path}: no such file or folder (supported formats: {', '.join(FORMATS)})"
+        )
+    lower = path.rstrip("/\\").lower()
+    if os.path.isdir(path):
+        entries = set(os.listdir(path))
+        if "info" in entries and os.path.isfile(os.path.join(path, "info")):
+            return "precomputed"
+        if entries & {".zarray", ".zgroup", "zarr.json"} or lower.endswith(".zarr"):
+            return "zarr"
+        if any(e.lower().endswith(_TIFF_SUFFIXES) for e in entries):
+            return "tiff-folder"
+        raise VolumeFormatError(
+            f"{path}: folder is not a zarr store, a precomputed volume (no 'info' file) or a "
+            f"folder of TIFF sections (supported formats: {', '.join(FORMATS)})"
+        )
+    if lower.endswith(_TIFF_SUFFIXES):
+        return "tiff"
+    if lower.endswith(_HDF5_SUFFIXES):
+        return "hdf5"
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic == _HDF5_MAGIC:
+        return "hdf5"
+    if magic[:4] in _TIFF_MAGICS:
+        return "tiff"
+    raise VolumeFormatError(
+        f"{path}: unknown volume format (supported formats: {', '.join(FORMATS)}; "
+        "by extension .tif/.tiff, .h5/.hdf5, .zarr, or a precomputed folder with 'info')"
+    )
+
+
+def open_volume(path, *, dataset: str | None = None, format: str | None = None) -> VolumeSource:
+    """Open a volume for block reads.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        TIFF file, folder of TIFF sections, HDF5 file, zarr array/group folder, or
+        precomputed folder (with ``info``).
+    dataset : str, optional
+        HDF5 dataset path, zarr sub-array/group path, or precomputed scale key. Not valid for
+        TIFF.
+    format : str, optional
+        One of :data:`FORMATS`; detected from ``path`` when omitted.
+
+    Returns
+    -------
+    VolumeSource
+        Open source; close it (or use it as a context manager) when done.
+
+    Raises
+    ------
+    VolumeFormatError
+        Unknown format, missing path, or invalid/corrupt content; the message names the file.
+    """
+    path = os.fspath(path)
+    if format is None:
+        format = detect_format(path)
+    elif format not in FORMATS:
+        raise VolumeFormatError(
+            f"{path}: unknown format {format!r} (supported formats: {', '.join(FORMATS)})"
+        )
+    elif not os.path.exists(path):
+        raise VolumeFormatError(f"{path}: no such file or folder")
+    if format == "tiff" and os.path.isdir(path):
+        format = "tiff-folder"
+    if format in ("tiff", "tiff-folder"):
+        if dataset is not None:
+            raise VolumeFormatError(f"{path}: dataset={dataset!r} does not apply to TIFF input")
+        return TiffStackSource(path) if format == "tiff" else TiffFolderSource(path)
+    if format == "hdf5":
+        return Hdf5Source(path, dataset=dataset)
+    if format == "zarr":
+        return ZarrSource(path, dataset=dataset)
+    return PrecomputedSource(path, dataset=dataset)
