@@ -78,6 +78,7 @@ _TYPE_BRIGHTNESS = np.array([0.0, -12.0, 8.0, -5.0, 14.0], dtype=np.float32)
 # Grey levels of the clean image (before blur, section jitter and noise).
 _CYTO = 165.0
 _MEMBRANE = 55.0
+_EN_FACE = 118.0  # membrane seen face-on within a section
 _CLEFT = 80.0
 _PSD = 30.0
 _TBAR = 42.0
@@ -85,6 +86,7 @@ _CLOUD = 150.0
 _VES_RING = 70.0
 _VES_LUMEN = 192.0
 _MITO_MEMBRANE = 55.0
+_EN_FACE = 118.0  # membrane seen face-on within a section
 _MITO_MATRIX = 96.0
 _MITO_CRISTA = 140.0
 
@@ -96,12 +98,12 @@ _SLAB_VOXELS = 1 << 21
 _PSD_NM = 35.0  # PSD thickness behind the cleft
 _PRE_DEPTH_NM = 40.0  # minimum depth of pre_point inside the presynaptic cell
 _MAX_PRE_DIST_NM = 220.0  # pre_point to every contact of its site
-_POLY_RADIUS_NM = 200.0  # partner contacts of a polyadic site lie this close to the first
-_CROWD_NM = 40.0  # free margin around every synapse
-_MONO_RADIUS_NM = (60.0, 110.0)  # contact (cleft disc) radius
+_POLY_RADIUS_NM = 150.0  # partner contacts of a polyadic site lie this close to the first
+_CROWD_NM = 30.0  # free margin around every synapse
+_MONO_RADIUS_NM = (50.0, 95.0)  # contact (cleft disc) radius
 _POLY_RADIUS_RANGE_NM = (45.0, 75.0)
-_CLOUD_RADIUS_NM = (90.0, 140.0)
-_POLY_CLOUD_RADIUS_NM = (120.0, 160.0)
+_CLOUD_RADIUS_NM = (80.0, 125.0)
+_POLY_CLOUD_RADIUS_NM = (100.0, 145.0)
 _VESICLE_RADIUS_NM = (16.0, 22.0)  # ~40 nm diameter
 _VESICLE_FILL = 0.22  # fraction of the cloud volume occupied by vesicles
 
@@ -217,10 +219,11 @@ def _edt(mask: np.ndarray, sampling: np.ndarray) -> np.ndarray:
 
 
 def _box(center, half_nm, voxel_size, shape):
-    """Slices of the box of half-width ``half_nm`` around voxel ``center``, clipped."""
+    """Slices of the box of half-width ``half_nm`` (scalar or per axis) around voxel ``center``, clipped."""
     slices, lo = [], []
-    for c, v, n in zip(center, voxel_size, shape):
-        h = max(1, int(math.ceil(half_nm / v)))
+    halves = np.broadcast_to(np.asarray(half_nm, dtype=float), (3,))
+    for c, h_nm, v, n in zip(center, halves, voxel_size, shape):
+        h = max(1, int(math.ceil(h_nm / v)))
         a, b = max(0, int(c) - h), min(n, int(c) + h + 1)
         slices.append(slice(a, b))
         lo.append(a)
@@ -286,7 +289,11 @@ class _SmoothField:
     def slab(self, z0: int, z1: int) -> np.ndarray:
         """Field values for sections ``z0:z1``, shape (nz, f, Y, X), float32."""
         t = np.tensordot(self._wz[z0:z1], self._cx, axes=([1], [1]))  # (nz, f, Gy, X)
-        return np.matmul(self._wy, t)  # (nz, f, Y, X)
+        nz, f, gy, nx = t.shape
+        # one large GEMM; a broadcast matmul would not reach BLAS
+        t = np.ascontiguousarray(t.transpose(2, 0, 1, 3)).reshape(gy, -1)
+        out = (self._wy @ t).reshape(-1, nz, f, nx)
+        return out.transpose(1, 2, 0, 3)  # (nz, f, Y, X)
 
 
 def _poisson_seeds(rng, n, extent_nm):
@@ -345,52 +352,132 @@ def _partner_plan(n_synapses, polyadic_fraction, max_partners, rng):
 # phase 1: cells
 
 
+def _nearest_cells(tree, seeds, pts, sep_matrix=None):
+    """Nearest-seed label (1-based) and distance to the cell boundary.
+
+    Parameters
+    ----------
+    tree : cKDTree
+        Tree over ``seeds``.
+    seeds : ndarray, shape (n, 3)
+    pts : ndarray, shape (m, 3)
+        Query points (nm, warped).
+    sep_matrix : ndarray, shape (n, n), optional
+        Precomputed seed-to-seed distances (saves time for small ``n``).
+
+    Returns
+    -------
+    label : ndarray of int64, shape (m,)
+    boundary_nm : ndarray of float64, shape (m,)
+        Distance to the nearest bisector plane among the next two seeds,
+        which is the distance to the Voronoi face everywhere except very
+        close to cell corners.
+    """
+    k = min(3, len(seeds))
+    d, idx = tree.query(pts, k=k, workers=-1)
+    d0sq = d[:, 0] ** 2
+    bnd = np.full(len(pts), np.inf)
+    for j in range(1, k):
+        if sep_matrix is not None:
+            sep = sep_matrix[idx[:, 0], idx[:, j]]
+        else:
+            sep = np.linalg.norm(seeds[idx[:, 0]] - seeds[idx[:, j]], axis=1)
+        bnd = np.minimum(bnd, (d[:, j] ** 2 - d0sq) / (2.0 * sep))
+    return idx[:, 0] + 1, bnd
+
+
+def _coarse_nodes(n, stride):
+    """Coarse node indices covering ``0..n-1`` and each index's coarse cell."""
+    nodes = np.unique(np.r_[np.arange(0, n, stride), n - 1])
+    cell = np.clip(np.searchsorted(nodes, np.arange(n), side="right") - 1, 0, max(0, len(nodes) - 2))
+    return nodes, cell
+
+
 def _build_cells(shape, voxel_size, n_cells, membrane_nm, boundary_warp, shifts_nm, seed):
-    """Voronoi cells with membranes, shape (Z, Y, X) uint64 (ids ``1..n_cells``, may have gaps)."""
+    """Voronoi cells with membranes.
+
+    Returns
+    -------
+    seg : ndarray of uint64, shape (Z, Y, X)
+        Ids ``1..n_cells`` (some may be missing), 0 = membrane.
+    counts : ndarray of int64, shape (n_cells + 1,)
+        Voxel count per id.
+    """
     Z, Y, X = shape
     v = np.asarray(voxel_size, dtype=float)
     extent = np.asarray(shape) * v
     seeds = _poisson_seeds(_rng(seed, 0), n_cells, extent)
     tree = cKDTree(seeds)
+    sep_matrix = None
+    if n_cells <= 2048:
+        sep_matrix = np.sqrt(((seeds[:, None, :] - seeds[None, :, :]) ** 2).sum(-1))
     spacing = (float(np.prod(extent)) / n_cells) ** (1.0 / 3.0)
     warp = _SmoothField(_rng(seed, 2), shape, voxel_size, corr_nm=0.5 * spacing, n_fields=3)
     amp = boundary_warp * spacing
     half = 0.5 * membrane_nm
+    # Cells are large next to the voxel, so most voxels can take the label
+    # of a coarse in-plane grid (~24 nm) whose four corners agree and lie
+    # well inside one cell; only the rest is queried exactly.  The margin
+    # covers the corner distance stretched by the warp.
+    stride = max(1, int(round(24.0 / min(v[1], v[2]))))
+    margin = half + 1.5 * stride * max(v[1], v[2])
+    yc, cy = _coarse_nodes(Y, stride)
+    xc, cx = _coarse_nodes(X, stride)
+    zoff = np.arange(Z) * v[0]
+    yoff = np.arange(Y) * v[1]
+    xoff = np.arange(X) * v[2]
+
+    def query(w, z0, zi, yi, xi):
+        # zi, yi, xi: broadcastable index arrays into the slab
+        zi, yi, xi = np.broadcast_arrays(zi, yi, xi)
+        pts = np.empty(zi.shape + (3,))
+        pts[..., 0] = zoff[z0 + zi] + amp * w[zi, 0, yi, xi]
+        pts[..., 1] = yoff[yi] + shifts_nm[z0 + zi, 0] + amp * w[zi, 1, yi, xi]
+        pts[..., 2] = xoff[xi] + shifts_nm[z0 + zi, 1] + amp * w[zi, 2, yi, xi]
+        lab, bnd = _nearest_cells(tree, seeds, pts.reshape(-1, 3), sep_matrix)
+        return lab.reshape(zi.shape), bnd.reshape(zi.shape)
 
     seg = np.empty(shape, dtype=np.uint64)
     counts = np.zeros(n_cells + 1, dtype=np.int64)
     nzs = max(1, _SLAB_VOXELS // (Y * X))
-    ys = np.arange(Y) * v[1]
-    xs = np.arange(X) * v[2]
     for z0 in range(0, Z, nzs):
         z1 = min(Z, z0 + nzs)
         nz = z1 - z0
         w = warp.slab(z0, z1)  # (nz, 3, Y, X)
-        pts = np.empty((nz, Y, X, 3))
-        pts[..., 0] = (np.arange(z0, z1) * v[0])[:, None, None] + amp * w[:, 0]
-        pts[..., 1] = (ys[None, :] + shifts_nm[z0:z1, 0, None])[:, :, None] + amp * w[:, 1]
-        pts[..., 2] = (xs[None, :] + shifts_nm[z0:z1, 1, None])[:, None, :] + amp * w[:, 2]
-        del w
-        d, idx = tree.query(pts.reshape(-1, 3), k=2, workers=-1)
-        del pts
-        sep = np.linalg.norm(seeds[idx[:, 0]] - seeds[idx[:, 1]], axis=1)
-        # distance to the bisector plane of the two nearest seeds
-        bis = (d[:, 1] ** 2 - d[:, 0] ** 2) / (2.0 * sep)
-        lab = (idx[:, 0] + 1).astype(np.uint64)
-        lab[bis < half] = 0
-        del d, idx, sep, bis
-        lab = lab.reshape(nz, Y, X)
+        zi = np.arange(nz)[:, None, None]
+        if len(yc) > 1 and len(xc) > 1:
+            lab_c, bnd_c = query(w, z0, zi, yc[None, :, None], xc[None, None, :])
+            corners = [(slice(None), a, b) for a in (slice(None, -1), slice(1, None)) for b in (slice(None, -1), slice(1, None))]
+            same = np.ones(lab_c[corners[0]].shape, dtype=bool)
+            low = np.full(same.shape, np.inf)
+            for c in corners:
+                same &= lab_c[c] == lab_c[corners[0]]
+                low = np.minimum(low, bnd_c[c])
+            safe_c = same & (low >= margin)
+            safe = safe_c[:, cy[:, None], cx[None, :]]
+            lab = lab_c[corners[0]][:, cy[:, None], cx[None, :]]
+            del lab_c, bnd_c, same, low, safe_c
+        else:
+            safe = np.zeros((nz, Y, X), dtype=bool)
+            lab = np.zeros((nz, Y, X), dtype=np.int64)
+        uz, uy, ux = np.nonzero(~safe)
+        del safe
+        if uz.size:
+            lab_u, bnd_u = query(w, z0, uz, uy, ux)
+            lab_u[bnd_u < half] = 0
+            lab[uz, uy, ux] = lab_u
+        del w, uz, uy, ux
         # Membranes thinner than a voxel (typical along z for serial
         # sections) can leave two cells face to face; clear the + side voxel
         # so every pair of different cells is separated by label 0.
         if z0 > 0:
-            _separate(seg[z0 - 1], lab[0])
+            _separate(seg[z0 - 1].astype(np.int64), lab[0])
         for axis in range(3):
             a = np.moveaxis(lab, axis, 0)
             if a.shape[0] > 1:
                 _separate(a[:-1], a[1:])
         seg[z0:z1] = lab
-        counts += np.bincount(lab.ravel().astype(np.intp), minlength=n_cells + 1)
+        counts += np.bincount(lab.ravel(), minlength=n_cells + 1)
     return seg, counts
 
 
@@ -415,6 +502,8 @@ class _SynapsePlacer:
         # a membrane voxel "touches" a cell within this distance; generous
         # because the membrane band is not exactly membrane_nm thick
         self.tol = membrane_nm + self.vmax
+        # the PSD is at least one voxel deep even where sections are thick
+        self.reach = max(_PSD_NM, self.vmax)
         self.rng = rng
         self.synapses: list[PhantomSynapse] = []
         self.n_sites = 0
@@ -431,9 +520,7 @@ class _SynapsePlacer:
             vals = self.seg[cand[:, 0], cand[:, 1], cand[:, 2]]
             ok = np.flatnonzero(vals == 0)
             if ok.size:
-                m = cand[ok[0]]
-                if self.syn[tuple(m)] == 0:
-                    return m
+                return cand[ok[0]]
         return None
 
     def _neighbour_cells(self, m):
@@ -441,77 +528,87 @@ class _SynapsePlacer:
         labs = np.unique(self.seg[sl])
         return labs[labs != 0]
 
+    def _occupied(self, center_idx, radius_nm):
+        """True if any synapse or vesicle-cloud voxel lies within ``radius_nm``."""
+        sl, _ = _box(center_idx, radius_nm, self.v, self.seg.shape)
+        ball = _dist(_grid_nm(sl, self.v), center_idx * self.v) <= radius_nm
+        return bool(np.any(self.syn[sl][ball]) or np.any(self.ves[sl][ball]))
+
     # -- one site ----------------------------------------------------------
 
     def try_site(self, n_partners: int) -> bool:
         """One attempt at placing a site with ``n_partners`` partners; True if placed."""
-        rng = self.rng
+        rng, v = self.rng, self.v
         poly = n_partners > 1
-        r_rng = _POLY_RADIUS_RANGE_NM if poly else _MONO_RADIUS_NM
-        radii = rng.uniform(*r_rng, size=n_partners)
-        if poly:
-            half = _POLY_RADIUS_NM + radii.max() + _PSD_NM + 2 * self.vmax
-        else:
-            half = radii[0] + _PSD_NM + _CROWD_NM + 2 * self.vmax
-        m = self._sample_membrane_voxel(half)
+        radii = rng.uniform(*(_POLY_RADIUS_RANGE_NM if poly else _MONO_RADIUS_NM), size=n_partners)
+        # contacts are centred within `spread` of the first one
+        spread = _POLY_RADIUS_NM + radii.max() if poly else radii[0]
+        # contacts may run into the volume faces (clipped), but not their centres
+        m = self._sample_membrane_voxel(self.reach + _CROWD_NM)
         if m is None:
             return False
         labs = self._neighbour_cells(m)
         if labs.size != 2:  # keep synapses off junctions of three or more cells
             return False
+        if self._occupied(m, spread + self.reach + _CROWD_NM):
+            return False
         pre, post = (int(labs[0]), int(labs[1])) if rng.random() < 0.5 else (int(labs[1]), int(labs[0]))
 
-        sl, lo = _box(m, half, self.v, self.seg.shape)
-        segb = self.seg[sl]
-        synb = self.syn[sl]
-        vesb = self.ves[sl]
-        grid = _grid_nm(sl, self.v)
-        m_loc = tuple(int(i) for i in m - lo)
-        m_nm = m * self.v
+        sl, lo = _box(m, spread + self.reach + 2 * v, v, self.seg.shape)
+        site = {
+            "lo": lo,
+            "seg": self.seg[sl],
+            "grid": _grid_nm(sl, v),
+        }
+        segb = site["seg"]
         mask_pre = segb == pre
-        d_pre = _edt(~mask_pre, self.v)
-        contacts = [(post, m_loc, float(radii[0]))]
-        d_cells = {}
+        site["d_pre"] = _edt(~mask_pre, v)
+        contacts = [(post, tuple(int(i) for i in m - lo), float(radii[0]))]
 
         if poly:
-            dist_m = _dist(grid, m_nm)
-            near = segb[dist_m <= _POLY_RADIUS_NM]
-            others = np.unique(near[(near != 0) & (near != pre) & (near != post)])
-            rng.shuffle(others)
-            free = (segb == 0) & (d_pre <= self.tol) & (dist_m <= _POLY_RADIUS_NM) & (synb == 0)
-            for c in others:
+            dist_m = _dist(site["grid"], m * v)
+            other = (segb != 0) & ~mask_pre & (segb != post)
+            if not other.any():
+                return False
+            # one feature transform names the nearest other cell everywhere,
+            # instead of one distance transform per candidate partner
+            d_other, ind = ndi.distance_transform_edt(~other, sampling=v, return_indices=True)
+            nearest = segb[tuple(ind)]
+            free = (
+                (segb == 0)
+                & (site["d_pre"] <= self.tol)
+                & (d_other <= self.tol)
+                & (dist_m <= _POLY_RADIUS_NM)
+            )
+            cells = np.unique(nearest[free])
+            rng.shuffle(cells)
+            for c in cells:
                 if len(contacts) == n_partners:
                     break
                 r_new = float(radii[len(contacts)])
-                d_c = _edt(segb != c, self.v)
-                cand = free & (d_c <= self.tol)
+                cand = free & (nearest == c)
                 for _, mc, rc in contacts:
-                    mc_nm = (np.asarray(mc) + lo) * self.v
-                    cand &= _dist(grid, mc_nm) >= 0.75 * (rc + r_new)
-                if not cand.any():
-                    continue
-                d_cells[int(c)] = d_c
-                contacts.append((int(c), _nearest_true(cand, dist_m), r_new))
+                    cand &= _dist(site["grid"], (np.asarray(mc) + lo) * v) >= 0.75 * (rc + r_new)
+                if cand.any():
+                    contacts.append((int(c), _nearest_true(cand, dist_m), r_new))
             if len(contacts) < n_partners:
                 return False
 
         claimed = np.zeros(segb.shape, dtype=bool)
         built = []
         for cell, mc, rc in contacts:
-            d_cell = d_cells.get(cell)
-            if d_cell is None:
-                d_cell = _edt(segb != cell, self.v)
-            c = self._contact(segb, synb, vesb, grid, lo, d_pre, d_cell, cell, mc, rc, claimed)
+            c = self._contact(site, cell, mc, rc, claimed)
             if c is None:
                 return False
-            claimed |= c["cleft"] | c["psd"]
+            claimed[c["sub"]] |= c["cleft"] | c["psd"]
             built.append(c)
 
-        # pre_point: the deepest-enough presynaptic voxel closest to all contacts
-        d_in = _edt(mask_pre, self.v)
+        # pre_point: the presynaptic voxel deep enough inside the cell that is
+        # closest to all contacts of the site
+        d_in = _edt(mask_pre, v)
         score = np.zeros(segb.shape)
         for c in built:
-            score = np.maximum(score, _dist(grid, c["center_nm"]))
+            score = np.maximum(score, _dist(site["grid"], c["center_nm"]))
         cand = mask_pre & (d_in >= _PRE_DEPTH_NM)
         if not cand.any():
             return False
@@ -519,28 +616,27 @@ class _SynapsePlacer:
         if score[p_loc] > _MAX_PRE_DIST_NM:
             return False
         pre_idx = np.asarray(p_loc) + lo
-
         cloud_r = float(rng.uniform(*(_POLY_CLOUD_RADIUS_NM if poly else _CLOUD_RADIUS_NM)))
-        cloud = self._cloud(pre_idx, pre, cloud_r)
-        if cloud is None:
+        if self._occupied(pre_idx, cloud_r + _CROWD_NM):
             return False
 
         # commit
         self.n_sites += 1
         site_id = self.n_sites
-        em_b = self.em[sl]
-        csl, cmask = cloud
-        self.ves[csl] |= cmask
-        self._render_cloud(csl, cmask, pre)
+        csl, cloud = self._cloud(pre_idx, pre, cloud_r)
+        self.ves[csl] |= cloud
+        self._render_cloud(csl, cloud, pre_idx * v, cloud_r, pre)
         if poly:
-            self._render_tbar(csl, cmask, pre_idx, [c["center_nm"] for c in built])
-        pre_nm = tuple(float(x) for x in pre_idx * self.v)
+            self._render_tbar(csl, cloud, pre_idx, [c["center_nm"] for c in built])
+        synb, em_b = self.syn[sl], self.em[sl]
+        pre_nm = tuple(float(x) for x in pre_idx * v)
         for c in built:
             sid = len(self.synapses) + 1
             lab = c["cleft"] | c["psd"]
-            synb[lab] = sid
-            em_b[c["cleft"]] = _CLEFT
-            em_b[c["psd"]] = _PSD
+            synb[c["sub"]][lab] = sid
+            em_c = em_b[c["sub"]]
+            em_c[c["cleft"]] = _CLEFT
+            em_c[c["psd"]] = _PSD
             self.synapses.append(
                 PhantomSynapse(
                     synapse_id=sid,
@@ -556,38 +652,51 @@ class _SynapsePlacer:
             )
         return True
 
-    def _contact(self, segb, synb, vesb, grid, lo, d_pre, d_post, post, mc, rc, claimed):
-        """Cleft, PSD and post_point of one contact, or None when unusable."""
+    def _contact(self, site, post, mc, rc, claimed):
+        """Cleft, PSD and post_point of one contact, or None when unusable.
+
+        Works in a sub-box of the site box around the contact centre ``mc``
+        (site-box index); the returned masks are relative to ``sub``.
+        """
         v = self.v
-        center_nm = (np.asarray(mc) + lo) * v
+        segs = site["seg"]
+        half = np.ceil((rc + self.reach + 2 * v) / v).astype(int)
+        sub = tuple(
+            slice(max(0, c - h), min(n, c + h + 1)) for c, h, n in zip(mc, half, segs.shape)
+        )
+        start = np.array([s.start for s in sub])
+        segb = segs[sub]
+        grid = (
+            site["grid"][0][sub[0], :, :],
+            site["grid"][1][:, sub[1], :],
+            site["grid"][2][:, :, sub[2]],
+        )
+        m_loc = tuple(int(i) for i in np.asarray(mc) - start)
+        center_nm = (np.asarray(mc) + site["lo"]) * v
         dist_c = _dist(grid, center_nm)
+        mask_post = segb == post
+        d_post = _edt(~mask_post, v)
         cleft = (
             (segb == 0)
-            & (d_pre <= self.tol)
+            & (site["d_pre"][sub] <= self.tol)
             & (d_post <= self.tol)
             & (dist_c <= rc)
-            & (synb == 0)
-            & ~claimed
+            & ~claimed[sub]
         )
-        if not cleft[mc]:
+        if not cleft[m_loc]:
             return None
         # a ball can cut a second, unrelated sheet of the same two membranes
         comp, _ = ndi.label(cleft, structure=np.ones((3, 3, 3), dtype=bool))
-        cleft = comp == comp[mc]
+        cleft = comp == comp[m_loc]
         d_cleft = _edt(~cleft, v)
-        mask_post = segb == post
         psd = (
             mask_post
             & ((d_cleft <= _PSD_NM) | ndi.binary_dilation(cleft, structure=self._face))
-            & (synb == 0)
-            & ~claimed
+            & ~claimed[sub]
         )
-        if psd.sum() < 3:
+        if np.count_nonzero(psd) < 3:
             return None
-        zone = d_cleft <= _PSD_NM + _CROWD_NM
-        if np.any(synb[zone]) or np.any(vesb[zone]):
-            return None
-        behind = mask_post & ~psd & (d_cleft <= _PSD_NM + 2.0 * self.vmax)
+        behind = mask_post & ~psd & (d_cleft <= self.reach + self.vmax + 1.0)
         if not behind.any():
             return None
         post_loc = _nearest_true(behind, dist_c)
@@ -598,84 +707,76 @@ class _SynapsePlacer:
             a, b = np.moveaxis(cleft, axis, 0), np.moveaxis(psd, axis, 0)
             n = np.count_nonzero(a[:-1] & b[1:]) + np.count_nonzero(b[:-1] & a[1:])
             faces += n * float(np.prod(np.delete(v, axis)))
-        normal = np.array([np.mean(np.nonzero(psd)[k]) - np.mean(np.nonzero(cleft)[k]) for k in range(3)]) * v
-        norm = np.linalg.norm(normal)
-        l1 = float(np.abs(normal).sum() / norm) if norm > 0 else 1.0
+        normal = (np.argwhere(psd).mean(axis=0) - np.argwhere(cleft).mean(axis=0)) * v
+        norm = float(np.linalg.norm(normal))
+        l1 = float(np.abs(normal).sum()) / norm if norm > 0 else 1.0
         area = faces / max(1.0, l1)
         if area < 0.25 * math.pi * rc * rc:  # grazing or clipped contact
             return None
         return {
             "post": int(post),
+            "sub": sub,
             "cleft": cleft,
             "psd": psd,
             "center_nm": center_nm,
-            "post_nm": (np.asarray(post_loc) + lo) * v,
+            "post_nm": (np.asarray(post_loc) + start + site["lo"]) * v,
             "area": area,
         }
 
     def _cloud(self, pre_idx, pre, radius):
-        """Vesicle-cloud mask (presynaptic voxels within ``radius`` of pre_point)."""
-        sl, _ = _box(pre_idx, radius + _CROWD_NM, self.v, self.seg.shape)
-        grid = _grid_nm(sl, self.v)
-        dist = _dist(grid, pre_idx * self.v)
-        crowd = dist <= radius + _CROWD_NM
-        if np.any(self.ves[sl][crowd]) or np.any(self.syn[sl][crowd]):
-            return None
-        cloud = (dist <= radius) & (self.seg[sl] == pre)
-        return sl, cloud
+        """Vesicle-cloud mask: presynaptic voxels within ``radius`` of pre_point."""
+        sl, _ = _box(pre_idx, radius, self.v, self.seg.shape)
+        dist = _dist(_grid_nm(sl, self.v), pre_idx * self.v)
+        return sl, (dist <= radius) & (self.seg[sl] == pre)
 
-    def _render_cloud(self, sl, cloud, pre):
+    def _render_cloud(self, sl, cloud, pre_nm, radius, pre):
         rng, v = self.rng, self.v
-        em_b = self.em[sl]
-        em_b[cloud] = _CLOUD
-        inside = self.seg[sl] == pre
-        grid = _grid_nm(sl, v)
-        vol = cloud.sum() * float(np.prod(v))
+        self.em[sl][cloud] = _CLOUD
+        vol = np.count_nonzero(cloud) * float(np.prod(v))
         r_mean = float(np.mean(_VESICLE_RADIUS_NM))
         n_target = int(_VESICLE_FILL * vol / (4.0 / 3.0 * math.pi * r_mean**3))
-        pts = np.argwhere(cloud)
-        origin = np.array([s.start for s in sl])
+        pts = np.argwhere(cloud) + np.array([s.start for s in sl])
         centres, radii = [], []
+        ring_w = max(5.0, 0.5 * min(v[1], v[2]))
         for _ in range(4 * n_target):
             if len(centres) >= n_target:
                 break
-            c = (pts[rng.integers(len(pts))] + origin + rng.uniform(-0.5, 0.5, 3)) * v
+            c = (pts[rng.integers(len(pts))] + rng.uniform(-0.5, 0.5, 3)) * v
             r = float(rng.uniform(*_VESICLE_RADIUS_NM))
             if centres:
                 dd = np.linalg.norm(np.asarray(centres) - c, axis=1)
                 if np.any(dd < np.asarray(radii) + r + 2.0):
                     continue
-            d = _dist(grid, c)
-            ball = d <= r + 3.0
-            if not ball.any() or not np.all(inside[ball]):
+            vsl, _ = _box(np.rint(c / v).astype(int), r + 3.0, v, self.seg.shape)
+            grid = _grid_nm(vsl, v)
+            ball = _dist(grid, c) <= r + 3.0
+            in_cloud = (_dist(grid, pre_nm) <= radius) & (self.seg[vsl] == pre)
+            if not ball.any() or not np.all(in_cloud[ball]):
                 continue
             centres.append(c)
             radii.append(r)
-        ring_w = max(5.0, 0.5 * min(v[1], v[2]))
-        for c, r in zip(centres, radii):
             # a section through a sphere shows a circle of radius sqrt(r^2 - dz^2)
-            dz2 = (grid[0] - c[0]) ** 2
-            rc = np.sqrt(np.maximum(r * r - dz2, 0.0))
+            h2 = r * r - (grid[0] - c[0]) ** 2
+            rc = np.sqrt(np.maximum(h2, 0.0))
             rr = np.sqrt((grid[1] - c[1]) ** 2 + (grid[2] - c[2]) ** 2)
-            cut = (r * r - dz2) > 0
-            ring = cut & (np.abs(rr - rc) <= ring_w) & inside
-            lumen = cut & (rr < rc - ring_w) & inside
-            em_b[ring] = _VES_RING
-            em_b[lumen] = _VES_LUMEN
+            em_v = self.em[vsl]
+            em_v[(h2 > 0) & (np.abs(rr - rc) <= ring_w) & in_cloud] = _VES_RING
+            em_v[(h2 > 0) & (rr < rc - ring_w) & in_cloud] = _VES_LUMEN
 
     def _render_tbar(self, sl, cloud, pre_idx, centres_nm):
         # fly-like T-bar: a dense rod from pre_point towards the contacts
         grid = _grid_nm(sl, self.v)
         a = pre_idx * self.v
-        b = np.mean(centres_nm, axis=0)
-        ab = b - a
+        ab = np.mean(centres_nm, axis=0) - a
         L2 = float(ab @ ab)
         if L2 == 0:
             return
         t = ((grid[0] - a[0]) * ab[0] + (grid[1] - a[1]) * ab[1] + (grid[2] - a[2]) * ab[2]) / L2
         t = np.clip(t, 0.0, 1.0)
         d = np.sqrt(
-            (grid[0] - a[0] - t * ab[0]) ** 2 + (grid[1] - a[1] - t * ab[1]) ** 2 + (grid[2] - a[2] - t * ab[2]) ** 2
+            (grid[0] - a[0] - t * ab[0]) ** 2
+            + (grid[1] - a[1] - t * ab[1]) ** 2
+            + (grid[2] - a[2] - t * ab[2]) ** 2
         )
         self.em[sl][cloud & (d <= 28.0)] = _TBAR
 
@@ -749,7 +850,7 @@ def _place_mitochondria(seg, em, syn, ves, mito, voxel_size, n_target, rng):
 # rendering
 
 
-def _render_base(seg, em, voxel_size, cell_type_idx, seed):
+def _render_base(seg, em, voxel_size, cell_type_idx, membrane_nm, seed):
     """Write the clean cytoplasm/membrane image into ``em`` slab by slab."""
     Z, Y, X = seg.shape
     v = np.asarray(voxel_size, dtype=float)
@@ -760,12 +861,19 @@ def _render_base(seg, em, voxel_size, cell_type_idx, seed):
     # fine granular texture per section, ~12 nm grain
     sig = (12.0 / v[1], 12.0 / v[2])
     gain = math.sqrt(4.0 * math.pi * sig[0] * sig[1])  # restores unit variance after filtering
+    # A membrane cut almost parallel to the section shows as a wide, washed-out
+    # grey smear rather than a dark line; the fraction of membrane pixels in
+    # a window a few membranes wide tells the two apart.
+    win = 2 * int(math.ceil(membrane_nm / min(v[1], v[2]))) + 3
     nzs = max(1, _SLAB_VOXELS // (Y * X))
     for z0 in range(0, Z, nzs):
         z1 = min(Z, z0 + nzs)
         lab = seg[z0:z1]
         img = lut[lab]
         cell = lab != 0
+        wide = ndi.uniform_filter((~cell).astype(np.float32), size=(1, win, win), mode="nearest")
+        img += (_EN_FACE - _MEMBRANE) * np.clip((wide - 0.55) / 0.35, 0.0, 1.0) * ~cell
+        del wide
         img += 8.0 * texture.slab(z0, z1)[:, 0] * np.where(cell, 1.0, 0.4).astype(np.float32)
         for k, z in enumerate(range(z0, z1)):
             g = _rng(seed, 10, z).standard_normal((Y, X), dtype=np.float32)
@@ -935,7 +1043,7 @@ def make_phantom(
     t_cells = time.perf_counter()
 
     em = np.empty(shape, dtype=np.uint8)
-    _render_base(seg, em, voxel_size, type_idx, seed)
+    _render_base(seg, em, voxel_size, type_idx, membrane_nm, seed)
 
     # synapses
     syn = np.zeros(shape, dtype=np.uint32)

@@ -19,7 +19,6 @@ class CellSerializer(serializers.ModelSerializer):
 class CellViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = CellSerializer
     permission_classes = [DatasetRolePermission]
-    ordering = "id"
 
     def get_queryset(self):
         queryset = Cell.objects.filter(dataset__in=datasets_visible_to(self.request.user))

@@ -29,7 +29,6 @@ class LayerSerializer(serializers.ModelSerializer):
 class DatasetViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = DatasetSerializer
     permission_classes = [DatasetRolePermission]
-    ordering = "id"
 
     def get_queryset(self):
         return datasets_visible_to(self.request.user).order_by("id")
@@ -38,7 +37,6 @@ class DatasetViewSet(viewsets.ReadOnlyModelViewSet):
 class LayerViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = LayerSerializer
     permission_classes = [DatasetRolePermission]
-    ordering = "id"
 
     def get_queryset(self):
         queryset = Layer.objects.filter(dataset__in=datasets_visible_to(self.request.user))

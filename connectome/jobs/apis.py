@@ -4,6 +4,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
+from connectome.common.pagination import NewestFirstPagination
 from connectome.common.params import int_param
 from connectome.datasets.models import Dataset, Membership
 from connectome.datasets.permissions import DatasetRolePermission
@@ -38,7 +39,7 @@ class JobViewSet(viewsets.ModelViewSet):
     serializer_class = JobSerializer
     permission_classes = [DatasetRolePermission]
     http_method_names = ["get", "post", "head", "options"]
-    ordering = "-id"
+    pagination_class = NewestFirstPagination
 
     def get_queryset(self):
         queryset = Job.objects.filter(dataset__in=datasets_visible_to(self.request.user))

@@ -25,7 +25,6 @@ class SynapseRunSerializer(serializers.ModelSerializer):
 class SynapseViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = SynapseSerializer
     permission_classes = [DatasetRolePermission]
-    ordering = "id"
 
     def get_queryset(self):
         queryset = Synapse.objects.filter(dataset__in=datasets_visible_to(self.request.user))
@@ -39,7 +38,6 @@ class SynapseViewSet(viewsets.ReadOnlyModelViewSet):
 class SynapseRunViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = SynapseRunSerializer
     permission_classes = [DatasetRolePermission]
-    ordering = "id"
 
     def get_queryset(self):
         queryset = SynapseRun.objects.filter(dataset__in=datasets_visible_to(self.request.user))

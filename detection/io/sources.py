@@ -366,6 +366,7 @@ class TiffStackSource(VolumeSource):
                 chunks = None
             else:
                 shape, dtype = self._check_sections(path)
+                self._check_single_channel(tif, path)
                 chunks = (1, *shape[1:])
             voxel_size = _imagej_voxel_size(tif, first)
         except BaseException:
@@ -398,6 +399,22 @@ class TiffStackSource(VolumeSource):
                 path, dtype=dtype, mode="r", offset=page.dataoffsets[0], shape=page.shape
             )
         return page.shape, page.dtype
+
+    @staticmethod
+    def _check_single_channel(tif: tifffile.TiffFile, path: str) -> None:
+        """ImageJ and OME hyperstacks interleave channels and time points with z in the page
+        list; taking their pages as sections would silently mix them."""
+        try:
+            series = tif.series[0]
+        except Exception:  # no parsable series metadata: the plain page list stands
+            return
+        for axis, length in zip(series.axes, series.shape):
+            if axis in "CTS" and length > 1:
+                raise VolumeFormatError(
+                    f"{path}: hyperstack with axes {series.axes!r} and shape {series.shape}: "
+                    f"{length} along {axis!r}; only single-channel, single-time-point volumes "
+                    "are supported"
+                )
 
     def _check_sections(self, path: str):
         first = self._pages[0]
@@ -718,7 +735,9 @@ class ZarrSource(VolumeSource):
         try:
             root = zarr.open(path, mode="r")
         except Exception as exc:  # zarr raises several types for missing/invalid stores
-            raise VolumeFormatError(f"{path}: not a readable zarr v2 array or group ({exc})") from exc
+            raise VolumeFormatError(
+                f"{path}: not a readable zarr v2 array or group ({exc})"
+            ) from exc
         array, array_path, ms, level = self._resolve(path, root, dataset)
         where = f"{path} [{array_path}]" if array_path else path
         dtype = _check_numeric(array.dtype, where)
@@ -983,7 +1002,9 @@ def _decode_compressed_segmentation(raw: bytes, shape, block_xyz, dtype, file) -
     from the start of the channel data.
     """
     if len(raw) % 4:
-        raise VolumeFormatError(f"{file}: compressed_segmentation chunk length {len(raw)} is not a multiple of 4")
+        raise VolumeFormatError(
+            f"{file}: compressed_segmentation chunk of {len(raw)} bytes, not whole 32-bit words"
+        )
     words = np.frombuffer(raw, dtype="<u4")
     table_words = 2 if dtype.itemsize == 8 else 1
     block = tuple(block_xyz[::-1])

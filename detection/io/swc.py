@@ -143,36 +143,19 @@ def read_swc(path: str | os.PathLike, *, scale: float = 1.0) -> SkeletonNodes:
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     name = os.fspath(path)
-    with open(path, encoding="utf-8") as stream:
+    with open(path, encoding="utf-8-sig") as stream:
         text = stream.read()
 
-    numbered = [(number, line.partition("#")[0].split())
-                for number, line in enumerate(text.splitlines(), start=1)]
-    numbered = [(number, fields) for number, fields in numbered if fields]
-    if not numbered:
+    lines = text.splitlines()
+    content = [line.partition("#")[0] for line in lines] if "#" in text else lines
+    kept = [i for i, line in enumerate(content) if line and not line.isspace()]
+    if not kept:
         raise SwcFormatError(f"{name}: file holds no nodes", source=name)
-    line_numbers = np.fromiter((number for number, _ in numbered), dtype=np.int64,
-                               count=len(numbered))
-    for number, fields in numbered:
-        if len(fields) != len(_COLUMNS):
-            raise SwcFormatError(
-                f"{name} line {number}: expected 7 fields 'n T x y z R P', found {len(fields)}",
-                source=name, line=number)
-    cells = np.array([fields for _, fields in numbered], dtype=str)
-
-    def column(index: int, dtype: type) -> np.ndarray:
-        try:
-            return cells[:, index].astype(dtype)
-        except (ValueError, OverflowError):
-            # Find the culprit one value at a time only once we know there is one.
-            _raise_first_bad(cells[:, index], dtype, name, line_numbers, _COLUMNS[index])
-            raise  # pragma: no cover - _raise_first_bad always raises
-
-    node_id = column(0, np.int64)
-    compartment_wide = column(1, np.int64)
-    xyz = np.stack([column(i, np.float64) for i in (2, 3, 4)], axis=1)
-    radius_file = column(5, np.float64)
-    parent_id = column(6, np.int64)
+    line_numbers = np.array(kept, dtype=np.int64) + 1
+    columns = _parse_columns([content[i] for i in kept], name=name, line_numbers=line_numbers)
+    node_id, compartment_wide, parent_id = columns["n"], columns["T"], columns["P"]
+    xyz = np.stack([columns["x"], columns["y"], columns["z"]], axis=1)
+    radius_file = columns["R"]
 
     def fail(row: int, field: str, message: str) -> SwcFormatError:
         return SwcFormatError(
@@ -181,14 +164,14 @@ def read_swc(path: str | os.PathLike, *, scale: float = 1.0) -> SkeletonNodes:
 
     bad = np.flatnonzero((compartment_wide < _INT16.min) | (compartment_wide > _INT16.max))
     if bad.size:
-        raise fail(bad[0], "T", f"{cells[bad[0], 1]!r} is outside the int16 range")
+        raise fail(bad[0], "T", f"{compartment_wide[bad[0]]} is outside the int16 range")
     for axis, index in (("x", 0), ("y", 1), ("z", 2)):
         bad = np.flatnonzero(~np.isfinite(xyz[:, index]))
         if bad.size:
-            raise fail(bad[0], axis, f"{cells[bad[0], 2 + index]!r} is not a finite number")
+            raise fail(bad[0], axis, f"{xyz[bad[0], index]} is not a finite number")
     bad = np.flatnonzero(~(radius_file >= 0))
     if bad.size:
-        raise fail(bad[0], "R", f"{cells[bad[0], 5]!r} is not a finite radius >= 0")
+        raise fail(bad[0], "R", f"{radius_file[bad[0]]} is not a finite radius >= 0")
 
     # Scaling in float64 before narrowing keeps the radius the nearest float32.
     nodes = SkeletonNodes(
@@ -203,17 +186,57 @@ def read_swc(path: str | os.PathLike, *, scale: float = 1.0) -> SkeletonNodes:
     return nodes
 
 
-def _raise_first_bad(values: np.ndarray, dtype: type, name: str, line_numbers: np.ndarray,
+_FILE_DTYPE = np.dtype([("n", np.int64), ("T", np.int64), ("x", np.float64),
+                        ("y", np.float64), ("z", np.float64), ("R", np.float64),
+                        ("P", np.int64)])
+
+
+def _parse_columns(data: list[str], *, name: str,
+                   line_numbers: np.ndarray) -> dict[str, np.ndarray]:
+    """Parse comment-free, non-blank data lines into the seven SWC columns."""
+    try:
+        # numpy's C parser is stricter than int()/float(), so the checked
+        # path below never rejects what it accepted; that path runs only to
+        # explain a failure (or to accept the odd "1_000").
+        table = np.loadtxt(data, dtype=_FILE_DTYPE, comments=None, ndmin=1)
+        return {column: np.ascontiguousarray(table[column]) for column in _COLUMNS}
+    except ValueError:
+        pass
+
+    tokens = " ".join(data).split()
+    if len(tokens) != len(_COLUMNS) * len(data):
+        for line, text in zip(line_numbers.tolist(), data):
+            found = len(text.split())
+            if found != len(_COLUMNS):
+                raise SwcFormatError(
+                    f"{name} line {line}: expected 7 fields 'n T x y z R P', found {found}",
+                    source=name, line=line)
+    columns = {}
+    for k, column in enumerate(_COLUMNS):
+        values = tokens[k::len(_COLUMNS)]
+        kind = float if _FILE_DTYPE[column].kind == "f" else int
+        try:
+            columns[column] = np.array([kind(v) for v in values], dtype=_FILE_DTYPE[column])
+        except (ValueError, OverflowError):
+            _raise_first_bad(values, kind, name, line_numbers, column)
+    return columns
+
+
+def _raise_first_bad(values: Sequence[str], kind: type, name: str, line_numbers: np.ndarray,
                      field: str) -> None:
-    what = "an integer" if np.issubdtype(dtype, np.integer) else "a number"
+    what = "an integer" if kind is int else "a number"
+    int64 = np.iinfo(np.int64)
     for row, value in enumerate(values):
         try:
-            np.array([value]).astype(dtype)
-        except (ValueError, OverflowError):
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or (kind is int and not int64.min <= number <= int64.max):
             line = int(line_numbers[row])
+            reason = f"is not {what}" if number is None else "is outside the int64 range"
             raise SwcFormatError(
                 f"{name} line {line}, field {field!r} ({_COLUMN_NAMES[field]}): "
-                f"{str(value)!r} is not {what}", source=name, line=line, field=field) from None
+                f"{value!r} {reason}", source=name, line=line, field=field)
     raise AssertionError("a column failed to convert but no value is bad")
 
 
@@ -248,18 +271,19 @@ def write_swc(path: str | os.PathLike, nodes: SkeletonNodes, *, header: str = ""
 
     comment = [f"# {line}".rstrip() for line in header.splitlines()]
     comment.append("# n T x y z R P (positions and radius in nm)")
-    # numpy's str() cast gives the shortest repr per dtype: float32 radii
-    # come out as "0.3", not the float64 expansion of the float32 value.
+    # repr is the shortest round-tripping text of a double; for float32
+    # radii numpy's str cast does the same at float32 precision ("0.3", not
+    # the float64 expansion of the float32 value).
     columns = [
-        nodes.node_id.astype(str),
-        nodes.compartment.astype(str),
-        nodes.zyx[:, 2].astype(str),
-        nodes.zyx[:, 1].astype(str),
-        nodes.zyx[:, 0].astype(str),
-        nodes.radius.astype(str),
-        nodes.parent_id.astype(str),
+        map(str, nodes.node_id.tolist()),
+        map(str, nodes.compartment.tolist()),
+        map(repr, nodes.zyx[:, 2].tolist()),
+        map(repr, nodes.zyx[:, 1].tolist()),
+        map(repr, nodes.zyx[:, 0].tolist()),
+        nodes.radius.astype(str).tolist(),
+        map(str, nodes.parent_id.tolist()),
     ]
-    body = [" ".join(fields) for fields in zip(*(c.tolist() for c in columns))]
+    body = list(map(" ".join, zip(*columns)))
     with open(path, "w", encoding="utf-8", newline="\n") as stream:
         stream.write("\n".join(comment + body))
         stream.write("\n")

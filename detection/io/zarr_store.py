@@ -389,7 +389,8 @@ def downsample_mean(block: np.ndarray, factor: Sequence[int]) -> np.ndarray:
     dtype = padded.dtype
     # float32 holds sums of up to 8 values of <= 16-bit integers exactly; wider needs float64.
     exact_in_f32 = dtype.kind in "biu" and dtype.itemsize <= 2
-    acc = np.zeros(level_shape(padded.shape, factor), dtype=np.float32 if exact_in_f32 else np.float64)
+    acc_dtype = np.float32 if exact_in_f32 else np.float64
+    acc = np.zeros(level_shape(padded.shape, factor), dtype=acc_dtype)
     fz, fy, fx = factor
     for dz in range(fz):
         for dy in range(fy):

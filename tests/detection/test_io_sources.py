@@ -129,7 +129,8 @@ def encode_compressed_segmentation(block_zyx, block_xyz):
     for iz in range(gz):
         for iy in range(gy):
             for ix in range(gx):
-                part = block_zyx[iz * bz:(iz + 1) * bz, iy * by:(iy + 1) * by, ix * bx:(ix + 1) * bx]
+                box = tuple(slice(i * b, (i + 1) * b) for i, b in zip((iz, iy, ix), (bz, by, bx)))
+                part = block_zyx[box]
                 full = np.full((bz, by, bx), part.flat[0], dtype=block_zyx.dtype)
                 full[: part.shape[0], : part.shape[1], : part.shape[2]] = part
                 table, codes = np.unique(full, return_inverse=True)
@@ -260,7 +261,9 @@ def test_hdf5_big_endian_data_comes_back_native(tmp_path):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_zarr_array_round_trip(tmp_path, dtype):
     volume = make_volume(dtype)
-    array = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=SHAPE, chunks=(3, 4, 8), dtype=dtype)
+    array = zarr.open_array(
+        str(tmp_path / "v.zarr"), mode="w", shape=SHAPE, chunks=(3, 4, 8), dtype=dtype
+    )
     array[:] = volume
     array.attrs["resolution"] = [30, 6, 6]
     with open_volume(tmp_path / "v.zarr") as src:
@@ -375,8 +378,10 @@ def test_natural_sort_of_sections(tmp_path):
         tifffile.imwrite(folder / f"s{number}.tif", np.full((4, 5), number, dtype=np.uint8))
     (folder / "notes.txt").write_text("not a section")
     with open_volume(folder) as src:
-        assert [Path(f).name for f in src.files] == ["s1.tif", "s2.tif", "s3.tif", "s10.tif", "s33.tif"]
-        np.testing.assert_array_equal(src.read((slice(None), slice(0, 1), slice(0, 1))).ravel(), [1, 2, 3, 10, 33])
+        names = [Path(f).name for f in src.files]
+        assert names == ["s1.tif", "s2.tif", "s3.tif", "s10.tif", "s33.tif"]
+        corner = src.read((slice(None), slice(0, 1), slice(0, 1))).ravel()
+        np.testing.assert_array_equal(corner, [1, 2, 3, 10, 33])
 
 
 def test_tiff_folder_reads_only_the_sections_in_the_box(tmp_path, monkeypatch):
@@ -391,7 +396,8 @@ def test_tiff_folder_reads_only_the_sections_in_the_box(tmp_path, monkeypatch):
         return real_tifffile(path, *args, **kwargs)
 
     monkeypatch.setattr(sources.tifffile, "TiffFile", spy)
-    np.testing.assert_array_equal(src.read((slice(2, 4), slice(1, 5), slice(0, 3))), volume[2:4, 1:5, 0:3])
+    box = (slice(2, 4), slice(1, 5), slice(0, 3))
+    np.testing.assert_array_equal(src.read(box), volume[box])
     assert opened == ["section_2.tif", "section_3.tif"]
 
     # A section outside the box may vanish after opening without disturbing the read.
@@ -444,7 +450,8 @@ def test_tiff_pages_of_different_shapes(tmp_path):
     with tifffile.TiffWriter(path) as writer:
         for shape in ((10, 12), (10, 12), (10, 11)):
             writer.write(np.zeros(shape, np.uint8), photometric="minisblack", contiguous=False)
-    with pytest.raises(VolumeFormatError, match=r"mixed\.tif: page 2 has shape \(10, 11\).*page 0 has shape \(10, 12\)"):
+    problem = r"mixed\.tif: page 2 has shape \(10, 11\).*page 0 has shape \(10, 12\)"
+    with pytest.raises(VolumeFormatError, match=problem):
         open_volume(path)
 
 
@@ -454,7 +461,8 @@ def test_tiff_folder_mismatched_section_shapes(tmp_path):
     tifffile.imwrite(folder / "s1.tif", np.zeros((10, 12), np.uint8))
     tifffile.imwrite(folder / "s2.tif", np.zeros((10, 12), np.uint8))
     tifffile.imwrite(folder / "s10.tif", np.zeros((9, 12), np.uint8))
-    with pytest.raises(VolumeFormatError, match=r"s10\.tif: section has shape \(9, 12\).*s1\.tif has shape \(10, 12\)"):
+    problem = r"s10\.tif: section has shape \(9, 12\).*s1\.tif has shape \(10, 12\)"
+    with pytest.raises(VolumeFormatError, match=problem):
         open_volume(folder)
 
 
@@ -474,9 +482,17 @@ def test_single_2d_tiff_and_rgb_tiff_are_refused(tmp_path):
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((10, 12, 3), np.uint8), photometric="rgb")
     with pytest.raises(VolumeFormatError, match=r"rgb\.tif: page 0 is an RGB"):
         open_volume(tmp_path / "rgb.tif")
-    tifffile.imwrite(tmp_path / "rgbstack.tif", np.zeros((5, 10, 12, 3), np.uint8), photometric="rgb")
+    rgb_stack = np.zeros((5, 10, 12, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "rgbstack.tif", rgb_stack, photometric="rgb")
     with pytest.raises(VolumeFormatError, match=r"rgbstack\.tif: page 0 .*RGB"):
         open_volume(tmp_path / "rgbstack.tif")
+
+
+def test_imagej_hyperstack_with_channels_is_refused(tmp_path):
+    stack = np.zeros((3, 2, 10, 12), np.uint8)  # z, c, y, x: six pages, channels interleaved
+    tifffile.imwrite(tmp_path / "hyper.tif", stack, imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(VolumeFormatError, match=r"hyper\.tif: hyperstack .* 2 along 'C'"):
+        open_volume(tmp_path / "hyper.tif")
 
 
 def test_hdf5_missing_dataset_lists_candidates(tmp_path):
@@ -487,14 +503,16 @@ def test_hdf5_missing_dataset_lists_candidates(tmp_path):
         open_volume(tmp_path / "v.h5", dataset="volumes/segmentation")
     message = str(err.value)
     assert "v.h5" in message and "'volumes/segmentation' not found" in message
-    assert "volumes/raw (2, 3, 4) uint8" in message and "volumes/labels/ids (2, 3, 4) uint64" in message
+    assert "volumes/raw (2, 3, 4) uint8" in message
+    assert "volumes/labels/ids (2, 3, 4) uint64" in message
 
 
 def test_hdf5_ambiguous_without_cremi_layout_lists_candidates(tmp_path):
     with h5py.File(tmp_path / "two.h5", "w") as f:
         f["a"] = np.zeros((2, 3, 4), np.uint8)
         f["b"] = np.zeros((2, 3, 4), np.uint8)
-    with pytest.raises(VolumeFormatError, match=r"two\.h5: 2 3-D datasets.*a \(2, 3, 4\) uint8, b \(2, 3, 4\)"):
+    problem = r"two\.h5: 2 3-D datasets.*a \(2, 3, 4\) uint8, b \(2, 3, 4\)"
+    with pytest.raises(VolumeFormatError, match=problem):
         open_volume(tmp_path / "two.h5")
 
 
@@ -502,7 +520,8 @@ def test_hdf5_2d_dataset_is_refused(tmp_path):
     with h5py.File(tmp_path / "v.h5", "w") as f:
         f["image"] = np.zeros((30, 40), np.uint8)
         f["stack"] = np.zeros((2, 30, 40), np.uint8)
-    with pytest.raises(VolumeFormatError, match=r"v\.h5: dataset 'image' is 2-D with shape \(30, 40\).*stack"):
+    problem = r"v\.h5: dataset 'image' is 2-D with shape \(30, 40\).*stack"
+    with pytest.raises(VolumeFormatError, match=problem):
         open_volume(tmp_path / "v.h5", dataset="image")
 
 
@@ -516,8 +535,27 @@ def test_truncated_hdf5_names_the_file(tmp_path):
         open_volume(path)
 
 
+def test_corrupt_hdf5_chunk_names_file_dataset_and_region(tmp_path):
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset(
+            "raw", data=make_volume("uint8", shape=(8, 64, 64)), chunks=(2, 64, 64),
+            compression="gzip",
+        )
+        offset = ds.id.get_chunk_info(1).byte_offset  # the chunk holding z = 2..3
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 5)
+        fh.write(b"\xff" * 40)
+    with open_volume(path) as src:
+        src.read((slice(0, 2), slice(None), slice(None)))
+        with pytest.raises(VolumeFormatError, match=r"bad\.h5: .*'raw' region \[2:4, 0:64, 0:64\]"):
+            src.read((slice(2, 4), slice(None), slice(None)))
+
+
 def test_corrupt_zarr_chunk_names_store_and_region(tmp_path):
-    array = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=(4, 8, 8), chunks=(2, 8, 8), dtype="u2")
+    array = zarr.open_array(
+        str(tmp_path / "v.zarr"), mode="w", shape=(4, 8, 8), chunks=(2, 8, 8), dtype="u2"
+    )
     array[:] = 5
     (tmp_path / "v.zarr" / "1.0.0").write_bytes(b"this is not blosc data at all, not at all")
     with open_volume(tmp_path / "v.zarr") as src:
@@ -542,7 +580,8 @@ def test_precomputed_chunk_of_wrong_size(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:-2])
     with open_volume(root) as src:
         src.read((slice(0, 3), slice(0, 5), slice(0, 8)))  # other chunks are fine
-        with pytest.raises(VolumeFormatError, match=r"8-16_5-10_3-6: precomputed chunk has 238 bytes, expected 240"):
+        problem = r"8-16_5-10_3-6: precomputed chunk has 238 bytes, expected 240"
+        with pytest.raises(VolumeFormatError, match=problem):
             src.read((slice(3, 4), slice(5, 6), slice(8, 9)))
 
 
@@ -573,7 +612,8 @@ def test_precomputed_needs_one_channel(tmp_path):
 
 def test_unknown_format_and_missing_path(tmp_path):
     (tmp_path / "volume.xyz").write_bytes(b"\x00" * 64)
-    with pytest.raises(VolumeFormatError, match=r"volume\.xyz: unknown volume format.*tiff-folder, hdf5, zarr, precomputed"):
+    problem = r"volume\.xyz: unknown volume format.*tiff-folder, hdf5, zarr, precomputed"
+    with pytest.raises(VolumeFormatError, match=problem):
         open_volume(tmp_path / "volume.xyz")
     with pytest.raises(VolumeFormatError, match=r"absent\.h5: no such file"):
         open_volume(tmp_path / "absent.h5")
@@ -601,7 +641,8 @@ def test_real_medulla_volume_reads_like_h5py():
     with h5py.File(path, "r") as f:
         raw, ids = f["volumes/raw"][box], f["volumes/labels/neuron_ids"][box]
     with open_volume(path) as src:
-        assert (src.shape, src.dtype, src.voxel_size) == ((250, 250, 250), np.uint8, (10.0, 10.0, 10.0))
+        assert (src.shape, src.dtype) == ((250, 250, 250), np.uint8)
+        assert src.voxel_size == (10.0, 10.0, 10.0)
         np.testing.assert_array_equal(src.read(box), raw)
     with open_volume(path, dataset="volumes/labels/neuron_ids") as src:
         assert src.dtype == np.uint64 and src.voxel_size is None
