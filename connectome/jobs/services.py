@@ -99,15 +99,16 @@ def job_execute(*, job_id: int, echo=None) -> Job:
     try:
         result = spec.handler(job, dict(job.parameters), progress)
     except JobCancelled:
-        _finish(job, Job.State.CANCELLED, message="cancelled")
+        _finish(job, Job.State.CANCELLED, progress_done=progress.done, message="cancelled")
     except Exception as exc:  # noqa: BLE001 - a failed job records any error
         logger.exception("job %s (%s) failed", job.pk, job.kind)
         _finish(
-            job, Job.State.FAILED, error=_error_text(exc),
+            job, Job.State.FAILED, progress_done=progress.done, error=_error_text(exc),
             traceback=traceback_module.format_exc(),
         )
     else:
-        _finish(job, Job.State.DONE, result=result or {}, message="done")
+        _finish(job, Job.State.DONE, progress_done=progress.total, progress_total=progress.total,
+                result=result or {}, message="done")
     return Job.objects.get(pk=job.pk)
 
 
@@ -119,12 +120,8 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _finish(job: Job, state: str, **fields) -> None:
-    fields = {"state": state, "finished_at": timezone.now(), **fields}
-    if state == Job.State.DONE:
-        fields["progress_done"] = Job.objects.values_list("progress_total", flat=True).get(
-            pk=job.pk
-        )
-    Job.objects.filter(pk=job.pk).update(**fields)
+    # Progress writes are throttled; the final counts are written here.
+    Job.objects.filter(pk=job.pk).update(state=state, finished_at=timezone.now(), **fields)
 
 
 def job_cancel(*, job: Job) -> Job:

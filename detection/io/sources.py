@@ -743,7 +743,7 @@ class ZarrSource(VolumeSource):
         dtype = _check_numeric(array.dtype, where)
         axes = _ome_axes(ms or {}, array.ndim, where)
         names = [name for name, _ in axes]
-        if sorted(n for n in names if n in "zyx") != ["x", "y", "z"]:
+        if sorted(n for n in names if n in ("z", "y", "x")) != ["x", "y", "z"]:
             raise VolumeFormatError(f"{where}: axes {names} do not include exactly z, y and x")
         self._order = [names.index(n) for n in "zyx"]
         self._fixed = {}

@@ -321,7 +321,7 @@ def _check_structure(nodes: SkeletonNodes, *, source: str | None,
     def fail(row: int, field: str | None, message: str) -> SwcFormatError:
         node = f"node {nodes.node_id[row]}"
         if line_numbers is None:
-            return SwcFormatError(f"{node}: {message}", field=field)
+            return SwcFormatError(f"{node} {message}", field=field)
         line = int(line_numbers[row])
         where = f"{source} line {line}"
         if field is not None:

@@ -319,8 +319,8 @@ def _format_size(value: int | float) -> str:
 def _first_conflict(keys: np.ndarray, values: np.ndarray) -> tuple[int, int] | None:
     """Indices of two rows with equal key but different value, if any.
 
-    Of all conflicts, the one whose later row comes first in the file is
-    returned, so the error points near the top of the file.
+    The key is that of the conflict closing earliest in the file; the rows
+    returned are that key's first row and the first row that contradicts it.
     """
     if keys.size < 2:
         return None
@@ -330,9 +330,11 @@ def _first_conflict(keys: np.ndarray, values: np.ndarray) -> tuple[int, int] | N
     hits = np.flatnonzero(differs)
     if hits.size == 0:
         return None
-    pairs = np.sort(np.stack([order[hits], order[hits + 1]], axis=1), axis=1)
-    best = int(np.argmin(pairs[:, 1]))
-    return int(pairs[best, 0]), int(pairs[best, 1])
+    closing = np.maximum(order[hits], order[hits + 1])
+    rows = np.flatnonzero(keys == keys[closing.min()])
+    first = rows[0]
+    second = rows[values[rows] != values[first]][0]
+    return int(first), int(second)
 
 
 def _first_duplicate(keys: np.ndarray) -> tuple[int, int] | None:

@@ -36,12 +36,12 @@ def write_text(path: Path, text: str) -> Path:
 def test_read_cnapse_values_and_axis_order(tmp_path):
     path = write_text(tmp_path / "synapses.csv", CNAPSE_HEADER
                       + f"1,{BIG_ID},10,5,100,1.5,2.5,3.5,12\n"
-                      + "2,7,10,6,101,-4,0.1,1e3,3.25\n")
+                      + "2,7,11,6,101,-4,0.1,1e3,3.25\n")
     rows = read_cnapse(path)
     assert rows == [
         CnapseRow(syn_id=1, pre=BIG_ID, pre_id=10, post=5, post_id=100,
                   position=(3.5, 2.5, 1.5), size=12),
-        CnapseRow(syn_id=2, pre=7, pre_id=10, post=6, post_id=101,
+        CnapseRow(syn_id=2, pre=7, pre_id=11, post=6, post_id=101,
                   position=(1000.0, 0.1, -4.0), size=3.25),
     ]
     assert isinstance(rows[0].size, int) and isinstance(rows[1].size, float)
@@ -54,6 +54,7 @@ def test_read_cnapse_accepts_spaced_header_reordered_and_extra_columns(tmp_path)
     (row,) = read_cnapse(path)
     assert row == CnapseRow(syn_id=1, pre=5, pre_id=6, post=7, post_id=8,
                             position=(30.0, 20.0, 10.0), size=4)
+    assert isinstance(row.size, int)
 
 
 def test_cnapse_self_contact_is_accepted(tmp_path):
