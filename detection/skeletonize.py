@@ -72,8 +72,9 @@ def skeletonize_segmentation(
     parallel : int
         Worker processes for kimimaro (1: this process; <= 0: one per CPU).
         More than one makes kimimaro switch multiprocessing to "spawn"
-        process-wide and install its own SIGINT/SIGTERM handlers while it
-        runs.
+        process-wide (so the calling script needs an ``if __name__ ==
+        "__main__"`` guard) and install its own SIGINT/SIGTERM handlers
+        while it runs.
     teasar_params : mapping, optional
         Further kimimaro TEASAR parameters (``pdrf_scale``,
         ``soma_detection_threshold``, ...), lengths in nm; they override the

@@ -91,7 +91,7 @@ class ImportSynapsesParameters(serializers.Serializer):
         help_text="detected from the header when left out",
     )
     run_name = serializers.CharField(max_length=200)
-    method = serializers.CharField(max_length=100, required=False, default="")
+    method = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     create_missing_cells = serializers.BooleanField(
         default=False, help_text="create cells for ids the dataset does not know (else an error)"
     )
