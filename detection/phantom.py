@@ -447,7 +447,8 @@ def _build_cells(shape, voxel_size, n_cells, membrane_nm, boundary_warp, shifts_
         zi = np.arange(nz)[:, None, None]
         if len(yc) > 1 and len(xc) > 1:
             lab_c, bnd_c = query(w, z0, zi, yc[None, :, None], xc[None, None, :])
-            corners = [(slice(None), a, b) for a in (slice(None, -1), slice(1, None)) for b in (slice(None, -1), slice(1, None))]
+            lo_hi = (slice(None, -1), slice(1, None))
+            corners = [(slice(None), a, b) for a in lo_hi for b in lo_hi]
             same = np.ones(lab_c[corners[0]].shape, dtype=bool)
             low = np.full(same.shape, np.inf)
             for c in corners:

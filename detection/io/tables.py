@@ -507,16 +507,32 @@ def write_cnapse(target: Source, rows: Iterable[CnapseRow]) -> None:
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(CNAPSE_COLUMNS)
         for count, row in enumerate(rows, start=1):
-            where = f"row {count}"
-            for field in ("syn_id", "pre", "pre_id", "post", "post_id"):
-                _check_uint64_for_write(getattr(row, field), where, field)
-            _check_point_for_write(row.position, where, "position")
-            _check_size_for_write(row.size, where, "size")
+            if not _cnapse_row_plainly_valid(row):
+                _check_cnapse_row_for_write(row, f"row {count}")
             z, y, x = row.position
             writer.writerow((row.syn_id, row.pre, row.pre_id, row.post, row.post_id,
                              _format_float(x), _format_float(y), _format_float(z),
                              _format_size(row.size)))
     logger.debug("wrote %d Cnapse rows to %s", count, _source_name(target))
+
+
+def _cnapse_row_plainly_valid(row: CnapseRow) -> bool:
+    """Cheap check for the common case of Python ints and floats in range."""
+    ids = (row.syn_id, row.pre, row.pre_id, row.post, row.post_id)
+    try:
+        return (all(type(v) is int for v in ids) and min(ids) >= 0
+                and max(ids) < _UINT64_LIMIT and len(row.position) == 3
+                and all(map(math.isfinite, row.position))
+                and math.isfinite(row.size) and row.size >= 0)
+    except TypeError:
+        return False
+
+
+def _check_cnapse_row_for_write(row: CnapseRow, where: str) -> None:
+    for field in ("syn_id", "pre", "pre_id", "post", "post_id"):
+        _check_uint64_for_write(getattr(row, field), where, field)
+    _check_point_for_write(row.position, where, "position")
+    _check_size_for_write(row.size, where, "size")
 
 
 # --------------------------------------------------------------------------

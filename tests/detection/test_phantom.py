@@ -273,7 +273,9 @@ def test_synapses_do_not_overlap(vs):
 
 
 def test_polyadic_sites_share_pre_and_have_distinct_partners():
-    p = make_phantom((24, 160, 160), voxel_size=ANISO, n_cells=14, n_synapses=10, polyadic_fraction=0.6, seed=2)
+    p = make_phantom(
+        (24, 160, 160), voxel_size=ANISO, n_cells=14, n_synapses=10, polyadic_fraction=0.6, seed=2
+    )
     assert len(p.synapses) == 10
     groups = {}
     for s in p.synapses:
