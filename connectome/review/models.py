@@ -3,20 +3,22 @@
 from django.conf import settings
 from django.db import models
 
+from connectome.synapses.models import Synapse
+
+# A verdict is any review state but "unreviewed"; the synapse's review_state mirrors its
+# latest verdict, so both share one list.
+VERDICT_CHOICES = [
+    (value, label) for value, label in Synapse.ReviewState.choices
+    if value != Synapse.ReviewState.UNREVIEWED
+]
+
 
 class Review(models.Model):
-    class Verdict(models.TextChoices):
-        CONFIRMED = "confirmed"
-        NOT_SYNAPSE = "not_synapse", "not a synapse"
-        WRONG_PARTNER = "wrong_partner", "wrong partner"
-        WRONG_DIRECTION = "wrong_direction", "wrong direction"
-        UNSURE = "unsure"
-
     synapse = models.ForeignKey("synapses.Synapse", on_delete=models.CASCADE, related_name="reviews")
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="reviews"
     )
-    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    verdict = models.CharField(max_length=16, choices=VERDICT_CHOICES)
     corrected_pre = models.ForeignKey(
         "cells.Cell", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
