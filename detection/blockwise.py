@@ -1,0 +1,85 @@
+"""Block-by-block application of a voxel classifier to volumes of any size.
+
+Each block is read with the classifier's halo (clipped at the volume border, where the filters
+reflect exactly as on the whole volume), scored, and only its core is written, so the result
+does not depend on the blocking and memory is bounded by one block.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from detection.io.sources import iter_blocks
+
+logger = logging.getLogger(__name__)
+
+Box = tuple[slice, slice, slice]
+
+
+def read_box(source, box: Box) -> np.ndarray:
+    """A sub-volume from an ndarray-like (numpy, zarr, h5py) or a VolumeSource."""
+    if hasattr(source, "read") and not isinstance(source, np.ndarray):
+        return np.asarray(source.read(box))
+    return np.asarray(source[box])
+
+
+def with_halo(box: Box, halo, shape) -> tuple[Box, Box]:
+    """The box grown by ``halo`` (clipped to ``shape``) and where the original sits in it."""
+    outer = tuple(
+        slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(box, halo, shape)
+    )
+    core = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer))
+    return outer, core
+
+
+def default_block_shape(shape, halo, *, voxels: int = 8 * 2**20) -> tuple[int, int, int]:
+    """Blocks of about ``voxels`` voxels, thicker along axes with a larger halo."""
+    block = [max(1, min(n, 4 * h)) for n, h in zip(shape, halo)]
+    while np.prod(block) < voxels and any(b < n for b, n in zip(block, shape)):
+        axis = int(np.argmin([b / n if b < n else np.inf for b, n in zip(block, shape)]))
+        block[axis] = min(shape[axis], block[axis] * 2)
+    return tuple(int(b) for b in block)
+
+
+def iter_probability_blocks(
+    source, model, *, block_shape=None, roi: Box | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[Box, np.ndarray]]:
+    """Yield (box, probability) for every block of ``source`` (or of ``roi`` within it)."""
+    shape = tuple(int(n) for n in source.shape)
+    halo = model.halo_voxels()
+    block_shape = tuple(block_shape or default_block_shape(shape, halo))
+    offset = tuple(s.start or 0 for s in roi) if roi else (0, 0, 0)
+    extent = tuple((s.stop or n) - (s.start or 0) for s, n in zip(roi, shape)) if roi else shape
+    boxes = [
+        tuple(slice(o + b.start, o + b.stop) for o, b in zip(offset, box))
+        for box in iter_blocks(extent, block_shape)
+    ]
+    for i, box in enumerate(boxes):
+        outer, core = with_halo(box, halo, shape)
+        region = read_box(source, outer)
+        yield box, model.predict_region(region, core=core)
+        if progress is not None:
+            progress(i + 1, len(boxes))
+
+
+def predict_probability(source, model, *, out=None, block_shape=None, roi=None, progress=None):
+    """Synapse probability of every voxel of ``source``.
+
+    Parameters
+    ----------
+    source : (Z, Y, X) array-like or VolumeSource
+    model : VoxelClassifier
+    out : array-like, optional
+        Where to write (e.g. a zarr array of the same shape, float32 or uint8; uint8 stores
+        ``round(255 * p)``). A new float32 ndarray when omitted.
+    """
+    if out is None:
+        out = np.zeros(tuple(source.shape), dtype=np.float32)
+    scale = 255.0 if np.dtype(out.dtype) == np.uint8 else None
+    for box, probability in iter_probability_blocks(
+        source, model, block_shape=block_shape, roi=roi, progress=progress
+    ):
+        out[box] = np.rint(probability * scale).astype(np.uint8) if scale else probability
+    return out

@@ -1,0 +1,406 @@
+"""Voxel classifier for synapses, after ccboost (Becker et al. 2013).
+
+Boosted trees on feature channels (:mod:`detection.features`) and context cues
+(:mod:`detection.context`), trained from sparse voxel labels, applied block by block to give a
+synapse probability volume.
+
+Labels
+------
+Training labels become *targets*: 1 synapse, 0 not a synapse, -1 ignore.
+
+``"ccboost"``   the ccboost convention: 255 positive, 0 negative, anything else ignored.
+``"binary"``    a dense mask: nonzero positive, 0 negative (e.g. a CREMI cleft mask).
+``"classes"``   an explicit class volume: ``positive_values`` and ``negative_values`` (by default
+                2 and 1, as an ilastik label export: 0 unlabelled), anything else ignored.
+
+:func:`clean_targets` then erodes positives and turns a band of negatives around them into
+"ignore", since annotated boundaries are the least certain voxels.
+
+Speed
+-----
+Evaluating a few hundred trees at every voxel is the bottleneck of boosted voxel classifiers.
+The model is therefore a two-stage cascade: a small screening ensemble scores every voxel, and
+the full ensemble only re-scores the voxels the screen lets through; the screening threshold is
+set on held-out training voxels to keep a chosen fraction of positives (99.5 % by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+from scipy import ndimage
+
+from detection.context import ContextSpec, context_features
+from detection.features import FeatureSpec, compute_features
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT_VERSION = 1
+
+
+class ModelMismatchError(ValueError):
+    """A model applied to data it was not trained for (voxel size, feature layout)."""
+
+
+# --- labels ----------------------------------------------------------------------------------
+
+def labels_to_targets(labels: np.ndarray, *, convention: str = "ccboost",
+                      positive_values=(2,), negative_values=(1,)) -> np.ndarray:
+    """Training targets from a label volume.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) integer ndarray
+    convention : {"ccboost", "binary", "classes"}
+
+    Returns
+    -------
+    (Z, Y, X) int8 ndarray: 1 positive, 0 negative, -1 ignore.
+    """
+    labels = np.asarray(labels)
+    targets = np.full(labels.shape, -1, dtype=np.int8)
+    if convention == "ccboost":
+        targets[labels == 0] = 0
+        targets[labels == 255] = 1
+    elif convention == "binary":
+        targets[:] = (labels != 0).astype(np.int8)
+    elif convention == "classes":
+        targets[np.isin(labels, negative_values)] = 0
+        targets[np.isin(labels, positive_values)] = 1
+    else:
+        raise ValueError(f"unknown label convention {convention!r}; use ccboost, binary or classes")
+    return targets
+
+
+def clean_targets(targets: np.ndarray, *, voxel_size, erode_nm: float = 0.0,
+                  ignore_band_nm: float = 0.0) -> np.ndarray:
+    """Erode positives and ignore negatives near positives, both in nm.
+
+    Parameters
+    ----------
+    targets : (Z, Y, X) int8 ndarray, 1 / 0 / -1
+    voxel_size : (3,) float, nm
+    erode_nm : float
+        Positive voxels closer than this to a non-positive voxel become "ignore".
+    ignore_band_nm : float
+        Negative voxels closer than this to a positive voxel become "ignore".
+    """
+    targets = targets.copy()
+    positive = targets == 1
+    if erode_nm > 0 and positive.any():
+        inside = ndimage.distance_transform_edt(positive, sampling=voxel_size)
+        targets[positive & (inside <= erode_nm)] = -1
+    if ignore_band_nm > 0 and positive.any():
+        outside = ndimage.distance_transform_edt(~positive, sampling=voxel_size)
+        targets[(targets == 0) & (outside <= ignore_band_nm)] = -1
+    return targets
+
+
+# --- the model -------------------------------------------------------------------------------
+
+@dataclass
+class TrainingParameters:
+    n_estimators: int = 300
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    min_child_samples: int = 50
+    subsample: float = 0.8
+    colsample_bytree: float = 0.7
+    screen_estimators: int = 12
+    screen_num_leaves: int = 8
+    screen_recall: float = 0.995
+    negatives_per_positive: float = 4.0
+    max_samples: int = 400_000
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VoxelClassifier:
+    """A trained synapse voxel classifier: feature layout, voxel size and the tree cascade."""
+
+    feature_spec: FeatureSpec
+    context_spec: ContextSpec
+    voxel_size: tuple[float, float, float]
+    model: lgb.Booster
+    screen: lgb.Booster | None = None
+    screen_threshold: float = 0.0
+    training: dict = field(default_factory=dict)
+    version: int = MODEL_FORMAT_VERSION
+
+    # -- the features this model reads ---------------------------------------------------
+    @property
+    def feature_names(self) -> list[str]:
+        return self.feature_spec.channel_names() + self.context_spec.names()
+
+    def halo_voxels(self) -> tuple[int, int, int]:
+        base = np.asarray(self.feature_spec.halo_voxels(self.voxel_size))
+        return tuple(int(v) for v in base + np.asarray(self.context_spec.halo_voxels(self.voxel_size)))
+
+    def features(self, volume: np.ndarray) -> np.ndarray:
+        """(F, Z, Y, X) float32 features of an in-memory region (with its own borders)."""
+        return region_features(volume, voxel_size=self.voxel_size, feature_spec=self.feature_spec,
+                               context_spec=self.context_spec)
+
+    # -- scoring -------------------------------------------------------------------------
+    def predict_proba(self, samples: np.ndarray) -> np.ndarray:
+        """Synapse probability of (N, F) float32 samples, through the cascade."""
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        if self.screen is None:
+            return self.model.predict(samples).astype(np.float32)
+        probability = self.screen.predict(samples).astype(np.float32)
+        keep = np.flatnonzero(probability >= self.screen_threshold)
+        if keep.size:
+            probability[keep] = self.model.predict(samples[keep])
+        return probability
+
+    def predict_region(self, volume: np.ndarray, *, core=None) -> np.ndarray:
+        """Probability for a region; ``core`` (slices into it) limits which voxels are scored."""
+        feats = self.features(volume)
+        if core is not None:
+            feats = feats[(slice(None),) + tuple(core)]
+        shape = feats.shape[1:]
+        samples = feats.reshape(feats.shape[0], -1).T
+        return self.predict_proba(samples).reshape(shape)
+
+    # -- files ---------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write the model: a JSON header line (readable without unpickling) then the boosters."""
+        path = Path(path)
+        header = {
+            "format": "connectome-voxel-classifier", "version": self.version,
+            "voxel_size": list(self.voxel_size), "feature_spec": self.feature_spec.to_dict(),
+            "context_spec": self.context_spec.to_dict(), "feature_names": self.feature_names,
+            "screen_threshold": self.screen_threshold, "training": self.training,
+        }
+        boosters = {
+            "model": self.model.model_to_string(),
+            "screen": self.screen.model_to_string() if self.screen is not None else None,
+        }
+        with open(path, "wb") as f:
+            f.write(json.dumps(header).encode() + b"\n")
+            pickle.dump(boosters, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
+    @classmethod
+    def load(cls, path, *, voxel_size=None, allow_other_voxel_size: bool = False) -> "VoxelClassifier":
+        """Read a model; refuse data of another voxel size unless told otherwise.
+
+        Model files contain pickled data: load only files you trust.
+        """
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                header = json.loads(f.readline())
+                if header.get("format") != "connectome-voxel-classifier":
+                    raise ValueError("not a voxel classifier file")
+                boosters = pickle.load(f)
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+            raise ModelMismatchError(f"{path.name}: cannot read model file ({exc})") from exc
+        if header["version"] > MODEL_FORMAT_VERSION:
+            raise ModelMismatchError(
+                f"{path.name}: model format {header['version']} is newer than this library "
+                f"reads ({MODEL_FORMAT_VERSION})"
+            )
+        model = cls(
+            feature_spec=FeatureSpec.from_dict(header["feature_spec"]),
+            context_spec=ContextSpec.from_dict(header["context_spec"]),
+            voxel_size=tuple(header["voxel_size"]),
+            model=lgb.Booster(model_str=boosters["model"]),
+            screen=lgb.Booster(model_str=boosters["screen"]) if boosters["screen"] else None,
+            screen_threshold=header["screen_threshold"], training=header["training"],
+            version=header["version"],
+        )
+        if voxel_size is not None:
+            model.check_voxel_size(voxel_size, allow_other=allow_other_voxel_size, source=path.name)
+        return model
+
+    def check_voxel_size(self, voxel_size, *, allow_other: bool = False, source: str = "model"):
+        given = tuple(float(v) for v in voxel_size)
+        if not np.allclose(given, self.voxel_size, rtol=1e-3) and not allow_other:
+            raise ModelMismatchError(
+                f"{source} was trained on voxels of {tuple(self.voxel_size)} nm (z, y, x) but the "
+                f"data has {given} nm; features are defined in nm, yet texture at another "
+                "resolution differs: retrain, or allow another voxel size explicitly"
+            )
+
+
+def region_features(volume: np.ndarray, *, voxel_size, feature_spec: FeatureSpec,
+                    context_spec: ContextSpec) -> np.ndarray:
+    """Feature channels followed by context cues: (F, Z, Y, X) float32."""
+    channels = compute_features(volume, voxel_size=voxel_size, spec=feature_spec)
+    if not context_spec.channels:
+        return channels
+    context = context_features(channels, feature_spec.channel_names(), volume,
+                               voxel_size=voxel_size, spec=context_spec)
+    return np.concatenate([channels, context], axis=0)
+
+
+def sampled_features(volume, flat_indices: np.ndarray, *, voxel_size, feature_spec: FeatureSpec,
+                     context_spec: ContextSpec, block_shape=None) -> np.ndarray:
+    """Feature rows (N, F) of chosen voxels, computed block by block (bounded memory).
+
+    Equal to ``region_features(volume)`` at those voxels: each block is read with the halo the
+    features and cues need.
+    """
+    from detection.blockwise import default_block_shape, read_box, with_halo
+    from detection.io.sources import iter_blocks
+
+    shape = tuple(volume.shape)
+    halo = tuple(np.asarray(feature_spec.halo_voxels(voxel_size))
+                 + np.asarray(context_spec.halo_voxels(voxel_size)))
+    coords = np.stack(np.unravel_index(flat_indices, shape), axis=1)
+    rows = np.empty((len(flat_indices), len(feature_spec.channel_names()) + context_spec.n_features),
+                    dtype=np.float32)
+    for box in iter_blocks(shape, block_shape or default_block_shape(shape, halo)):
+        lo = np.array([s.start for s in box])
+        hi = np.array([s.stop for s in box])
+        inside = np.flatnonzero(np.all((coords >= lo) & (coords < hi), axis=1))
+        if inside.size == 0:
+            continue
+        outer, _ = with_halo(box, halo, shape)
+        feats = region_features(read_box(volume, outer), voxel_size=voxel_size,
+                                feature_spec=feature_spec, context_spec=context_spec)
+        local = coords[inside] - np.array([s.start for s in outer])
+        rows[inside] = feats[(slice(None),) + tuple(local.T)].T
+    return rows
+
+
+def default_context_spec(feature_spec: FeatureSpec) -> ContextSpec:
+    """Pool the smoothed intensity at the two smallest scales (PSD darkness, vesicle texture)."""
+    names = feature_spec.channel_names()
+    smoothed = [n for n in names if n.startswith("gaussian@")][:2]
+    return ContextSpec(channels=tuple(smoothed))
+
+
+# --- training --------------------------------------------------------------------------------
+
+def sample_training_voxels(targets: np.ndarray, *, negatives_per_positive: float,
+                           max_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Flat indices of the voxels to train on: positives plus a random share of negatives."""
+    flat = targets.ravel()
+    positives = np.flatnonzero(flat == 1)
+    negatives = np.flatnonzero(flat == 0)
+    n_pos = min(len(positives), int(max_samples / (1 + negatives_per_positive)))
+    positives = rng.choice(positives, size=n_pos, replace=False) if n_pos < len(positives) else positives
+    n_neg = min(len(negatives), int(max(n_pos, 1) * negatives_per_positive))
+    negatives = rng.choice(negatives, size=n_neg, replace=False)
+    return np.sort(np.concatenate([positives, negatives]))
+
+
+def train_voxel_classifier(
+    volumes, targets, *, voxel_size, feature_spec: FeatureSpec | None = None,
+    context_spec: ContextSpec | None = None, parameters: TrainingParameters | None = None,
+) -> VoxelClassifier:
+    """Train the cascade on one or more (volume, targets) pairs.
+
+    Parameters
+    ----------
+    volumes : (Z, Y, X) ndarray or list of them
+        EM regions. Each region's features are computed with its own borders.
+    targets : (Z, Y, X) int8 ndarray or list of them
+        1 / 0 / -1 per voxel (see :func:`labels_to_targets`, :func:`clean_targets`).
+    voxel_size : (3,) float, nm
+    """
+    if isinstance(volumes, np.ndarray):
+        volumes, targets = [volumes], [targets]
+    feature_spec = feature_spec or FeatureSpec()
+    context_spec = context_spec if context_spec is not None else default_context_spec(feature_spec)
+    parameters = parameters or TrainingParameters()
+    rng = np.random.default_rng(parameters.seed)
+    voxel_size = tuple(float(v) for v in voxel_size)
+
+    samples, labels = [], []
+    for volume, target in zip(volumes, targets):
+        if volume.shape != target.shape:
+            raise ValueError(f"volume shape {volume.shape} and label shape {target.shape} differ")
+        chosen = sample_training_voxels(
+            target, negatives_per_positive=parameters.negatives_per_positive,
+            max_samples=parameters.max_samples // len(volumes), rng=rng,
+        )
+        if chosen.size == 0:
+            continue
+        samples.append(sampled_features(volume, chosen, voxel_size=voxel_size,
+                                        feature_spec=feature_spec, context_spec=context_spec))
+        labels.append(target.ravel()[chosen])
+    if not samples:
+        raise ValueError("no labelled voxels to train on")
+    X = np.concatenate(samples)
+    y = np.concatenate(labels)
+    return train_from_samples(X, y, voxel_size=voxel_size, feature_spec=feature_spec,
+                              context_spec=context_spec, parameters=parameters)
+
+
+def train_from_samples(
+    X: np.ndarray, y: np.ndarray, *, voxel_size, feature_spec: FeatureSpec,
+    context_spec: ContextSpec, parameters: TrainingParameters | None = None,
+) -> VoxelClassifier:
+    """Train the cascade on feature rows already computed (e.g. once per volume, reused by
+    every fold of a cross-validation).
+
+    Parameters
+    ----------
+    X : (N, F) float32 ndarray, columns in the order of ``feature_names``
+    y : (N,) 0/1 ndarray
+    """
+    parameters = parameters or TrainingParameters()
+    rng = np.random.default_rng(parameters.seed)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    y = np.asarray(y).astype(np.int32)
+    names = feature_spec.channel_names() + context_spec.names()
+    if X.shape[1] != len(names):
+        raise ValueError(f"{X.shape[1]} feature columns, but the specs name {len(names)}")
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError(f"training needs both classes among {len(y)} labelled voxels")
+    logger.info("training on %d voxels (%d positive), %d features", len(y), int(y.sum()), X.shape[1])
+    main = _fit_booster(X, y, names, parameters, n_estimators=parameters.n_estimators,
+                        num_leaves=parameters.num_leaves)
+    screen, threshold = _fit_screen(X, y, names, parameters, rng)
+    return VoxelClassifier(
+        feature_spec=feature_spec, context_spec=context_spec,
+        voxel_size=tuple(float(v) for v in voxel_size), model=main, screen=screen,
+        screen_threshold=threshold,
+        training={"parameters": parameters.to_dict(), "n_samples": int(len(y)),
+                  "n_positive": int(y.sum())},
+    )
+
+
+def _fit_booster(X, y, names, p: TrainingParameters, *, n_estimators, num_leaves) -> lgb.Booster:
+    params = {
+        "objective": "binary", "learning_rate": p.learning_rate, "num_leaves": num_leaves,
+        "min_data_in_leaf": p.min_child_samples, "bagging_fraction": p.subsample,
+        "bagging_freq": 1, "feature_fraction": p.colsample_bytree, "seed": p.seed,
+        "verbose": -1, "num_threads": 0, "deterministic": True, "force_row_wise": True,
+    }
+    data = lgb.Dataset(X, label=y, feature_name=[_safe(n) for n in names], free_raw_data=True)
+    return lgb.train(params, data, num_boost_round=n_estimators)
+
+
+def _fit_screen(X, y, names, p: TrainingParameters, rng) -> tuple[lgb.Booster | None, float]:
+    """A small ensemble and the threshold that keeps ``screen_recall`` of held-out positives."""
+    if p.screen_estimators <= 0:
+        return None, 0.0
+    order = rng.permutation(len(y))
+    half = len(order) // 2
+    fit, held = order[:half], order[half:]
+    screen = _fit_booster(X[fit], y[fit], names, p, n_estimators=p.screen_estimators,
+                          num_leaves=p.screen_num_leaves)
+    held_positive = held[y[held] == 1]
+    if held_positive.size == 0:
+        return None, 0.0
+    scores = np.sort(screen.predict(X[held_positive]))
+    threshold = float(scores[int(np.floor((1 - p.screen_recall) * len(scores)))])
+    return screen, threshold
+
+
+def _safe(name: str) -> str:
+    # LightGBM refuses some characters in feature names.
+    return "".join(c if c.isalnum() or c in "_@." else "_" for c in name)
