@@ -33,13 +33,14 @@ def with_halo(box: Box, halo, shape) -> tuple[Box, Box]:
     return outer, core
 
 
-def default_block_shape(shape, halo, *, voxels: int = 8 * 2**20) -> tuple[int, int, int]:
-    """Blocks of about ``voxels`` voxels, thicker along axes with a larger halo."""
+def default_block_shape(shape, halo, *, step=(1, 1, 1), voxels: int = 8 * 2**20) -> tuple[int, int, int]:
+    """Blocks of about ``voxels`` voxels, thicker along axes with a larger halo, and a
+    multiple of ``step`` along each axis so every block starts on the classifier's grid."""
     block = [max(1, min(n, 4 * h)) for n, h in zip(shape, halo)]
     while np.prod(block) < voxels and any(b < n for b, n in zip(block, shape)):
         axis = int(np.argmin([b / n if b < n else np.inf for b, n in zip(block, shape)]))
         block[axis] = min(shape[axis], block[axis] * 2)
-    return tuple(int(b) for b in block)
+    return tuple(int(-(-b // g) * g) for b, g in zip(block, step))
 
 
 def iter_probability_blocks(
@@ -49,7 +50,13 @@ def iter_probability_blocks(
     """Yield (box, probability) for every block of ``source`` (or of ``roi`` within it)."""
     shape = tuple(int(n) for n in source.shape)
     halo = model.halo_voxels()
-    block_shape = tuple(block_shape or default_block_shape(shape, halo))
+    step = model.grid_step
+    block_shape = tuple(block_shape or default_block_shape(shape, halo, step=step))
+    if any(b % g for b, g in zip(block_shape, step)):
+        raise ValueError(f"block shape {block_shape} must be a multiple of the grid step {step}")
+    if roi:
+        # Start the region on the grid, so every block does.
+        roi = tuple(slice(((s.start or 0) // g) * g, s.stop) for s, g in zip(roi, step))
     offset = tuple(s.start or 0 for s in roi) if roi else (0, 0, 0)
     extent = tuple((s.stop or n) - (s.start or 0) for s, n in zip(roi, shape)) if roi else shape
     boxes = [
@@ -59,7 +66,7 @@ def iter_probability_blocks(
     for i, box in enumerate(boxes):
         outer, core = with_halo(box, halo, shape)
         region = read_box(source, outer)
-        yield box, model.predict_region(region, core=core)
+        yield box, model.predict_region(region, core=core, offset=tuple(s.start for s in outer))
         if progress is not None:
             progress(i + 1, len(boxes))
 

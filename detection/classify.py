@@ -22,6 +22,11 @@ Evaluating a few hundred trees at every voxel is the bottleneck of boosted voxel
 The model is therefore a two-stage cascade: a small screening ensemble scores every voxel, and
 the full ensemble only re-scores the voxels the screen lets through; the screening threshold is
 set on held-out training voxels to keep a chosen fraction of positives (99.5 % by default).
+And the classifier scores a grid of voxels, ``grid_step`` apart along each axis (aligned to the
+volume origin; the spacing is the largest whole number of voxels not above ``grid_nm``, 16 nm
+by default, far below the 30-60 nm thickness of a synaptic density), each grid voxel's
+probability standing for the ``grid_step`` block of voxels that starts at it. Features are
+still computed at full resolution: only the classification is on the grid.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import lightgbm as lgb
 import numpy as np
 from scipy import ndimage
 
-from detection.context import ContextSpec, context_features
+from detection.context import ContextSpec, context_features, grid_slices
 from detection.features import FeatureSpec, compute_features
 
 logger = logging.getLogger(__name__)
@@ -115,6 +120,7 @@ class TrainingParameters:
     screen_estimators: int = 12
     screen_num_leaves: int = 8
     screen_recall: float = 0.995
+    grid_nm: float = 16.0
     negatives_per_positive: float = 4.0
     max_samples: int = 400_000
     seed: int = 0
@@ -133,6 +139,7 @@ class VoxelClassifier:
     model: lgb.Booster
     screen: lgb.Booster | None = None
     screen_threshold: float = 0.0
+    grid_step: tuple[int, int, int] = (1, 1, 1)
     training: dict = field(default_factory=dict)
     version: int = MODEL_FORMAT_VERSION
 
@@ -142,13 +149,12 @@ class VoxelClassifier:
         return self.feature_spec.channel_names() + self.context_spec.names()
 
     def halo_voxels(self) -> tuple[int, int, int]:
-        base = np.asarray(self.feature_spec.halo_voxels(self.voxel_size))
-        return tuple(int(v) for v in base + np.asarray(self.context_spec.halo_voxels(self.voxel_size)))
+        return total_halo(self.feature_spec, self.context_spec, self.voxel_size, self.grid_step)
 
-    def features(self, volume: np.ndarray) -> np.ndarray:
-        """(F, Z, Y, X) float32 features of an in-memory region (with its own borders)."""
+    def features(self, volume: np.ndarray, *, offset=(0, 0, 0)) -> np.ndarray:
+        """(F, gz, gy, gx) float32 features at the grid voxels of an in-memory region."""
         return region_features(volume, voxel_size=self.voxel_size, feature_spec=self.feature_spec,
-                               context_spec=self.context_spec)
+                               context_spec=self.context_spec, step=self.grid_step, offset=offset)
 
     # -- scoring -------------------------------------------------------------------------
     def predict_proba(self, samples: np.ndarray) -> np.ndarray:
@@ -162,14 +168,28 @@ class VoxelClassifier:
             probability[keep] = self.model.predict(samples[keep])
         return probability
 
-    def predict_region(self, volume: np.ndarray, *, core=None) -> np.ndarray:
-        """Probability for a region; ``core`` (slices into it) limits which voxels are scored."""
-        feats = self.features(volume)
-        if core is not None:
-            feats = feats[(slice(None),) + tuple(core)]
-        shape = feats.shape[1:]
-        samples = feats.reshape(feats.shape[0], -1).T
-        return self.predict_proba(samples).reshape(shape)
+    def predict_region(self, volume: np.ndarray, *, core=None, offset=(0, 0, 0)) -> np.ndarray:
+        """Probability of every voxel of ``core`` (slices into the region; all by default).
+
+        ``offset`` is the global index of the region's first voxel, which places the grid. The
+        core must start on grid voxels (block corners at multiples of ``grid_step``).
+        """
+        core = tuple(core) if core is not None else tuple(slice(0, n) for n in volume.shape)
+        step = self.grid_step
+        starts = [c.start + o for c, o in zip(core, offset)]
+        if any(s % g for s, g in zip(starts, step)):
+            raise ValueError(f"a block must start on the {step} grid; it starts at {tuple(starts)}")
+        feats = self.features(volume, offset=offset)
+        first = [(-o) % g for o, g in zip(offset, step)]
+        sub = tuple(slice((c.start - f) // g, (c.stop - 1 - f) // g + 1)
+                    for c, f, g in zip(core, first, step))
+        feats = feats[(slice(None),) + sub]
+        grid_shape = feats.shape[1:]
+        probability = self.predict_proba(feats.reshape(feats.shape[0], -1).T).reshape(grid_shape)
+        for axis, g in enumerate(step):
+            if g > 1:
+                probability = np.repeat(probability, g, axis=axis)
+        return probability[tuple(slice(0, c.stop - c.start) for c in core)]
 
     # -- files ---------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -179,7 +199,8 @@ class VoxelClassifier:
             "format": "connectome-voxel-classifier", "version": self.version,
             "voxel_size": list(self.voxel_size), "feature_spec": self.feature_spec.to_dict(),
             "context_spec": self.context_spec.to_dict(), "feature_names": self.feature_names,
-            "screen_threshold": self.screen_threshold, "training": self.training,
+            "screen_threshold": self.screen_threshold, "grid_step": list(self.grid_step),
+            "training": self.training,
         }
         boosters = {
             "model": self.model.model_to_string(),
@@ -216,8 +237,8 @@ class VoxelClassifier:
             voxel_size=tuple(header["voxel_size"]),
             model=lgb.Booster(model_str=boosters["model"]),
             screen=lgb.Booster(model_str=boosters["screen"]) if boosters["screen"] else None,
-            screen_threshold=header["screen_threshold"], training=header["training"],
-            version=header["version"],
+            screen_threshold=header["screen_threshold"], grid_step=tuple(header["grid_step"]),
+            training=header["training"], version=header["version"],
         )
         if voxel_size is not None:
             model.check_voxel_size(voxel_size, allow_other=allow_other_voxel_size, source=path.name)
@@ -233,60 +254,90 @@ class VoxelClassifier:
             )
 
 
+def grid_step_for(voxel_size, grid_nm: float) -> tuple[int, int, int]:
+    """Largest whole number of voxels per axis not above ``grid_nm`` (at least 1)."""
+    return tuple(max(1, int(np.floor(grid_nm / float(v) + 1e-9))) for v in voxel_size)
+
+
+def total_halo(feature_spec: FeatureSpec, context_spec: ContextSpec, voxel_size,
+               step=(1, 1, 1)) -> tuple[int, int, int]:
+    """Halo a block needs: the channels must be exact wherever the cues read them."""
+    base = np.asarray(feature_spec.halo_voxels(voxel_size))
+    return tuple(int(v) for v in base + np.asarray(context_spec.halo_voxels(voxel_size, step)))
+
+
 def region_features(volume: np.ndarray, *, voxel_size, feature_spec: FeatureSpec,
-                    context_spec: ContextSpec) -> np.ndarray:
-    """Feature channels followed by context cues: (F, Z, Y, X) float32."""
+                    context_spec: ContextSpec, step=(1, 1, 1), offset=(0, 0, 0)) -> np.ndarray:
+    """Feature channels then context cues at the grid voxels: (F, gz, gy, gx) float32.
+
+    ``offset`` is the global index of the region's first voxel (see ``grid_slices``).
+    """
     channels = compute_features(volume, voxel_size=voxel_size, spec=feature_spec)
+    grid = grid_slices(volume.shape, step=step, offset=offset)
+    base = channels[(slice(None),) + grid]
     if not context_spec.channels:
-        return channels
-    context = context_features(channels, feature_spec.channel_names(), volume,
-                               voxel_size=voxel_size, spec=context_spec)
-    return np.concatenate([channels, context], axis=0)
+        return np.ascontiguousarray(base)
+    context = context_features(channels, feature_spec.channel_names(), voxel_size=voxel_size,
+                               spec=context_spec, step=step, offset=offset)
+    return np.concatenate([base, context], axis=0)
 
 
 def sampled_features(volume, flat_indices: np.ndarray, *, voxel_size, feature_spec: FeatureSpec,
-                     context_spec: ContextSpec, block_shape=None) -> np.ndarray:
-    """Feature rows (N, F) of chosen voxels, computed block by block (bounded memory).
+                     context_spec: ContextSpec, step=(1, 1, 1), block_shape=None) -> np.ndarray:
+    """Feature rows (N, F) of chosen grid voxels, computed block by block (bounded memory).
 
     Equal to ``region_features(volume)`` at those voxels: each block is read with the halo the
-    features and cues need.
+    features and cues need. Every chosen voxel must lie on the grid.
     """
     from detection.blockwise import default_block_shape, read_box, with_halo
     from detection.io.sources import iter_blocks
 
     shape = tuple(volume.shape)
-    halo = tuple(np.asarray(feature_spec.halo_voxels(voxel_size))
-                 + np.asarray(context_spec.halo_voxels(voxel_size)))
+    halo = total_halo(feature_spec, context_spec, voxel_size, step)
     coords = np.stack(np.unravel_index(flat_indices, shape), axis=1)
-    rows = np.empty((len(flat_indices), len(feature_spec.channel_names()) + context_spec.n_features),
-                    dtype=np.float32)
-    for box in iter_blocks(shape, block_shape or default_block_shape(shape, halo)):
+    if np.any(coords % np.asarray(step)):
+        raise ValueError(f"training voxels must lie on the {tuple(step)} grid")
+    n_features = len(feature_spec.channel_names()) + context_spec.n_features
+    rows = np.empty((len(flat_indices), n_features), dtype=np.float32)
+    block_shape = block_shape or default_block_shape(shape, halo, step=step)
+    for box in iter_blocks(shape, block_shape):
         lo = np.array([s.start for s in box])
         hi = np.array([s.stop for s in box])
         inside = np.flatnonzero(np.all((coords >= lo) & (coords < hi), axis=1))
         if inside.size == 0:
             continue
         outer, _ = with_halo(box, halo, shape)
+        origin = np.array([s.start for s in outer])
         feats = region_features(read_box(volume, outer), voxel_size=voxel_size,
-                                feature_spec=feature_spec, context_spec=context_spec)
-        local = coords[inside] - np.array([s.start for s in outer])
+                                feature_spec=feature_spec, context_spec=context_spec,
+                                step=step, offset=tuple(origin))
+        first = (-origin) % np.asarray(step)
+        local = (coords[inside] - origin - first) // np.asarray(step)
         rows[inside] = feats[(slice(None),) + tuple(local.T)].T
     return rows
 
 
 def default_context_spec(feature_spec: FeatureSpec) -> ContextSpec:
-    """Pool the smoothed intensity at the two smallest scales (PSD darkness, vesicle texture)."""
-    names = feature_spec.channel_names()
-    smoothed = [n for n in names if n.startswith("gaussian@")][:2]
-    return ContextSpec(channels=tuple(smoothed))
+    """Pool the smoothed intensity at the two smallest scales (PSD darkness, vesicle texture);
+    orient by the Hessian of the smoothed intensity nearest 40 nm."""
+    smoothed = [n for n in feature_spec.channel_names() if n.startswith("gaussian@")]
+    if not smoothed:
+        return ContextSpec()
+    scales = [float(n.split("@")[1][:-2]) for n in smoothed]
+    orientation = smoothed[int(np.argmin([abs(s - 40.0) for s in scales]))]
+    return ContextSpec(channels=tuple(smoothed[:2]), orientation_channel=orientation)
 
 
 # --- training --------------------------------------------------------------------------------
 
 def sample_training_voxels(targets: np.ndarray, *, negatives_per_positive: float,
-                           max_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Flat indices of the voxels to train on: positives plus a random share of negatives."""
-    flat = targets.ravel()
+                           max_samples: int, rng: np.random.Generator,
+                           step=(1, 1, 1)) -> np.ndarray:
+    """Flat indices of grid voxels to train on: positives plus a random share of negatives."""
+    on_grid = np.full(targets.shape, -1, dtype=np.int8)
+    grid = tuple(slice(0, None, g) for g in step)
+    on_grid[grid] = targets[grid]
+    flat = on_grid.ravel()
     positives = np.flatnonzero(flat == 1)
     negatives = np.flatnonzero(flat == 0)
     n_pos = min(len(positives), int(max_samples / (1 + negatives_per_positive)))
@@ -317,6 +368,7 @@ def train_voxel_classifier(
     parameters = parameters or TrainingParameters()
     rng = np.random.default_rng(parameters.seed)
     voxel_size = tuple(float(v) for v in voxel_size)
+    step = grid_step_for(voxel_size, parameters.grid_nm)
 
     samples, labels = [], []
     for volume, target in zip(volumes, targets):
@@ -324,12 +376,13 @@ def train_voxel_classifier(
             raise ValueError(f"volume shape {volume.shape} and label shape {target.shape} differ")
         chosen = sample_training_voxels(
             target, negatives_per_positive=parameters.negatives_per_positive,
-            max_samples=parameters.max_samples // len(volumes), rng=rng,
+            max_samples=parameters.max_samples // len(volumes), rng=rng, step=step,
         )
         if chosen.size == 0:
             continue
         samples.append(sampled_features(volume, chosen, voxel_size=voxel_size,
-                                        feature_spec=feature_spec, context_spec=context_spec))
+                                        feature_spec=feature_spec, context_spec=context_spec,
+                                        step=step))
         labels.append(target.ravel()[chosen])
     if not samples:
         raise ValueError("no labelled voxels to train on")
@@ -367,7 +420,7 @@ def train_from_samples(
     return VoxelClassifier(
         feature_spec=feature_spec, context_spec=context_spec,
         voxel_size=tuple(float(v) for v in voxel_size), model=main, screen=screen,
-        screen_threshold=threshold,
+        screen_threshold=threshold, grid_step=grid_step_for(voxel_size, parameters.grid_nm),
         training={"parameters": parameters.to_dict(), "n_samples": int(len(y)),
                   "n_positive": int(y.sum())},
     )

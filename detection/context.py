@@ -14,7 +14,9 @@ neighbourhood for every voxel:
     the mean of a feature over concentric cubic shells around the voxel (inner radius of one
     shell = outer radius of the previous), rotation-tolerant summaries of the surroundings.
 
-Everything is in nm and converted per axis, so anisotropic sections work. All cues for a voxel
+Everything is in nm and converted per axis, so anisotropic sections work. Cues are computed on
+a grid of voxels (every ``step`` voxels along each axis, aligned to the volume origin), since
+the classifier scores only those (see :mod:`detection.classify`). All cues at a grid voxel
 depend only on data within :meth:`ContextSpec.halo_voxels` of it, so block-wise computation
 with that halo equals whole-volume computation.
 """
@@ -24,7 +26,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from detection.features import sigma_voxels
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class ContextSpec:
     ----------
     channels : tuple of str
         Names of feature channels (``FeatureSpec.channel_names()``) to pool.
-    orientation_scale_nm : float
-        Scale of the Hessian whose dominant eigenvector gives the local normal.
+    orientation_channel : str
+        A smoothed-intensity channel (``"gaussian@40nm"``) whose Hessian gives the local normal.
     offsets_nm : tuple of float
         Distances along the normal at which channels are sampled on both sides.
     shells_nm : tuple of float
@@ -44,7 +45,7 @@ class ContextSpec:
     """
 
     channels: tuple[str, ...] = ()
-    orientation_scale_nm: float = 40.0
+    orientation_channel: str = "gaussian@40nm"
     offsets_nm: tuple[float, ...] = (40.0, 80.0, 160.0)
     shells_nm: tuple[float, ...] = (60.0, 120.0, 240.0)
 
@@ -61,15 +62,13 @@ class ContextSpec:
     def n_features(self) -> int:
         return len(self.names())
 
-    def halo_voxels(self, voxel_size) -> tuple[int, int, int]:
-        """Voxels of surrounding data that the cues of a voxel depend on, per axis."""
+    def halo_voxels(self, voxel_size, step=(1, 1, 1)) -> tuple[int, int, int]:
+        """Voxels of surrounding data the cues of a grid voxel depend on, per axis."""
+        if not self.channels:
+            return (0, 0, 0)
         voxel_size = np.asarray(voxel_size, dtype=float)
         reach = max(self.offsets_nm + self.shells_nm, default=0.0)
-        sigma = np.asarray(sigma_voxels(self.orientation_scale_nm, voxel_size))
-        # The orientation at a sampled voxel does not matter, only at the centre voxel: the
-        # orientation halo (smoothing + two central differences) adds to nothing else.
-        orientation = np.ceil(3.0 * sigma) + 2
-        return tuple(int(v) for v in np.maximum(np.ceil(reach / voxel_size) + 1, orientation))
+        return tuple(int(v) for v in np.ceil(reach / voxel_size) + np.asarray(step) + 1)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -79,32 +78,51 @@ class ContextSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def sheet_normals(volume: np.ndarray, *, voxel_size, scale_nm: float) -> np.ndarray:
-    """Unit normal of the dominant curvature at every voxel.
+def grid_slices(shape, *, step, offset=(0, 0, 0)) -> tuple[slice, slice, slice]:
+    """Slices selecting the grid voxels (global index a multiple of ``step``) of a region.
+
+    ``offset`` is the global index of the region's first voxel.
+    """
+    return tuple(slice((-o) % s, n, s) for n, s, o in zip(shape, step, offset))
+
+
+def sheet_normals(smoothed: np.ndarray, *, voxel_size, grid=None) -> np.ndarray:
+    """Unit normal of the dominant curvature of a smoothed volume, at grid voxels.
 
     Parameters
     ----------
-    volume : (Z, Y, X) ndarray
+    smoothed : (Z, Y, X) float ndarray
+        Gaussian-smoothed intensity (the orientation channel).
     voxel_size : (3,) float, nm
-    scale_nm : float
+    grid : tuple of 3 slices, optional
+        Voxels at which to compute (all by default).
 
     Returns
     -------
-    (3, Z, Y, X) float32 ndarray
+    (3, gz, gy, gx) float32 ndarray
         (z, y, x) components of the eigenvector of the Hessian eigenvalue with the largest
-        magnitude, in physical space (unit length in nm).
+        magnitude, in physical space (unit length in nm). Second differences at the region's
+        faces use the edge value.
     """
-    voxel_size = np.asarray(voxel_size, dtype=np.float32)
-    smoothed = ndimage.gaussian_filter(
-        np.asarray(volume, dtype=np.float32), sigma_voxels(scale_nm, voxel_size), mode="reflect"
-    )
-    first = np.gradient(smoothed, *voxel_size)
+    grid = grid or (slice(None),) * 3
+    vs = np.asarray(voxel_size, dtype=np.float32)
+    shape = smoothed.shape
+    index = [np.arange(n)[g] for n, g in zip(shape, grid)]
+
+    def at(dz, dy, dx):
+        idx = [np.clip(i + d, 0, n - 1) for i, d, n in zip(index, (dz, dy, dx), shape)]
+        return smoothed[np.ix_(*idx)].astype(np.float32)
+
+    centre = at(0, 0, 0)
+    unit = np.eye(3, dtype=int)
     hessian = {}
     for i in range(3):
-        second = np.gradient(first[i], *voxel_size)
-        for j in range(i, 3):
-            hessian[i, j] = second[j]
-    del first, smoothed
+        plus, minus = at(*unit[i]), at(*-unit[i])
+        hessian[i, i] = (plus - 2 * centre + minus) / (vs[i] * vs[i])
+        for j in range(i + 1, 3):
+            corners = at(*(unit[i] + unit[j])) - at(*(unit[i] - unit[j]))
+            corners -= at(*(unit[j] - unit[i])) - at(*(-unit[i] - unit[j]))
+            hessian[i, j] = corners / (4 * vs[i] * vs[j])
     h = lambda i, j: hessian[min(i, j), max(i, j)]  # noqa: E731 - symmetric lookup
 
     # Start from the Hessian column of largest norm (H applied to a basis vector leans towards
@@ -112,76 +130,84 @@ def sheet_normals(volume: np.ndarray, *, voxel_size, scale_nm: float) -> np.ndar
     # eigenvector of the largest-magnitude eigenvalue.
     columns = np.stack([np.stack([h(i, j) for i in range(3)]) for j in range(3)])
     norms = np.einsum("jizyx,jizyx->jzyx", columns, columns)
-    best = np.argmax(norms, axis=0)
-    vector = np.take_along_axis(columns, best[None, None], axis=0)[0]
+    vector = np.take_along_axis(columns, np.argmax(norms, axis=0)[None, None], axis=0)[0]
     del columns, norms
     for _ in range(3):
         vector = np.stack([sum(h(i, j) * vector[j] for j in range(3)) for i in range(3)])
         length = np.sqrt(np.einsum("izyx,izyx->zyx", vector, vector))
-        vector /= np.maximum(length, 1e-12)
+        vector /= np.maximum(length, 1e-20)
     flat = np.sqrt(np.einsum("izyx,izyx->zyx", vector, vector)) < 0.5
-    vector[:, flat] = (1.0, 0.0, 0.0)  # no curvature at all: any direction will do
+    vector[0][flat] = 1.0  # no curvature at all: any direction will do
     return vector.astype(np.float32, copy=False)
 
 
 def context_features(
-    channels: np.ndarray, channel_names, volume: np.ndarray, *, voxel_size, spec: ContextSpec,
+    channels: np.ndarray, channel_names, *, voxel_size, spec: ContextSpec,
+    step=(1, 1, 1), offset=(0, 0, 0),
 ) -> np.ndarray:
-    """Oriented and shell cues for every voxel.
+    """Oriented and shell cues at the grid voxels of a region.
 
     Parameters
     ----------
     channels : (C, Z, Y, X) float32 ndarray
-        Feature channels of the same region as ``volume``.
+        Feature channels of the region, at full resolution.
     channel_names : list of str
-        Their names; ``spec.channels`` selects among them.
-    volume : (Z, Y, X) ndarray
-        The EM data (for the orientation field).
+        Their names; ``spec.channels`` and ``spec.orientation_channel`` select among them.
     voxel_size : (3,) float, nm
     spec : ContextSpec
+    step, offset : (3,) int
+        Grid spacing, and the global index of the region's first voxel (see :func:`grid_slices`).
 
     Returns
     -------
-    (spec.n_features, Z, Y, X) float32 ndarray, in the order of ``spec.names()``.
+    (spec.n_features, gz, gy, gx) float32 ndarray, in the order of ``spec.names()``.
     """
+    shape = channels.shape[1:]
+    grid = grid_slices(shape, step=step, offset=offset)
+    grid_shape = tuple(len(range(*g.indices(n))) for g, n in zip(grid, shape))
     if not spec.channels:
-        return np.zeros((0,) + volume.shape, dtype=np.float32)
+        return np.zeros((0,) + grid_shape, dtype=np.float32)
     index = {name: i for i, name in enumerate(channel_names)}
-    missing = [c for c in spec.channels if c not in index]
+    missing = [c for c in spec.channels + (spec.orientation_channel,) if c not in index]
     if missing:
         raise ValueError(f"context channels {missing} are not among the feature channels")
     voxel_size = np.asarray(voxel_size, dtype=np.float32)
-    shape = volume.shape
-    normals = sheet_normals(volume, voxel_size=voxel_size, scale_nm=spec.orientation_scale_nm)
+    normals = sheet_normals(channels[index[spec.orientation_channel]], voxel_size=voxel_size,
+                            grid=grid)
 
-    grid = np.indices(shape, dtype=np.int32)
+    points = np.stack(np.meshgrid(*[np.arange(n)[g] for n, g in zip(shape, grid)],
+                                  indexing="ij")).astype(np.int32)
     upper = np.array(shape, dtype=np.int32).reshape(3, 1, 1, 1) - 1
     gathers = []
     for d in spec.offsets_nm:
-        step = normals * (d / voxel_size).reshape(3, 1, 1, 1)
-        flat_indices = []
-        for sign in (1, -1):
-            where = np.clip(grid + np.rint(sign * step).astype(np.int32), 0, upper)
-            flat_indices.append(np.ravel_multi_index(tuple(where), shape))
-        gathers.append(flat_indices)
-    del grid, normals
+        step_vox = np.rint(normals * (d / voxel_size).reshape(3, 1, 1, 1)).astype(np.int32)
+        gathers.append([
+            np.ravel_multi_index(tuple(np.clip(points + sign * step_vox, 0, upper)), shape)
+            for sign in (1, -1)
+        ])
+    del points, normals
 
-    out = np.empty((spec.n_features,) + shape, dtype=np.float32)
+    grid_step_nm = voxel_size * np.asarray(step, dtype=np.float32)
+    out = np.empty((spec.n_features,) + grid_shape, dtype=np.float32)
     k = 0
     for name in spec.channels:
         channel = channels[index[name]]
         flat = channel.ravel()
         for plus, minus in gathers:
             a, b = flat[plus], flat[minus]
-            out[k] = np.maximum(a, b)
-            out[k + 1] = np.minimum(a, b)
+            np.maximum(a, b, out=out[k])
+            np.minimum(a, b, out=out[k + 1])
             k += 2
+        # Shells are box means over the grid samples: the channels are smooth at the grid
+        # spacing, so the grid average stands for the full-resolution one at a fraction of
+        # the cost.
+        coarse = np.ascontiguousarray(channel[grid])
         previous_sum, previous_volume = None, None
         for r in spec.shells_nm:
-            half = np.maximum(np.rint(r / voxel_size), 0).astype(int)
+            half = np.maximum(np.rint(r / grid_step_nm), 0).astype(int)
             size = tuple(2 * half + 1)
             box_volume = float(np.prod(size))
-            box_sum = ndimage.uniform_filter(channel, size=size, mode="reflect") * box_volume
+            box_sum = ndimage.uniform_filter(coarse, size=size, mode="reflect") * box_volume
             if previous_sum is None:
                 out[k] = box_sum / box_volume
             else:

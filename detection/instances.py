@@ -99,6 +99,7 @@ class InstanceStitcher:
         self._block_ids: dict[tuple, tuple[int, int]] = {}
         self._uf = _UnionFind()
         self._final: np.ndarray | None = None
+        self.boxes: list[Box] = []  # in the order added, for a relabelling pass
 
     def _label(self, probability):
         return ndimage.label(probability >= self.low, structure=_FACES)
@@ -111,6 +112,7 @@ class InstanceStitcher:
         self._uf.grow(self._next)
         corner = tuple(s.start for s in box)
         self._block_ids[corner] = (start, n)
+        self.boxes.append(tuple(box))
         if n:
             self._stats.append(self._block_stats(labels, n, probability, corner, start))
         glob = np.where(labels > 0, labels + (start - 1), 0)

@@ -159,6 +159,11 @@ def _max_weight_matching(rows, cols, weights, *, n_rows: int, n_cols: int):
             keep = dense[a, b] > 0
             a, b = a[keep], b[keep]
         else:
+            logger.info(
+                "matching a group of %d x %d objects linked by %d candidate pairs with the "
+                "sparse solver; this can take a while",
+                r_ids.size, c_ids.size, edge_ids.size,
+            )
             a, b = _sparse_max_weight_matching(r, c, w, r_ids.size, c_ids.size)
         out_rows.append(r_ids[a])
         out_cols.append(c_ids[b])
@@ -349,7 +354,10 @@ def match_by_distance(pred_points, gt_points, *, tolerance_nm: float) -> Detecti
     The matching has the largest possible number of pairs no farther apart than
     ``tolerance_nm`` (inclusive), and among those the smallest total Euclidean distance
     (Hungarian algorithm on the sparse graph of candidate pairs, solved per connected
-    component, so 10^5 points take about a second).
+    component). The time depends on the largest group of points linked by candidate pairs:
+    with a tolerance below the typical spacing of the points the groups are small and
+    10^5 points take about a second; a tolerance beyond it links most points into one group,
+    which the exact solver takes tens of seconds over.
 
     Parameters
     ----------
@@ -489,8 +497,11 @@ def cremi_cleft_scores(
     pred_scored = pred if ignore is None else pred & ~ignore
     gt_scored = gt if ignore is None else gt & ~ignore
 
-    fp_fraction, adf = _far_fraction_and_mean(pred_scored, _distance_to(gt, voxel_size), tolerance_nm)
-    fn_fraction, adgt = _far_fraction_and_mean(gt_scored, _distance_to(pred, voxel_size), tolerance_nm)
+    to_gt = _distance_to(gt, voxel_size)
+    fp_fraction, adf = _far_fraction_and_mean(pred_scored, to_gt, tolerance_nm)
+    del to_gt  # one full-volume float64 map at a time
+    to_pred = _distance_to(pred, voxel_size)
+    fn_fraction, adgt = _far_fraction_and_mean(gt_scored, to_pred, tolerance_nm)
     precision = 1.0 - fp_fraction
     recall = 1.0 - fn_fraction
     fscore = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

@@ -1,0 +1,201 @@
+"""Spatial cross-validation of the synapse voxel classifier on real ssTEM data.
+
+    .venv/bin/python benchmarks/vnc_crossval.py [--folds 3] [--json docs/vnc_crossval.json]
+
+Data: ../shared/data/vnc_sstem_train.h5 (Drosophila larval VNC, 20 x 1024 x 640 voxels of
+50 x 4.6 x 4.6 nm, 33 annotated synapses; Gerhard et al. 2013).
+
+Folds are slabs along x. Each annotated synapse belongs to the fold holding its centroid; its
+voxels are never used for training by another fold, and in the evaluation of a fold, synapses of
+other folds are "ignore" (a prediction lying only on them is neither right nor wrong). For
+every outer fold, the thresholds (hysteresis high/low, minimum size) are chosen by an inner
+cross-validation on the training folds alone, then a model trained on all training folds is
+applied to the held-out slab. Features do not depend on labels, so they are computed once for
+the whole volume (at the classifier's grid voxels, as block-wise prediction does). Synapse-level precision / recall / F1 by overlap matching (one-to-one, at
+least one voxel in common), per fold and pooled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from detection.classify import (
+    TrainingParameters, clean_targets, default_context_spec, grid_step_for, labels_to_targets,
+    region_features, sample_training_voxels, train_from_samples,
+)
+from detection.features import FeatureSpec
+from detection.instances import find_instances
+from detection.metrics import DetectionScores, match_by_overlap
+
+DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+GRID = {
+    "high": (0.5, 0.6, 0.7, 0.8, 0.9),
+    "low": (0.3, 0.4, 0.5, 0.6),
+    "min_size": (100, 300, 1000, 2000),
+}
+
+
+def fold_edges(ids: np.ndarray, n_folds: int, step: int) -> np.ndarray:
+    """x cuts (on the grid) giving folds with about equal numbers of synapse centroids."""
+    xs = np.sort([np.nonzero(ids == i)[2].mean() for i in np.unique(ids) if i])
+    cuts = [0]
+    for k in range(1, n_folds):
+        i = int(round(k * len(xs) / n_folds))
+        cuts.append(int((xs[i - 1] + xs[i]) / 2 / step) * step)
+    cuts.append(ids.shape[2])
+    return np.array(cuts)
+
+
+def synapse_fold(ids: np.ndarray, edges: np.ndarray) -> dict[int, int]:
+    return {int(i): int(np.searchsorted(edges, np.nonzero(ids == i)[2].mean(), side="right") - 1)
+            for i in np.unique(ids) if i}
+
+
+def in_folds(shape, edges, folds) -> np.ndarray:
+    x = np.arange(shape[2])
+    keep = np.zeros(shape[2], bool)
+    for f in folds:
+        keep |= (x >= edges[f]) & (x < edges[f + 1])
+    return np.broadcast_to(keep, shape)
+
+
+def train(features, targets, region, params, rng):
+    """Train on the grid voxels of ``region`` (features hold the grid voxels only)."""
+    t = np.where(region, targets, -1).astype(np.int8)[GRID_SLICES]
+    chosen = sample_training_voxels(t, negatives_per_positive=params.negatives_per_positive,
+                                    max_samples=params.max_samples, rng=rng)
+    X = features.reshape(features.shape[0], -1)[:, chosen].T
+    return train_from_samples(X, t.ravel()[chosen], voxel_size=VOXEL, feature_spec=SPEC,
+                              context_spec=CONTEXT, parameters=params)
+
+
+def predict(model, features, x0, x1, shape):
+    """Full-resolution probability of the slab x0:x1, each grid voxel standing for its cell."""
+    sz, sy, sx = STEP
+    block = features[:, :, :, x0 // sx: -(-x1 // sx)]
+    p = model.predict_proba(block.reshape(block.shape[0], -1).T).reshape(block.shape[1:])
+    for axis, g in enumerate(STEP):
+        p = np.repeat(p, g, axis=axis)
+    return p[: shape[0], : shape[1], : x1 - x0]
+
+
+def score(probability, ids_region, ignore_region, high, low, min_size):
+    labels, _ = find_instances(probability, voxel_size=VOXEL, high=high, low=low,
+                               min_size_voxels=min_size)
+    return match_by_overlap(labels, ids_region, ignore=ignore_region)
+
+
+def choose_thresholds(pieces):
+    """The grid point with the best pooled F1 over the inner held-out pieces."""
+    best = None
+    for high, low, min_size in itertools.product(*GRID.values()):
+        if low > high:
+            continue
+        pooled = DetectionScores.combine([score(p, g, i, high, low, min_size) for p, g, i in pieces])
+        if best is None or pooled.f1 > best[0]:
+            best = (pooled.f1, high, low, min_size)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--n-estimators", type=int, default=200)
+    parser.add_argument("--ignore-band-nm", type=float, default=30.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    path = DATA / "vnc_sstem_train.h5"
+    if not path.exists():
+        sys.exit(f"skipped: {path} is absent (set SHARED_DATA)")
+
+    global VOXEL, SPEC, CONTEXT, STEP, GRID_SLICES
+    with h5py.File(path, "r") as f:
+        raw = f["volumes/raw"][:]
+        mask = f["volumes/labels/synapse_mask"][:]
+        ids = f["volumes/labels/synapse_ids_3d"][:].astype(np.int64)
+        VOXEL = tuple(float(v) for v in f["volumes/raw"].attrs["resolution"])
+    SPEC = FeatureSpec()
+    CONTEXT = default_context_spec(SPEC)
+    params = TrainingParameters(n_estimators=args.n_estimators)
+    STEP = grid_step_for(VOXEL, params.grid_nm)
+    GRID_SLICES = tuple(slice(0, None, g) for g in STEP)
+
+    t0 = time.perf_counter()
+    features = region_features(raw, voxel_size=VOXEL, feature_spec=SPEC, context_spec=CONTEXT,
+                               step=STEP)
+    print(f"features: {features.shape[0]} channels for {raw.size / 1e6:.1f} Mvoxels (grid step "
+          f"{STEP}) in {time.perf_counter() - t0:.0f} s")
+    targets = clean_targets(labels_to_targets(mask, convention="binary"), voxel_size=VOXEL,
+                            ignore_band_nm=args.ignore_band_nm)
+    edges = fold_edges(ids, args.folds, STEP[2])
+    fold_of = synapse_fold(ids, edges)
+    print(f"folds along x: {edges.tolist()}; synapses per fold: "
+          f"{np.bincount(list(fold_of.values()), minlength=args.folds).tolist()}")
+
+    def synapses_of(folds):
+        return [s for s, f in fold_of.items() if f in folds]
+
+    def evaluation_piece(probability, fold):
+        x0, x1 = edges[fold], edges[fold + 1]
+        own = np.isin(ids[:, :, x0:x1], synapses_of([fold]))
+        gt = np.where(own, ids[:, :, x0:x1], 0)
+        ignore = (ids[:, :, x0:x1] > 0) & ~own
+        return probability, gt, ignore
+
+    rng = np.random.default_rng(0)
+    results = []
+    for fold in range(args.folds):
+        started = time.perf_counter()
+        train_folds = [f for f in range(args.folds) if f != fold]
+        # Synapses of the held-out fold are hidden from training wherever their voxels lie.
+        hidden = np.isin(ids, synapses_of([fold]))
+        fold_targets = np.where(hidden, -1, targets).astype(np.int8)
+
+        inner_pieces = []
+        for inner in train_folds:
+            rest = [f for f in train_folds if f != inner]
+            inner_hidden = np.isin(ids, synapses_of([inner]))
+            model = train(features, np.where(inner_hidden, -1, fold_targets),
+                          in_folds(ids.shape, edges, rest), params, rng)
+            probability = predict(model, features, edges[inner], edges[inner + 1], ids.shape)
+            inner_pieces.append(evaluation_piece(probability, inner))
+        inner_f1, high, low, min_size = choose_thresholds(inner_pieces)
+
+        model = train(features, fold_targets, in_folds(ids.shape, edges, train_folds), params, rng)
+        probability = predict(model, features, edges[fold], edges[fold + 1], ids.shape)
+        scores = score(*evaluation_piece(probability, fold), high, low, min_size)
+        results.append({"fold": fold, "x": [int(edges[fold]), int(edges[fold + 1])],
+                        "thresholds": {"high": high, "low": low, "min_size_voxels": min_size},
+                        "inner_f1": inner_f1, **{k: v for k, v in scores.to_dict().items() if k != "matches"}})
+        print(f"fold {fold} x {edges[fold]}-{edges[fold + 1]}: precision {scores.precision:.3f} "
+              f"recall {scores.recall:.3f} F1 {scores.f1:.3f} (tp {scores.tp} fp {scores.fp} "
+              f"fn {scores.fn}); thresholds high {high} low {low} min size {min_size} "
+              f"(inner F1 {inner_f1:.3f}); {time.perf_counter() - started:.0f} s")
+
+    pooled = DetectionScores.from_counts(sum(r["tp"] for r in results),
+                                         sum(r["fp"] for r in results),
+                                         sum(r["fn"] for r in results))
+    print(f"overall: precision {pooled.precision:.3f} recall {pooled.recall:.3f} F1 {pooled.f1:.3f} "
+          f"(tp {pooled.tp} fp {pooled.fp} fn {pooled.fn})")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "folds": results, "overall": {k: v for k, v in pooled.to_dict().items() if k != "matches"},
+            "feature_spec": SPEC.to_dict(), "context_spec": CONTEXT.to_dict(),
+            "training": params.to_dict(), "ignore_band_nm": args.ignore_band_nm,
+            "grid_step": list(STEP),
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

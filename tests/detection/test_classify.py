@@ -1,0 +1,124 @@
+"""The voxel classifier: targets, cleaning, context cues, the cascade, block-wise prediction."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from detection.blockwise import predict_probability
+from detection.classify import (
+    ModelMismatchError, TrainingParameters, VoxelClassifier, clean_targets, labels_to_targets,
+    region_features, train_voxel_classifier,
+)
+from detection.context import ContextSpec, context_features, sheet_normals
+from detection.features import FeatureSpec
+from detection.phantom import make_phantom
+
+VOXEL = (40.0, 8.0, 8.0)
+SMALL_SPEC = FeatureSpec(scales_nm=(10.0, 20.0, 40.0))
+
+
+def test_label_conventions():
+    labels = np.array([[[0, 255, 7, 1, 2]]], dtype=np.uint8)
+    np.testing.assert_array_equal(labels_to_targets(labels, convention="ccboost"), [[[0, 1, -1, -1, -1]]])
+    np.testing.assert_array_equal(labels_to_targets(labels, convention="binary"), [[[0, 1, 1, 1, 1]]])
+    np.testing.assert_array_equal(labels_to_targets(labels, convention="classes"), [[[-1, -1, -1, 0, 1]]])
+    with pytest.raises(ValueError, match="unknown label convention 'cremi'"):
+        labels_to_targets(labels, convention="cremi")
+
+
+def test_clean_targets_erodes_and_bands_in_nm():
+    targets = np.zeros((1, 1, 21), np.int8)
+    targets[0, 0, 8:13] = 1                     # 5 positives, 8 nm voxels along x
+    cleaned = clean_targets(targets, voxel_size=VOXEL, erode_nm=8.0, ignore_band_nm=16.0)
+    np.testing.assert_array_equal(
+        cleaned[0, 0],
+        [0, 0, 0, 0, 0, 0, -1, -1, -1, 1, 1, 1, -1, -1, -1, 0, 0, 0, 0, 0, 0],
+    )
+
+
+def test_sheet_normals_point_across_a_membrane():
+    volume = np.full((9, 40, 40), 200.0)
+    volume[:, :, 18:21] = 40.0                 # a dark sheet normal to x
+    smoothed = ndimage.gaussian_filter(volume, (0.4, 2, 2))
+    normals = sheet_normals(smoothed, voxel_size=VOXEL)
+    np.testing.assert_allclose(np.abs(normals[:, 4, 20, 19]), [0, 0, 1], atol=1e-3)
+    volume = np.full((30, 30, 30), 200.0)
+    volume[14:16] = 40.0                       # normal to z, isotropic voxels
+    normals = sheet_normals(ndimage.gaussian_filter(volume, 2), voxel_size=(8, 8, 8),
+                            grid=np.s_[::2, ::2, ::2])
+    assert normals.shape == (3, 15, 15, 15)
+    np.testing.assert_allclose(np.abs(normals[:, 7, 7, 7]), [1, 0, 0], atol=1e-3)
+
+
+def test_oriented_cues_see_both_sides_of_a_sheet():
+    volume = np.full((5, 40, 60), 150.0, dtype=np.float32)
+    volume[:, :, 28:31] = 30.0                 # membrane normal to x
+    volume[:, :, 20:28] = 90.0                 # darker band on the left (a "PSD" side)
+    channels = np.stack([volume, ndimage.gaussian_filter(volume, (0.3, 2, 2))])
+    spec = ContextSpec(channels=("raw",), orientation_channel="smooth", offsets_nm=(48.0,),
+                       shells_nm=(16.0,))
+    cues = context_features(channels, ["raw", "smooth"], voxel_size=VOXEL, spec=spec)
+    assert spec.names() == ["ctx_max(raw)@48nm", "ctx_min(raw)@48nm", "ctx_shell(raw)@16nm"]
+    # 48 nm = 6 voxels either side of x = 29: x = 23 (90) and x = 35 (150).
+    assert cues[0, 2, 20, 29] == 150.0 and cues[1, 2, 20, 29] == 90.0
+    # On a 2-voxel grid starting at global x = 1 (offset 1), local x = 29 is grid column 14.
+    on_grid = context_features(channels, ["raw", "smooth"], voxel_size=VOXEL, spec=spec,
+                               step=(1, 2, 2), offset=(0, 0, 1))
+    assert on_grid.shape == (3, 5, 20, 30)
+    assert on_grid[0, 2, 10, 14] == 150.0 and on_grid[1, 2, 10, 14] == 90.0
+
+
+def _phantom(seed, shape=(16, 128, 128)):
+    return make_phantom(shape, voxel_size=VOXEL, n_cells=14, n_synapses=14, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    ph = _phantom(1)
+    targets = clean_targets(labels_to_targets(ph.synapse_labels, convention="binary"),
+                            voxel_size=VOXEL, ignore_band_nm=16.0)
+    return train_voxel_classifier(ph.em, targets, voxel_size=VOXEL, feature_spec=SMALL_SPEC,
+                                  parameters=TrainingParameters(n_estimators=60, max_samples=60_000))
+
+
+def test_classifier_separates_synapses_on_a_new_volume(trained):
+    ph = _phantom(2)
+    probability = trained.predict_region(ph.em)
+    auc = roc_auc_score(ph.synapse_labels.ravel() > 0, probability.ravel())
+    assert auc > 0.95
+    assert probability[ph.synapse_labels > 0].mean() > 0.5 > probability[ph.segmentation > 0].mean()
+
+
+def test_blockwise_prediction_equals_the_whole_region(trained):
+    volume = _phantom(3).em
+    whole = trained.predict_region(volume)
+    assert trained.grid_step == (2, 2, 2) or trained.grid_step == (1, 2, 2)
+    for block in [(8, 50, 64), (16, 34, 128)]:
+        blocked = predict_probability(volume, trained, block_shape=block)
+        # Features agree to float32 rounding; a voxel whose feature sits exactly on a split
+        # threshold may fall the other way, so allow a few such voxels.
+        differ = np.abs(blocked - whole) > 1e-5
+        assert differ.mean() < 1e-4, differ.sum()
+
+
+def test_model_file_round_trip_and_voxel_size_check(trained, tmp_path):
+    path = trained.save(tmp_path / "synapses.model")
+    loaded = VoxelClassifier.load(path, voxel_size=VOXEL)
+    volume = _phantom(4).em[:, :48, :48]
+    np.testing.assert_array_equal(loaded.predict_region(volume), trained.predict_region(volume))
+    assert loaded.feature_names == trained.feature_names
+    with pytest.raises(ModelMismatchError, match=r"trained on voxels of \(40\.0, 8\.0, 8\.0\) nm .* \(50\.0, 4\.6, 4\.6\)"):
+        VoxelClassifier.load(path, voxel_size=(50, 4.6, 4.6))
+    VoxelClassifier.load(path, voxel_size=(50, 4.6, 4.6), allow_other_voxel_size=True)
+    (tmp_path / "junk.model").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelMismatchError, match="junk.model: cannot read model file"):
+        VoxelClassifier.load(tmp_path / "junk.model")
+
+
+def test_region_features_layout(trained):
+    volume = _phantom(5).em[:, :40, :40]
+    feats = region_features(volume, voxel_size=VOXEL, feature_spec=trained.feature_spec,
+                            context_spec=trained.context_spec, step=(1, 2, 2))
+    assert feats.shape == (len(trained.feature_names), 16, 20, 20)
+    assert feats.dtype == np.float32
