@@ -550,77 +550,77 @@ class _Scratch:
         return self._f32[i, :math.prod(self.shape)].reshape(self.shape)
 
 
-# float64 / float32 temporaries used by _sym3_into, after its inputs.
-_SYM3_F64 = 7
-_SYM3_F32 = 3
+# float32 temporaries used by _sym3_into.
+_SYM3_F32 = 8
 
 
 def _sym3_into(a00, a11, a22, a01, a02, a12, ev0, ev1, ev2, scratch: _Scratch, first: int = 0):
     """Sorted eigenvalues of symmetric 3x3 matrices, written into ``ev0 <= ev1 <= ev2``.
 
-    Uses float64 scratch ``first .. first + 6`` and float32 scratch 0 .. 2.
+    Inputs and outputs float32 (outputs may be views of the channels); uses float32 scratch
+    ``first .. first + 7``. The matrix is scaled by 1 / p before its determinant is taken, so
+    no cube of the entries can overflow or underflow float32.
     """
-    q, b0, b1, b2, t, u, p2 = (scratch.f64(first + i) for i in range(_SYM3_F64))
-    c, two_p, q32 = (scratch.f32(i) for i in range(_SYM3_F32))
+    q, b0, b1, b2, o01, o02, o12, t = (scratch.f32(first + i) for i in range(_SYM3_F32))
     np.add(a00, a11, out=q)
     q += a22
-    q *= 1.0 / 3.0
+    q *= np.float32(1.0 / 3.0)
     np.subtract(a00, q, out=b0)
     np.subtract(a11, q, out=b1)
     np.subtract(a22, q, out=b2)
-    # p^2 = |A - qI|_F^2 / 6
-    np.square(b0, out=p2)
-    np.square(b1, out=t)
-    p2 += t
-    np.square(b2, out=t)
-    p2 += t
-    np.square(a01, out=u)
+    # p = sqrt(|A - qI|_F^2 / 6), in ev2
+    p = ev2
+    np.square(b0, out=p)
+    for v in (b1, b2):
+        np.square(v, out=t)
+        p += t
+    np.square(a01, out=o01)
     np.square(a02, out=t)
-    u += t
+    o01 += t
     np.square(a12, out=t)
-    u += t
-    u *= 2.0
-    p2 += u
-    p2 *= 1.0 / 6.0
-    # det(A - qI) by cofactors along the first row, into u
-    np.multiply(b1, b2, out=u)
-    np.square(a12, out=t)
-    u -= t
-    u *= b0
-    np.multiply(a01, b2, out=t)
-    np.multiply(a12, a02, out=b0)
+    o01 += t
+    o01 *= np.float32(2.0)
+    p += o01
+    p *= np.float32(1.0 / 6.0)
+    np.sqrt(p, out=p)
+    # B = (A - qI) / p; p = 0 (a multiple of I) leaves B = 0.
+    np.maximum(p, np.finfo(np.float32).tiny, out=t)
+    np.reciprocal(t, out=t)
+    for v in (b0, b1, b2):
+        v *= t
+    np.multiply(a01, t, out=o01)
+    np.multiply(a02, t, out=o02)
+    np.multiply(a12, t, out=o12)
+    # r = det(B) / 2 in [-1, 1], by cofactors along the first row, into ev1
+    r = ev1
+    np.multiply(b1, b2, out=r)
+    np.square(o12, out=t)
+    r -= t
+    r *= b0
+    np.multiply(o01, b2, out=t)
+    np.multiply(o12, o02, out=b0)
     t -= b0
-    t *= a01
-    u -= t
-    np.multiply(a01, a12, out=t)
-    np.multiply(b1, a02, out=b0)
+    t *= o01
+    r -= t
+    np.multiply(o01, o12, out=t)
+    np.multiply(b1, o02, out=b0)
     t -= b0
-    t *= a02
-    u += t
-    # det(B) / 2 for B = (A - qI) / p lies in [-1, 1]; p = 0 (a multiple of I) gives 0 / tiny.
-    p = np.sqrt(p2, out=b1)
-    np.multiply(p2, p, out=t)
-    t *= 2.0
-    np.maximum(t, np.finfo(np.float64).tiny, out=t)
-    u /= t
-    np.clip(u, -1.0, 1.0, out=u)
-    # The angle in float64 (arccos is ill-conditioned near repeated eigenvalues), its cosines
-    # in float32 (ten times faster than float64 cosines, and as precise as the output).
-    phi = np.arccos(u, out=u)
-    phi *= 1.0 / 3.0
-    np.copyto(two_p, p, casting="same_kind")
-    two_p *= 2.0
-    np.copyto(q32, q, casting="same_kind")
-    np.copyto(c, phi, casting="same_kind")
-    np.cos(c, out=c)
-    np.multiply(c, two_p, out=ev2, casting="same_kind")
-    ev2 += q32
-    phi += 2.0 * np.pi / 3.0
-    np.copyto(c, phi, casting="same_kind")
-    np.cos(c, out=c)
-    np.multiply(c, two_p, out=ev0, casting="same_kind")
-    ev0 += q32
-    np.multiply(q32, 3.0, out=ev1, casting="same_kind")
+    t *= o02
+    r += t
+    r *= np.float32(0.5)
+    np.clip(r, -1.0, 1.0, out=r)
+    # Eigenvalues q + 2p cos(phi + 2 pi k / 3) with phi = arccos(r) / 3 in [0, pi / 3].
+    phi = np.arccos(r, out=b2)
+    phi *= np.float32(1.0 / 3.0)
+    p *= np.float32(2.0)
+    np.add(phi, np.float32(2.0 * np.pi / 3.0), out=b1)
+    np.cos(b1, out=b1)
+    np.multiply(b1, p, out=ev0)
+    ev0 += q
+    np.cos(phi, out=phi)
+    p *= phi
+    p += q  # ev2
+    np.multiply(q, np.float32(3.0), out=ev1)
     ev1 -= ev0
     ev1 -= ev2
 
@@ -631,18 +631,19 @@ def sym3_eigenvalues(a00, a11, a22, a01, a02, a12):
     Parameters
     ----------
     a00, a11, a22, a01, a02, a12 : array-likes of one shape
-        Matrix entries (converted to float64).
+        Matrix entries (computed in float32).
 
     Returns
     -------
     ev0, ev1, ev2 : float32 ndarrays
         ``ev0 <= ev1 <= ev2``, by the trigonometric solution of the characteristic cubic
-        (Smith 1961). The error is a few float32 roundings of the largest magnitude, ~1e-6.
+        (Smith 1961). The error is about 1e-6 of the largest magnitude, up to ~1e-4 of the
+        eigenvalue spread for nearly repeated eigenvalues (arccos is ill-conditioned there).
     """
-    entries = [np.asarray(v, dtype=np.float64) for v in (a00, a11, a22, a01, a02, a12)]
-    shape = np.broadcast_shapes(*(v.shape for v in entries))
-    entries = [np.broadcast_to(v, shape) for v in entries]
-    scratch = _Scratch(max(1, math.prod(shape)), _SYM3_F64, _SYM3_F32)
+    entries = np.broadcast_arrays(*(np.asarray(v, dtype=np.float32)
+                                    for v in (a00, a11, a22, a01, a02, a12)))
+    shape = entries[0].shape
+    scratch = _Scratch(max(1, math.prod(shape)), 0, _SYM3_F32)
     scratch.shape = shape
     evs = tuple(np.empty(shape, dtype=np.float32) for _ in range(3))
     _sym3_into(*entries, *evs, scratch)
@@ -676,56 +677,58 @@ _STEPS = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
 _PAIRS = ((0, 1), (0, 2), (1, 2))
 
 
-def _first_derivative(at, axis: int, h: float, out: np.ndarray) -> None:
+def _difference(at, axis: int, h: float, tmp: np.ndarray, out: np.ndarray) -> None:
+    """Central difference along ``axis`` per nm: in float64 ``tmp``, then into ``out``."""
     step = _STEPS[axis]
-    np.subtract(at(*step), at(*(-v for v in step)), out=out)
-    out *= 0.5 / h
+    np.subtract(at(*step), at(*(-v for v in step)), out=tmp)
+    np.multiply(tmp, 0.5 / h, out=out, casting="same_kind")
 
 
 def _derivative_channels(gp, voxel_size, out, grad_c, log_c, hess_c) -> None:
-    """Gradient magnitude, Laplacian and Hessian eigenvalues from ``gp`` (core + 1 voxel)."""
+    """Gradient magnitude, Laplacian and Hessian eigenvalues from ``gp`` (core + 1 voxel).
+
+    Differences are taken in float64, where they cancel the magnitude of the smoothed
+    values, and stored in float32 once they no longer do.
+    """
     core = tuple(n - 2 for n in gp.shape)
     want_hessian = hess_c[0] is not None
-    scratch = _Scratch(_chunk_voxels(core), 7 + _SYM3_F64, _SYM3_F32)
+    scratch = _Scratch(_chunk_voxels(core), 2, 7 + _SYM3_F32)
     for zs, ys in _chunks(core):
         at = functools.partial(_shifted, gp, zs, ys)
         dst = (zs, ys)
         scratch.shape = at(0, 0, 0).shape
+        tmp, c2 = scratch.f64(0), scratch.f64(1)
         if grad_c is not None:
-            total, d = scratch.f64(0), scratch.f64(1)
-            _first_derivative(at, 0, voxel_size[0], total)
+            total, d = out[grad_c][dst], scratch.f32(6)
+            _difference(at, 0, voxel_size[0], tmp, total)
             np.square(total, out=total)
             for axis in (1, 2):
-                _first_derivative(at, axis, voxel_size[axis], d)
+                _difference(at, axis, voxel_size[axis], tmp, d)
                 np.square(d, out=d)
                 total += d
             np.sqrt(total, out=total)
-            out[grad_c][dst] = total
         if log_c is None and not want_hessian:
             continue
-        # Diagonal second differences, in float64: they cancel the smoothed values' magnitude.
-        c2 = scratch.f64(6)
         np.multiply(at(0, 0, 0), 2.0, out=c2)
-        second = [scratch.f64(i) for i in range(3)]
+        second = [scratch.f32(i) for i in range(3)]
         for axis, d in enumerate(second):
             step = _STEPS[axis]
-            np.add(at(*step), at(*(-v for v in step)), out=d)
-            d -= c2
-            d *= 1.0 / (voxel_size[axis] ** 2)
+            np.add(at(*step), at(*(-v for v in step)), out=tmp)
+            tmp -= c2
+            np.multiply(tmp, 1.0 / voxel_size[axis] ** 2, out=d, casting="same_kind")
         if log_c is not None:
-            np.add(second[0], second[1], out=c2)
-            c2 += second[2]
-            out[log_c][dst] = c2
+            np.add(second[0], second[1], out=out[log_c][dst])
+            out[log_c][dst] += second[2]
         if not want_hessian:
             continue
-        cross = [scratch.f64(3 + k) for k in range(3)]
+        cross = [scratch.f32(3 + k) for k in range(3)]
         for (i, j), d in zip(_PAIRS, cross):
             plus = tuple(u + v for u, v in zip(_STEPS[i], _STEPS[j]))
             minus = tuple(u - v for u, v in zip(_STEPS[i], _STEPS[j]))
-            np.subtract(at(*plus), at(*minus), out=d)
-            d -= at(*(-v for v in minus))
-            d += at(*(-v for v in plus))
-            d *= 0.25 / (voxel_size[i] * voxel_size[j])
+            np.subtract(at(*plus), at(*minus), out=tmp)
+            tmp -= at(*(-v for v in minus))
+            tmp += at(*(-v for v in plus))
+            np.multiply(tmp, 0.25 / (voxel_size[i] * voxel_size[j]), out=d, casting="same_kind")
         _sym3_into(*second, *cross, *(out[c][dst] for c in hess_c), scratch, first=7)
 
 
@@ -738,19 +741,19 @@ def _structure_tensor_channels(gp, voxel_size, outer: _Kernel, out, channels, wo
     margin = _radius(outer)
     region = tuple(n - 2 for n in gp.shape)
     products = work.get("st_products", (6,) + region, np.float32)
-    scratch = _Scratch(_chunk_voxels(region), 3, 0)
+    scratch = _Scratch(_chunk_voxels(region), 1, 3)
     for zs, ys in _chunks(region):
         at = functools.partial(_shifted, gp, zs, ys)
         scratch.shape = at(0, 0, 0).shape
-        grad = [scratch.f64(axis) for axis in range(3)]
+        grad = [scratch.f32(axis) for axis in range(3)]
         for axis, d in enumerate(grad):
-            _first_derivative(at, axis, voxel_size[axis], d)
+            _difference(at, axis, voxel_size[axis], scratch.f64(0), d)
         p = products[:, zs, ys]
         for k, (i, j) in enumerate(((0, 0), (1, 1), (2, 2)) + _PAIRS):
-            np.multiply(grad[i], grad[j], out=p[k], casting="same_kind")
+            np.multiply(grad[i], grad[j], out=p[k])
     core = tuple(int(n) for n in np.array(region) - 2 * margin)
     tensor = _smooth(products, outer, margin, margin + core, work, ("st_a", "st_b"), np.float32)
-    scratch = _Scratch(_chunk_voxels(core), _SYM3_F64, _SYM3_F32)
+    scratch = _Scratch(_chunk_voxels(core), 0, _SYM3_F32)
     for zs, ys in _chunks(core):
         t = tensor[:, zs, ys]
         scratch.shape = t.shape[1:]
@@ -771,6 +774,7 @@ def _compute_region(data: np.ndarray, core_lo, core_shape, plan: _Plan) -> np.nd
     a = np.asarray(data, dtype=np.float64)
     work = _Workspace()
     ready: dict[_Kernel, np.ndarray] = {}
+    slots: dict[_Kernel, int] = {}
     uses = {s.kernel: s.dog_uses for s in plan.smoothings}
     pending = list(plan.dogs)
     for entry in plan.smoothings:
@@ -790,7 +794,11 @@ def _compute_region(data: np.ndarray, core_lo, core_shape, plan: _Plan) -> np.nd
             _structure_tensor_channels(g[inner], plan.voxel_size, outer, out, channels, work)
         if uses[entry.kernel]:
             # g lives in the workspace, which the next scale overwrites.
-            ready[entry.kernel] = g[core].copy()
+            slot = next(i for i in range(len(slots) + 1) if i not in slots.values())
+            copy = work.get(f"dog{slot}", tuple(int(n) for n in core_shape), np.float64)
+            np.copyto(copy, g[core])
+            ready[entry.kernel] = copy
+            slots[entry.kernel] = slot
         for dog in list(pending):
             fine, coarse, c = dog
             if fine in ready and coarse in ready:
@@ -799,7 +807,7 @@ def _compute_region(data: np.ndarray, core_lo, core_shape, plan: _Plan) -> np.nd
                 for kernel in (fine, coarse):
                     uses[kernel] -= 1
                     if not uses[kernel]:
-                        del ready[kernel]
+                        del ready[kernel], slots[kernel]
     return out
 
 

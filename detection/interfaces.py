@@ -646,9 +646,10 @@ def _region_stats(values: np.ndarray) -> np.ndarray:
     q = np.quantile(v, QUANTILES, axis=1).T
     mean = v.mean(axis=1)
     dev = v - mean[:, None]
-    m2 = (dev ** 2).mean(axis=1)
-    m3 = (dev ** 3).mean(axis=1)
-    m4 = (dev ** 4).mean(axis=1)
+    dev2 = dev * dev  # products, not powers: np.power is an order of magnitude slower
+    m2 = dev2.mean(axis=1)
+    m3 = (dev2 * dev).mean(axis=1)
+    m4 = (dev2 * dev2).mean(axis=1)
     # A flat region has no defined shape moments; 0 (symmetric, normal-tailed) keeps the
     # feature finite and is what a near-flat region tends to.
     flat = m2 <= 1e-12 * np.maximum(1.0, mean ** 2)

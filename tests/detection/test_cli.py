@@ -1,0 +1,68 @@
+"""connectome-detect train / predict / evaluate on a phantom written as a CREMI-like file."""
+
+import csv
+
+import numpy as np
+import pytest
+import zarr
+
+from detection.cli import main
+from detection.phantom import make_phantom, write_phantom_h5
+
+
+@pytest.fixture(scope="module")
+def phantom_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    train = write_phantom_h5(make_phantom((16, 128, 128), n_cells=14, n_synapses=14, seed=21),
+                             folder / "train.h5")
+    test = write_phantom_h5(make_phantom((16, 128, 128), n_cells=14, n_synapses=14, seed=22),
+                            folder / "test.h5")
+    return folder, train, test
+
+
+def test_train_predict_evaluate(phantom_files, capsys):
+    folder, train, test = phantom_files
+    model = folder / "synapses.model"
+    assert main(["train", "--volume", str(train), "--dataset", "volumes/raw",
+                 "--labels", str(train), "--labels-dataset", "volumes/labels/clefts",
+                 "--label-convention", "binary", "--scales-nm", "10", "20", "40",
+                 "--n-estimators", "60", "--out", str(model)]) == 0
+    assert "positive" in capsys.readouterr().out
+
+    assert main(["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model", str(model),
+                 "--out-probability", str(folder / "prob.zarr"), "--out-table", str(folder / "c.csv"),
+                 "--out-instances", str(folder / "inst.zarr"), "--high", "0.7", "--low", "0.4",
+                 "--min-size", "20"]) == 0
+    probability = zarr.open(str(folder / "prob.zarr"), "r")
+    assert probability.shape == (16, 128, 128) and probability.dtype == np.uint8
+    with open(folder / "c.csv") as f:
+        rows = list(csv.DictReader(f))
+    instances = zarr.open(str(folder / "inst.zarr"), "r")[:]
+    assert len(rows) == instances.max() > 5
+
+    assert main(["evaluate", "--gt", str(test), "--gt-dataset", "volumes/labels/clefts",
+                 "--instances", str(folder / "inst.zarr"), "--table", str(folder / "c.csv"),
+                 "--voxel-size", "40", "8", "8", "--json", str(folder / "scores.json")]) == 0
+    out = capsys.readouterr().out
+    f1 = float(out.split("overlap: ")[1].split("F1 ")[1].split()[0])
+    assert f1 > 0.7, out
+
+
+def test_predict_refuses_another_voxel_size(phantom_files, capsys, tmp_path):
+    folder, train, test = phantom_files
+    model = folder / "synapses.model"
+    if not model.exists():
+        pytest.skip("needs the model of test_train_predict_evaluate")
+    code = main(["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model", str(model),
+                 "--voxel-size", "50", "4.6", "4.6", "--out-probability", str(tmp_path / "p.zarr")])
+    assert code == 2
+    assert "trained on voxels of (40.0, 8.0, 8.0) nm" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error(phantom_files, capsys, tmp_path):
+    folder, train, _ = phantom_files
+    code = main(["train", "--volume", str(train), "--dataset", "volumes/nope",
+                 "--labels", str(train), "--out", str(tmp_path / "m.model")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train.h5" in err and "volumes/nope" in err
