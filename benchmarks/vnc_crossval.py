@@ -33,15 +33,16 @@ from detection.classify import (
     TrainingParameters, clean_targets, default_context_spec, grid_step_for, labels_to_targets,
     region_features, sample_training_voxels, train_from_samples,
 )
+from detection.context import ContextSpec
 from detection.features import FeatureSpec
 from detection.instances import find_instances
 from detection.metrics import DetectionScores, match_by_overlap
 
 DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 GRID = {
-    "high": (0.5, 0.6, 0.7, 0.8, 0.9),
-    "low": (0.3, 0.4, 0.5, 0.6),
-    "min_size": (100, 300, 1000, 2000),
+    "high": (0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
+    "low": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
+    "min_size": (100, 300, 1000, 2000, 3000),
 }
 
 
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--n-estimators", type=int, default=200)
     parser.add_argument("--ignore-band-nm", type=float, default=30.0)
+    parser.add_argument("--grid-nm", type=float, default=16.0, help="classification grid spacing")
+    parser.add_argument("--context-channels", nargs="*",
+                        help="feature channels to pool as context (default: the model default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     path = DATA / "vnc_sstem_train.h5"
@@ -127,7 +131,9 @@ def main() -> None:
         VOXEL = tuple(float(v) for v in f["volumes/raw"].attrs["resolution"])
     SPEC = FeatureSpec()
     CONTEXT = default_context_spec(SPEC)
-    params = TrainingParameters(n_estimators=args.n_estimators)
+    if args.context_channels is not None:
+        CONTEXT = ContextSpec(**{**CONTEXT.to_dict(), "channels": tuple(args.context_channels)})
+    params = TrainingParameters(n_estimators=args.n_estimators, grid_nm=args.grid_nm)
     STEP = grid_step_for(VOXEL, params.grid_nm)
     GRID_SLICES = tuple(slice(0, None, g) for g in STEP)
 

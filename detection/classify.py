@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from detection.context import ContextSpec, context_features, grid_slices
-from detection.features import FeatureSpec, compute_features
+from detection.features import FeatureSpec, compute_features, compute_features_block
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +179,15 @@ class VoxelClassifier:
         starts = [c.start + o for c, o in zip(core, offset)]
         if any(s % g for s, g in zip(starts, step)):
             raise ValueError(f"a block must start on the {step} grid; it starts at {tuple(starts)}")
-        feats = self.features(volume, offset=offset)
-        first = [(-o) % g for o, g in zip(offset, step)]
-        sub = tuple(slice((c.start - f) // g, (c.stop - 1 - f) // g + 1)
-                    for c, f, g in zip(core, first, step))
+        # Channels are needed only where the cues of core voxels read them.
+        inner = grow_box(core, self.context_spec.halo_voxels(self.voxel_size, step), volume.shape)
+        feats = region_features(volume, voxel_size=self.voxel_size, feature_spec=self.feature_spec,
+                                context_spec=self.context_spec, step=step, offset=offset,
+                                inner=inner)
+        inner_offset = [o + i.start for o, i in zip(offset, inner)]
+        first = [(-o) % g for o, g in zip(inner_offset, step)]
+        sub = tuple(slice((c.start - i.start - f) // g, (c.stop - i.start - 1 - f) // g + 1)
+                    for c, i, f, g in zip(core, inner, first, step))
         feats = feats[(slice(None),) + sub]
         grid_shape = feats.shape[1:]
         probability = self.predict_proba(feats.reshape(feats.shape[0], -1).T).reshape(grid_shape)
@@ -266,14 +271,27 @@ def total_halo(feature_spec: FeatureSpec, context_spec: ContextSpec, voxel_size,
     return tuple(int(v) for v in base + np.asarray(context_spec.halo_voxels(voxel_size, step)))
 
 
+def grow_box(box, margin, shape):
+    """``box`` grown by ``margin`` voxels per axis, clipped to ``shape``."""
+    return tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, shape))
+
+
 def region_features(volume: np.ndarray, *, voxel_size, feature_spec: FeatureSpec,
-                    context_spec: ContextSpec, step=(1, 1, 1), offset=(0, 0, 0)) -> np.ndarray:
+                    context_spec: ContextSpec, step=(1, 1, 1), offset=(0, 0, 0),
+                    inner=None) -> np.ndarray:
     """Feature channels then context cues at the grid voxels: (F, gz, gy, gx) float32.
 
-    ``offset`` is the global index of the region's first voxel (see ``grid_slices``).
+    ``offset`` is the global index of the region's first voxel (see ``grid_slices``). With
+    ``inner`` (a box within the region) the result covers only that box, the rest of the
+    region serving as the halo its features read.
     """
-    channels = compute_features(volume, voxel_size=voxel_size, spec=feature_spec)
-    grid = grid_slices(volume.shape, step=step, offset=offset)
+    if inner is None:
+        inner = tuple(slice(0, n) for n in volume.shape)
+        channels = compute_features(volume, voxel_size=voxel_size, spec=feature_spec)
+    else:
+        channels = compute_features_block(volume, inner, voxel_size=voxel_size, spec=feature_spec)
+    offset = tuple(o + b.start for o, b in zip(offset, inner))
+    grid = grid_slices(channels.shape[1:], step=step, offset=offset)
     base = channels[(slice(None),) + grid]
     if not context_spec.channels:
         return np.ascontiguousarray(base)
@@ -306,11 +324,13 @@ def sampled_features(volume, flat_indices: np.ndarray, *, voxel_size, feature_sp
         inside = np.flatnonzero(np.all((coords >= lo) & (coords < hi), axis=1))
         if inside.size == 0:
             continue
-        outer, _ = with_halo(box, halo, shape)
-        origin = np.array([s.start for s in outer])
-        feats = region_features(read_box(volume, outer), voxel_size=voxel_size,
-                                feature_spec=feature_spec, context_spec=context_spec,
-                                step=step, offset=tuple(origin))
+        outer, core = with_halo(box, halo, shape)
+        region = read_box(volume, outer)
+        inner = grow_box(core, context_spec.halo_voxels(voxel_size, step), region.shape)
+        origin = np.array([o.start + i.start for o, i in zip(outer, inner)])
+        feats = region_features(region, voxel_size=voxel_size, feature_spec=feature_spec,
+                                context_spec=context_spec, step=step,
+                                offset=tuple(s.start for s in outer), inner=inner)
         first = (-origin) % np.asarray(step)
         local = (coords[inside] - origin - first) // np.asarray(step)
         rows[inside] = feats[(slice(None),) + tuple(local.T)].T
