@@ -43,15 +43,23 @@ def register_job(kind: str, *, parameters, queue: str = "cpu"):
     return decorator
 
 
+_loaded = False
+
+
 def _load_job_modules():
-    # Job kinds live in each app's jobs.py; importing them fills the registry.
-    from django.apps import apps
+    # Job kinds live in each app's jobs.py; importing them fills the registry (once).
+    global _loaded
+    if _loaded:
+        return
     from importlib import import_module
     from importlib.util import find_spec
+
+    from django.apps import apps
 
     for config in apps.get_app_configs():
         if config.name.startswith("connectome.") and find_spec(f"{config.name}.jobs"):
             import_module(f"{config.name}.jobs")
+    _loaded = True
 
 
 def get_job_spec(kind: str) -> JobSpec:
