@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--n-estimators", type=int, default=200)
-    parser.add_argument("--ignore-band-nm", type=float, default=30.0)
+    parser.add_argument("--ignore-band-nm", type=float, default=80.0)
     parser.add_argument("--grid-nm", type=float, default=16.0, help="classification grid spacing")
     parser.add_argument("--context-channels", nargs="*",
                         help="feature channels to pool as context (default: the model default)")
