@@ -14,8 +14,6 @@ two sizes to see.
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from detection.classify import (
     TrainingParameters, VoxelClassifier, clean_targets, labels_to_targets, train_voxel_classifier,
 )
 from detection.phantom import make_phantom
+from phases import run_phase
 
 VOXEL = (40.0, 8.0, 8.0)
 
@@ -73,14 +72,6 @@ def run(scratch: Path, block) -> None:
     print(f"throughput {volume.size / elapsed / 1e6:.2f} Mvoxel/s (per core when OMP_NUM_THREADS=1)")
 
 
-def _child(args) -> float:
-    proc = subprocess.Popen([sys.executable, __file__, *args])
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"phase {args[0]} failed")
-    return usage.ru_maxrss / 1024
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gvoxels", type=float, default=1.0)
@@ -96,10 +87,10 @@ def main():
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        _child(["--phase", "setup", "--scratch", str(scratch), "--gvoxels", str(args.gvoxels)])
+        run_phase(__file__, ["--phase", "setup", "--scratch", str(scratch), "--gvoxels", str(args.gvoxels)])
         print(f"setup (train on a phantom, build the phantom volume): {time.perf_counter() - t0:.0f} s")
-        peak = _child(["--phase", "run", "--scratch", str(scratch),
-                       "--block", *map(str, args.block)])
+        _, peak = run_phase(__file__, ["--phase", "run", "--scratch", str(scratch),
+                                       "--block", *map(str, args.block)])
         print(f"peak RSS of the prediction process: {peak:.0f} MiB")
     finally:
         if args.scratch is None:

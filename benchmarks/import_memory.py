@@ -11,15 +11,12 @@ prints the importer's peak resident memory, read off the kernel for that process
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from phases import run_phase
 
 
 def _shape_for(gib: float) -> tuple[int, int, int]:
@@ -76,18 +73,6 @@ def run_import(source: Path, scratch: Path) -> None:
     print(f"import_s={elapsed:.1f} layer_levels={len(layer.downsample_factors)}", flush=True)
 
 
-def _child(args: list[str]) -> tuple[str, float]:
-    """Run a phase in a child process; return its output and its own peak RSS in MiB."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"phase {args[0]} failed with exit code {proc.returncode}")
-    return output, usage.ru_maxrss / 1024  # Linux reports KiB
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=2.0, help="volume size in GiB (uint8)")
@@ -112,12 +97,12 @@ def main() -> None:
     nbytes = int(np.prod(shape))
     try:
         t0 = time.perf_counter()
-        _child(["--phase", "generate", "--gib", str(args.gib), "--format", args.format,
+        run_phase(__file__, ["--phase", "generate", "--gib", str(args.gib), "--format", args.format,
                 "--source", str(source)])
         print(f"generated {args.format} volume {shape} = {nbytes / 2**30:.2f} GiB "
               f"in {time.perf_counter() - t0:.0f} s")
-        output, peak_mib = _child(["--phase", "import", "--source", str(source),
-                                   "--scratch", str(scratch)])
+        output, peak_mib = run_phase(__file__, ["--phase", "import", "--source", str(source),
+                                                "--scratch", str(scratch)], capture=True)
         import_s = float(output.split("import_s=")[1].split()[0])
         print(output.strip())
         print(f"volume_gib={nbytes / 2**30:.2f} shape={shape} format={args.format}")

@@ -10,18 +10,11 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from detection.io.sources import iter_blocks
+from detection.io.sources import iter_blocks, read_box
 
 logger = logging.getLogger(__name__)
 
 Box = tuple[slice, slice, slice]
-
-
-def read_box(source, box: Box) -> np.ndarray:
-    """A sub-volume from an ndarray-like (numpy, zarr, h5py) or a VolumeSource."""
-    if hasattr(source, "read") and not isinstance(source, np.ndarray):
-        return np.asarray(source.read(box))
-    return np.asarray(source[box])
 
 
 def with_halo(box: Box, halo, shape) -> tuple[Box, Box]:

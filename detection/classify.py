@@ -151,11 +151,6 @@ class VoxelClassifier:
     def halo_voxels(self) -> tuple[int, int, int]:
         return total_halo(self.feature_spec, self.context_spec, self.voxel_size, self.grid_step)
 
-    def features(self, volume: np.ndarray, *, offset=(0, 0, 0)) -> np.ndarray:
-        """(F, gz, gy, gx) float32 features at the grid voxels of an in-memory region."""
-        return region_features(volume, voxel_size=self.voxel_size, feature_spec=self.feature_spec,
-                               context_spec=self.context_spec, step=self.grid_step, offset=offset)
-
     # -- scoring -------------------------------------------------------------------------
     def predict_proba(self, samples: np.ndarray) -> np.ndarray:
         """Synapse probability of (N, F) float32 samples, through the cascade."""
@@ -307,8 +302,8 @@ def sampled_features(volume, flat_indices: np.ndarray, *, voxel_size, feature_sp
     Equal to ``region_features(volume)`` at those voxels: each block is read with the halo the
     features and cues need. Every chosen voxel must lie on the grid.
     """
-    from detection.blockwise import default_block_shape, read_box, with_halo
-    from detection.io.sources import iter_blocks
+    from detection.blockwise import default_block_shape, with_halo
+    from detection.io.sources import iter_blocks, read_box
 
     shape = tuple(volume.shape)
     halo = total_halo(feature_spec, context_spec, voxel_size, step)

@@ -79,8 +79,7 @@ def cmd_train(args) -> None:
         if source.shape != labels.shape:
             raise CliError(f"volume shape {source.shape} and label shape {labels.shape} differ")
         voxel_size = _voxel_size(args, source)
-        full = tuple(slice(0, n) for n in source.shape)
-        box = tuple(slice(*r.indices(n)[:2]) for r, n in zip(roi, source.shape)) if args.roi else full
+        box = tuple(slice(*r.indices(n)[:2]) for r, n in zip(roi, source.shape))
         volume = source.read(box)
         targets = labels_to_targets(labels.read(box), convention=args.label_convention)
     targets = clean_targets(targets, voxel_size=voxel_size, erode_nm=args.erode_nm,

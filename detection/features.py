@@ -82,7 +82,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detection.io.sources import Box, VolumeSource, iter_blocks, normalize_box
+from detection.io.sources import Box, iter_blocks, normalize_box, read_box
 
 logger = logging.getLogger(__name__)
 
@@ -937,13 +937,6 @@ def compute_features(
     return _compute_region(volume, (0, 0, 0), volume.shape, plan, out)
 
 
-def _read(source, box: Box) -> np.ndarray:
-    if isinstance(source, VolumeSource) or (
-        callable(getattr(source, "read", None)) and not isinstance(source, np.ndarray)
-    ):
-        return np.asarray(source.read(box))
-    return np.asarray(source[box])
-
 
 def compute_features_block(
     source, box, *, voxel_size, spec: FeatureSpec, out: np.ndarray | None = None
@@ -980,7 +973,7 @@ def compute_features_block(
         slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(box, plan.halo, shape)
     )
     box_shape = tuple(s.stop - s.start for s in box)
-    data = _read(source, region) if 0 not in box_shape else np.zeros(box_shape, np.float32)
+    data = read_box(source, region) if 0 not in box_shape else np.zeros(box_shape, np.float32)
     core_lo = tuple(s.start - r.start for s, r in zip(box, region))
     return _compute_region(data, core_lo, box_shape, plan, out)
 

@@ -33,16 +33,6 @@ def dataset_create(
     return dataset
 
 
-@transaction.atomic
-def dataset_add_member(*, dataset: Dataset, user, role: str) -> Membership:
-    if role not in Membership.Role.values:
-        raise ValueError(f"unknown role {role!r}; roles: {', '.join(Membership.Role.values)}")
-    membership, _ = Membership.objects.update_or_create(
-        dataset=dataset, user=user, defaults={"role": role}
-    )
-    return membership
-
-
 def layer_storage_path(*, dataset: Dataset, name: str) -> str:
     """Where a layer's zarr group lives, relative to DATA_ROOT."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
@@ -125,10 +115,3 @@ def layer_register(
 
 def remove_staged(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-@transaction.atomic
-def layer_delete(*, layer: Layer) -> None:
-    path = layer.path
-    layer.delete()
-    transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))

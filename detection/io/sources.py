@@ -554,6 +554,13 @@ class TiffFolderSource(VolumeSource):
 # HDF5
 
 
+def read_box(source, box: Box) -> np.ndarray:
+    """A sub-volume of an ndarray-like (numpy, zarr, h5py) or of a :class:`VolumeSource`."""
+    if callable(getattr(source, "read", None)) and not isinstance(source, np.ndarray):
+        return np.asarray(source.read(box))
+    return np.asarray(source[box])
+
+
 def list_hdf5_datasets(path) -> list[tuple[str, tuple, str]]:
     """Every 3-D dataset of an HDF5 file, to help pick one.
 
