@@ -18,8 +18,8 @@ class SynapseRunAdmin(admin.ModelAdmin):
 @admin.register(Synapse)
 class SynapseAdmin(admin.ModelAdmin):
     list_display = ["id", "dataset", "run", "kind", "pre", "post", "site_id", "confidence",
-                    "contact_area_nm2", "review_state"]
-    list_filter = ["dataset", "kind", "review_state", "run"]
+                    "weight", "contact_area_nm2", "flag", "review_state"]
+    list_filter = ["dataset", "kind", "flag", "review_state", "run"]
     raw_id_fields = ["pre", "post"]
     list_select_related = ["dataset", "run", "pre", "post"]
     readonly_fields = ["run", "method"]

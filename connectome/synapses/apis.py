@@ -12,7 +12,7 @@ class SynapseSerializer(serializers.ModelSerializer):
         fields = ["id", "dataset", "run", "kind", "pre", "post", "site_id", "post_site_id",
                   "external_id", "pre_z", "pre_y", "pre_x", "post_z", "post_y", "post_x",
                   "ctr_z", "ctr_y", "ctr_x", "size_voxels", "size_nm3", "contact_area_nm2",
-                  "confidence", "method", "review_state"]
+                  "confidence", "weight", "flag", "method", "review_state"]
 
 
 class SynapseRunSerializer(serializers.ModelSerializer):

@@ -44,6 +44,12 @@ class Synapse(models.Model):
         WRONG_DIRECTION = "wrong_direction", "wrong direction"
         UNSURE = "unsure"
 
+    class Flag(models.TextChoices):
+        # The values of detection.partners.records.FLAGS.
+        NONE = "", "none"
+        SELF_CONTACT = "self_contact", "self contact"
+        BACKGROUND = "background", "background"
+
     dataset = models.ForeignKey("datasets.Dataset", on_delete=models.CASCADE, related_name="synapses")
     run = models.ForeignKey(SynapseRun, on_delete=models.CASCADE, related_name="synapses")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHEMICAL)
@@ -72,6 +78,12 @@ class Synapse(models.Model):
     size_nm3 = models.FloatField(null=True, blank=True)
     contact_area_nm2 = models.FloatField(null=True, blank=True)
     confidence = models.FloatField(null=True, blank=True)
+    weight = models.FloatField(
+        null=True, blank=True,
+        help_text="partner share of the site, e.g. diffusion arrival share",
+    )
+    # Flagged rows are kept as evidence about the segmentation but are not connections.
+    flag = models.CharField(max_length=16, choices=Flag.choices, default=Flag.NONE, blank=True)
     method = models.CharField(max_length=100, blank=True)
     review_state = models.CharField(
         max_length=16, choices=ReviewState.choices, default=ReviewState.UNREVIEWED
