@@ -4,6 +4,7 @@ from django.contrib.auth import get_user_model
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset, Membership
 from connectome.synapses.models import Synapse, SynapseRun
+from detection.partners.records import PartnerRow, partner_flag
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -62,3 +63,24 @@ class SynapseFactory(factory.django.DjangoModelFactory):
     ctr_z = 400.0
     ctr_y = 800.0
     ctr_x = 800.0
+
+
+class PartnerRowFactory(factory.Factory):
+    """A monadic partner-assignment row from segment 1 to segment 2, flagged as its ids say."""
+
+    class Meta:
+        model = PartnerRow
+
+    site_id = factory.Sequence(lambda n: n + 1)
+    pre_id = 1
+    post_id = 2
+    pre_point = (400.0, 800.0, 760.0)
+    post_point = (400.0, 800.0, 840.0)
+    center = (400.0, 800.0, 800.0)
+    size_voxels = 30
+    size_nm3 = factory.LazyAttribute(lambda row: row.size_voxels * 40.0 * 8.0 * 8.0)
+    contact_area_nm2 = 5000.0
+    confidence = 0.9
+    weight = 1.0
+    flag = factory.LazyAttribute(lambda row: partner_flag(row.pre_id, row.post_id))
+    method = "contact"
