@@ -1,0 +1,270 @@
+"""Partners by Monte-Carlo neurotransmitter diffusion, after Cnapse.
+
+Cnapse finds presynaptic densities with a U-Net and then asks where transmitter released there
+would go: particles random-walk from the active zone through the extracellular space, confined
+by membranes and segment borders, until they reach a neighbouring cell.  The share of arrivals
+per cell is its weight as a partner; cells above a share threshold are the postsynaptic
+partners, which gives polyadic synapses naturally.
+
+Here the presynaptic cell of a site is the touching cell with the strongest presynaptic signal
+(as in :mod:`detection.partners.vesicle`); particles start on the free voxels (background /
+membrane) of the site next to that cell.  Each step moves a particle to one of its six
+neighbours, with probabilities proportional to 1 / voxel_size**2 per axis so that the walk is
+isotropic in nm on anisotropic voxels.  A step into the presynaptic cell is refused (the
+particle stays), a step into a free voxel is taken, a step into any other cell ends the walk
+there (an arrival), and a step out of the volume loses the particle.  All particles of all
+sites move together, one array operation per step, from one seeded generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from detection.partners.records import PartnerRow
+from detection.partners.rows import Choice, Post, build_rows
+from detection.partners.sites import check_inputs, site_boxes, site_geometry
+from detection.partners.vesicle import presynaptic_choice
+
+logger = logging.getLogger(__name__)
+
+_FACES = ndi.generate_binary_structure(3, 1)
+_STEPS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+                  dtype=np.int64)
+
+
+@dataclass
+class Arrivals:
+    """Where the particles went.
+
+    walker_site : (A,) int64, index of the release group of each arrival
+    cell : (A,) int64, the cell reached
+    before, after : (A, 3) int64 voxel indices, the last free voxel and the cell voxel
+    released : (S,) int64, particles released per group
+    lost : (S,) int64, particles that left the volume or ran out of steps
+    """
+
+    walker_site: np.ndarray
+    cell: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+    released: np.ndarray
+    lost: np.ndarray
+
+
+def random_walk(segmentation, starts, start_group, pre_cells, *, voxel_size, n_steps: int,
+                rng: np.random.Generator, free=None) -> Arrivals:
+    """Run all particles to arrival, loss or `n_steps`.
+
+    Parameters
+    ----------
+    segmentation : (Z, Y, X) integer ndarray
+        0 = free space (background / membrane).
+    starts : (W, 3) int ndarray
+        Start voxel of every particle.
+    start_group : (W,) int ndarray
+        Release group (site index 0..S-1) of every particle.
+    pre_cells : (S,) int ndarray
+        Presynaptic cell of each group: steps into it are refused.
+    voxel_size : sequence of 3 float
+    n_steps : int
+    rng : numpy.random.Generator
+    free : (Z, Y, X) bool ndarray or None
+        Extra free space (e.g. a membrane mask over a dense segmentation): such voxels are
+        walked through whatever their label.
+    """
+    seg = np.asarray(segmentation)
+    shape = np.array(seg.shape, dtype=np.int64)
+    flat = seg.reshape(-1)
+    free_flat = None if free is None else np.asarray(free, dtype=bool).reshape(-1)
+    strides = np.array([seg.shape[1] * seg.shape[2], seg.shape[2], 1], dtype=np.int64)
+    inv2 = 1.0 / np.asarray(voxel_size, dtype=np.float64) ** 2
+    cum = np.cumsum(np.repeat(inv2 / inv2.sum() / 2.0, 2))
+    cum[-1] = 1.0
+
+    pos = np.asarray(starts, dtype=np.int64).reshape(-1, 3).copy()
+    group = np.asarray(start_group, dtype=np.int64).copy()
+    pre_cells = np.asarray(pre_cells, dtype=np.int64)
+    pre = pre_cells[group]
+    n_groups = len(pre_cells)
+    released = np.bincount(group, minlength=n_groups)
+    lost = np.zeros(n_groups, dtype=np.int64)
+    out_group, out_cell, out_before, out_after = [], [], [], []
+    for _ in range(int(n_steps)):
+        if len(pos) == 0:
+            break
+        new = pos + _STEPS[np.searchsorted(cum, rng.random(len(pos)), side="right")]
+        inside = ((new >= 0) & (new < shape)).all(axis=1)
+        if not inside.all():
+            lost += np.bincount(group[~inside], minlength=n_groups)
+            pos, new, group, pre = pos[inside], new[inside], group[inside], pre[inside]
+        index = new @ strides
+        label = flat[index].astype(np.int64)
+        is_free = label == 0
+        if free_flat is not None:
+            is_free |= free_flat[index]
+        into_pre = ~is_free & (label == pre)
+        arrived = ~is_free & ~into_pre
+        if arrived.any():
+            out_group.append(group[arrived])
+            out_cell.append(label[arrived])
+            out_before.append(pos[arrived])
+            out_after.append(new[arrived])
+        moving = is_free
+        pos = np.where(moving[:, None], new, pos)[~arrived]
+        group, pre = group[~arrived], pre[~arrived]
+    lost += np.bincount(group, minlength=n_groups)
+
+    def cat(parts, width=None):
+        if parts:
+            return np.concatenate(parts)
+        return np.zeros((0, width) if width else 0, dtype=np.int64)
+
+    return Arrivals(cat(out_group), cat(out_cell), cat(out_before, 3), cat(out_after, 3),
+                    released, lost)
+
+
+def _release_voxels(geometry, seg, pre_cell, free):
+    """Active zone of a site: free voxels of the site next to the presynaptic cell.
+
+    Falls back to the presynaptic cell's voxels on the site's surface when the site has no
+    free voxel next to the cell (a dense segmentation without membranes).
+    """
+    box = geometry.box
+    labels = seg[box]
+    pre_mask = labels == pre_cell
+    near_pre = ndi.binary_dilation(pre_mask, structure=_FACES)
+    is_free = labels == 0
+    if free is not None:
+        is_free |= np.asarray(free[box], dtype=bool)
+    zone = geometry.mask & is_free & near_pre
+    if not zone.any():
+        zone = pre_mask & ndi.binary_dilation(geometry.mask, structure=_FACES)
+    return np.argwhere(zone) + np.array([s.start for s in box])
+
+
+def assign_by_diffusion(
+    sites,
+    segmentation,
+    presynaptic,
+    *,
+    voxel_size,
+    free=None,
+    particles: int = 400,
+    n_steps: int = 400,
+    min_share: float = 0.15,
+    radius_nm: float = 200.0,
+    min_area_nm2: float = 1500.0,
+    group_distance_nm: float = 300.0,
+    seed: int = 0,
+) -> list[PartnerRow]:
+    """Assign partners by where particles released at the active zone arrive.
+
+    Parameters
+    ----------
+    sites : (Z, Y, X) integer ndarray
+        Candidate labels (cleft / junction / presynaptic density masks), 0 elsewhere.
+    segmentation : (Z, Y, X) integer ndarray
+        Cell ids, 0 = background / membrane (free space for the particles).
+    presynaptic : (Z, Y, X) ndarray
+        Vesicle-cloud or presynaptic-density probability (float 0..1 or uint8): decides the
+        presynaptic cell.
+    voxel_size : sequence of 3 float
+        (z, y, x) nm.
+    free : (Z, Y, X) bool ndarray or None
+        Extra free space, e.g. a membrane mask when the segmentation has no background.
+    particles : int
+        Particles released per candidate.
+    n_steps : int
+        Longest walk, in steps of one voxel.
+    min_share : float
+        Smallest share of a candidate's arrivals for a cell to be a partner (the cell with the
+        most arrivals always is).
+    radius_nm, min_area_nm2 : float
+        As in :func:`detection.partners.vesicle.assign_by_vesicles`, for the presynaptic side.
+    group_distance_nm : float
+        Candidates of one presynaptic cell within this distance form one polyadic site.
+    seed : int
+        The same seed and inputs give the same rows.
+
+    Returns
+    -------
+    list of PartnerRow
+        ``weight`` is the partner's share of its site's arrivals; ``confidence`` the
+        presynaptic contrast times the partner's share relative to the site's largest share.
+    """
+    sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size,
+                                  presynaptic=presynaptic)
+    if free is not None and np.shape(free) != seg.shape:
+        raise ValueError(f"free-space mask {np.shape(free)} does not match the segmentation "
+                         f"{seg.shape}")
+    if particles < 1 or n_steps < 1:
+        raise ValueError("particles and n_steps must be at least 1")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    pending, starts, groups, pres = [], [], [], []
+    for site, box in site_boxes(sites):
+        g = site_geometry(site, box, sites, seg, vs, margin_nm=2 * max(vs))
+        k, pre_point, confidence = presynaptic_choice(
+            g, seg, presynaptic, vs, radius_nm=radius_nm, min_area_nm2=min_area_nm2)
+        if k is None:
+            pending.append((Choice(g, 0, g.center, 0.0), None))
+            continue
+        pre_cell = int(g.cells[k])
+        zone = _release_voxels(g, seg, pre_cell, free)
+        choice = Choice(g, pre_cell, np.asarray(pre_point), confidence)
+        if len(zone) == 0:
+            pending.append((choice, None))
+            continue
+        index = len(pres)
+        starts.append(zone[rng.integers(0, len(zone), size=particles)])
+        groups.append(np.full(particles, index, dtype=np.int64))
+        pres.append(pre_cell)
+        pending.append((choice, index))
+    t_setup = time.perf_counter()
+    if pres:
+        arrivals = random_walk(seg, np.concatenate(starts), np.concatenate(groups),
+                               np.array(pres), voxel_size=vs, n_steps=n_steps, rng=rng,
+                               free=free)
+    else:
+        arrivals = Arrivals(*(np.zeros(0, np.int64),) * 2, np.zeros((0, 3), np.int64),
+                            np.zeros((0, 3), np.int64), np.zeros(0, np.int64),
+                            np.zeros(0, np.int64))
+    t_walk = time.perf_counter()
+
+    vsa = np.asarray(vs)
+    order = np.argsort(arrivals.walker_site, kind="stable")
+    bounds = np.searchsorted(arrivals.walker_site[order], np.arange(len(pres) + 1))
+    choices = []
+    for choice, index in pending:
+        choices.append(choice)
+        if index is None:
+            continue
+        sel = order[bounds[index]:bounds[index + 1]]
+        if sel.size == 0:
+            continue
+        cells, inverse, counts = np.unique(arrivals.cell[sel], return_inverse=True,
+                                           return_counts=True)
+        shares = counts / counts.sum()
+        g = choice.geometry
+        for c in np.flatnonzero((shares >= min_share) | (counts == counts.max())):
+            mine = inverse == c
+            k = g.index(int(cells[c]))
+            area = float(g.area_nm2[k]) if k is not None else 0.0
+            choice.posts.append(Post(
+                int(cells[c]), area, float(counts[c]),
+                choice.pre_confidence * float(shares[c] / shares.max()),
+                arrivals.before[sel][mine].mean(axis=0) * vsa,
+                arrivals.after[sel][mine].mean(axis=0) * vsa,
+            ))
+    rows = build_rows(choices, voxel_size=vs, method="diffusion",
+                      group_distance_nm=group_distance_nm)
+    logger.info(
+        "diffusion: %d candidates, %d particles (%d arrived, %d lost) -> %d rows; "
+        "set-up %.2f s, walk %.2f s", len(choices), int(arrivals.released.sum()),
+        len(arrivals.cell), int(arrivals.lost.sum()), len(rows), t_setup - t0, t_walk - t_setup)
+    return rows
