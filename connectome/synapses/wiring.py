@@ -19,7 +19,8 @@ class WiringPair:
     """The synapses from one cell (or cell type) onto another.
 
     For ``cell_type`` grouping the cell ids (database keys) and segment ids are None and the
-    names empty; cells without a type have type ``""``. Sums and the mean are None when no synapse of the pair has a value.
+    names empty; cells without a type have type ``""``. Sums and the mean are None when no
+    synapse of the pair has a value.
     """
 
     pre_type: str
