@@ -70,6 +70,7 @@ class Layer(models.Model):
         SEGMENTATION = "segmentation", "segmentation"
         PREDICTION = "prediction", "prediction"
         MASK = "mask", "mask"
+        SYNAPSES = "synapses", "synapse instances"
 
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="layers")
     name = models.CharField(max_length=200)

@@ -29,6 +29,8 @@ ALLOWED_DTYPES = {
     Layer.Kind.SEGMENTATION: ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64"),
     Layer.Kind.PREDICTION: ("uint8", "float32", "float64"),
     Layer.Kind.MASK: ("bool", "uint8"),
+    # Labelled synapse candidates (clefts, junctions): one id per candidate, no cells.
+    Layer.Kind.SYNAPSES: ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64"),
 }
 
 
@@ -48,7 +50,7 @@ def _block_shape(chunks, dtype) -> tuple[int, int, int]:
 
 
 def _stored_dtype(kind: str, dtype: np.dtype) -> np.dtype:
-    if kind == Layer.Kind.SEGMENTATION and dtype.kind == "i":
+    if kind in (Layer.Kind.SEGMENTATION, Layer.Kind.SYNAPSES) and dtype.kind == "i":
         return np.dtype(dtype.str.replace("i", "u"))
     if kind == Layer.Kind.PREDICTION and dtype == np.float64:
         return np.dtype(np.float32)
@@ -136,10 +138,11 @@ def import_volume(
 
 
 def _checked_block(data: np.ndarray, *, kind: str, label: str, box) -> np.ndarray:
-    if kind == Layer.Kind.SEGMENTATION and data.dtype.kind == "i" and data.size and data.min() < 0:
+    labels = (Layer.Kind.SEGMENTATION, Layer.Kind.SYNAPSES)
+    if kind in labels and data.dtype.kind == "i" and data.size and data.min() < 0:
         corner = tuple(s.start for s in box)
         raise VolumeFormatError(
-            f"{label}: segmentation has negative ids (min {int(data.min())}) in the block at "
+            f"{label}: {kind} layer has negative ids (min {int(data.min())}) in the block at "
             f"(z, y, x) {corner}; segment ids must be >= 0"
         )
     if kind == Layer.Kind.PREDICTION and data.dtype.kind == "f" and not np.isfinite(data).all():

@@ -27,9 +27,9 @@ from detection.io.sources import iter_blocks, normalize_box
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("em", "segmentation", "prediction", "mask")
+KINDS = ("em", "segmentation", "prediction", "mask", "synapses")
 # Label-like layers are downsampled by mode (ids must stay ids), intensities by mean.
-MODE_KINDS = ("segmentation", "mask")
+MODE_KINDS = ("segmentation", "mask", "synapses")
 DEFAULT_CHUNKS = (32, 256, 256)
 # The pyramid stops once a level fits in one display tile in y and x.
 PYRAMID_STOP_EXTENT = 256
@@ -138,7 +138,7 @@ def create_multiscale(
         Level-0 voxel size in nm (z, y, x).
     chunks : (3,) ints
         Chunk shape (z, y, x) of every level, clipped to the level's shape.
-    kind : {"em", "segmentation", "prediction", "mask"}
+    kind : {"em", "segmentation", "prediction", "mask", "synapses"}
         Layer kind; selects mean or mode downsampling.
     levels : int, optional
         Maximum number of levels, level 0 included; see :func:`downsample_factors`.

@@ -1,0 +1,46 @@
+"""Synapse job kinds: thin handlers that call the synapse services."""
+
+from rest_framework import serializers
+
+from connectome.imports.parameters import SourcePathField
+from connectome.jobs.registry import register_job
+from connectome.synapses.assignment import check_options, partners_assign
+
+
+class AssignPartnersParameters(serializers.Serializer):
+    method = serializers.ChoiceField(choices=["contact", "vesicle", "diffusion"])
+    sites_layer = serializers.IntegerField(help_text="layer of kind 'synapses' (candidate labels)")
+    segmentation_layer = serializers.IntegerField()
+    run_name = serializers.CharField(max_length=200)
+    presynaptic_layer = serializers.IntegerField(
+        required=False, allow_null=True, default=None,
+        help_text="vesicle / presynaptic density map; vesicle and diffusion methods")
+    em_layer = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                        help_text="EM layer; contact method")
+    interface_model = SourcePathField(required=False, allow_null=True, default=None,
+                                      help_text="interface classifier file; contact method")
+    free_layer = serializers.IntegerField(
+        required=False, allow_null=True, default=None,
+        help_text="mask of extra free space (membranes) for the diffusion method")
+    options = serializers.DictField(required=False, default=dict,
+                                    help_text="method options, e.g. {\"min_share\": 0.3}")
+    replace = serializers.BooleanField(default=False,
+                                       help_text="replace the run of that name atomically")
+
+    def validate(self, attrs):
+        try:
+            attrs["options"] = check_options(attrs["method"], attrs.get("options") or {})
+        except ValueError as exc:
+            raise serializers.ValidationError({"options": str(exc)}) from None
+        return attrs
+
+
+@register_job("assign_partners", parameters=AssignPartnersParameters)
+def run_assign_partners(job, params, progress):
+    """Assign pre- and postsynaptic partners to synapse sites; store them as a synapse run."""
+    if job.dataset is None:
+        raise ValueError(f"{job.kind} job {job.pk} has no dataset")
+    run = partners_assign(dataset=job.dataset, job=job, progress=progress, **params)
+    counted = run.synapses.filter(flag="").count()
+    return {"run_id": run.pk, "run": run.name, "synapses": run.synapses.count(),
+            "connections": counted}

@@ -1,0 +1,41 @@
+import json
+
+from django.core.management.base import CommandError
+
+from connectome.jobs.command import JobCommand
+
+
+class Command(JobCommand):
+    help = ("Assign pre- and postsynaptic partners to the synapse sites of a layer "
+            "(contact, vesicle or diffusion method) and store them as a synapse run.")
+    job_kind = "assign_partners"
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--method", required=True, choices=["contact", "vesicle", "diffusion"])
+        parser.add_argument("--sites", type=int, required=True,
+                            help="id of the synapse-instance layer")
+        parser.add_argument("--segmentation", type=int, required=True,
+                            help="id of the segmentation layer")
+        parser.add_argument("--run", required=True, help="name of the synapse run to write")
+        parser.add_argument("--presynaptic", type=int, help="id of the vesicle-cloud map layer")
+        parser.add_argument("--em", type=int, help="id of the EM layer (contact method)")
+        parser.add_argument("--interface-model", help="interface classifier file (contact)")
+        parser.add_argument("--free", type=int, help="id of a free-space mask layer (diffusion)")
+        parser.add_argument("--options", default="{}",
+                            help='method options as JSON, e.g. \'{"min_share": 0.3}\'')
+        parser.add_argument("--replace", action="store_true",
+                            help="replace the run of that name in one transaction")
+
+    def job_parameters(self, options):
+        try:
+            method_options = json.loads(options["options"])
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--options is not JSON: {exc}") from exc
+        return {
+            "method": options["method"], "sites_layer": options["sites"],
+            "segmentation_layer": options["segmentation"], "run_name": options["run"],
+            "presynaptic_layer": options["presynaptic"], "em_layer": options["em"],
+            "interface_model": options["interface_model"], "free_layer": options["free"],
+            "options": method_options, "replace": options["replace"],
+        }
