@@ -1,12 +1,15 @@
 """From a synapse probability volume to synapse instances, block by block.
 
 probability -> hysteresis threshold (voxels >= ``low`` that are connected, by faces, to a voxel
->= ``high``) -> connected components -> size filter -> one candidate per component with its
+>= ``high``) -> connected components -> size filter -> optional split of each component at
+separate probability maxima (:mod:`detection.split`) -> one candidate per instance with its
 centre, size and score.
 
 Blocks are labelled independently; components touching across a block face are joined with a
 union-find over the face planes, so the candidates do not depend on the blocking (tested
 against a single block). Memory holds one block plus the face planes and per-component sums.
+The split needs a whole component: it runs once all blocks are in, on each component's
+bounding box read back from the probability, and keeps the pieces of the components it divided.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from detection.split import SplitParameters, split_component
 
 Box = tuple[slice, slice, slice]
 _FACES = ndimage.generate_binary_structure(3, 1)
@@ -84,17 +89,27 @@ class InstanceStitcher:
     high, low : float
         Seed and extent thresholds on the probability (``low <= high``).
     min_size_voxels : int
-        Smaller components are dropped.
+        Smaller components are dropped (before any split).
+    split : SplitParameters, optional
+        Divide each kept component at separate maxima of its probability; then
+        :meth:`candidates` needs a reader of the probability.
+    min_score : float
+        Instances (after the split) whose mean probability is below this are dropped.
     """
 
     def __init__(self, *, voxel_size, high: float = 0.8, low: float = 0.5,
-                 min_size_voxels: int = 1):
+                 min_size_voxels: int = 1, split: SplitParameters | None = None,
+                 min_score: float = 0.0):
         if low > high:
             raise ValueError(f"low threshold {low} is above the high threshold {high}")
         self.voxel_size = np.asarray(voxel_size, dtype=float)
         self.high, self.low, self.min_size = float(high), float(low), int(min_size_voxels)
+        self.split, self.min_score = split, float(min_score)
+        self._pieces: list[tuple[Box, np.ndarray, np.ndarray]] = []  # split components
+        self._split_of = np.zeros(1, dtype=np.int64)
         self._next = 1  # provisional ids, global across blocks; 0 = background
         self._stats: list[np.ndarray] = []
+        self._anchors: list[np.ndarray] = []  # first voxel of each provisional component
         self._faces: dict[tuple, np.ndarray] = {}
         self._block_ids: dict[tuple, tuple[int, int]] = {}
         self._uf = _UnionFind()
@@ -115,6 +130,7 @@ class InstanceStitcher:
         self.boxes.append(tuple(box))
         if n:
             self._stats.append(self._block_stats(labels, n, probability, corner, start))
+            self._anchors.append(self._block_anchors(labels, n, corner))
         glob = np.where(labels > 0, labels + (start - 1), 0)
         for axis in range(3):
             low_key = (axis, corner[axis]) + tuple(c for a, c in enumerate(corner) if a != axis)
@@ -132,6 +148,17 @@ class InstanceStitcher:
         both = (plane > 0) & (other > 0)
         if both.any():
             self._uf.union(plane[both].astype(np.int64), other[both].astype(np.int64))
+
+    @staticmethod
+    def _block_anchors(labels, n, corner):
+        if max(c + s for c, s in zip(corner, labels.shape)) > 2**21:
+            raise ValueError("volumes above 2**21 voxels along an axis are not supported")
+        index = labels.ravel()
+        keep = index > 0
+        coords = [c[keep] + o for c, o in zip(np.indices(labels.shape).reshape(3, -1), corner)]
+        anchor = np.full(n + 1, np.iinfo(np.int64).max)
+        np.minimum.at(anchor, index[keep], _encode(*coords))
+        return anchor[1:]
 
     @staticmethod
     def _block_stats(labels, n, probability, corner, start):
@@ -153,8 +180,17 @@ class InstanceStitcher:
         ids = np.arange(start, start + n)
         return np.column_stack([ids, size, psum, *wsum, pmax[1:], lo[1:], hi[1:] + 1])
 
-    def candidates(self) -> list[Candidate]:
-        """All components that hold a seed and are large enough, in a blocking-independent order."""
+    def candidates(self, read_probability=None) -> list[Candidate]:
+        """All instances of components that hold a seed and are large enough (split when asked),
+        whose mean probability reaches ``min_score``, in a blocking-independent order.
+
+        ``read_probability(box)`` returns the probabilities of a box (the values added); it is
+        needed only with ``split``, to read each kept component's bounding box.
+        """
+        if self.split is not None and read_probability is None:
+            raise ValueError("splitting components needs read_probability")
+        self._pieces = []
+        self._split_of = np.zeros(self._next, dtype=np.int64)
         if not self._stats:
             self._final = np.zeros(self._next, dtype=np.int64)
             return []
@@ -172,15 +208,50 @@ class InstanceStitcher:
         for a in range(3):
             np.minimum.at(lo[:, a], inverse, stats[:, 7 + a].astype(np.int64))
             np.maximum.at(hi[:, a], inverse, stats[:, 10 + a].astype(np.int64))
-        keep = np.flatnonzero((pmax >= self.high) & (size >= self.min_size))
+        anchor = np.full(m, np.iinfo(np.int64).max)
+        np.minimum.at(anchor, inverse, np.concatenate(self._anchors))
+        kept = np.flatnonzero((pmax >= self.high) & (size >= self.min_size))
+
+        # One row per instance: component, piece (0: the whole component), then the sums.
+        table = [np.column_stack([kept, np.zeros(len(kept)), size[kept], psum[kept], wsum[kept],
+                                  pmax[kept], lo[kept], hi[kept]])]
+        if self.split is not None:
+            whole = np.ones(len(kept), bool)
+            for row, k in enumerate(kept):
+                pieces = self._split(k, lo[k], hi[k], anchor[k], size[k], read_probability)
+                if pieces is None:
+                    continue
+                whole[row] = False
+                box, sub, piece_stats = pieces
+                table.append(np.column_stack([np.full(len(piece_stats), k), piece_stats]))
+                self._pieces.append((box, sub, k))
+            table[0] = table[0][whole]
+        table = np.concatenate(table)
+        component, piece = table[:, 0].astype(np.int64), table[:, 1].astype(np.int64)
+        size, psum, wsum, pmax = table[:, 2], table[:, 3], table[:, 4:7], table[:, 7]
+        lo, hi = table[:, 8:11].astype(np.int64), table[:, 11:14].astype(np.int64)
+        keep = np.flatnonzero(psum >= self.min_score * size)
         centre = wsum[keep] / psum[keep, None] * self.voxel_size
         order = np.lexsort((centre[:, 2], centre[:, 1], centre[:, 0],
                             lo[keep, 2], lo[keep, 1], lo[keep, 0]))
         keep, centre = keep[order], centre[order]
+        final = np.zeros(len(table), dtype=np.int64)
+        final[keep] = np.arange(1, len(keep) + 1)
+
         final_of_root = np.zeros(m, dtype=np.int64)
-        final_of_root[keep] = np.arange(1, len(keep) + 1)
+        whole = piece == 0
+        final_of_root[component[whole]] = final[whole]
         self._final = np.zeros(self._next, dtype=np.int64)
         self._final[stats[:, 0].astype(np.int64)] = final_of_root[inverse]
+        split_of_root = np.zeros(m, dtype=np.int64)
+        for i, (box, sub, k) in enumerate(self._pieces):
+            lookup = np.zeros(int(sub.max()) + 1, dtype=np.int64)
+            mine = np.flatnonzero(component == k)
+            lookup[piece[mine]] = final[mine]
+            self._pieces[i] = (box, sub, lookup)
+            split_of_root[k] = i + 1
+        self._split_of[stats[:, 0].astype(np.int64)] = split_of_root[inverse]
+
         voxel_volume = float(np.prod(self.voxel_size))
         return [
             Candidate(
@@ -192,6 +263,24 @@ class InstanceStitcher:
             for i, k in enumerate(keep)
         ]
 
+    def _split(self, k, lo, hi, anchor, size, read_probability):
+        """(box, piece labels in the box, piece sums) of component ``k``, or None if it stays
+        whole."""
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        probability = np.asarray(read_probability(box))
+        labels, _ = self._label(probability)
+        first = _decode(anchor) - lo
+        mask = labels == labels[tuple(first)]
+        if np.count_nonzero(mask) != size:
+            raise ValueError("the probabilities read back differ from those added")
+        sub = split_component(mask, probability, voxel_size=self.voxel_size,
+                              parameters=self.split)
+        n = int(sub.max())
+        if n < 2:
+            return None
+        stats = self._block_stats(sub, n, probability, tuple(int(v) for v in lo), 1)
+        return box, sub, stats
+
     def relabel_block(self, box: Box, probability: np.ndarray) -> np.ndarray:
         """Instance labels (candidate ids, 0 elsewhere) of a block; call after candidates()."""
         if self._final is None:
@@ -201,15 +290,39 @@ class InstanceStitcher:
         if n != count:
             raise ValueError("the block's probabilities differ from those first added")
         lookup = np.concatenate([[0], self._final[start:start + n]])
-        return lookup[labels].astype(np.uint32)
+        out = lookup[labels].astype(np.uint32)
+        if not self._pieces:
+            return out
+        split = np.concatenate([[0], self._split_of[start:start + n]])[labels]
+        for i in np.unique(split[split > 0]):
+            piece_box, sub, piece_ids = self._pieces[i - 1]
+            common = tuple(slice(max(a.start, b.start), min(a.stop, b.stop))
+                           for a, b in zip(box, piece_box))
+            here = tuple(slice(c.start - a.start, c.stop - a.start) for c, a in zip(common, box))
+            there = tuple(slice(c.start - b.start, c.stop - b.start)
+                          for c, b in zip(common, piece_box))
+            mine = split[here] == i
+            out[here][mine] = piece_ids[sub[there][mine]]
+        return out
+
+
+def _encode(z, y, x):
+    # Positions below 2**21 per axis order as (z, y, x) in one int64.
+    return (z << 42) | (y << 21) | x
+
+
+def _decode(key) -> np.ndarray:
+    key = int(key)
+    return np.array([key >> 42, (key >> 21) & (2**21 - 1), key & (2**21 - 1)], dtype=np.int64)
 
 
 def find_instances(probability: np.ndarray, *, voxel_size, high: float = 0.8, low: float = 0.5,
-                   min_size_voxels: int = 1) -> tuple[np.ndarray, list[Candidate]]:
+                   min_size_voxels: int = 1, split: SplitParameters | None = None,
+                   min_score: float = 0.0) -> tuple[np.ndarray, list[Candidate]]:
     """Whole-array version: (instance labels (Z, Y, X) uint32, candidates)."""
     stitcher = InstanceStitcher(voxel_size=voxel_size, high=high, low=low,
-                                min_size_voxels=min_size_voxels)
+                                min_size_voxels=min_size_voxels, split=split, min_score=min_score)
     box = tuple(slice(0, n) for n in probability.shape)
     stitcher.add_block(box, probability)
-    candidates = stitcher.candidates()
+    candidates = stitcher.candidates(read_probability=lambda b: probability[b])
     return stitcher.relabel_block(box, probability), candidates
