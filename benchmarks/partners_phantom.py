@@ -3,10 +3,11 @@
 For each geometry (anisotropic serial sections 40 x 8 x 8 nm, isotropic 10 nm):
 
 1. a *training* phantom (its own seed) trains what the methods learn: the interface
-   classifier of the contact method, and a voxel classifier of vesicle clouds whose
-   probability map is the presynaptic signal of the vesicle and diffusion methods;
-2. the methods' thresholds are chosen on that training phantom (best synapse-level partner F1
-   over a small grid);
+   classifier of the contact method (on the local interfaces around its synapses), and a
+   voxel classifier of vesicle clouds whose probability map is the presynaptic signal of the
+   vesicle and diffusion methods;
+2. the methods' thresholds are chosen on a *validation* phantom (another seed; best
+   synapse-level partner F1 over a small grid);
 3. *test* phantoms (other seeds, together at least 500 synapses with polyadic sites) are then
    scored once: synapse-level partner precision / recall (right place within the tolerance
    and right directed pair) and connection-level (binary connectome) precision / recall.
@@ -32,14 +33,9 @@ from scipy import ndimage as ndi
 
 from detection.classify import TrainingParameters, train_voxel_classifier
 from detection.features import FeatureSpec
-from detection.interfaces import (
-    extract_interfaces,
-    interface_features,
-    label_interfaces,
-    train_interface_classifier,
-)
 from detection.metrics import connection_scores, synapse_partner_scores
-from detection.partners import assign_partners, interface_scores, rows_to_pairs
+from detection.partners import assign_partners, rows_to_pairs, site_interfaces, site_scores
+from detection.partners.contact import train_site_classifier
 from detection.phantom import make_phantom
 
 logger = logging.getLogger("partners_phantom")
@@ -52,6 +48,7 @@ GEOMETRIES = {
 }
 TEST_SEEDS = (1, 2)
 TRAIN_SEED = 100
+VALIDATION_SEED = 101
 TOLERANCE_NM = 200.0
 SPEC = FeatureSpec(scales_nm=(10.0, 40.0),
                    kinds=("gaussian", "gradient_magnitude", "hessian_eigenvalues"))
@@ -106,8 +103,9 @@ class Inputs:
         self.learned = vesicle_model.predict_region(phantom.em)
         self.t_map = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.interfaces, self.scores = interface_scores(
-            phantom.em, phantom.segmentation, interface_model, voxel_size=phantom.voxel_size)
+        local = site_interfaces(phantom.em, phantom.segmentation, self.sites,
+                                voxel_size=phantom.voxel_size, spec=SPEC)
+        self.local_scores = site_scores(local, interface_model)
         self.t_interfaces = time.perf_counter() - t0
 
     def run(self, method, *, true_vesicles=False, **options):
@@ -115,9 +113,12 @@ class Inputs:
         presynaptic = ph.vesicles.astype(np.float32) if true_vesicles else self.learned
         t0 = time.perf_counter()
         rows = assign_partners(method, self.sites, ph.segmentation, voxel_size=ph.voxel_size,
-                               presynaptic=presynaptic, interfaces=self.interfaces,
-                               scores=self.scores, **options)
-        return rows, time.perf_counter() - t0
+                               presynaptic=presynaptic, local_scores=self.local_scores,
+                               **options)
+        seconds = time.perf_counter() - t0
+        if method == "contact":
+            seconds += self.t_interfaces  # the local interface features are part of the method
+        return rows, seconds
 
 
 def train(geometry: dict, phantom):
@@ -126,13 +127,10 @@ def train(geometry: dict, phantom):
     vesicle_model = train_voxel_classifier(
         phantom.em, phantom.vesicles.astype(np.int8), voxel_size=vs, feature_spec=SPEC,
         parameters=params)
-    table = extract_interfaces(phantom.segmentation, voxel_size=vs)
     pre = {s.synapse_id: (s.pre_id, s.post_id) for s in phantom.synapses}
-    labels = label_interfaces(table, phantom.synapse_labels, pre_side=pre).labels
-    feats, names = interface_features(phantom.em, table, voxel_size=vs, spec=SPEC)
-    interface_model = train_interface_classifier(
-        feats, labels, names=names, voxel_size=vs, spec=SPEC, max_iter=100,
-        max_leaf_nodes=15)
+    interface_model = train_site_classifier(
+        [phantom.em], [phantom.segmentation], [phantom.synapse_labels], [pre], voxel_size=vs,
+        spec=SPEC, max_iter=100, max_leaf_nodes=15)
     return vesicle_model, interface_model
 
 
@@ -166,7 +164,9 @@ def main(argv=None):
         training = make_phantom(geo["train"], voxel_size=vs, n_cells=geo["cells"][0],
                                 n_synapses=geo["synapses"][0], seed=TRAIN_SEED)
         vesicle_model, interface_model = train(geo, training)
-        chosen = tune(Inputs(training, vesicle_model, interface_model))
+        validation = make_phantom(geo["train"], voxel_size=vs, n_cells=geo["cells"][0],
+                                  n_synapses=geo["synapses"][0], seed=VALIDATION_SEED)
+        chosen = tune(Inputs(validation, vesicle_model, interface_model))
         logger.info("%s: trained and tuned in %.0f s: %s", name, time.perf_counter() - t0, chosen)
 
         totals = {m: {} for m in GRIDS}
@@ -195,7 +195,7 @@ def main(argv=None):
                 seconds[key] += dt
         out = {
             "voxel_size": vs, "test_shape": geo["test"], "test_seeds": TEST_SEEDS,
-            "train_seed": TRAIN_SEED, "synapses": n_syn, "sites": n_sites,
+            "train_seed": TRAIN_SEED, "validation_seed": VALIDATION_SEED, "synapses": n_syn, "sites": n_sites,
             "synapses_in_polyadic_sites": n_poly, "chosen_thresholds": chosen,
             "methods": {m: {**summary(c), "seconds": round(seconds[m], 2)}
                         for m, c in totals.items()},

@@ -29,7 +29,7 @@ _FUNCTIONS = {
     "diffusion": partners.assign_by_diffusion,
 }
 # Inputs the service itself provides; the rest of a method's keyword arguments are options.
-_PROVIDED = {"voxel_size", "interfaces", "scores", "free"}
+_PROVIDED = {"voxel_size", "interfaces", "scores", "local_scores", "free"}
 
 
 def method_options(method: str) -> dict[str, object]:
@@ -114,11 +114,15 @@ def partners_assign(
         progress.advance(message=f"assigning partners ({method})")
     kwargs = dict(options)
     if method == "contact":
+        from detection.features import FeatureSpec
         from detection.interfaces import InterfaceClassifier
 
         classifier = InterfaceClassifier.load(interface_model, voxel_size=voxel_size)
-        kwargs["interfaces"], kwargs["scores"] = partners.interface_scores(
-            arrays["EM"], arrays["segmentation"], classifier, voxel_size=voxel_size)
+        spec = classifier.metadata.get("feature_spec")
+        local = partners.site_interfaces(
+            arrays["EM"], arrays["segmentation"], arrays["sites"], voxel_size=voxel_size,
+            spec=FeatureSpec.from_dict(spec) if spec else None)
+        kwargs["local_scores"] = partners.site_scores(local, classifier)
     if "free space" in arrays:
         if method != "diffusion":
             raise ValueError("a free-space layer is used by the diffusion method only")

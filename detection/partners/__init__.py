@@ -18,7 +18,12 @@ Each returns :class:`~detection.partners.records.PartnerRow` objects, one per
 
 from __future__ import annotations
 
-from detection.partners.contact import assign_by_contact, interface_scores
+from detection.partners.contact import (
+    assign_by_contact,
+    interface_scores,
+    site_interfaces,
+    site_scores,
+)
 from detection.partners.diffusion import assign_by_diffusion
 from detection.partners.records import FLAGS, PartnerRow, partner_flag
 from detection.partners.vesicle import assign_by_vesicles
@@ -27,18 +32,21 @@ METHODS = ("contact", "vesicle", "diffusion")
 
 
 def assign_partners(method: str, sites, segmentation, *, voxel_size, presynaptic=None,
-                    interfaces=None, scores=None, **options) -> list[PartnerRow]:
+                    interfaces=None, scores=None, local_scores=None,
+                    **options) -> list[PartnerRow]:
     """Assign partners with one of :data:`METHODS`.
 
-    ``contact`` needs `interfaces` and their `scores`; ``vesicle`` and ``diffusion`` need the
-    `presynaptic` map.  Other keyword options go to the method's function.
+    ``contact`` needs interface scores (`local_scores`, or `interfaces` and `scores`);
+    ``vesicle`` and ``diffusion`` need the `presynaptic` map.  Other keyword options go to
+    the method's function.
     """
     if method == "contact":
-        if interfaces is None or scores is None:
-            raise ValueError("the contact method needs interfaces and their directed scores "
-                             "(an interface classifier)")
+        if local_scores is None and (interfaces is None or scores is None):
+            raise ValueError("the contact method needs interface scores from an interface "
+                             "classifier")
         return assign_by_contact(sites, segmentation, voxel_size=voxel_size,
-                                 interfaces=interfaces, scores=scores, **options)
+                                 interfaces=interfaces, scores=scores,
+                                 local_scores=local_scores, **options)
     if method in ("vesicle", "diffusion"):
         if presynaptic is None:
             raise ValueError(f"the {method} method needs a presynaptic (vesicle cloud) map")
@@ -55,4 +63,4 @@ def rows_to_pairs(rows) -> list[tuple[int, int]]:
 
 __all__ = ["FLAGS", "METHODS", "PartnerRow", "assign_by_contact", "assign_by_diffusion",
            "assign_by_vesicles", "assign_partners", "interface_scores", "partner_flag",
-           "rows_to_pairs"]
+           "rows_to_pairs", "site_interfaces", "site_scores"]

@@ -6,14 +6,26 @@ an annotated synapse) is matched to the interfaces between the cells it touches;
 interface classifier's two directed scores decide which cell is presynaptic and which touching
 cells are its partners.  The cells on either side of the cleft are the pair; the classifier
 gives the direction and the confidence.
+
+SynEM's interfaces are local: its segments are supervoxels, so a contact between two of them
+is a patch of membrane.  With whole-neuron segments, all contacts between two cells form one
+interface whose features dilute a synapse in microns of plain membrane.
+:func:`site_interfaces` therefore cuts each site's neighbourhood (``margin_nm`` around it) and
+extracts the interfaces of the cells around the site there, keeps of each only its border
+within ``near_nm`` of the site (the contact patch at the synapse), and describes that patch
+and the neurites behind it at SynEM's distances; the classifier is
+trained on such local interfaces (:func:`site_interfaces` with synapse labels) and scores them
+(:func:`site_scores`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from detection.interfaces import (
     InterfaceClassifier,
@@ -23,7 +35,7 @@ from detection.interfaces import (
 )
 from detection.partners.records import PartnerRow
 from detection.partners.rows import Choice, Post, build_rows
-from detection.partners.sites import check_inputs, site_boxes, site_geometry
+from detection.partners.sites import check_inputs, grow, site_boxes, site_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +60,197 @@ def interface_scores(volume, segmentation, classifier: InterfaceClassifier, *, v
     return table, classifier.predict_scores(features, names=names)
 
 
-class _DirectedScores:
-    """score(a -> b) for any pair of cells, from the interface table's two columns."""
+@dataclass
+class SiteInterfaces:
+    """Local interfaces around sites: one row per (site, cell pair).
 
-    def __init__(self, interfaces: InterfaceTable, scores):
+    site : (N,) int64; ids : (N, 2) uint64 (A < B); features : (N, F) float32; names : list
+    of F str; labels : (N,) int8 or None (0 not synaptic, 1 A presynaptic, 2 B presynaptic,
+    -1 synaptic with unknown direction), when synapse labels were given.
+    """
+
+    site: np.ndarray
+    ids: np.ndarray
+    features: np.ndarray
+    names: list
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.site)
+
+
+def _near_site(table: InterfaceTable, near: np.ndarray) -> InterfaceTable:
+    """The interfaces cut down to their border voxels where `near` is set; empty ones dropped.
+
+    Areas are scaled by the share of border voxels kept; centroids and boxes recomputed.
+    """
+    keep_voxel = near[tuple(table.voxels.T)]
+    counts = np.add.reduceat(keep_voxel.astype(np.int64), table.voxel_offsets[:-1]) \
+        if len(table.voxels) else np.zeros(len(table), np.int64)
+    counts[table.n_border_voxels == 0] = 0
+    alive = counts > 0
+    owner = np.repeat(np.arange(len(table)), table.n_border_voxels)[keep_voxel]
+    voxels = table.voxels[keep_voxel]
+    share = counts[alive] / table.n_border_voxels[alive]
+    offsets = np.concatenate([[0], np.cumsum(counts[alive])]).astype(np.int64)
+    index = np.flatnonzero(alive)
+    remap = np.full(len(table), -1)
+    remap[index] = np.arange(len(index))
+    owner = remap[owner]
+    vs = np.asarray(table.voxel_size)
+    centroid = np.stack([np.bincount(owner, weights=voxels[:, a] * vs[a], minlength=len(index))
+                         for a in range(3)], axis=1) / counts[alive][:, None]
+    starts = offsets[:-1]
+    return InterfaceTable(
+        ids=table.ids[alive], area_nm2=table.area_nm2[alive] * share,
+        area_axes_nm2=table.area_axes_nm2[alive] * share[:, None],
+        n_faces=np.maximum(1, np.rint(table.n_faces[alive] * share)).astype(np.int64),
+        centroid_nm=centroid,
+        bbox_min=np.minimum.reduceat(voxels, starts, axis=0).astype(np.int64),
+        bbox_max=np.maximum.reduceat(voxels, starts, axis=0).astype(np.int64) + 1,
+        voxel_offsets=offsets, voxels=voxels, voxel_side=table.voxel_side[keep_voxel],
+        labels=table.labels, voxel_size=table.voxel_size, params=dict(table.params))
+
+
+def site_interfaces(volume, segmentation, sites, *, voxel_size, spec=None,
+                    margin_nm: float = 320.0, near_nm: float = 80.0,
+                    min_area_nm2: float = 1000.0,
+                    synapse_labels=None, pre_side=None, **extract_kw) -> SiteInterfaces:
+    """The interfaces between the cells touching each site, within `margin_nm` of it.
+
+    Parameters
+    ----------
+    volume : (Z, Y, X) ndarray
+        EM.
+    segmentation, sites : (Z, Y, X) integer ndarrays
+        Cells (0 = background) and site labels (0 elsewhere).
+    voxel_size : sequence of 3 float
+    spec : detection.features.FeatureSpec or None
+        Filter bank of the texture channels (computed on each crop).
+    margin_nm : float
+        Crop around each site; it should exceed `near_nm` plus the largest subvolume distance
+        (160 nm), so the subvolumes of the site's interfaces see no crop border.
+    near_nm : float
+        Border voxels farther than this from the site are cut off each interface.
+    min_area_nm2 : float
+        Smallest interface (in the crop, before the cut) kept.
+    synapse_labels, pre_side
+        For training: synapse ids and ``{synapse id: (pre, post)}``, as in
+        :func:`detection.interfaces.label_interfaces`; fills ``labels``.
+    extract_kw
+        More options of :func:`detection.interfaces.extract_interfaces`.
+    """
+    from detection.features import FeatureSpec, compute_features
+    from detection.interfaces import label_interfaces
+
+    sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size)
+    spec = spec or FeatureSpec()
+    out_site, out_ids, out_feats, out_labels = [], [], [], []
+    names = None
+    for site, box in site_boxes(sites):
+        g = site_geometry(site, box, sites, seg, vs, margin_nm=2 * max(vs))
+        touching = set(g.cells.tolist())
+        if len(touching) < 2:
+            continue
+        crop = grow(box, margin_nm, vs, seg.shape)
+        table = extract_interfaces(seg[crop], voxel_size=vs, min_area_nm2=min_area_nm2,
+                                   **extract_kw)
+        keep = np.array([int(a) in touching and int(b) in touching
+                         for a, b in table.ids.tolist()], dtype=bool)
+        if not keep.any():
+            continue
+        mask = sites[crop] == site
+        near = ndi.distance_transform_edt(~mask, sampling=vs) <= near_nm
+        table = _near_site(table.select(keep), near)
+        if len(table) == 0:
+            continue
+        channels = compute_features(volume[crop], voxel_size=vs, spec=spec)
+        feats, names = interface_features(channels, table, voxel_size=vs, spec=spec)
+        out_site.append(np.full(len(table), site, dtype=np.int64))
+        out_ids.append(table.ids)
+        out_feats.append(feats)
+        if synapse_labels is not None:
+            out_labels.append(label_interfaces(table, np.asarray(synapse_labels)[crop],
+                                               pre_side=pre_side).labels)
+    if not out_site:
+        return SiteInterfaces(np.zeros(0, np.int64), np.zeros((0, 2), np.uint64),
+                              np.zeros((0, 0), np.float32), names or [],
+                              np.zeros(0, np.int8) if synapse_labels is not None else None)
+    return SiteInterfaces(
+        np.concatenate(out_site), np.concatenate(out_ids), np.concatenate(out_feats), names,
+        np.concatenate(out_labels) if synapse_labels is not None else None)
+
+
+def train_site_classifier(volumes, segmentations, synapse_labels, pre_sides, *, voxel_size,
+                          spec=None, **hgb_params) -> InterfaceClassifier:
+    """Train the interface classifier on the local interfaces around annotated synapses.
+
+    Parameters
+    ----------
+    volumes, segmentations, synapse_labels : lists of (Z, Y, X) ndarrays
+        EM, cells and synapse ids (clefts / PSDs) of each training volume; the sites are the
+        connected components of the synapse masks.
+    pre_sides : list of dict
+        Per volume, ``{synapse id: (pre cell, post cell)}``.
+    voxel_size : sequence of 3 float
+    spec : detection.features.FeatureSpec or None
+    hgb_params
+        Passed to :func:`detection.interfaces.train_interface_classifier`.
+    """
+    from detection.interfaces import train_interface_classifier
+
+    feats, labels, names = [], [], None
+    for em, seg, syn, pre in zip(volumes, segmentations, synapse_labels, pre_sides):
+        syn = np.asarray(syn)
+        sites, _ = ndi.label(syn > 0, structure=np.ones((3, 3, 3), dtype=bool))
+        local = site_interfaces(em, seg, sites, voxel_size=voxel_size, spec=spec,
+                                synapse_labels=syn, pre_side=pre)
+        if len(local):
+            feats.append(local.features)
+            labels.append(local.labels)
+            names = local.names
+    if not feats:
+        raise ValueError("no synapse site with two touching cells to train on")
+    return train_interface_classifier(np.concatenate(feats), np.concatenate(labels),
+                                      names=names, voxel_size=voxel_size, spec=spec,
+                                      **hgb_params)
+
+
+def site_scores(local: SiteInterfaces, classifier: InterfaceClassifier) -> dict:
+    """``{(site, a, b): score of "synaptic, a presynaptic"}`` for every local interface."""
+    if len(local) == 0:
+        return {}
+    scores = classifier.predict_scores(local.features, names=local.names)
+    out = {}
+    for site, (a, b), (s_ab, s_ba) in zip(local.site.tolist(), local.ids.tolist(),
+                                          scores.tolist()):
+        out[(site, a, b)] = s_ab
+        out[(site, b, a)] = s_ba
+    return out
+
+
+class _DirectedScores:
+    """score(site, a -> b): site-local scores first, else the whole-volume interface's."""
+
+    def __init__(self, interfaces: InterfaceTable | None, scores, local: dict | None):
+        self._score = {}
+        self._local = local or {}
+        if interfaces is None:
+            return
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(interfaces), 2):
             raise ValueError(
                 f"scores must be ({len(interfaces)}, 2) for the {len(interfaces)} interfaces, "
                 f"got {scores.shape}")
-        self._score = {}
         for (a, b), (s_ab, s_ba) in zip(interfaces.ids.tolist(), scores.tolist()):
             self._score[(a, b)] = s_ab
             self._score[(b, a)] = s_ba
 
-    def __call__(self, a: int, b: int) -> float | None:
-        return self._score.get((int(a), int(b)))
+    def __call__(self, site: int, a: int, b: int) -> float | None:
+        key = (int(site), int(a), int(b))
+        if key in self._local:
+            return self._local[key]
+        return self._score.get(key[1:])
 
 
 def assign_by_contact(
@@ -71,8 +258,9 @@ def assign_by_contact(
     segmentation,
     *,
     voxel_size,
-    interfaces: InterfaceTable,
-    scores,
+    interfaces: InterfaceTable | None = None,
+    scores=None,
+    local_scores: dict | None = None,
     min_area_nm2: float = 1500.0,
     min_score: float = 0.5,
     group_distance_nm: float = 300.0,
@@ -87,11 +275,16 @@ def assign_by_contact(
         Cell ids, 0 = background / membrane; the one `interfaces` were extracted from.
     voxel_size : sequence of 3 float
         (z, y, x) nm.
-    interfaces : InterfaceTable
-        From :func:`detection.interfaces.extract_interfaces` on `segmentation`.
-    scores : (N, 2) array
-        "Synaptic, A presynaptic" and "synaptic, B presynaptic" per interface
+    interfaces : InterfaceTable or None
+        Whole-volume interfaces, from :func:`detection.interfaces.extract_interfaces` on
+        `segmentation`.
+    scores : (N, 2) array or None
+        "Synaptic, A presynaptic" and "synaptic, B presynaptic" per interface of `interfaces`
         (:meth:`InterfaceClassifier.predict_scores`, or :func:`interface_scores`).
+    local_scores : dict or None
+        ``{(site, a, b): score}`` of site-local interfaces (:func:`site_scores`); they take
+        precedence over the whole-volume scores.  Give these, or `interfaces` and `scores`,
+        or both.
     min_area_nm2 : float
         Smallest contact with the site for a cell to be a partner.
     min_score : float
@@ -113,10 +306,13 @@ def assign_by_contact(
     always a partner; other cells are partners when ``score(pre -> b) >= min_score``.
     """
     sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size)
-    if tuple(interfaces.shape) != seg.shape:
+    if interfaces is None and local_scores is None:
+        raise ValueError("the contact method needs interface scores: site-local ones, or "
+                         "whole-volume interfaces and their scores")
+    if interfaces is not None and tuple(interfaces.shape) != seg.shape:
         raise ValueError(f"interfaces were found on a {interfaces.shape} volume, "
                          f"the segmentation is {seg.shape}")
-    directed = _DirectedScores(interfaces, scores)
+    directed = _DirectedScores(interfaces, scores, local_scores)
     t0 = time.perf_counter()
     choices = []
     for site, box in site_boxes(sites):
@@ -127,7 +323,7 @@ def assign_by_contact(
         best = None
         for i in touching:
             for j in touching:
-                s = directed(g.cells[i], g.cells[j]) if i != j else None
+                s = directed(site, g.cells[i], g.cells[j]) if i != j else None
                 if s is not None and (best is None or s > best[0]):
                     best = (s, i, j)
         if best is None:
@@ -144,7 +340,7 @@ def assign_by_contact(
         for j in touching:
             if j == k:
                 continue
-            s = directed(pre, g.cells[j])
+            s = directed(site, pre, g.cells[j])
             if j == first or (s is not None and s >= min_score):
                 posts.append(Post(int(g.cells[j]), float(g.area_nm2[j]), float(g.area_nm2[j]),
                                   float(s), g.contact_center[j], g.inner_point[j]))

@@ -96,3 +96,27 @@ def test_bad_requests_are_refused_with_the_reason(layers):
                              parameters=_params(made, method="contact"))
     assert "needs the EM layer and an interface classifier" in contact.error
     assert not SynapseRun.objects.filter(dataset=dataset).exists()
+
+
+def test_contact_job_uses_an_interface_classifier_file(layers, tmp_path):
+    from detection.features import FeatureSpec
+    from detection.partners.contact import train_site_classifier
+
+    phantom, dataset, made = layers
+    other = make_phantom((24, 160, 160), voxel_size=(40.0, 8.0, 8.0), n_cells=16,
+                         n_synapses=20, seed=8)
+    spec = FeatureSpec(scales_nm=(10.0, 40.0), kinds=("gaussian", "hessian_eigenvalues"))
+    model = train_site_classifier(
+        [other.em], [other.segmentation], [other.synapse_labels],
+        [{s.synapse_id: (s.pre_id, s.post_id) for s in other.synapses}],
+        voxel_size=other.voxel_size, spec=spec, max_iter=40, max_leaf_nodes=15)
+    path = model.save(tmp_path / "sites.model")
+    job = job_run_inline(kind="assign_partners", dataset=dataset, parameters=_params(
+        made, method="contact", run_name="contact", presynaptic_layer=None,
+        em_layer=made["em"].pk, interface_model=str(path)))
+    assert job.state == Job.State.DONE, job.error
+    matrix = wiring_matrix(dataset=dataset, runs=SynapseRun.objects.filter(name="contact"))
+    predicted = {(p.pre_segment_id, p.post_segment_id): p.synapses for p in matrix.pairs}
+    scores = connection_scores(predicted, [(s.pre_id, s.post_id) for s in phantom.synapses])
+    # A model trained on one small phantom of 20 synapses.
+    assert scores.precision >= 0.85 and scores.recall >= 0.75, scores

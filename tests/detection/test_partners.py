@@ -251,3 +251,37 @@ def test_phantom_partners_from_the_true_vesicle_clouds(voxel_size):
         assert scores.precision >= 0.8, (method, scores)
         sites_of_rows = {r.site_id for r in rows}
         assert sites_of_rows <= set(np.unique(sites).tolist())
+
+
+def test_site_interfaces_keep_the_contact_patch_at_the_site_and_label_it():
+    from detection.features import FeatureSpec
+    from detection.partners import site_interfaces, site_scores
+
+    seg, sites, _ = two_cells(shape=(8, 80, 40))
+    sites[:] = 0
+    sites[2:6, 30:46, 19:21] = 7
+    em = np.full(seg.shape, 160, dtype=np.uint8)
+    em[:, :, 19:21] = 60
+    spec = FeatureSpec(scales_nm=(10.0,), kinds=("gaussian",))
+    local = site_interfaces(em, seg, sites, voxel_size=VS, spec=spec, near_nm=40,
+                            synapse_labels=sites, pre_side={7: (2, 1)})
+    assert local.site.tolist() == [7] and local.ids.tolist() == [[1, 2]]
+    assert local.labels.tolist() == [2]  # B (cell 2) presynaptic
+    assert local.features.shape == (1, len(local.names))
+    # Only border voxels within 40 nm (5 pixels in y) of the site remain: y 25..50 of the
+    # 80-pixel membrane; the interface's area shrinks to match.
+    wide = site_interfaces(em, seg, sites, voxel_size=VS, spec=spec, near_nm=400)
+    area = dict(zip(local.names, local.features[0]))
+    wide_area = dict(zip(wide.names, wide.features[0]))
+    key = next(n for n in local.names if "area" in n)
+    assert area[key] < 0.5 * wide_area[key]
+
+    class Fixed:
+        metadata = {}
+
+        def predict_scores(self, features, names=None):
+            return np.tile([0.2, 0.9], (len(features), 1))
+
+    assert site_scores(local, Fixed()) == {(7, 1, 2): 0.2, (7, 2, 1): 0.9}
+    (row,) = assign_by_contact(sites, seg, voxel_size=VS, local_scores=site_scores(local, Fixed()))
+    assert (row.pre_id, row.post_id, row.confidence) == (2, 1, 0.9)
