@@ -85,7 +85,9 @@ def _check_2d(array, name, shape=None):
 def _check_rgb(rgb, name="rgb"):
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"{name} must be an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+        raise ValueError(
+            f"{name} must be an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}"
+        )
     return rgb
 
 

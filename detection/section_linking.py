@@ -65,7 +65,8 @@ class LinkReport:
     n_multi_section_cells : int
         Cells present in at least two sections.
     n_branch_points : int
-        Profiles linked to two or more profiles of one adjacent section.
+        Profiles linked to two or more profiles of one adjacent section (counted once per
+        side: a profile branching towards both neighbours counts twice).
     mean_overlap_fraction : float
         Mean, over the links, of the overlap as a fraction of the smaller interior; NaN when
         there is no link.
@@ -113,7 +114,8 @@ def _check_inputs(profiles, membrane, voxel_size, min_overlap, min_branch_overla
     profiles = np.asarray(profiles)
     if profiles.ndim != 3:
         raise ValueError(
-            f"profiles must be a 3-D (Z, Y, X) stack of per-section labels, got shape {profiles.shape}"
+            "profiles must be a 3-D (Z, Y, X) stack of per-section labels, "
+            f"got shape {profiles.shape}"
         )
     if profiles.dtype == bool or not np.issubdtype(profiles.dtype, np.integer):
         raise ValueError(f"profiles must hold integer labels, got dtype {profiles.dtype}")
@@ -123,7 +125,8 @@ def _check_inputs(profiles, membrane, voxel_size, min_overlap, min_branch_overla
         membrane = np.asarray(membrane)
         if membrane.shape != profiles.shape:
             raise ValueError(
-                f"membrane has shape {membrane.shape}, expected the profiles' shape {profiles.shape}"
+                f"membrane has shape {membrane.shape}, "
+                f"expected the profiles' shape {profiles.shape}"
             )
         membrane = membrane.astype(bool, copy=False)
     voxel_size = tuple(float(v) for v in np.ravel(voxel_size))
