@@ -126,7 +126,13 @@ def cmd_predict(args) -> None:
     from detection.blockwise import iter_probability_blocks
     from detection.classify import VoxelClassifier
     from detection.instances import InstanceStitcher
+    from detection.split import SplitParameters
 
+    split = None
+    if args.split_min_distance_nm > 0:
+        split = SplitParameters(smooth_nm=args.split_smooth_nm,
+                                min_distance_nm=args.split_min_distance_nm,
+                                min_depth=args.split_min_depth)
     with _open(args.volume, args.dataset) as source:
         voxel_size = _voxel_size(args, source)
         model = VoxelClassifier.load(args.model, voxel_size=voxel_size,
@@ -137,13 +143,15 @@ def cmd_predict(args) -> None:
         probability.attrs.update({"voxel_size": list(voxel_size), "scale": "probability * 255",
                                   "model": str(args.model)})
         stitcher = InstanceStitcher(voxel_size=voxel_size, high=args.high, low=args.low,
-                                    min_size_voxels=args.min_size)
+                                    min_size_voxels=args.min_size, split=split,
+                                    min_score=args.min_score)
         for box, p in iter_probability_blocks(source, model, block_shape=args.block_shape,
                                               roi=_roi(args.roi), progress=_progress("predict")):
             stored = np.rint(p * 255).astype(np.uint8)
             probability[box] = stored
             stitcher.add_block(box, stored / 255.0)
-    candidates = stitcher.candidates()
+        # The split reads each component's bounding box back from the stored probability.
+        candidates = stitcher.candidates(read_probability=lambda box: probability[box] / 255.0)
     if args.out_table:
         write_candidates(args.out_table, candidates)
     if args.out_instances:
@@ -229,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--high", type=float, default=0.8)
     predict.add_argument("--low", type=float, default=0.5)
     predict.add_argument("--min-size", type=int, default=100, help="voxels")
+    predict.add_argument("--min-score", type=float, default=0.0,
+                         help="drop instances whose mean probability is lower")
+    predict.add_argument("--split-min-distance-nm", type=float, default=0.0,
+                         help="split components at probability maxima at least this far apart "
+                              "(nm); 0: no split")
+    predict.add_argument("--split-smooth-nm", type=float, default=50.0,
+                         help="Gaussian smoothing (nm) of the probability before the split")
+    predict.add_argument("--split-min-depth", type=float, default=0.2,
+                         help="a maximum must rise this much above the pass to a higher one")
     predict.add_argument("--block-shape", nargs=3, type=int)
     predict.set_defaults(func=cmd_predict)
 

@@ -151,22 +151,22 @@ class InstanceStitcher:
 
     @staticmethod
     def _block_anchors(labels, n, corner):
+        """First voxel of each label in (z, y, x) order, encoded as one int64."""
         if max(c + s for c, s in zip(corner, labels.shape)) > 2**21:
             raise ValueError("volumes above 2**21 voxels along an axis are not supported")
-        index = labels.ravel()
-        keep = index > 0
-        coords = [c[keep] + o for c, o in zip(np.indices(labels.shape).reshape(3, -1), corner)]
-        anchor = np.full(n + 1, np.iinfo(np.int64).max)
-        np.minimum.at(anchor, index[keep], _encode(*coords))
-        return anchor[1:]
+        flat = labels.ravel()
+        where = np.flatnonzero(flat)
+        first = np.full(n + 1, flat.size, dtype=np.int64)
+        np.minimum.at(first, flat[where], where)
+        coords = np.unravel_index(first[1:], labels.shape)
+        return _encode(*(c.astype(np.int64) + o for c, o in zip(coords, corner)))
 
     @staticmethod
     def _block_stats(labels, n, probability, corner, start):
-        index = labels.ravel()
-        p = probability.ravel().astype(np.float64)
-        keep = index > 0
-        index, p = index[keep], p[keep]
-        coords = [c[keep] + o for c, o in zip(np.indices(labels.shape).reshape(3, -1), corner)]
+        where = np.nonzero(labels)
+        index = labels[where]
+        p = probability[where].astype(np.float64)
+        coords = [c.astype(np.int64) + o for c, o in zip(where, corner)]
         size = np.bincount(index, minlength=n + 1)[1:]
         psum = np.bincount(index, weights=p, minlength=n + 1)[1:]
         wsum = [np.bincount(index, weights=p * c, minlength=n + 1)[1:] for c in coords]

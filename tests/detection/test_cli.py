@@ -66,3 +66,42 @@ def test_missing_dataset_is_a_clear_error(phantom_files, capsys, tmp_path):
     assert code == 2
     err = capsys.readouterr().err
     assert "train.h5" in err and "volumes/nope" in err
+
+
+def _model(folder, train):
+    model = folder / "synapses.model"
+    if not model.exists():
+        assert main(["train", "--volume", str(train), "--dataset", "volumes/raw",
+                     "--labels", str(train), "--labels-dataset", "volumes/labels/clefts",
+                     "--label-convention", "binary", "--scales-nm", "10", "20", "40",
+                     "--n-estimators", "60", "--out", str(model)]) == 0
+    return model
+
+
+def test_predict_with_split_does_not_depend_on_the_blocking(phantom_files, tmp_path):
+    folder, train, test = phantom_files
+    model = _model(folder, train)
+    results = []
+    for name, extra in [("plain", ["--block-shape", "16", "64", "64"]),
+                        ("split", ["--block-shape", "16", "64", "64"]),
+                        ("split-blocks", ["--block-shape", "8", "48", "128"])]:
+        split = [] if name == "plain" else ["--split-min-distance-nm", "150", "--split-smooth-nm",
+                                            "20", "--split-min-depth", "0.05"]
+        assert main(["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model",
+                     str(model), "--out-probability", str(tmp_path / f"{name}-p.zarr"),
+                     "--out-table", str(tmp_path / f"{name}.csv"),
+                     "--out-instances", str(tmp_path / f"{name}-i.zarr"), "--high", "0.7",
+                     "--low", "0.3", "--min-size", "20", *extra, *split]) == 0
+        with open(tmp_path / f"{name}.csv") as f:
+            rows = list(csv.DictReader(f))
+        instances = zarr.open(str(tmp_path / f"{name}-i.zarr"), "r")[:]
+        assert len(rows) == instances.max()
+        results.append((rows, instances))
+    (plain_rows, plain), (rows, split), (rows_b, split_b) = results
+    assert len(rows) > len(plain_rows)  # the phantom has touching clefts to divide
+    assert rows == rows_b
+    np.testing.assert_array_equal(split, split_b)
+    # Every split instance lies inside one unsplit instance.
+    inside = split > 0
+    pairs = np.unique(np.stack([split[inside], plain[inside]]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1]
