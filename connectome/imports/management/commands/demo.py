@@ -12,16 +12,20 @@ from connectome.datasets.models import Dataset
 from connectome.datasets.services import dataset_create
 from connectome.jobs.models import Job
 from connectome.jobs.services import job_create, job_execute
+from connectome.synapses.wiring import wiring_matrix
+from detection.metrics import connection_scores
 from detection.io.tables import CnapseRow, write_cnapse
 from detection.phantom import make_phantom, synapse_table, write_phantom_h5
 
 DATASET = "phantom"
+ASSIGNMENT_RUN = "diffusion"
 
 
 class Command(BaseCommand):
     help = (
         "Generate the phantom (synthetic EM with ground-truth cells and synapses) and import "
-        "it with jobs: EM volume, segmentation and cells, ground-truth synapse table."
+        "it with jobs: EM volume, segmentation and cells, ground-truth synapse table, synapse "
+        "sites and vesicle clouds; then assign partners to the sites by diffusion."
     )
 
     def add_arguments(self, parser):
@@ -76,6 +80,20 @@ class Command(BaseCommand):
             self._run(options, dataset, "import_synapses", {
                 "source": str(table_path), "run_name": "ground truth", "table_format": "cnapse",
                 "method": "ground_truth"})
+        # Synapse sites (the phantom's clefts, identities unused) and the vesicle clouds that
+        # tell the presynaptic side; partners are then found by transmitter diffusion.
+        for name, kind, inside in (("sites", "synapses", "volumes/labels/clefts"),
+                                   ("vesicles", "mask", "volumes/labels/vesicles")):
+            if name not in layers:
+                self._run(options, dataset, "import_volume", {
+                    "source": str(h5_path), "name": name, "kind": kind, "dataset_path": inside})
+        if not dataset.synapse_runs.filter(name=ASSIGNMENT_RUN).exists():
+            by_name = dict(dataset.layers.values_list("name", "pk"))
+            self._run(options, dataset, "assign_partners", {
+                "method": "diffusion", "sites_layer": by_name.get("sites"),
+                "segmentation_layer": by_name.get("segmentation"),
+                "presynaptic_layer": by_name.get("vesicles"), "run_name": ASSIGNMENT_RUN,
+                "options": {"min_share": 0.35}})
 
         dataset.refresh_from_db()
         self.stdout.write(self.style.SUCCESS(
@@ -83,6 +101,17 @@ class Command(BaseCommand):
             f"{dataset.layers.count()} layers, {dataset.cells.count()} cells, "
             f"{dataset.synapses.count()} synapses"
         ))
+        runs = {run.name: run for run in dataset.synapse_runs.all()}
+        if ASSIGNMENT_RUN in runs and "ground truth" in runs:
+            found = wiring_matrix(dataset=dataset, runs=[runs[ASSIGNMENT_RUN]])
+            truth = wiring_matrix(dataset=dataset, runs=[runs["ground truth"]])
+            scores = connection_scores(
+                {(p.pre_segment_id, p.post_segment_id): p.synapses for p in found.pairs},
+                {(p.pre_segment_id, p.post_segment_id): p.synapses for p in truth.pairs})
+            self.stdout.write(
+                f"run '{ASSIGNMENT_RUN}': {found.synapses} synapses between {len(found)} cell "
+                f"pairs; against the ground truth's {len(truth)} connected pairs: precision "
+                f"{scores.precision:.2f}, recall {scores.recall:.2f}")
 
     def _run(self, options, dataset, kind, parameters):
         label = f"{kind} {parameters.get('name') or parameters.get('run_name')}"
