@@ -59,6 +59,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "connectome.datasets",
     "connectome.cells",
     "connectome.synapses",
@@ -150,6 +152,18 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "connectome.common.pagination.IdCursorPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "connectome.common.api_errors.json_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Connectome API",
+    "DESCRIPTION": "Datasets, cells, skeletons, synapses, connectivity, jobs and reviews. "
+                   "Segment ids are uint64, written as strings; positions are nm, (z, y, x).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc from the installed sidecar package: no CDN needed.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -1,26 +1,43 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from connectome.cells.apis import CellViewSet
+from connectome.cells.apis import CellViewSet, SkeletonViewSet
 from connectome.datasets.apis import DatasetViewSet, LayerViewSet
 from connectome.jobs.apis import JobViewSet
-from connectome.synapses.apis import SynapseRunViewSet, SynapseViewSet
+from connectome.review.apis import ReviewViewSet
+from connectome.synapses.apis import (
+    CellTypeSummaryView, ExportDownloadView, SynapseRunViewSet, SynapseViewSet, WiringMatrixView,
+)
 
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="dataset")
 router.register("layers", LayerViewSet, basename="layer")
 router.register("cells", CellViewSet, basename="cell")
+router.register("skeletons", SkeletonViewSet, basename="skeleton")
 router.register("synapse-runs", SynapseRunViewSet, basename="synapserun")
 router.register("synapses", SynapseViewSet, basename="synapse")
+router.register("reviews", ReviewViewSet, basename="review")
 router.register("jobs", JobViewSet, basename="job")
 
 admin.site.site_header = "Connectome administration"
 admin.site.site_title = "Connectome"
 
+api = [
+    path("datasets/<int:pk>/wiring/", WiringMatrixView.as_view(), name="dataset-wiring"),
+    path("datasets/<int:pk>/cell-types/", CellTypeSummaryView.as_view(),
+         name="dataset-cell-types"),
+    path("jobs/<int:pk>/download/", ExportDownloadView.as_view(), name="job-download"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("", include(router.urls)),
+]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/", include(router.urls)),
+    path("api/", include(api)),
     path("api-auth/", include("rest_framework.urls")),
     path("", include("connectome.web.urls")),
 ]

@@ -1,9 +1,18 @@
-from rest_framework import serializers, viewsets
+"""Cells, their partners and their skeletons over the API."""
 
-from connectome.cells.models import Cell
-from connectome.common.params import int_param
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from connectome.cells.models import Cell, Skeleton
+from connectome.cells.services import cells_annotate
+from connectome.common.params import (
+    DatasetQuery, FiniteFloatField, IdListField, SegmentIdListField, parse_query,
+)
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
+from connectome.synapses.connectivity import DIRECTIONS, cell_partners
 
 
 class CellSerializer(serializers.ModelSerializer):
@@ -14,19 +23,144 @@ class CellSerializer(serializers.ModelSerializer):
         model = Cell
         fields = ["id", "dataset", "segment_id", "name", "cell_type", "layer", "size_voxels",
                   "bbox", "centroid_z", "centroid_y", "centroid_x"]
+        read_only_fields = ["dataset", "layer", "size_voxels", "centroid_z", "centroid_y",
+                            "centroid_x"]
 
 
-class CellViewSet(viewsets.ReadOnlyModelViewSet):
+class CellEditSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, allow_blank=True, required=False)
+    cell_type = serializers.CharField(max_length=100, allow_blank=True, required=False)
+
+
+class CellQuery(DatasetQuery):
+    segment_id = SegmentIdListField(required=False, help_text="segment ids, comma-separated")
+    cell_type = serializers.CharField(required=False)
+
+
+class PartnerQuery(serializers.Serializer):
+    direction = serializers.ChoiceField(choices=["both", *DIRECTIONS], default="both")
+    run = IdListField(required=False, help_text="synapse run ids; all runs by default")
+    min_confidence = FiniteFloatField(required=False)
+    min_count = serializers.IntegerField(min_value=1, default=1)
+
+
+class PartnerSerializer(serializers.Serializer):
+    cell = serializers.IntegerField(source="cell_id")
+    segment_id = serializers.CharField(help_text="uint64, as a string")
+    name = serializers.CharField()
+    cell_type = serializers.CharField()
+    synapses = serializers.IntegerField()
+    contact_area_nm2 = serializers.FloatField(allow_null=True)
+    weight = serializers.FloatField(allow_null=True)
+    mean_confidence = serializers.FloatField(allow_null=True)
+
+
+class PartnersSerializer(serializers.Serializer):
+    cell = serializers.IntegerField()
+    segment_id = serializers.CharField()
+    upstream = PartnerSerializer(many=True, required=False)
+    downstream = PartnerSerializer(many=True, required=False)
+
+
+class CellViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Cells of the datasets you can see. Dataset admins edit names and types (PATCH)."""
+
     serializer_class = CellSerializer
     permission_classes = [DatasetRolePermission]
+    http_method_names = ["get", "patch", "head", "options"]
 
     def get_queryset(self):
         queryset = Cell.objects.filter(dataset__in=datasets_visible_to(self.request.user))
-        params = self.request.query_params
-        if "dataset" in params:
-            queryset = queryset.filter(dataset_id=int_param("dataset", params["dataset"]))
-        if "segment_id" in params:
-            queryset = queryset.filter(segment_id=int_param("segment_id", params["segment_id"]))
-        if "cell_type" in params:
-            queryset = queryset.filter(cell_type=params["cell_type"])
+        if self.action == "list":
+            query = parse_query(CellQuery, self.request)
+            if "dataset" in query:
+                queryset = queryset.filter(dataset_id=query["dataset"])
+            if "segment_id" in query:
+                queryset = queryset.filter(segment_id__in=query["segment_id"])
+            if "cell_type" in query:
+                queryset = queryset.filter(cell_type=query["cell_type"])
         return queryset.order_by("id")
+
+    @extend_schema(parameters=[CellQuery])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=CellEditSerializer, responses=CellSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        cell = self.get_object()
+        body = CellEditSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if body.validated_data:
+            cells_annotate(dataset=cell.dataset,
+                           annotations={cell.segment_id: dict(body.validated_data)})
+            cell.refresh_from_db()
+        return Response(CellSerializer(cell).data)
+
+    @extend_schema(parameters=[PartnerQuery], responses=PartnersSerializer)
+    @action(detail=True, methods=["get"])
+    def partners(self, request, pk=None):
+        """Upstream (presynaptic) and downstream (postsynaptic) partner cells, strongest first,
+        with synapse count, summed contact area and weight, and mean confidence."""
+        cell = self.get_object()
+        query = parse_query(PartnerQuery, request)
+        directions = DIRECTIONS if query["direction"] == "both" else [query["direction"]]
+        body = {"cell": cell.pk, "segment_id": str(cell.segment_id)}
+        for direction in directions:
+            partners = cell_partners(
+                cell=cell, direction=direction, runs=query.get("run"),
+                min_confidence=query.get("min_confidence"), min_count=query["min_count"],
+            )
+            body[direction] = PartnerSerializer(partners, many=True).data
+        return Response(body)
+
+
+class SkeletonSerializer(serializers.ModelSerializer):
+    dataset = serializers.IntegerField(source="cell.dataset_id", read_only=True)
+    segment_id = serializers.CharField(source="cell.segment_id", read_only=True)
+
+    class Meta:
+        model = Skeleton
+        fields = ["id", "cell", "dataset", "segment_id", "source", "n_nodes", "cable_length_nm",
+                  "source_path", "parameters", "created_at"]
+
+
+class SkeletonNodesSerializer(SkeletonSerializer):
+    nodes = serializers.SerializerMethodField(
+        help_text="columns: node_id, parent_id (-1 for roots), zyx (nm), radius (nm), "
+                  "compartment (SWC type)")
+
+    class Meta(SkeletonSerializer.Meta):
+        fields = [*SkeletonSerializer.Meta.fields, "nodes"]
+
+    def get_nodes(self, skeleton) -> dict:
+        return {name: column.tolist() for name, column in skeleton.unpack().items()}
+
+
+class SkeletonQuery(DatasetQuery):
+    cell = IdListField(required=False, help_text="cell ids, comma-separated")
+
+
+class SkeletonViewSet(viewsets.ReadOnlyModelViewSet):
+    """Skeletons of the cells you can see; the detail view has the nodes."""
+
+    permission_classes = [DatasetRolePermission]
+
+    def get_serializer_class(self):
+        return SkeletonNodesSerializer if self.action == "retrieve" else SkeletonSerializer
+
+    def get_queryset(self):
+        queryset = Skeleton.objects.filter(
+            cell__dataset__in=datasets_visible_to(self.request.user)
+        ).select_related("cell__dataset")
+        if self.action == "list":
+            queryset = queryset.defer("nodes")
+            query = parse_query(SkeletonQuery, self.request)
+            if "dataset" in query:
+                queryset = queryset.filter(cell__dataset_id=query["dataset"])
+            if "cell" in query:
+                queryset = queryset.filter(cell_id__in=query["cell"])
+        return queryset.order_by("id")
+
+    @extend_schema(parameters=[SkeletonQuery])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)

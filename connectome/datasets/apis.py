@@ -1,6 +1,7 @@
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, viewsets
 
-from connectome.common.params import int_param
+from connectome.common.params import DatasetQuery, parse_query
 from connectome.datasets.models import Dataset, Layer
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
@@ -40,8 +41,13 @@ class LayerViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         queryset = Layer.objects.filter(dataset__in=datasets_visible_to(self.request.user))
-        dataset = self.request.query_params.get("dataset")
-        if dataset is not None:
-            queryset = queryset.filter(dataset_id=int_param("dataset", dataset))
+        if self.action == "list":
+            query = parse_query(DatasetQuery, self.request)
+            if "dataset" in query:
+                queryset = queryset.filter(dataset_id=query["dataset"])
         return queryset.order_by("id")
+
+    @extend_schema(parameters=[DatasetQuery])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
 

@@ -1,18 +1,51 @@
-from rest_framework import serializers, viewsets
+"""Synapses, runs and connectivity over the API: filtered synapse lists, the wiring matrix, the
+cell-type summary and the download of exported synapse tables."""
 
-from connectome.common.params import int_param
+import csv
+import json
+
+from django.db.models import F
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import permissions, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from connectome.cells.models import Cell
+from connectome.common.params import (
+    BBoxField, ChoiceListField, DatasetQuery, FiniteFloatField, IdListField, NameListField,
+    SegmentIdListField, parse_query,
+)
+from connectome.datasets.models import Dataset, Membership
 from connectome.datasets.permissions import DatasetRolePermission
-from connectome.datasets.selectors import datasets_visible_to
+from connectome.datasets.selectors import datasets_visible_to, has_role
+from connectome.jobs.models import Job
+from connectome.synapses import connectivity, table_exports
+from connectome.synapses.exports import CELL_COLUMNS, CELL_TYPE_COLUMNS
 from connectome.synapses.models import Synapse, SynapseRun
+from connectome.synapses.wiring import GROUPINGS, wiring_matrix
+
+#: Wiring matrices with more pairs than this are streamed, not built as one response body.
+STREAM_PAIRS = 5_000
 
 
 class SynapseSerializer(serializers.ModelSerializer):
+    pre_segment_id = serializers.CharField(read_only=True, allow_null=True,
+                                           help_text="uint64, as a string")
+    post_segment_id = serializers.CharField(read_only=True, allow_null=True,
+                                            help_text="uint64, as a string")
+
     class Meta:
         model = Synapse
-        fields = ["id", "dataset", "run", "kind", "pre", "post", "site_id", "post_site_id",
-                  "external_id", "pre_z", "pre_y", "pre_x", "post_z", "post_y", "post_x",
-                  "ctr_z", "ctr_y", "ctr_x", "size_voxels", "size_nm3", "contact_area_nm2",
-                  "confidence", "weight", "flag", "method", "review_state"]
+        fields = ["id", "dataset", "run", "kind", "pre", "post", "pre_segment_id",
+                  "post_segment_id", "site_id", "post_site_id", "external_id", "pre_z", "pre_y",
+                  "pre_x", "post_z", "post_y", "post_x", "ctr_z", "ctr_y", "ctr_x",
+                  "size_voxels", "size_nm3", "contact_area_nm2", "confidence", "weight", "flag",
+                  "method", "review_state"]
 
 
 class SynapseRunSerializer(serializers.ModelSerializer):
@@ -22,17 +55,98 @@ class SynapseRunSerializer(serializers.ModelSerializer):
                   "created_at"]
 
 
+class ThresholdQuery(serializers.Serializer):
+    run = IdListField(required=False, help_text="synapse run ids, comma-separated; all runs "
+                                                "of the dataset by default")
+    min_confidence = FiniteFloatField(required=False, help_text="count synapses with "
+                                                                "confidence >= this")
+
+
+class SynapseQuery(ThresholdQuery):
+    dataset = serializers.IntegerField(required=False, min_value=1)
+    pre = IdListField(required=False, help_text="presynaptic cell ids, comma-separated")
+    post = IdListField(required=False, help_text="postsynaptic cell ids, comma-separated")
+    pre_segment_id = SegmentIdListField(required=False, help_text="presynaptic segment ids "
+                                                                  "(needs dataset)")
+    post_segment_id = SegmentIdListField(required=False, help_text="postsynaptic segment ids "
+                                                                   "(needs dataset)")
+    bbox = BBoxField(required=False, help_text="z0,y0,x0,z1,y1,x1 in nm, inclusive, on the "
+                                               "synapse centre (needs dataset)")
+    method = NameListField(required=False, help_text="run methods, comma-separated")
+    review_state = ChoiceListField(choices=Synapse.ReviewState.values, required=False,
+                                   help_text="review states, comma-separated")
+
+    def validate(self, attrs):
+        needs = [name for name in ("pre_segment_id", "post_segment_id", "bbox") if name in attrs]
+        if needs and "dataset" not in attrs:
+            raise serializers.ValidationError({needs[0]: "this filter needs a dataset"})
+        return attrs
+
+
+class BetweenQuery(ThresholdQuery):
+    a = serializers.IntegerField(min_value=1, help_text="cell id")
+    b = serializers.IntegerField(min_value=1, help_text="cell id")
+    direction = serializers.ChoiceField(choices=["both", "a_to_b"], default="both")
+    review_state = ChoiceListField(choices=Synapse.ReviewState.values, required=False)
+
+
+def filtered_synapses(request, query: dict):
+    """The visible synapses narrowed by a validated :class:`SynapseQuery`."""
+    synapses = Synapse.objects.filter(dataset__in=datasets_visible_to(request.user))
+    dataset = None
+    if "dataset" in query:
+        dataset = get_object_or_404(datasets_visible_to(request.user), pk=query["dataset"])
+        synapses = synapses.filter(dataset=dataset)
+    return connectivity.synapses_filtered(
+        synapses=synapses, dataset=dataset, pre=query.get("pre"), post=query.get("post"),
+        pre_segment_ids=query.get("pre_segment_id"),
+        post_segment_ids=query.get("post_segment_id"), bbox=query.get("bbox"),
+        min_confidence=query.get("min_confidence"), runs=query.get("run"),
+        methods=query.get("method"), review_states=query.get("review_state"),
+    )
+
+
+def _with_segment_ids(synapses):
+    return synapses.annotate(pre_segment_id=F("pre__segment_id"),
+                             post_segment_id=F("post__segment_id"))
+
+
 class SynapseViewSet(viewsets.ReadOnlyModelViewSet):
+    """Synapses of the datasets you can see, filtered; keyset (cursor) pages in id order."""
+
     serializer_class = SynapseSerializer
     permission_classes = [DatasetRolePermission]
 
     def get_queryset(self):
-        queryset = Synapse.objects.filter(dataset__in=datasets_visible_to(self.request.user))
-        params = self.request.query_params
-        for name in ("dataset", "run", "pre", "post"):
-            if name in params:
-                queryset = queryset.filter(**{f"{name}_id": int_param(name, params[name])})
-        return queryset.order_by("id")
+        if self.action == "list":
+            synapses = filtered_synapses(self.request, parse_query(SynapseQuery, self.request))
+        else:
+            synapses = Synapse.objects.filter(dataset__in=datasets_visible_to(self.request.user))
+        return _with_segment_ids(synapses).order_by("id")
+
+    @extend_schema(parameters=[SynapseQuery])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(parameters=[BetweenQuery], responses=SynapseSerializer(many=True))
+    @action(detail=False, methods=["get"])
+    def between(self, request):
+        """The synapses between two cells of one dataset: a onto b, and b onto a unless
+        ``direction=a_to_b``."""
+        query = parse_query(BetweenQuery, request)
+        visible = Cell.objects.filter(dataset__in=datasets_visible_to(request.user))
+        a = get_object_or_404(visible, pk=query["a"])
+        b = get_object_or_404(visible, pk=query["b"])
+        if a.dataset_id != b.dataset_id:
+            raise serializers.ValidationError({"b": "cells a and b are in different datasets"})
+        synapses = connectivity.synapses_filtered(
+            synapses=connectivity.synapses_between(
+                a=a, b=b, both_directions=query["direction"] == "both"),
+            min_confidence=query.get("min_confidence"), runs=query.get("run"),
+            review_states=query.get("review_state"),
+        )
+        page = self.paginate_queryset(_with_segment_ids(synapses).order_by("id"))
+        return self.get_paginated_response(SynapseSerializer(page, many=True).data)
 
 
 class SynapseRunViewSet(viewsets.ReadOnlyModelViewSet):
@@ -41,8 +155,212 @@ class SynapseRunViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         queryset = SynapseRun.objects.filter(dataset__in=datasets_visible_to(self.request.user))
-        if "dataset" in self.request.query_params:
-            queryset = queryset.filter(
-                dataset_id=int_param("dataset", self.request.query_params["dataset"])
-            )
+        if self.action == "list":
+            query = parse_query(DatasetQuery, self.request)
+            if "dataset" in query:
+                queryset = queryset.filter(dataset_id=query["dataset"])
         return queryset.order_by("id")
+
+    @extend_schema(parameters=[DatasetQuery])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+
+class WiringQuery(ThresholdQuery):
+    cells = IdListField(required=False, help_text="cell ids: both partners among them")
+    segment_ids = SegmentIdListField(required=False, help_text="segment ids: both partners "
+                                                               "among them")
+    cell_types = NameListField(required=False, help_text="cell types: both partners of one "
+                                                         "of these types")
+    group_by = serializers.ChoiceField(choices=list(GROUPINGS), default="cell")
+    min_count = serializers.IntegerField(min_value=1, default=1,
+                                         help_text="drop pairs with fewer synapses")
+    output = serializers.ChoiceField(choices=["json", "csv"], default="json")
+
+    def validate(self, attrs):
+        given = [name for name in ("cells", "segment_ids", "cell_types") if name in attrs]
+        if len(given) > 1:
+            raise serializers.ValidationError(
+                {given[1]: f"give one of cells, segment_ids, cell_types; got {', '.join(given)}"})
+        return attrs
+
+
+class WiringRowSerializer(serializers.Serializer):
+    pre_cell = serializers.IntegerField(required=False)
+    post_cell = serializers.IntegerField(required=False)
+    pre_segment_id = serializers.CharField(required=False, help_text="uint64, as a string")
+    post_segment_id = serializers.CharField(required=False, help_text="uint64, as a string")
+    pre_name = serializers.CharField(required=False)
+    post_name = serializers.CharField(required=False)
+    pre_type = serializers.CharField()
+    post_type = serializers.CharField()
+    synapses = serializers.IntegerField()
+    contact_area_nm2 = serializers.FloatField(allow_null=True)
+    weight = serializers.FloatField(allow_null=True)
+    mean_confidence = serializers.FloatField(allow_null=True)
+
+
+class WiringSerializer(serializers.Serializer):
+    dataset = serializers.IntegerField()
+    group_by = serializers.CharField()
+    pairs = serializers.IntegerField()
+    synapses = serializers.IntegerField()
+    rows = WiringRowSerializer(many=True)
+
+
+def _wiring_row(pair, group_by: str) -> dict:
+    row = {}
+    if group_by == "cell":
+        row = {"pre_cell": pair.pre_cell_id, "post_cell": pair.post_cell_id,
+               "pre_segment_id": str(pair.pre_segment_id),
+               "post_segment_id": str(pair.post_segment_id),
+               "pre_name": pair.pre_name, "post_name": pair.post_name}
+    row.update(pre_type=pair.pre_type, post_type=pair.post_type, synapses=pair.synapses,
+               contact_area_nm2=pair.contact_area_nm2, weight=pair.weight,
+               mean_confidence=pair.mean_confidence)
+    return row
+
+
+class _Echo:
+    """A file-like object whose write returns the line, for csv.writer in a streamed response."""
+
+    def write(self, value):
+        return value
+
+
+def _stream_csv(matrix):
+    columns = CELL_COLUMNS if matrix.group_by == "cell" else CELL_TYPE_COLUMNS
+    writer = csv.writer(_Echo(), lineterminator="\n")
+    yield writer.writerow(columns)
+    for pair in matrix.pairs:
+        yield writer.writerow(["" if getattr(pair, c) is None else getattr(pair, c)
+                               for c in columns])
+
+
+def _stream_json(head: dict, matrix):
+    yield json.dumps(head)[:-1] + ', "rows": ['
+    for i, pair in enumerate(matrix.pairs):
+        yield ("," if i else "") + json.dumps(_wiring_row(pair, matrix.group_by))
+    yield "]}"
+
+
+def visible_dataset(request, pk) -> Dataset:
+    return get_object_or_404(datasets_visible_to(request.user), pk=pk)
+
+
+def _cells_of(dataset: Dataset, query: dict):
+    """The cell selection of a :class:`WiringQuery`: None (all), ids, or a subquery; unknown
+    cells or types are a 404 that names them."""
+    if "cells" in query:
+        wanted = set(query["cells"])
+        found = set(Cell.objects.filter(dataset=dataset, pk__in=wanted).values_list("pk", flat=True))
+        _require_all("cell ids", wanted - found, dataset)
+        return sorted(found)
+    if "segment_ids" in query:
+        wanted = set(query["segment_ids"])
+        found = dict(Cell.objects.filter(dataset=dataset, segment_id__in=wanted)
+                     .values_list("segment_id", "pk"))
+        _require_all("segment ids", wanted - set(found), dataset)
+        return sorted(found.values())
+    if "cell_types" in query:
+        wanted = set(query["cell_types"])
+        cells = Cell.objects.filter(dataset=dataset, cell_type__in=wanted)
+        found = set(cells.values_list("cell_type", flat=True).distinct().order_by())
+        _require_all("cell types", wanted - found, dataset)
+        return cells.values("pk")
+    return None
+
+
+def _require_all(what: str, missing: set, dataset: Dataset):
+    if missing:
+        shown = sorted(missing, key=str)[:10]
+        more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
+        raise NotFound(f"dataset '{dataset.name}' has no {what} {', '.join(map(str, shown))}{more}")
+
+
+class WiringMatrixView(APIView):
+    """The wiring matrix of a dataset, among given cells or cell types, as JSON or CSV.
+
+    GET takes the selection in the query string; POST takes the same fields as a JSON body
+    (for thousands of cells). Large matrices are streamed.
+    """
+
+    permission_classes = [permissions.AllowAny]  # reading: visibility is checked per dataset
+
+    @extend_schema(parameters=[WiringQuery], responses={
+        200: OpenApiResponse(WiringSerializer, description="JSON, or CSV with output=csv")})
+    def get(self, request, pk):
+        return self._matrix(request, pk, parse_query(WiringQuery, request))
+
+    @extend_schema(request=WiringQuery, responses={
+        200: OpenApiResponse(WiringSerializer, description="JSON, or CSV with output=csv")})
+    def post(self, request, pk):
+        body = WiringQuery(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._matrix(request, pk, body.validated_data)
+
+    def _matrix(self, request, pk, query):
+        dataset = visible_dataset(request, pk)
+        matrix = wiring_matrix(
+            dataset=dataset, runs=query.get("run"), min_confidence=query.get("min_confidence"),
+            min_count=query["min_count"], cells=_cells_of(dataset, query),
+            group_by=query["group_by"],
+        )
+        if query["output"] == "csv":
+            response = StreamingHttpResponse(_stream_csv(matrix), content_type="text/csv")
+            response["Content-Disposition"] = (
+                f'attachment; filename="wiring-{dataset.pk}-{matrix.group_by}.csv"')
+            return response
+        head = {"dataset": dataset.pk, "group_by": matrix.group_by, "pairs": len(matrix),
+                "synapses": matrix.synapses}
+        if len(matrix) > STREAM_PAIRS:
+            return StreamingHttpResponse(_stream_json(head, matrix),
+                                         content_type="application/json")
+        return Response({**head, "rows": [_wiring_row(p, matrix.group_by) for p in matrix.pairs]})
+
+
+class CellTypeSummarySerializer(serializers.Serializer):
+    cell_type = serializers.CharField()
+    cells = serializers.IntegerField()
+    outgoing_synapses = serializers.IntegerField()
+    incoming_synapses = serializers.IntegerField()
+    outgoing_partner_types = serializers.IntegerField()
+    incoming_partner_types = serializers.IntegerField()
+
+
+class CellTypeSummaryView(APIView):
+    """Per cell type of a dataset: cells, counted synapses out and in, partner types."""
+
+    permission_classes = [permissions.AllowAny]  # reading: visibility is checked per dataset
+
+    @extend_schema(parameters=[ThresholdQuery],
+                   responses=CellTypeSummarySerializer(many=True))
+    def get(self, request, pk):
+        query = parse_query(ThresholdQuery, request)
+        rows = connectivity.cell_type_summary(
+            dataset=visible_dataset(request, pk), runs=query.get("run"),
+            min_confidence=query.get("min_confidence"),
+        )
+        return Response(CellTypeSummarySerializer(rows, many=True).data)
+
+
+class ExportDownloadView(APIView):
+    """The file an ``export_synapse_table`` job wrote, once it is done."""
+
+    permission_classes = [permissions.AllowAny]  # reading: visibility is checked per dataset
+
+    @extend_schema(responses={200: OpenApiResponse(OpenApiTypes.BINARY,
+                                                   description="CSV or Parquet file")})
+    def get(self, request, pk):
+        job = get_object_or_404(Job.objects.filter(dataset__in=datasets_visible_to(request.user)),
+                                pk=pk)
+        if job.kind != "export_synapse_table":
+            raise NotFound(f"job {job.pk} is a {job.kind} job; only exports have a download")
+        if job.state != Job.State.DONE:
+            raise NotFound(f"job {job.pk} is {job.state}; its file is there once it is done")
+        path = table_exports.export_path(dataset=job.dataset, name=f"job-{job.pk}",
+                                         table_format=job.result.get("table_format", ""))
+        if not path.is_file():
+            raise NotFound(f"the file of job {job.pk} is gone")
+        filename = f"synapses-{job.dataset.name}-job{job.pk}{path.suffix}"
+        return FileResponse(open(path, "rb"), as_attachment=True, filename=filename)

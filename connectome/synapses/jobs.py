@@ -1,9 +1,11 @@
 """Synapse job kinds: thin handlers that call the synapse services."""
 
+from django.conf import settings
 from rest_framework import serializers
 
 from connectome.imports.parameters import SourcePathField
 from connectome.jobs.registry import register_job
+from connectome.synapses import table_exports
 from connectome.synapses.assignment import check_options, partners_assign
 
 
@@ -44,3 +46,31 @@ def run_assign_partners(job, params, progress):
     counted = run.synapses.filter(flag="").count()
     return {"run_id": run.pk, "run": run.name, "synapses": run.synapses.count(),
             "connections": counted}
+
+
+class ExportSynapseTableParameters(serializers.Serializer):
+    table_format = serializers.ChoiceField(choices=list(table_exports.FORMATS), default="csv")
+    runs = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, allow_null=True,
+        default=None, help_text="synapse run ids; all runs of the dataset by default")
+
+
+@register_job("export_synapse_table", parameters=ExportSynapseTableParameters)
+def run_export_synapse_table(job, params, progress):
+    """Write the dataset's whole synapse table as CSV or Parquet, for download over the API."""
+    if job.dataset is None:
+        raise ValueError(f"{job.kind} job {job.pk} has no dataset")
+    runs = params.get("runs")
+    if runs is not None:
+        unknown = sorted(set(runs) - set(job.dataset.synapse_runs.values_list("pk", flat=True)))
+        if unknown:
+            raise ValueError(f"dataset '{job.dataset.name}' has no synapse runs {unknown}")
+    target = table_exports.export_path(dataset=job.dataset, name=f"job-{job.pk}",
+                                       table_format=params["table_format"])
+    rows = table_exports.export_synapse_table(
+        dataset=job.dataset, target=target, table_format=params["table_format"], runs=runs,
+        progress=progress,
+    )
+    return {"rows": rows, "table_format": params["table_format"], "bytes": target.stat().st_size,
+            "file": str(target.relative_to(settings.DATA_ROOT)),
+            "download": f"/api/jobs/{job.pk}/download/"}

@@ -12,11 +12,18 @@ def synapses_in_bbox(*, dataset, lo, hi) -> QuerySet[Synapse]:
     On PostgreSQL the condition is written as a ``cube`` containment so that the GiST index
     ``synapse_dataset_ctr_gist`` answers it; elsewhere it is a plain range filter.
     """
+    return filter_in_bbox(Synapse.objects.filter(dataset=dataset), lo=lo, hi=hi)
+
+
+def filter_in_bbox(queryset: QuerySet[Synapse], *, lo, hi) -> QuerySet[Synapse]:
+    """``queryset`` narrowed to centres in ``lo <= (z, y, x) <= hi``; see :func:`synapses_in_bbox`.
+
+    Filter by dataset too, so that PostgreSQL can use the GiST index (dataset_id, centre).
+    """
     lo = [float(v) for v in lo]
     hi = [float(v) for v in hi]
     if len(lo) != 3 or len(hi) != 3 or any(a > b for a, b in zip(lo, hi)):
         raise ValueError(f"a bounding box needs lo <= hi in z, y, x; got {lo} and {hi}")
-    queryset = Synapse.objects.filter(dataset=dataset)
     if connection.vendor == "postgresql":
         return queryset.extra(
             where=[
