@@ -2,7 +2,7 @@
 
 For each geometry (anisotropic serial sections 40 x 8 x 8 nm, isotropic 10 nm):
 
-1. a *training* phantom (its own seed) trains what the methods learn: the interface
+1. two *training* phantoms (their own seeds) train what the methods learn: the interface
    classifier of the contact method (on the local interfaces around its synapses), and a
    voxel classifier of vesicle clouds whose probability map is the presynaptic signal of the
    vesicle and diffusion methods;
@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from detection.classify import TrainingParameters, train_voxel_classifier
-from detection.features import FeatureSpec
+from detection.features import FeatureSpec, compute_features
 from detection.metrics import connection_scores, synapse_partner_scores
 from detection.partners import assign_partners, rows_to_pairs, site_interfaces, site_scores
 from detection.partners.contact import train_site_classifier
@@ -47,7 +47,7 @@ GEOMETRIES = {
                   "test": (128, 384, 384), "cells": (50, 100), "synapses": (150, 300)},
 }
 TEST_SEEDS = (1, 2)
-TRAIN_SEED = 100
+TRAIN_SEEDS = (100, 102)
 VALIDATION_SEED = 101
 TOLERANCE_NM = 200.0
 SPEC = FeatureSpec(scales_nm=(10.0, 40.0),
@@ -103,8 +103,10 @@ class Inputs:
         self.learned = vesicle_model.predict_region(phantom.em)
         self.t_map = time.perf_counter() - t0
         t0 = time.perf_counter()
+        channels = compute_features(phantom.em, voxel_size=phantom.voxel_size, spec=SPEC)
         local = site_interfaces(phantom.em, phantom.segmentation, self.sites,
-                                voxel_size=phantom.voxel_size, spec=SPEC)
+                                voxel_size=phantom.voxel_size, spec=SPEC, channels=channels)
+        del channels
         self.local_scores = site_scores(local, interface_model)
         self.t_interfaces = time.perf_counter() - t0
 
@@ -121,16 +123,17 @@ class Inputs:
         return rows, seconds
 
 
-def train(geometry: dict, phantom):
-    vs = phantom.voxel_size
-    params = TrainingParameters(n_estimators=100, max_samples=150_000)
+def train(phantoms):
+    vs = phantoms[0].voxel_size
+    params = TrainingParameters(n_estimators=100, max_samples=200_000)
     vesicle_model = train_voxel_classifier(
-        phantom.em, phantom.vesicles.astype(np.int8), voxel_size=vs, feature_spec=SPEC,
-        parameters=params)
-    pre = {s.synapse_id: (s.pre_id, s.post_id) for s in phantom.synapses}
+        [p.em for p in phantoms], [p.vesicles.astype(np.int8) for p in phantoms],
+        voxel_size=vs, feature_spec=SPEC, parameters=params)
     interface_model = train_site_classifier(
-        [phantom.em], [phantom.segmentation], [phantom.synapse_labels], [pre], voxel_size=vs,
-        spec=SPEC, max_iter=100, max_leaf_nodes=15)
+        [p.em for p in phantoms], [p.segmentation for p in phantoms],
+        [p.synapse_labels for p in phantoms],
+        [{s.synapse_id: (s.pre_id, s.post_id) for s in p.synapses} for p in phantoms],
+        voxel_size=vs, spec=SPEC, max_iter=150, max_leaf_nodes=15)
     return vesicle_model, interface_model
 
 
@@ -161,9 +164,11 @@ def main(argv=None):
         geo = GEOMETRIES[name]
         vs = geo["voxel_size"]
         t0 = time.perf_counter()
-        training = make_phantom(geo["train"], voxel_size=vs, n_cells=geo["cells"][0],
-                                n_synapses=geo["synapses"][0], seed=TRAIN_SEED)
-        vesicle_model, interface_model = train(geo, training)
+        training = [make_phantom(geo["train"], voxel_size=vs, n_cells=geo["cells"][0],
+                                 n_synapses=geo["synapses"][0], seed=seed)
+                    for seed in TRAIN_SEEDS]
+        vesicle_model, interface_model = train(training)
+        del training
         validation = make_phantom(geo["train"], voxel_size=vs, n_cells=geo["cells"][0],
                                   n_synapses=geo["synapses"][0], seed=VALIDATION_SEED)
         chosen = tune(Inputs(validation, vesicle_model, interface_model))
@@ -195,7 +200,7 @@ def main(argv=None):
                 seconds[key] += dt
         out = {
             "voxel_size": vs, "test_shape": geo["test"], "test_seeds": TEST_SEEDS,
-            "train_seed": TRAIN_SEED, "validation_seed": VALIDATION_SEED, "synapses": n_syn, "sites": n_sites,
+            "train_seeds": TRAIN_SEEDS, "validation_seed": VALIDATION_SEED, "synapses": n_syn, "sites": n_sites,
             "synapses_in_polyadic_sites": n_poly, "chosen_thresholds": chosen,
             "methods": {m: {**summary(c), "seconds": round(seconds[m], 2)}
                         for m, c in totals.items()},

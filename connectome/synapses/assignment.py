@@ -59,10 +59,15 @@ def check_options(method: str, options: dict) -> dict:
     return checked
 
 
-def _layer(dataset: Dataset, layer_id, role: str, kinds) -> Layer:
-    layer = Layer.objects.filter(dataset=dataset, pk=layer_id).first()
+def _layer(dataset: Dataset, layer_ref, role: str, kinds) -> Layer:
+    """A layer of `dataset` by id or by name."""
+    layers = Layer.objects.filter(dataset=dataset)
+    ref = str(layer_ref)
+    layer = (layers.filter(pk=int(ref)).first() if ref.isdigit() else None) \
+        or layers.filter(name=ref).first()
     if layer is None:
-        raise ValueError(f"dataset '{dataset.name}' has no layer {layer_id} (the {role})")
+        raise ValueError(f"dataset '{dataset.name}' has no layer {ref!r} (the {role}); "
+                         f"layers: {', '.join(layers.values_list('name', flat=True)) or 'none'}")
     if layer.kind not in kinds:
         raise ValueError(f"layer '{layer.name}' is a {layer.kind} layer; the {role} must be "
                          + " or ".join(kinds))
@@ -75,12 +80,16 @@ def _read(layer: Layer) -> np.ndarray:
 
 
 def partners_assign(
-    *, dataset: Dataset, method: str, sites_layer: int, segmentation_layer: int,
-    run_name: str, presynaptic_layer: int | None = None, em_layer: int | None = None,
-    interface_model: str | None = None, free_layer: int | None = None,
+    *, dataset: Dataset, method: str, sites_layer: int | str, segmentation_layer: int | str,
+    run_name: str, presynaptic_layer: int | str | None = None,
+    em_layer: int | str | None = None, interface_model: str | None = None,
+    free_layer: int | str | None = None,
     options: dict | None = None, replace: bool = False, job=None, progress=None,
 ) -> SynapseRun:
-    """Assign partners to the sites of `sites_layer` and store them as run `run_name`."""
+    """Assign partners to the sites of `sites_layer` and store them as run `run_name`.
+
+    Layers are given by id or by name.
+    """
     options = check_options(method, options or {})
     if SynapseRun.objects.filter(dataset=dataset, name=run_name).exists() and not replace:
         raise ValueError(f"dataset '{dataset.name}' already has a synapse run named "

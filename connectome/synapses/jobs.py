@@ -9,21 +9,23 @@ from connectome.synapses import table_exports
 from connectome.synapses.assignment import check_options, partners_assign
 
 
+def _layer_field(help_text, required=False):
+    extra = {} if required else {"required": False, "allow_null": True, "default": None}
+    return serializers.CharField(max_length=200, help_text=f"{help_text} (layer id or name)",
+                                 **extra)
+
+
 class AssignPartnersParameters(serializers.Serializer):
     method = serializers.ChoiceField(choices=["contact", "vesicle", "diffusion"])
-    sites_layer = serializers.IntegerField(help_text="layer of kind 'synapses' (candidate labels)")
-    segmentation_layer = serializers.IntegerField()
+    sites_layer = _layer_field("layer of kind 'synapses' (candidate labels)", required=True)
+    segmentation_layer = _layer_field("segmentation", required=True)
     run_name = serializers.CharField(max_length=200)
-    presynaptic_layer = serializers.IntegerField(
-        required=False, allow_null=True, default=None,
-        help_text="vesicle / presynaptic density map; vesicle and diffusion methods")
-    em_layer = serializers.IntegerField(required=False, allow_null=True, default=None,
-                                        help_text="EM layer; contact method")
+    presynaptic_layer = _layer_field(
+        "vesicle / presynaptic density map; vesicle and diffusion methods")
+    em_layer = _layer_field("EM layer; contact method")
     interface_model = SourcePathField(required=False, allow_null=True, default=None,
                                       help_text="interface classifier file; contact method")
-    free_layer = serializers.IntegerField(
-        required=False, allow_null=True, default=None,
-        help_text="mask of extra free space (membranes) for the diffusion method")
+    free_layer = _layer_field("mask of extra free space (membranes); diffusion method")
     options = serializers.DictField(required=False, default=dict,
                                     help_text="method options, e.g. {\"min_share\": 0.3}")
     replace = serializers.BooleanField(default=False,

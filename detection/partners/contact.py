@@ -114,7 +114,7 @@ def _near_site(table: InterfaceTable, near: np.ndarray) -> InterfaceTable:
 
 def site_interfaces(volume, segmentation, sites, *, voxel_size, spec=None,
                     margin_nm: float = 320.0, near_nm: float = 80.0,
-                    min_area_nm2: float = 1000.0,
+                    min_area_nm2: float = 1000.0, channels=None,
                     synapse_labels=None, pre_side=None, **extract_kw) -> SiteInterfaces:
     """The interfaces between the cells touching each site, within `margin_nm` of it.
 
@@ -134,6 +134,10 @@ def site_interfaces(volume, segmentation, sites, *, voxel_size, spec=None,
         Border voxels farther than this from the site are cut off each interface.
     min_area_nm2 : float
         Smallest interface (in the crop, before the cut) kept.
+    channels : (C, Z, Y, X) float32 ndarray or None
+        The channels of `spec` for the whole volume, when already computed (faster than one
+        filter-bank pass per crop, and free of crop-border effects); otherwise each crop's
+        channels are computed from `volume`.
     synapse_labels, pre_side
         For training: synapse ids and ``{synapse id: (pre, post)}``, as in
         :func:`detection.interfaces.label_interfaces`; fills ``labels``.
@@ -164,8 +168,11 @@ def site_interfaces(volume, segmentation, sites, *, voxel_size, spec=None,
         table = _near_site(table.select(keep), near)
         if len(table) == 0:
             continue
-        channels = compute_features(volume[crop], voxel_size=vs, spec=spec)
-        feats, names = interface_features(channels, table, voxel_size=vs, spec=spec)
+        if channels is not None:
+            crop_channels = np.ascontiguousarray(channels[(slice(None),) + crop])
+        else:
+            crop_channels = compute_features(volume[crop], voxel_size=vs, spec=spec)
+        feats, names = interface_features(crop_channels, table, voxel_size=vs, spec=spec)
         out_site.append(np.full(len(table), site, dtype=np.int64))
         out_ids.append(table.ids)
         out_feats.append(feats)

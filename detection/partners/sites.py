@@ -208,16 +208,30 @@ def presynaptic_evidence(geometry: SiteGeometry, seg: np.ndarray, presynaptic, v
     vs = np.asarray(voxel_size)
     signal = np.zeros(len(geometry.cells))
     points = geometry.inner_point.copy()
-    for k, cell in enumerate(geometry.cells):
-        region = near & (labels == cell)
-        if not region.any():
-            continue
-        v = values[region]
-        w = closeness[region]
-        signal[k] = float((v * w).sum() / w.sum())
-        if v.sum() > 0:
-            idx = np.argwhere(region)
-            points[k] = (np.average(idx, axis=0, weights=v * w) + origin) * vs
+    if len(geometry.cells) == 0:
+        return signal, points
+    # One pass over the voxels near the site: each voxel of a touching cell adds to its cell.
+    idx = np.argwhere(near)
+    lab = labels[near].astype(np.int64)
+    order = np.argsort(geometry.cells)
+    sorted_cells = geometry.cells[order]
+    pos = np.clip(np.searchsorted(sorted_cells, lab), 0, len(sorted_cells) - 1)
+    hit = sorted_cells[pos] == lab
+    k = order[pos[hit]]
+    v = values[near][hit]
+    w = closeness[near][hit]
+    n = len(geometry.cells)
+    w_sum = np.bincount(k, weights=w, minlength=n)
+    vw = v * w
+    vw_sum = np.bincount(k, weights=vw, minlength=n)
+    has = w_sum > 0
+    signal[has] = vw_sum[has] / w_sum[has]
+    with_signal = vw_sum > 0
+    if with_signal.any():
+        at = idx[hit].astype(np.float64)
+        for a in range(3):
+            points[with_signal, a] = (np.bincount(k, weights=at[:, a] * vw, minlength=n)
+                                      [with_signal] / vw_sum[with_signal] + origin[a]) * vs[a]
     return signal, points
 
 

@@ -91,7 +91,7 @@ def test_bad_requests_are_refused_with_the_reason(layers):
     assert "is a segmentation layer; the sites must be synapses" in wrong.error
     unknown = job_run_inline(kind="assign_partners", dataset=dataset,
                              parameters=_params(made, segmentation_layer=999999))
-    assert "has no layer 999999" in unknown.error
+    assert "has no layer '999999'" in unknown.error
     contact = job_run_inline(kind="assign_partners", dataset=dataset,
                              parameters=_params(made, method="contact"))
     assert "needs the EM layer and an interface classifier" in contact.error
@@ -120,3 +120,23 @@ def test_contact_job_uses_an_interface_classifier_file(layers, tmp_path):
     scores = connection_scores(predicted, [(s.pre_id, s.post_id) for s in phantom.synapses])
     # A model trained on one small phantom of 20 synapses.
     assert scores.precision >= 0.85 and scores.recall >= 0.75, scores
+
+
+def test_command_takes_layers_by_name(layers, capsys):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    _, dataset, _ = layers
+    call_command("assign_partners", dataset.name, "--method", "diffusion", "--sites", "clefts",
+                 "--segmentation", "cells", "--presynaptic", "vesicles", "--run", "by name",
+                 "--options", '{"min_share": 0.3, "particles": 200}')
+    assert "assign_partners job" in capsys.readouterr().out
+    run = SynapseRun.objects.get(dataset=dataset, name="by name")
+    assert run.parameters["layers"] == {"sites": "clefts", "segmentation": "cells",
+                                        "presynaptic map": "vesicles"}
+    with pytest.raises(CommandError, match="has no layer 'nope'.*layers: cells, clefts, em"):
+        call_command("assign_partners", dataset.name, "--method", "vesicle", "--sites", "nope",
+                     "--segmentation", "cells", "--presynaptic", "vesicles", "--run", "x")
+    with pytest.raises(CommandError, match="--options is not JSON"):
+        call_command("assign_partners", dataset.name, "--method", "vesicle", "--sites", "clefts",
+                     "--segmentation", "cells", "--run", "x", "--options", "{min_share: 1}")

@@ -16,7 +16,9 @@ class Command(JobCommand):
                             help="nm; overrides the file's own")
         parser.add_argument("--chunks", nargs=3, type=int, metavar=("Z", "Y", "X"))
         if self.default_kind == "em":
-            parser.add_argument("--kind", default="em", choices=["em", "prediction", "mask"])
+            parser.add_argument(
+                "--kind", default="em", choices=["em", "prediction", "mask", "synapses"],
+                help="synapses: labelled synapse candidates (sites); no cells are made")
         else:
             parser.add_argument("--no-background", action="store_true",
                                 help="id 0 is a cell too (dense segmentations)")

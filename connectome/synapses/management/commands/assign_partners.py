@@ -13,15 +13,15 @@ class Command(JobCommand):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument("--method", required=True, choices=["contact", "vesicle", "diffusion"])
-        parser.add_argument("--sites", type=int, required=True,
-                            help="id of the synapse-instance layer")
-        parser.add_argument("--segmentation", type=int, required=True,
-                            help="id of the segmentation layer")
+        parser.add_argument("--sites", required=True,
+                            help="synapse-instance layer (id or name)")
+        parser.add_argument("--segmentation", required=True,
+                            help="segmentation layer (id or name)")
         parser.add_argument("--run", required=True, help="name of the synapse run to write")
-        parser.add_argument("--presynaptic", type=int, help="id of the vesicle-cloud map layer")
-        parser.add_argument("--em", type=int, help="id of the EM layer (contact method)")
+        parser.add_argument("--presynaptic", help="vesicle-cloud map layer (id or name)")
+        parser.add_argument("--em", help="EM layer, id or name (contact method)")
         parser.add_argument("--interface-model", help="interface classifier file (contact)")
-        parser.add_argument("--free", type=int, help="id of a free-space mask layer (diffusion)")
+        parser.add_argument("--free", help="free-space mask layer, id or name (diffusion)")
         parser.add_argument("--options", default="{}",
                             help='method options as JSON, e.g. \'{"min_share": 0.3}\'')
         parser.add_argument("--replace", action="store_true",
