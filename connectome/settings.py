@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "connectome.jobs",
     "connectome.review",
     "connectome.imports",
+    "connectome.pipeline",
     "connectome.web",
 ]
 

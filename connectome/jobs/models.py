@@ -28,6 +28,9 @@ class Job(models.Model):
     traceback = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     queue = models.CharField(max_length=50, default="cpu")
+    block_queue = models.CharField(
+        max_length=50, blank=True, help_text="queue of the block tasks of a block-wise job"
+    )
     task_id = models.CharField(max_length=255, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -62,3 +65,65 @@ class Job(models.Model):
 
         end = self.finished_at or timezone.now()
         return (end - self.started_at).total_seconds()
+
+
+class JobBlock(models.Model):
+    """One box of a block-wise job, run by its own task; written once, safe to run twice."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="blocks")
+    index = models.PositiveIntegerField()
+    # Half-open voxel box (z0, y0, x0, z1, y1, x1) of the block's core, without its halo.
+    box = models.JSONField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True, help_text="what the final step needs")
+    worker = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    compute_s = models.FloatField(null=True, blank=True, help_text="time in the block handler")
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "index"], name="unique_job_block")
+        ]
+        indexes = [models.Index(fields=["job", "state"], name="job_block_state")]
+
+    def __str__(self):
+        return f"block {self.index} of job {self.job_id} ({self.state})"
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.box[:3], self.box[3:]))
+
+    def describe(self) -> str:
+        return f"block {self.index} (" + ", ".join(
+            f"{axis} {a}:{b}" for axis, a, b in zip("zyx", self.box[:3], self.box[3:])) + ")"
+
+
+class JobLock(models.Model):
+    """A dataset resource (a layer or synapse-run name) that one unfinished job writes.
+
+    The unique constraint refuses a second job that would write the same resource; the lock
+    goes when its job ends.
+    """
+
+    dataset = models.ForeignKey("datasets.Dataset", on_delete=models.CASCADE, related_name="+")
+    resource = models.CharField(max_length=300)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="locks")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "resource"], name="unique_job_lock")
+        ]
+
+    def __str__(self):
+        return f"{self.resource} of dataset {self.dataset_id}, held by job {self.job_id}"

@@ -10,6 +10,13 @@ A job kind registers a DRF serializer for its parameters and a handler::
 The handler gets the validated parameters and a :class:`~connectome.jobs.progress.Progress`
 to report ``done/total`` (which is also where a cancel request stops it); what it returns is
 stored as the job's result.
+
+A block-wise kind also names a ``block`` handler and a ``finish`` handler: its main handler
+plans and returns a :class:`~connectome.jobs.blocks.BlockPlan`, every box then runs as its own
+task (``block(job, box, parameters) -> dict``, on any worker), and once all are done
+``finish(job, parameters, say) -> Finish`` stitches them. ``writes(dataset, parameters)``
+names the dataset resources (layer and run names) the job writes, so that two jobs never write
+the same one at once.
 """
 
 from dataclasses import dataclass
@@ -25,18 +32,26 @@ class JobSpec:
     handler: Callable
     queue: str = "cpu"
     description: str = ""
+    block: Callable | None = None
+    finish: Callable | None = None
+    writes: Callable | None = None
 
 
 _REGISTRY: dict[str, JobSpec] = {}
 
 
-def register_job(kind: str, *, parameters, queue: str = "cpu"):
+def register_job(kind: str, *, parameters, queue: str = "cpu", block=None, finish=None,
+                 writes=None):
+    if (block is None) != (finish is None):
+        raise ValueError(f"job kind {kind!r}: a block-wise kind needs both block and finish")
+
     def decorator(handler):
         if kind in _REGISTRY and _REGISTRY[kind].handler is not handler:
             raise RuntimeError(f"job kind {kind!r} is registered twice")
         _REGISTRY[kind] = JobSpec(
             kind=kind, parameters=parameters, handler=handler, queue=queue,
             description=(handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else "",
+            block=block, finish=finish, writes=writes,
         )
         return handler
 

@@ -9,10 +9,10 @@ so that a long import on a workstation needs no worker).
 import logging
 import traceback as traceback_module
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from connectome.jobs.models import Job
+from connectome.jobs.models import Job, JobLock
 from connectome.jobs.progress import JobCancelled, Progress
 from connectome.jobs.registry import get_job_spec
 
@@ -29,6 +29,14 @@ class JobParameterError(ValueError):
             for field, msgs in (errors.items() if isinstance(errors, dict) else [("", errors)])
         )
         super().__init__(f"invalid parameters for {kind} job: {details}")
+
+
+class JobConflict(JobParameterError):
+    """The job would write a layer or run that another unfinished job writes, or that exists."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(kind, {"dataset": [message]})
+        self.args = (message,)
 
 
 def job_validate_parameters(*, kind: str, parameters: dict) -> dict:
@@ -58,9 +66,49 @@ def job_create(*, kind: str, parameters: dict, dataset=None, user=None, enqueue:
     job = Job.objects.create(
         kind=kind, dataset=dataset, parameters=validated, created_by=user, queue=spec.queue
     )
+    if spec.writes is not None:
+        if dataset is None:
+            raise JobParameterError(kind, {"dataset": ["this job kind needs a dataset"]})
+        job_locks_acquire(job=job, resources=spec.writes(dataset, validated))
     if enqueue:
         transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
     return job
+
+
+def job_check_conflicts(*, kind: str, parameters: dict, dataset) -> None:
+    """Raise JobConflict if a job of ``kind`` could not start now (forms call this)."""
+    spec = get_job_spec(kind)
+    if spec.writes is None or dataset is None:
+        return
+    for resource in spec.writes(dataset, parameters):
+        holder = JobLock.objects.filter(dataset=dataset, resource=resource).first()
+        if holder is not None:
+            raise JobConflict(kind, _held_message(dataset, resource, holder.job))
+
+
+def _held_message(dataset, resource: str, job: Job) -> str:
+    return (f"{resource} of dataset '{dataset.name}' is being written by {job.kind} job "
+            f"{job.pk} ({job.state}); wait for it to end or cancel it")
+
+
+def job_locks_acquire(*, job: Job, resources) -> None:
+    """Take the dataset resources ``job`` writes, or raise JobConflict naming the holder.
+
+    ``writes`` callables may raise JobConflict themselves (e.g. the layer exists already).
+    """
+    for resource in resources:
+        try:
+            with transaction.atomic():
+                JobLock.objects.create(dataset=job.dataset, resource=resource, job=job)
+        except IntegrityError:
+            holder = JobLock.objects.filter(dataset=job.dataset, resource=resource).first()
+            if holder is None or holder.job_id == job.pk:
+                continue
+            raise JobConflict(job.kind, _held_message(job.dataset, resource, holder.job)) from None
+
+
+def job_locks_release(*, job_id: int) -> None:
+    JobLock.objects.filter(job_id=job_id).delete()
 
 
 def job_enqueue(*, job_id: int) -> None:
@@ -89,8 +137,14 @@ def _claim(job_id: int) -> Job | None:
         return job
 
 
-def job_execute(*, job_id: int, echo=None) -> Job:
-    """Run a queued job to its end in this process; the worker task and commands call this."""
+def job_execute(*, job_id: int, echo=None, inline_blocks: bool = False) -> Job:
+    """Run a queued job to its end in this process; the worker task and commands call this.
+
+    A block-wise job's handler returns a plan: its blocks are sent to the workers (the job
+    stays running until the last one is stitched), or with ``inline_blocks`` run here.
+    """
+    from connectome.jobs.blocks import BlockPlan, blocks_run_inline, blocks_start
+
     job = _claim(job_id)
     if job is None:
         return Job.objects.get(pk=job_id)
@@ -98,6 +152,11 @@ def job_execute(*, job_id: int, echo=None) -> Job:
     progress = Progress(job.pk, echo=echo)
     try:
         result = spec.handler(job, dict(job.parameters), progress)
+        if isinstance(result, BlockPlan):
+            blocks_start(job=job, plan=result, inline=inline_blocks)
+            if inline_blocks:
+                return blocks_run_inline(job_id=job.pk, echo=echo)
+            return Job.objects.get(pk=job.pk)
     except JobCancelled:
         _finish(job, Job.State.CANCELLED, progress_done=progress.done, message="cancelled")
     except Exception as exc:  # noqa: BLE001 - a failed job records any error
@@ -122,25 +181,33 @@ def _error_text(exc: BaseException) -> str:
 def _finish(job: Job, state: str, **fields) -> None:
     # Progress writes are throttled; the final counts are written here.
     Job.objects.filter(pk=job.pk).update(state=state, finished_at=timezone.now(), **fields)
+    job_locks_release(job_id=job.pk)
 
 
 def job_cancel(*, job: Job) -> Job:
-    """Stop a job: a queued one is cancelled at once, a running one at its next progress report."""
+    """Stop a job: a queued one is cancelled at once, a running one at its next progress report.
+
+    A block-wise job whose blocks are out is cancelled at once: no block starts after that
+    (their tasks find the job cancelled and skip) and the final step stores nothing.
+    """
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
         if job.is_finished:
             return job
         job.cancel_requested = True
         fields = ["cancel_requested"]
-        if job.state == Job.State.QUEUED:
+        if job.state == Job.State.QUEUED or job.blocks.exists():
             job.state = Job.State.CANCELLED
             job.finished_at = timezone.now()
-            fields += ["state", "finished_at"]
+            job.message = "cancelled"
+            fields += ["state", "finished_at", "message"]
         job.save(update_fields=fields)
+        if job.state == Job.State.CANCELLED:
+            job_locks_release(job_id=job.pk)
     return job
 
 
 def job_run_inline(*, kind: str, parameters: dict, dataset=None, user=None, echo=None) -> Job:
     """Create a job and execute it here and now (management commands, tests)."""
     job = job_create(kind=kind, parameters=parameters, dataset=dataset, user=user, enqueue=False)
-    return job_execute(job_id=job.pk, echo=echo)
+    return job_execute(job_id=job.pk, echo=echo, inline_blocks=True)

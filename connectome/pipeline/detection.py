@@ -1,0 +1,216 @@
+"""Synapse detection over a dataset's EM layer, block by block on any number of workers.
+
+plan (one task): check the layers and the model, create the probability layer's zarr group
+under the job's folder with one chunk per block, and cut the region of interest into blocks
+on the global grid of the block shape (so no two blocks share a chunk, and each block starts
+on the classifier's grid).
+
+block (one task per block, any worker): read the block's box grown by the classifier's halo
+from the EM layer, score its core, write it as ``round(255 * p)`` into the probability group
+(a repeat overwrites the same chunk with the same values) and return how many of its voxels
+reach the low threshold.
+
+finish (one task): feed the blocks that hold any voxel above the low threshold, read back from
+the probability, to :class:`~detection.instances.InstanceStitcher` (empty blocks add no
+components and no face contacts), write the instance labels, build both pyramids, then store
+the two layers, the synapse run and its rows in the transaction that marks the job done.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+
+from connectome.datasets.models import Dataset, Layer
+from connectome.jobs.blocks import BlockPlan, Finish
+from connectome.jobs.models import Job, JobBlock
+from connectome.jobs.services import JobConflict
+from connectome.synapses.models import Synapse, SynapseRun
+from detection.blockwise import with_halo
+from detection.instances import InstanceStitcher
+from detection.io.sources import read_box
+from detection.io.zarr_store import build_pyramid, create_multiscale, open_multiscale, write_block
+
+logger = logging.getLogger(__name__)
+
+BATCH = 5000
+METHOD = "voxel_classifier"
+
+
+def layer_names(parameters: dict) -> tuple[str, str]:
+    """Names of the probability and instance layers a detection writes."""
+    run = parameters["run_name"]
+    return (parameters.get("probability_layer") or f"{run} probability",
+            parameters.get("instances_layer") or f"{run} synapses")
+
+
+def detection_writes(dataset: Dataset, parameters: dict) -> list[str]:
+    """The resources a detection job locks; refuses names that exist already."""
+    probability, instances = layer_names(parameters)
+    for name in (probability, instances):
+        if Layer.objects.filter(dataset=dataset, name=name).exists():
+            raise JobConflict("detect_synapses",
+                              f"dataset '{dataset.name}' already has a layer named '{name}'")
+    run = parameters["run_name"]
+    if SynapseRun.objects.filter(dataset=dataset, name=run).exists():
+        raise JobConflict("detect_synapses",
+                          f"dataset '{dataset.name}' already has a synapse run named '{run}'")
+    return [f"layer '{probability}'", f"layer '{instances}'", f"synapse run '{run}'"]
+
+
+def job_folder(job: Job) -> Path:
+    """Where a detection job's volumes live, relative to DATA_ROOT."""
+    return Path("datasets") / str(job.dataset_id) / "jobs" / str(job.pk)
+
+
+@lru_cache(maxsize=4)
+def _load_model(path: str, mtime: float, voxel_size: tuple[float, float, float]):
+    from detection.classify import VoxelClassifier
+
+    return VoxelClassifier.load(path, voxel_size=voxel_size)
+
+
+def load_model(path: str, voxel_size):
+    # One load per worker process and model file (keyed by mtime, so a new file is reloaded).
+    return _load_model(str(path), Path(path).stat().st_mtime, tuple(float(v) for v in voxel_size))
+
+
+def _em_layer(dataset: Dataset, layer_id: int) -> Layer:
+    layer = Layer.objects.filter(dataset=dataset, pk=layer_id).first()
+    if layer is None:
+        raise ValueError(f"dataset '{dataset.name}' has no layer {layer_id} (the EM)")
+    if layer.kind != Layer.Kind.EM:
+        raise ValueError(f"layer '{layer.name}' is a {layer.kind} layer; detection reads EM")
+    return layer
+
+
+def plan_blocks(shape, roi, block_shape, step) -> list[tuple[tuple, tuple]]:
+    """Boxes (start, stop) of the region ``roi`` (z0, y0, x0, z1, y1, x1) cut on the global
+    grid of ``block_shape``; the region starts on the classifier grid ``step``."""
+    if roi is None:
+        roi = (0, 0, 0, *shape)
+    lo = [(int(a) // g) * g for a, g in zip(roi[:3], step)]
+    hi = [min(int(b), n) for b, n in zip(roi[3:], shape)]
+    if any(a >= b for a, b in zip(lo, hi)):
+        raise ValueError(f"region of interest {list(roi)} is empty inside the volume {shape}")
+    ranges = []
+    for a, b, size in zip(lo, hi, block_shape):
+        first = (a // size) * size
+        ranges.append([(max(a, s), min(b, s + size)) for s in range(first, b, size)])
+    return [
+        ((z0, y0, x0), (z1, y1, x1))
+        for z0, z1 in ranges[0] for y0, y1 in ranges[1] for x0, x1 in ranges[2]
+    ]
+
+
+def detection_plan(job: Job, parameters: dict) -> BlockPlan:
+    dataset = job.dataset
+    em = _em_layer(dataset, parameters["em_layer"])
+    model = load_model(parameters["model"], dataset.voxel_size)
+    step = model.grid_step
+    block_shape = tuple(-(-int(b) // g) * g for b, g in zip(parameters["block_shape"], step))
+    boxes = plan_blocks(em.shape, parameters.get("roi"), block_shape, step)
+    folder = settings.DATA_ROOT / job_folder(job)
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = tuple(min(b, n) for b, n in zip(block_shape, em.shape))
+    create_multiscale(folder / "probability.zarr", shape=em.shape, dtype=np.uint8,
+                      voxel_size=dataset.voxel_size, chunks=chunks, kind="prediction",
+                      overwrite=True)
+    logger.info("job %s: %d blocks of %s over %s, halo %s", job.pk, len(boxes), block_shape,
+                em.shape, model.halo_voxels())
+    return BlockPlan(boxes=boxes, queue=parameters["queue"],
+                     max_attempts=parameters["max_attempts"],
+                     message=f"0 / {len(boxes)} blocks of {' x '.join(map(str, block_shape))}")
+
+
+def detection_block(job: Job, box, parameters: dict) -> dict:
+    """Score one block and write it; returns the block's summary for the final step."""
+    dataset = job.dataset
+    em = _em_layer(dataset, parameters["em_layer"])
+    model = load_model(parameters["model"], dataset.voxel_size)
+    source = open_multiscale(em.path)[0]["0"]
+    outer, core = with_halo(box, model.halo_voxels(), tuple(source.shape))
+    region = read_box(source, outer)
+    probability = model.predict_region(region, core=core, offset=tuple(s.start for s in outer))
+    stored = np.rint(probability * 255).astype(np.uint8)
+    group, _ = open_multiscale(settings.DATA_ROOT / job_folder(job) / "probability.zarr",
+                               mode="r+")
+    write_block(group, box, stored)
+    # The same test the stitcher applies to the values it will read back.
+    above = int(np.count_nonzero(stored / 255.0 >= parameters["low"]))
+    return {"above_low": above, "max": round(float(stored.max()) / 255.0, 4)}
+
+
+def detection_finish(job: Job, parameters: dict, say) -> Finish:
+    dataset = job.dataset
+    folder = settings.DATA_ROOT / job_folder(job)
+    probability, meta = open_multiscale(folder / "probability.zarr", mode="r+")
+    level0 = probability["0"]
+    stitcher = InstanceStitcher(
+        voxel_size=dataset.voxel_size, high=parameters["high"], low=parameters["low"],
+        min_size_voxels=parameters["min_size"], min_score=parameters["min_score"],
+    )
+    blocks = [JobBlock(index=i, box=b) for i, b, r in job.blocks.order_by("index").values_list(
+        "index", "box", "result") if r.get("above_low")]
+    say(f"stitching {len(blocks)} blocks with synapse voxels")
+    for block in blocks:
+        stitcher.add_block(block.slices, level0[block.slices] / 255.0)
+    candidates = stitcher.candidates()
+    say(f"writing the instance labels of {len(candidates)} synapses")
+    instances = create_multiscale(folder / "instances.zarr", shape=meta["shape"],
+                                  dtype=np.uint32, voxel_size=dataset.voxel_size,
+                                  chunks=meta["chunks"], kind="synapses", overwrite=True)
+    for block in blocks:
+        write_block(instances, block.slices,
+                    stitcher.relabel_block(block.slices, level0[block.slices] / 255.0))
+    say("building pyramids")
+    build_pyramid(probability)
+    build_pyramid(instances)
+    instance_meta = open_multiscale(folder / "instances.zarr")[1]
+
+    def store() -> dict:
+        names = layer_names(parameters)
+        common = {"dataset": dataset, "job": job, "method": METHOD,
+                  "source_path": parameters["model"],
+                  "parameters": {k: v for k, v in parameters.items() if not k.startswith("_")}}
+        layers = [
+            _layer_row(name=names[0], kind=Layer.Kind.PREDICTION, meta=meta,
+                       path=job_folder(job) / "probability.zarr", **common),
+            _layer_row(name=names[1], kind=Layer.Kind.SYNAPSES, meta=instance_meta,
+                       path=job_folder(job) / "instances.zarr", **common),
+        ]
+        run = SynapseRun.objects.create(
+            dataset=dataset, name=parameters["run_name"], method=f"detect:{METHOD}",
+            parameters=common["parameters"], source_path=parameters["model"], job=job)
+        rows = [_synapse_row(c, run) for c in candidates]
+        for first in range(0, len(rows), BATCH):
+            Synapse.objects.bulk_create(rows[first:first + BATCH])
+        return {"probability_layer": layers[0].pk, "instances_layer": layers[1].pk,
+                "run_id": run.pk, "synapses": len(rows)}
+
+    return Finish(result={"blocks_with_synapse_voxels": len(blocks)}, store=store)
+
+
+def _layer_row(*, dataset, name, kind, meta, path, job, method, source_path, parameters):
+    shape, chunks = meta["shape"], meta["chunks"]
+    return Layer.objects.create(
+        dataset=dataset, name=name, kind=kind, dtype=str(meta["dtype"]),
+        shape_z=shape[0], shape_y=shape[1], shape_x=shape[2],
+        chunk_z=chunks[0], chunk_y=chunks[1], chunk_x=chunks[2], storage_path=str(path),
+        downsample_factors=[list(f) for f in meta["factors"]], source_path=source_path,
+        method=method, parameters=parameters, job=job,
+    )
+
+
+def _synapse_row(candidate, run: SynapseRun) -> Synapse:
+    # A detected site without partners yet: partner assignment adds the pre and post cells.
+    z, y, x = candidate.center
+    return Synapse(
+        dataset_id=run.dataset_id, run=run, method=METHOD, site_id=candidate.id,
+        ctr_z=z, ctr_y=y, ctr_x=x, size_voxels=float(candidate.size_voxels),
+        size_nm3=candidate.size_nm3, confidence=candidate.score,
+    )

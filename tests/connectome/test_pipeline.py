@@ -1,0 +1,258 @@
+"""Block-wise detection jobs: blocks, idempotence, stitching, cancel, retry, locks, resume."""
+
+import numpy as np
+import pytest
+from django.conf import settings
+
+from connectome.datasets.models import Layer
+from connectome.imports.volumes import import_volume
+from connectome.jobs.blocks import block_execute, blocks_finish, job_resume
+from connectome.jobs.models import Job, JobBlock, JobLock
+from connectome.jobs.registry import get_job_spec
+from connectome.jobs.services import (
+    JobConflict, JobParameterError, job_cancel, job_create, job_execute, job_run_inline,
+)
+from connectome.pipeline.detection import plan_blocks
+from connectome.synapses.models import Synapse, SynapseRun
+from detection.blockwise import predict_probability
+from detection.classify import TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier
+from detection.features import FeatureSpec
+from detection.instances import find_instances
+from detection.io.zarr_store import open_multiscale
+from detection.phantom import make_phantom, write_phantom_h5
+from tests.connectome.factories import DatasetFactory
+
+pytestmark = pytest.mark.django_db
+
+VOXEL = (40.0, 8.0, 8.0)
+BLOCK = (8, 64, 64)
+THRESHOLDS = {"high": 0.8, "low": 0.5, "min_size": 20}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    phantom = make_phantom((16, 128, 128), voxel_size=VOXEL, n_cells=14, n_synapses=14, seed=1)
+    targets = clean_targets(labels_to_targets(phantom.synapse_labels, convention="binary"),
+                            voxel_size=VOXEL, ignore_band_nm=16.0)
+    model = train_voxel_classifier(
+        phantom.em, targets, voxel_size=VOXEL, feature_spec=FeatureSpec(scales_nm=(10.0, 20.0)),
+        parameters=TrainingParameters(n_estimators=30, max_samples=30_000))
+    return model, model.save(tmp_path_factory.mktemp("model") / "synapses.model")
+
+
+@pytest.fixture(scope="module")
+def phantom_file(tmp_path_factory):
+    phantom = make_phantom((16, 192, 192), voxel_size=VOXEL, n_cells=14, n_synapses=20, seed=2)
+    path = tmp_path_factory.mktemp("phantom") / "phantom.h5"
+    write_phantom_h5(phantom, path)
+    return phantom, path
+
+
+@pytest.fixture
+def em(data_root, phantom_file):
+    phantom, path = phantom_file
+    dataset = DatasetFactory(voxel_size_z=VOXEL[0], voxel_size_y=VOXEL[1], voxel_size_x=VOXEL[2])
+    layer = import_volume(dataset=dataset, source=str(path), name="em", kind="em",
+                          dataset_path="volumes/raw")
+    return dataset, layer
+
+
+def detect_parameters(model_path, em_layer, run_name="detected", **extra):
+    return {"model": str(model_path), "em_layer": em_layer.pk, "run_name": run_name,
+            "block_shape": list(BLOCK), **THRESHOLDS, **extra}
+
+
+def synapse_table(run_name):
+    return list(Synapse.objects.filter(run__name=run_name).order_by("site_id").values_list(
+        "site_id", "ctr_z", "ctr_y", "ctr_x", "size_voxels", "size_nm3", "confidence"))
+
+
+def test_blocks_are_cut_on_the_global_block_grid():
+    boxes = plan_blocks((16, 100, 100), (3, 10, 70, 16, 90, 100), (8, 64, 64), (1, 2, 2))
+    assert boxes == [((3, 10, 70), (8, 64, 100)), ((3, 64, 70), (8, 90, 100)),
+                     ((8, 10, 70), (16, 64, 100)), ((8, 64, 70), (16, 90, 100))]
+    # The region starts on the classifier grid (x 71 -> 70 above; y 11 -> 10 here).
+    assert plan_blocks((16, 100, 100), (0, 11, 0, 8, 12, 10), (8, 64, 64), (1, 2, 2)) == [
+        ((0, 10, 0), (8, 12, 10))]
+    with pytest.raises(ValueError, match="empty inside the volume"):
+        plan_blocks((16, 100, 100), (0, 0, 120, 8, 10, 130), (8, 64, 64), (1, 1, 1))
+
+
+def test_detection_job_equals_the_single_process_pipeline(em, model_file, phantom_file):
+    (model, path), (phantom, _) = model_file, phantom_file
+    dataset, em_layer = em
+    job = job_run_inline(kind="detect_synapses", dataset=dataset,
+                         parameters=detect_parameters(path, em_layer))
+    assert job.state == Job.State.DONE, job.error
+    assert job.result["blocks"] == job.progress_total == job.progress_done == 18
+    assert job.result["block_attempts"] == 18
+    assert not JobLock.objects.filter(job=job).exists()
+
+    # What connectome-detect predict computes in one process with the same blocks.
+    expected = predict_probability(phantom.em, model, block_shape=BLOCK,
+                                   out=np.zeros(phantom.em.shape, np.uint8))
+    labels, candidates = find_instances(expected / 255.0, voxel_size=VOXEL, high=0.8, low=0.5,
+                                        min_size_voxels=20)
+    assert len(candidates) >= 10
+    probability = Layer.objects.get(pk=job.result["probability_layer"])
+    instances = Layer.objects.get(pk=job.result["instances_layer"])
+    assert (probability.kind, instances.kind) == ("prediction", "synapses")
+    assert (probability.name, instances.name) == ("detected probability", "detected synapses")
+    np.testing.assert_array_equal(open_multiscale(probability.path)[0]["0"][...], expected)
+    np.testing.assert_array_equal(open_multiscale(instances.path)[0]["0"][...], labels)
+    rows = synapse_table("detected")
+    assert [r[0] for r in rows] == [c.id for c in candidates]
+    np.testing.assert_allclose([r[1:4] for r in rows], [c.center for c in candidates])
+    assert [r[4] for r in rows] == [c.size_voxels for c in candidates]
+    np.testing.assert_allclose([r[6] for r in rows], [c.score for c in candidates])
+
+
+def test_a_block_run_twice_writes_the_same_output_and_no_extra_rows(em, model_file):
+    _, path = model_file
+    dataset, em_layer = em
+    job = job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                     parameters=detect_parameters(path, em_layer, roi=[0, 0, 0, 16, 128, 64]))
+    job = job_execute(job_id=job.pk)           # plans; the blocks would go to the workers
+    assert job.state == Job.State.RUNNING and job.progress_total == 4
+    for index in range(4):
+        assert block_execute(job_id=job.pk, index=index).status == "done"
+    store = open_multiscale(settings.DATA_ROOT / f"datasets/{dataset.pk}/jobs/{job.pk}/"
+                            "probability.zarr")[0]["0"]
+    first = store[...]
+    assert first[:, :, 64:].max() == 0 and first.max() > 0   # nothing outside the region
+    # A redelivered task of a done block is skipped; a block forced to run again (as when
+    # a worker dies after writing but before marking it done) rewrites the same chunks.
+    assert block_execute(job_id=job.pk, index=2).status == "skipped"
+    JobBlock.objects.filter(job=job, index=2).update(state=JobBlock.State.RUNNING)
+    Job.objects.filter(pk=job.pk).update(progress_done=3)
+    assert block_execute(job_id=job.pk, index=2).status == "done"
+    np.testing.assert_array_equal(store[...], first)
+    assert JobBlock.objects.get(job=job, index=2).attempts == 2
+    job = blocks_finish(job_id=job.pk)
+    assert job.state == Job.State.DONE, job.error
+    count = Synapse.objects.filter(run__name="detected").count()
+    assert count == job.result["synapses"] > 0
+    again = blocks_finish(job_id=job.pk)      # a second final step stores nothing
+    assert again.finished_at == job.finished_at
+    assert Synapse.objects.filter(run__name="detected").count() == count
+    assert SynapseRun.objects.filter(name="detected").count() == 1
+
+
+def test_cancel_stops_the_blocks_and_stores_nothing(em, model_file):
+    _, path = model_file
+    dataset, em_layer = em
+    job = job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                     parameters=detect_parameters(path, em_layer))
+    job_execute(job_id=job.pk)
+    assert block_execute(job_id=job.pk, index=0).status == "done"
+    job = job_cancel(job=Job.objects.get(pk=job.pk))
+    assert job.state == Job.State.CANCELLED and job.finished_at is not None
+    assert block_execute(job_id=job.pk, index=1).status == "skipped"
+    assert JobBlock.objects.get(job=job, index=1).attempts == 0
+    assert blocks_finish(job_id=job.pk).state == Job.State.CANCELLED
+    assert not SynapseRun.objects.exists() and not JobLock.objects.exists()
+    # Resume picks up where it stopped: block 0 is not run again.
+    assert job_resume(job=job, enqueue=False) == 17
+    for index in range(1, 18):
+        block_execute(job_id=job.pk, index=index)
+    job = blocks_finish(job_id=job.pk)
+    assert job.state == Job.State.DONE and job.result["block_attempts"] == 18
+
+
+def test_transient_errors_retry_with_backoff_then_fail_the_job_naming_the_block(
+        em, model_file, monkeypatch, settings):
+    _, path = model_file
+    dataset, em_layer = em
+    settings.JOB_BLOCK_RETRY_BACKOFF_S = 1.5
+    job = job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                     parameters=detect_parameters(path, em_layer, max_attempts=3))
+    job_execute(job_id=job.pk)
+    spec = get_job_spec("detect_synapses")
+    calls = []
+
+    def flaky(job, box, parameters):
+        calls.append(box)
+        if len(calls) == 1:
+            raise OSError("stale file handle")
+        return spec.block(job, box, parameters)
+
+    monkeypatch.setattr("connectome.jobs.blocks.get_job_spec",
+                        lambda kind: type(spec)(**{**spec.__dict__, "block": flaky}))
+    outcome = block_execute(job_id=job.pk, index=5)
+    assert (outcome.status, outcome.countdown) == ("retry", 1.5)
+    assert JobBlock.objects.get(job=job, index=5).state == JobBlock.State.PENDING
+    assert block_execute(job_id=job.pk, index=5).status == "done"
+
+    def broken(job, box, parameters):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("connectome.jobs.blocks.get_job_spec",
+                        lambda kind: type(spec)(**{**spec.__dict__, "block": broken}))
+    assert block_execute(job_id=job.pk, index=6).countdown == 1.5
+    assert block_execute(job_id=job.pk, index=6).countdown == 3.0
+    assert block_execute(job_id=job.pk, index=6).status == "failed"
+    job = Job.objects.get(pk=job.pk)
+    assert job.state == Job.State.FAILED
+    assert job.error == ("block 6 (z 0:8, y 128:192, x 0:64) failed (after 3 attempts): "
+                         "OSError: disk full")
+    assert block_execute(job_id=job.pk, index=7).status == "skipped"
+    assert not JobLock.objects.exists()
+
+
+def test_a_bug_fails_the_job_at_once(em, model_file, monkeypatch):
+    _, path = model_file
+    dataset, em_layer = em
+    job = job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                     parameters=detect_parameters(path, em_layer))
+    job_execute(job_id=job.pk)
+    spec = get_job_spec("detect_synapses")
+
+    def buggy(job, box, parameters):
+        raise KeyError("channel")
+
+    monkeypatch.setattr("connectome.jobs.blocks.get_job_spec",
+                        lambda kind: type(spec)(**{**spec.__dict__, "block": buggy}))
+    assert block_execute(job_id=job.pk, index=0).status == "failed"
+    job = Job.objects.get(pk=job.pk)
+    assert job.error == "block 0 (z 0:8, y 0:64, x 0:64) failed (not retried): KeyError: 'channel'"
+    assert "Traceback" in job.traceback
+
+
+def test_two_jobs_writing_the_same_layer_are_refused(em, model_file):
+    _, path = model_file
+    dataset, em_layer = em
+    first = job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                       parameters=detect_parameters(path, em_layer))
+    with pytest.raises(JobConflict, match=(
+            f"layer 'detected probability' of dataset '{dataset.name}' is being written by "
+            f"detect_synapses job {first.pk} \\(queued\\)")) as info:
+        job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                   parameters=detect_parameters(path, em_layer, run_name="other",
+                                                probability_layer="detected probability"))
+    assert isinstance(info.value, JobParameterError) and "dataset" in info.value.errors
+    # Other names on the same dataset may run alongside.
+    job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+               parameters=detect_parameters(path, em_layer, run_name="other"))
+    job_cancel(job=first)
+    assert not JobLock.objects.filter(job=first).exists()
+    done = job_run_inline(kind="detect_synapses", dataset=dataset,
+                          parameters=detect_parameters(path, em_layer))
+    assert done.state == Job.State.DONE
+    with pytest.raises(JobConflict, match="already has a layer named 'detected probability'"):
+        job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                   parameters=detect_parameters(path, em_layer))
+
+
+def test_bad_parameters_are_refused_with_the_field(em, model_file):
+    _, path = model_file
+    dataset, em_layer = em
+    with pytest.raises(JobParameterError, match="low") as info:
+        job_create(kind="detect_synapses", dataset=dataset,
+                   parameters=detect_parameters(path, em_layer, low=0.9, high=0.5))
+    assert set(info.value.errors) == {"low"}
+    with pytest.raises(JobParameterError, match="does not exist"):
+        job_create(kind="detect_synapses", dataset=dataset,
+                   parameters=detect_parameters("/nowhere.model", em_layer))
+    wrong = job_run_inline(kind="detect_synapses", dataset=dataset,
+                           parameters={**detect_parameters(path, em_layer), "em_layer": 999999})
+    assert wrong.state == Job.State.FAILED and "has no layer 999999 (the EM)" in wrong.error
