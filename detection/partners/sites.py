@@ -105,6 +105,9 @@ class SiteGeometry:
         Centre (nm) of each cell's voxels on those faces: a point inside the cell at the site.
     background_area_nm2 : float
         Contact area with unlabelled background (segment 0), for the flag.
+    inside_fraction : (K,) float ndarray
+        Share of the site's voxels lying inside each cell (a detected PSD lies inside the
+        postsynaptic cell, a T-bar inside the presynaptic one).
     """
 
     site: int
@@ -117,6 +120,7 @@ class SiteGeometry:
     contact_center: np.ndarray
     inner_point: np.ndarray
     background_area_nm2: float = 0.0
+    inside_fraction: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
     def index(self, cell: int) -> int | None:
@@ -178,8 +182,12 @@ def site_geometry(site: int, box: Box, sites: np.ndarray, seg: np.ndarray, voxel
     cells, total = cells[keep], total[keep]
     contact_center, inner_point = contact_center[keep], inner_point[keep]
     order = np.argsort(-total, kind="stable")
-    return SiteGeometry(site, crop, mask, size, center, cells[order], total[order],
-                        contact_center[order], inner_point[order], background)
+    cells = cells[order]
+    inside_ids, inside_counts = np.unique(labels[mask], return_counts=True)
+    inside = dict(zip(inside_ids.tolist(), inside_counts.tolist()))
+    inside_fraction = np.array([inside.get(int(c), 0) for c in cells], dtype=np.float64) / size
+    return SiteGeometry(site, crop, mask, size, center, cells, total[order],
+                        contact_center[order], inner_point[order], background, inside_fraction)
 
 
 def presynaptic_evidence(geometry: SiteGeometry, seg: np.ndarray, presynaptic, voxel_size, *,
@@ -254,19 +262,24 @@ def pick_presynaptic(signal: np.ndarray, area: np.ndarray, *, min_area_nm2: floa
 
 
 def postsynaptic_indices(area: np.ndarray, pre: int, *, min_area_nm2: float,
-                         min_fraction: float) -> np.ndarray:
+                         min_fraction: float, inside_fraction=None,
+                         min_inside: float = 0.1) -> np.ndarray:
     """Touching cells other than the presynaptic one with a large enough contact.
 
-    A cell qualifies with at least `min_area_nm2` and at least `min_fraction` of the largest
-    non-presynaptic contact, which drops cells that only graze the edge of a cleft at a
-    junction while keeping every partner of a merged polyadic candidate.  The largest contact
+    A cell qualifies with at least `min_area_nm2` and either at least `min_fraction` of the
+    largest non-presynaptic contact, which drops cells that only graze the edge of a cleft at
+    a junction, or at least `min_inside` of the site's voxels inside it (the PSD of one
+    partner of a polyadic candidate whose clefts merged into one site).  The largest contact
     always qualifies.
     """
     others = np.array([k for k in range(len(area)) if k != pre], dtype=np.int64)
     if others.size == 0:
         return others
     largest = float(area[others].max())
-    keep = others[(area[others] >= min_area_nm2) & (area[others] >= min_fraction * largest)]
+    strong = area[others] >= min_fraction * largest
+    if inside_fraction is not None:
+        strong |= np.asarray(inside_fraction)[others] >= min_inside
+    keep = others[(area[others] >= min_area_nm2) & strong]
     if keep.size == 0:
         keep = others[area[others] == largest][:1]
     return keep

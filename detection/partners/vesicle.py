@@ -94,7 +94,8 @@ def assign_by_vesicles(
             Post(int(g.cells[j]), float(g.area_nm2[j]), float(g.area_nm2[j]), confidence,
                  g.contact_center[j], g.inner_point[j])
             for j in postsynaptic_indices(g.area_nm2, k, min_area_nm2=min_area_nm2,
-                                          min_fraction=min_fraction)
+                                          min_fraction=min_fraction,
+                                          inside_fraction=g.inside_fraction)
         ]
         choices.append(Choice(g, int(g.cells[k]), np.asarray(pre_point), confidence, posts))
     rows = build_rows(choices, voxel_size=vs, method="vesicle",

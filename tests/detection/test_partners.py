@@ -285,3 +285,15 @@ def test_site_interfaces_keep_the_contact_patch_at_the_site_and_label_it():
     assert site_scores(local, Fixed()) == {(7, 1, 2): 0.2, (7, 2, 1): 0.9}
     (row,) = assign_by_contact(sites, seg, voxel_size=VS, local_scores=site_scores(local, Fixed()))
     assert (row.pre_id, row.post_id, row.confidence) == (2, 1, 0.9)
+
+
+def test_a_partner_holding_part_of_the_site_counts_despite_a_small_contact():
+    seg, sites, vesicles = polyadic()
+    sites[:] = 0
+    sites[2:6, 4:20, 19:21] = 1  # cleft facing cell 2 over 16 rows
+    sites[2:6, 22:26, 19:23] = 1  # and cell 3 over 4 rows, with a PSD inside cell 3
+    rows = assign_by_vesicles(sites, seg, vesicles, voxel_size=VS, min_fraction=0.5)
+    assert sorted(r.post_id for r in rows) == [2, 3]
+    rows = assign_by_vesicles(sites, seg, vesicles, voxel_size=VS, min_fraction=0.5,
+                              min_area_nm2=1e9)
+    assert [r.post_id for r in rows] == [2]  # the largest contact always stays
