@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from connectome.cells.models import Cell, Skeleton
 from connectome.cells.services import cells_annotate
 from connectome.common.params import (
-    DatasetQuery, FiniteFloatField, IdListField, SegmentIdListField, parse_query,
+    DatasetQuery, IdListField, SegmentIdListField, parse_query,
 )
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
@@ -40,7 +40,7 @@ class CellQuery(DatasetQuery):
 class PartnerQuery(serializers.Serializer):
     direction = serializers.ChoiceField(choices=["both", *DIRECTIONS], default="both")
     run = IdListField(required=False, help_text="synapse run ids; all runs by default")
-    min_confidence = FiniteFloatField(required=False)
+    min_confidence = serializers.FloatField(required=False)
     min_count = serializers.IntegerField(min_value=1, default=1)
 
 
@@ -70,7 +70,9 @@ class CellViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
     http_method_names = ["get", "patch", "head", "options"]
 
     def get_queryset(self):
-        queryset = Cell.objects.filter(dataset__in=datasets_visible_to(self.request.user))
+        queryset = Cell.objects.filter(
+            dataset__in=datasets_visible_to(self.request.user)
+        ).select_related("dataset")
         if self.action == "list":
             query = parse_query(CellQuery, self.request)
             if "dataset" in query:

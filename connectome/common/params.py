@@ -122,13 +122,3 @@ class BBoxField(serializers.CharField):
         if any(a > b for a, b in zip(lo, hi)):
             raise serializers.ValidationError(f"bounding box needs z0<=z1, y0<=y1, x0<=x1; got {text}")
         return lo, hi
-
-
-class FiniteFloatField(serializers.FloatField):
-    """A float that is not NaN or infinite (both would reach SQL as surprises)."""
-
-    def to_internal_value(self, data):
-        value = super().to_internal_value(data)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise serializers.ValidationError("must be a finite number")
-        return value

@@ -2,7 +2,7 @@
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 
 from connectome.cells.models import Cell
@@ -77,7 +77,7 @@ class ReviewViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             dataset__in=datasets_visible_to(request.user), pk=data["synapse"]
         ).select_related("dataset").first()
         if synapse is None:
-            raise serializers.ValidationError({"synapse": f"no synapse {data['synapse']}"})
+            raise NotFound(f"no synapse {data['synapse']}")
         if not has_role(dataset=synapse.dataset, user=request.user, role=self.write_role):
             raise PermissionDenied(
                 f"reviewing synapses of dataset '{synapse.dataset.name}' needs the reviewer role")

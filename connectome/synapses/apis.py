@@ -2,27 +2,28 @@
 cell-type summary and the download of exported synapse tables."""
 
 import csv
+import io
 import json
 
 from django.db.models import F
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import FileResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from connectome.cells.models import Cell
 from connectome.common.params import (
-    BBoxField, ChoiceListField, DatasetQuery, FiniteFloatField, IdListField, NameListField,
+    BBoxField, ChoiceListField, DatasetQuery, IdListField, NameListField,
     SegmentIdListField, parse_query,
 )
-from connectome.datasets.models import Dataset, Membership
+from connectome.datasets.models import Dataset
 from connectome.datasets.permissions import DatasetRolePermission
-from connectome.datasets.selectors import datasets_visible_to, has_role
+from connectome.datasets.selectors import datasets_visible_to
 from connectome.jobs.models import Job
 from connectome.synapses import connectivity, table_exports
 from connectome.synapses.exports import CELL_COLUMNS, CELL_TYPE_COLUMNS
@@ -58,7 +59,7 @@ class SynapseRunSerializer(serializers.ModelSerializer):
 class ThresholdQuery(serializers.Serializer):
     run = IdListField(required=False, help_text="synapse run ids, comma-separated; all runs "
                                                 "of the dataset by default")
-    min_confidence = FiniteFloatField(required=False, help_text="count synapses with "
+    min_confidence = serializers.FloatField(required=False, help_text="count synapses with "
                                                                 "confidence >= this")
 
 
@@ -221,26 +222,25 @@ def _wiring_row(pair, group_by: str) -> dict:
     return row
 
 
-class _Echo:
-    """A file-like object whose write returns the line, for csv.writer in a streamed response."""
-
-    def write(self, value):
-        return value
-
-
-def _stream_csv(matrix):
+def _stream_csv(matrix, chunk: int = 2_000):
     columns = CELL_COLUMNS if matrix.group_by == "cell" else CELL_TYPE_COLUMNS
-    writer = csv.writer(_Echo(), lineterminator="\n")
-    yield writer.writerow(columns)
-    for pair in matrix.pairs:
-        yield writer.writerow(["" if getattr(pair, c) is None else getattr(pair, c)
-                               for c in columns])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for start in range(0, len(matrix.pairs), chunk):
+        writer.writerows(["" if getattr(pair, c) is None else getattr(pair, c) for c in columns]
+                         for pair in matrix.pairs[start:start + chunk])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
 
 
-def _stream_json(head: dict, matrix):
+def _stream_json(head: dict, matrix, chunk: int = 2_000):
     yield json.dumps(head)[:-1] + ', "rows": ['
-    for i, pair in enumerate(matrix.pairs):
-        yield ("," if i else "") + json.dumps(_wiring_row(pair, matrix.group_by))
+    for start in range(0, len(matrix.pairs), chunk):
+        rows = [_wiring_row(pair, matrix.group_by) for pair in matrix.pairs[start:start + chunk]]
+        yield ("," if start else "") + json.dumps(rows)[1:-1]
     yield "]}"
 
 
