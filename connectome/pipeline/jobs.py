@@ -3,11 +3,14 @@
 from rest_framework import serializers
 
 from connectome.imports.parameters import SourcePathField
+from connectome.jobs.blocks import Finish
 from connectome.jobs.registry import register_job
+from connectome.jobs.services import JobConflict, job_create
 from connectome.pipeline.detection import (
     detection_block, detection_finish, detection_plan, detection_writes,
 )
 from connectome.synapses.jobs import AssignPartnersParameters
+from connectome.synapses.models import SynapseRun
 
 
 class DetectSynapsesParameters(serializers.Serializer):
@@ -56,6 +59,77 @@ class DetectSynapsesParameters(serializers.Serializer):
               finish=detection_finish, writes=detection_writes)
 def run_detect_synapses(job, params, progress):
     """Detect synapses block-wise on the workers; store the layers and a synapse run."""
+    if job.dataset is None:
+        raise ValueError(f"{job.kind} job {job.pk} has no dataset")
+    return detection_plan(job, params)
+
+
+class DetectAndAssignParameters(DetectSynapsesParameters):
+    assign_method = serializers.ChoiceField(choices=["contact", "vesicle", "diffusion"])
+    segmentation_layer = serializers.IntegerField()
+    presynaptic_layer = serializers.IntegerField(
+        required=False, allow_null=True, default=None,
+        help_text="vesicle / presynaptic density map; vesicle and diffusion methods")
+    interface_model = SourcePathField(required=False, allow_null=True, default=None,
+                                      help_text="interface classifier file; contact method")
+    free_layer = serializers.IntegerField(required=False, allow_null=True, default=None)
+    assign_options = serializers.DictField(required=False, default=dict)
+    assignment_run_name = serializers.CharField(
+        max_length=200, required=False, default="",
+        help_text="synapse run of the partners; '<run name> partners' by default")
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        # The assignment step is an assign_partners job: check its parameters now.
+        check = AssignPartnersParameters(data=assign_parameters(attrs, sites_layer=0))
+        if not check.is_valid():
+            raise serializers.ValidationError(check.errors)
+        return attrs
+
+
+def assign_parameters(params: dict, *, sites_layer: int) -> dict:
+    """The parameters of the assign_partners job that follows a detection."""
+    return {
+        "method": params["assign_method"], "sites_layer": sites_layer,
+        "segmentation_layer": params["segmentation_layer"],
+        "run_name": assignment_run_name(params),
+        "presynaptic_layer": params.get("presynaptic_layer"), "em_layer": params["em_layer"],
+        "interface_model": params.get("interface_model"), "free_layer": params.get("free_layer"),
+        "options": params.get("assign_options") or {},
+    }
+
+
+def assignment_run_name(params: dict) -> str:
+    return params.get("assignment_run_name") or f"{params['run_name']} partners"
+
+
+def _detect_and_assign_writes(dataset, params):
+    name = assignment_run_name(params)
+    if SynapseRun.objects.filter(dataset=dataset, name=name).exists():
+        raise JobConflict("detect_and_assign",
+                          f"dataset '{dataset.name}' already has a synapse run named '{name}'")
+    return detection_writes(dataset, params) + [f"synapse run '{name}'"]
+
+
+def _detect_and_assign_finish(job, params, say):
+    detected = detection_finish(job, params, say)
+
+    def store():
+        result = detected.store()
+        follow = job_create(kind="assign_partners", dataset=job.dataset, user=job.created_by,
+                            parameters=assign_parameters(
+                                params, sites_layer=result["instances_layer"]),
+                            enqueue=False)
+        return {**result, "then_job": follow.pk}
+
+    return Finish(result=detected.result, store=store)
+
+
+@register_job("detect_and_assign", parameters=DetectAndAssignParameters,
+              block=detection_block, finish=_detect_and_assign_finish,
+              writes=_detect_and_assign_writes)
+def run_detect_and_assign(job, params, progress):
+    """Detect synapses block-wise, then assign their partners in an assign_partners job."""
     if job.dataset is None:
         raise ValueError(f"{job.kind} job {job.pk} has no dataset")
     return detection_plan(job, params)

@@ -256,3 +256,29 @@ def test_bad_parameters_are_refused_with_the_field(em, model_file):
     wrong = job_run_inline(kind="detect_synapses", dataset=dataset,
                            parameters={**detect_parameters(path, em_layer), "em_layer": 999999})
     assert wrong.state == Job.State.FAILED and "has no layer 999999 (the EM)" in wrong.error
+
+
+def test_detect_then_assign_runs_the_assignment_on_the_new_instances(em, model_file,
+                                                                      phantom_file):
+    (_, path), (phantom, h5) = model_file, phantom_file
+    dataset, em_layer = em
+    cells = import_volume(dataset=dataset, source=str(h5), name="cells", kind="segmentation",
+                          dataset_path="volumes/labels/neuron_ids")
+    vesicles = import_volume(dataset=dataset, source=str(h5), name="vesicles", kind="mask",
+                             dataset_path="volumes/labels/vesicles")
+    parameters = {**detect_parameters(path, em_layer), "assign_method": "vesicle",
+                  "segmentation_layer": cells.pk, "presynaptic_layer": vesicles.pk}
+    with pytest.raises(JobParameterError, match="min_sharez"):
+        job_create(kind="detect_and_assign", dataset=dataset,
+                   parameters={**parameters, "assign_options": {"min_sharez": 1}})
+    job = job_run_inline(kind="detect_and_assign", dataset=dataset, parameters=parameters)
+    assert job.state == Job.State.DONE, job.error
+    follow = Job.objects.get(pk=job.result["then_job"])
+    assert follow.kind == "assign_partners" and follow.state == Job.State.DONE, follow.error
+    assert str(follow.parameters["sites_layer"]) == str(job.result["instances_layer"])
+    run = SynapseRun.objects.get(name="detected partners")
+    sites = set(run.synapses.values_list("site_id", flat=True))
+    assert sites and sites <= {row[0] for row in synapse_table("detected")}
+    truth = {(s.pre_id, s.post_id) for s in phantom.synapses}
+    found = set(run.synapses.filter(flag="").values_list("pre__segment_id", "post__segment_id"))
+    assert len(found & truth) >= len(found) // 2, (found, truth)
