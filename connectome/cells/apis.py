@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from connectome.cells.models import Cell, Skeleton
 from connectome.cells.services import cells_annotate
 from connectome.common.params import (
-    DatasetQuery, IdListField, SegmentIdListField, parse_query,
+    CountField, DatasetQuery, IdListField, SegmentIdListField, parse_query,
 )
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
@@ -41,7 +41,7 @@ class PartnerQuery(serializers.Serializer):
     direction = serializers.ChoiceField(choices=["both", *DIRECTIONS], default="both")
     run = IdListField(required=False, help_text="synapse run ids; all runs by default")
     min_confidence = serializers.FloatField(required=False)
-    min_count = serializers.IntegerField(min_value=1, default=1)
+    min_count = CountField(default=1)
 
 
 class PartnerSerializer(serializers.Serializer):

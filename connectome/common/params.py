@@ -9,12 +9,17 @@ from rest_framework import serializers
 
 from connectome.common.fields import UINT64_MAX
 
+MAX_ID = 2**63 - 1
+
 
 def int_param(name: str, value) -> int:
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         raise serializers.ValidationError({name: f"'{value}' is not an integer"}) from None
+    if not -MAX_ID - 1 <= number <= MAX_ID:
+        raise serializers.ValidationError({name: f"{value} is outside the 64-bit range"})
+    return number
 
 
 def parse_query(serializer_class, request) -> dict:
@@ -24,8 +29,22 @@ def parse_query(serializer_class, request) -> dict:
     return serializer.validated_data
 
 
+class IdField(serializers.IntegerField):
+    """A database id: 1 to 2**63 - 1 (larger values would overflow the BIGINT in SQL)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(min_value=1, max_value=MAX_ID, **kwargs)
+
+
+class CountField(serializers.IntegerField):
+    """A count threshold: 1 or more."""
+
+    def __init__(self, **kwargs):
+        super().__init__(min_value=1, max_value=MAX_ID, **kwargs)
+
+
 class DatasetQuery(serializers.Serializer):
-    dataset = serializers.IntegerField(required=False, min_value=1, help_text="dataset id")
+    dataset = IdField(required=False, help_text="dataset id")
 
 
 class _CommaSeparatedField(serializers.CharField):
@@ -56,7 +75,7 @@ class IdListField(_CommaSeparatedField):
     """Database ids (cells, runs), comma-separated."""
 
     item_name = "id"
-    _max = 2**63 - 1
+    _max = MAX_ID
 
     def to_item(self, part):
         try:

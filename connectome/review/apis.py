@@ -6,7 +6,10 @@ from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 
 from connectome.cells.models import Cell
-from connectome.common.params import ChoiceListField, DatasetQuery, IdListField, parse_query
+from connectome.common.pagination import NewestFirstPagination
+from connectome.common.params import (
+    ChoiceListField, DatasetQuery, IdField, IdListField, parse_query,
+)
 from connectome.datasets.models import Membership
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to, has_role
@@ -27,12 +30,12 @@ class ReviewSerializer(serializers.ModelSerializer):
 
 
 class ReviewCreateSerializer(serializers.Serializer):
-    synapse = serializers.IntegerField(min_value=1)
+    synapse = IdField()
     verdict = serializers.ChoiceField(choices=VERDICTS)
     note = serializers.CharField(allow_blank=True, required=False, default="")
-    corrected_pre = serializers.IntegerField(min_value=1, required=False, allow_null=True,
+    corrected_pre = IdField(required=False, allow_null=True,
                                              help_text="cell id of the right presynaptic cell")
-    corrected_post = serializers.ListField(child=serializers.IntegerField(min_value=1),
+    corrected_post = serializers.ListField(child=IdField(),
                                            required=False, default=list,
                                            help_text="cell ids of the right postsynaptic cells")
 
@@ -48,6 +51,7 @@ class ReviewViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
     serializer_class = ReviewSerializer
     permission_classes = [DatasetRolePermission]
+    pagination_class = NewestFirstPagination
     write_role = Membership.Role.REVIEWER
 
     def get_queryset(self):

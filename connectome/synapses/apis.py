@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from connectome.cells.models import Cell
 from connectome.common.params import (
-    BBoxField, ChoiceListField, DatasetQuery, IdListField, NameListField,
+    BBoxField, ChoiceListField, CountField, DatasetQuery, IdField, IdListField, NameListField,
     SegmentIdListField, parse_query,
 )
 from connectome.datasets.models import Dataset
@@ -64,7 +64,7 @@ class ThresholdQuery(serializers.Serializer):
 
 
 class SynapseQuery(ThresholdQuery):
-    dataset = serializers.IntegerField(required=False, min_value=1)
+    dataset = IdField(required=False)
     pre = IdListField(required=False, help_text="presynaptic cell ids, comma-separated")
     post = IdListField(required=False, help_text="postsynaptic cell ids, comma-separated")
     pre_segment_id = SegmentIdListField(required=False, help_text="presynaptic segment ids "
@@ -85,8 +85,8 @@ class SynapseQuery(ThresholdQuery):
 
 
 class BetweenQuery(ThresholdQuery):
-    a = serializers.IntegerField(min_value=1, help_text="cell id")
-    b = serializers.IntegerField(min_value=1, help_text="cell id")
+    a = IdField(help_text="cell id")
+    b = IdField(help_text="cell id")
     direction = serializers.ChoiceField(choices=["both", "a_to_b"], default="both")
     review_state = ChoiceListField(choices=Synapse.ReviewState.values, required=False)
 
@@ -174,7 +174,7 @@ class WiringQuery(ThresholdQuery):
     cell_types = NameListField(required=False, help_text="cell types: both partners of one "
                                                          "of these types")
     group_by = serializers.ChoiceField(choices=list(GROUPINGS), default="cell")
-    min_count = serializers.IntegerField(min_value=1, default=1,
+    min_count = CountField(default=1,
                                          help_text="drop pairs with fewer synapses")
     output = serializers.ChoiceField(choices=["json", "csv"], default="json")
 

@@ -3,6 +3,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from connectome.common.params import IdField
 from connectome.imports.parameters import SourcePathField
 from connectome.jobs.registry import register_job
 from connectome.synapses import table_exports
@@ -53,7 +54,7 @@ def run_assign_partners(job, params, progress):
 class ExportSynapseTableParameters(serializers.Serializer):
     table_format = serializers.ChoiceField(choices=list(table_exports.FORMATS), default="csv")
     runs = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, allow_null=True,
+        child=IdField(), required=False, allow_null=True,
         default=None, help_text="synapse run ids; all runs of the dataset by default")
 
 

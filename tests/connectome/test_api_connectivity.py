@@ -22,6 +22,12 @@ from tests.connectome.factories import (
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    # The factories set a password per user; the default hasher costs ~0.1 s each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
 BIG = 2**64 - 1  # a segment id stored as a negative BIGINT
 
 
