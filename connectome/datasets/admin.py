@@ -1,6 +1,12 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from connectome.datasets.models import Dataset, Layer, Membership
+from connectome.datasets.selectors import has_role
+from connectome.jobs.services import job_create
 
 
 class MembershipInline(admin.TabularInline):
@@ -30,6 +36,36 @@ class DatasetAdmin(admin.ModelAdmin):
     search_fields = ["name", "description"]
     readonly_fields = ["shape_z", "shape_y", "shape_x", "created_at", "updated_at"]
     inlines = [MembershipInline, LayerInline]
+    actions = ["detect_synapses"]
+
+    @admin.action(description="Detect synapses (block-wise job on the workers)")
+    def detect_synapses(self, request, queryset):
+        from connectome.pipeline.forms import DetectionForm
+
+        if queryset.count() != 1:
+            self.message_user(request, "select exactly one dataset", messages.ERROR)
+            return None
+        dataset = queryset.get()
+        if not (request.user.is_superuser
+                or has_role(dataset=dataset, user=request.user, role=Membership.Role.ADMIN)):
+            self.message_user(request, f"running jobs on '{dataset.name}' needs its admin role",
+                              messages.ERROR)
+            return None
+        if "apply" in request.POST:
+            form = DetectionForm(request.POST, dataset=dataset)
+            if form.is_valid():
+                job = job_create(kind=form.cleaned_data["kind"], dataset=dataset,
+                                 parameters=form.cleaned_data["parameters"], user=request.user)
+                link = reverse("admin:jobs_job_change", args=[job.pk])
+                self.message_user(request, format_html(
+                    '{} job <a href="{}">{}</a> queued', job.kind, link, job.pk), messages.SUCCESS)
+                return None
+        else:
+            form = DetectionForm(dataset=dataset)
+        return TemplateResponse(request, "admin/pipeline/detect_synapses.html", {
+            **self.admin_site.each_context(request), "title": "Detect synapses",
+            "dataset": dataset, "form": form, "selected_name": helpers.ACTION_CHECKBOX_NAME,
+        })
 
     @admin.display(description="voxel size (nm, z y x)")
     def voxel_size_display(self, obj):

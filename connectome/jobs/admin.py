@@ -2,11 +2,15 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Count
+from django.urls import reverse
 from django.utils.html import format_html
 
-from connectome.jobs.models import Job
+from connectome.jobs.models import Job, JobBlock, JobLock
 from connectome.jobs.registry import get_job_spec, job_kinds
-from connectome.jobs.services import JobParameterError, job_cancel, job_create, job_validate_parameters
+from connectome.jobs.services import (
+    JobParameterError, job_cancel, job_check_conflicts, job_create, job_validate_parameters,
+)
 
 
 class JobCreateForm(forms.ModelForm):
@@ -40,6 +44,8 @@ class JobCreateForm(forms.ModelForm):
                 data["parameters"] = job_validate_parameters(
                     kind=data["kind"], parameters=data["parameters"] or {}
                 )
+                job_check_conflicts(kind=data["kind"], parameters=data["parameters"],
+                                    dataset=data.get("dataset"))
             except JobParameterError as exc:
                 raise forms.ValidationError(str(exc)) from exc
         return data
@@ -51,10 +57,11 @@ class JobAdmin(admin.ModelAdmin):
                     "created_at", "duration"]
     list_filter = ["state", "kind", "dataset"]
     search_fields = ["kind", "error", "message"]
-    actions = ["cancel_jobs"]
+    actions = ["cancel_jobs", "resume_jobs"]
     readonly_fields = ["kind", "dataset", "parameters_pretty", "state", "progress_bar",
-                       "message", "result", "error", "traceback", "cancel_requested", "queue",
-                       "task_id", "created_by", "created_at", "started_at", "finished_at"]
+                       "message", "blocks_summary", "result", "error", "traceback",
+                       "cancel_requested", "queue", "block_queue", "task_id", "created_by",
+                       "created_at", "started_at", "finished_at"]
     exclude = ["parameters", "progress_done", "progress_total"]
 
     def get_form(self, request, obj=None, **kwargs):
@@ -109,3 +116,56 @@ class JobAdmin(admin.ModelAdmin):
                 job_cancel(job=job)
                 count += 1
         self.message_user(request, f"cancel requested for {count} job(s)", messages.SUCCESS)
+
+    @admin.display(description="blocks")
+    def blocks_summary(self, obj):
+        counts = dict(obj.blocks.values_list("state").annotate(n=Count("id")).values_list(
+            "state", "n"))
+        if not counts:
+            return "-"
+        link = reverse("admin:jobs_jobblock_changelist") + f"?job__id__exact={obj.pk}"
+        order = ["done", "running", "pending", "failed"]
+        text = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+        return format_html('<a href="{}">{}</a>', link, text)
+
+    @admin.action(description="Resume selected block-wise jobs (re-run unfinished blocks)")
+    def resume_jobs(self, request, queryset):
+        from connectome.jobs.blocks import job_resume
+
+        for job in queryset:
+            try:
+                left = job_resume(job=job)
+            except ValueError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, f"job {job.pk}: {left} blocks sent again",
+                                  messages.SUCCESS)
+
+
+@admin.register(JobBlock)
+class JobBlockAdmin(admin.ModelAdmin):
+    list_display = ["job", "index", "box_display", "state", "attempts", "worker", "compute_s",
+                    "finished_at", "error"]
+    list_filter = ["state", "job__kind"]
+    search_fields = ["=job__id", "error"]
+    readonly_fields = [f.name for f in JobBlock._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.method == "GET" and super().has_change_permission(request, obj)
+
+    @admin.display(description="box (z y x)")
+    def box_display(self, obj):
+        return obj.describe().split(" ", 2)[2]
+
+
+@admin.register(JobLock)
+class JobLockAdmin(admin.ModelAdmin):
+    list_display = ["dataset", "resource", "job", "created_at"]
+    list_filter = ["dataset"]
+    readonly_fields = ["dataset", "resource", "job", "created_at"]
+
+    def has_add_permission(self, request):
+        return False

@@ -19,10 +19,10 @@ class DetectSynapsesParameters(serializers.Serializer):
     em_layer = serializers.IntegerField()
     run_name = serializers.CharField(max_length=200, help_text="synapse run of the detections")
     probability_layer = serializers.CharField(
-        max_length=200, required=False, default="",
+        max_length=200, required=False, default="", allow_blank=True,
         help_text="name of the new probability layer; '<run name> probability' by default")
     instances_layer = serializers.CharField(
-        max_length=200, required=False, default="",
+        max_length=200, required=False, default="", allow_blank=True,
         help_text="name of the new instance layer; '<run name> synapses' by default")
     roi = serializers.ListField(
         child=serializers.IntegerField(min_value=0), min_length=6, max_length=6,
@@ -75,7 +75,7 @@ class DetectAndAssignParameters(DetectSynapsesParameters):
     free_layer = serializers.IntegerField(required=False, allow_null=True, default=None)
     assign_options = serializers.DictField(required=False, default=dict)
     assignment_run_name = serializers.CharField(
-        max_length=200, required=False, default="",
+        max_length=200, required=False, default="", allow_blank=True,
         help_text="synapse run of the partners; '<run name> partners' by default")
 
     def validate(self, attrs):

@@ -282,3 +282,44 @@ def test_detect_then_assign_runs_the_assignment_on_the_new_instances(em, model_f
     truth = {(s.pre_id, s.post_id) for s in phantom.synapses}
     found = set(run.synapses.filter(flag="").values_list("pre__segment_id", "post__segment_id"))
     assert len(found & truth) >= len(found) // 2, (found, truth)
+
+
+def test_admin_action_starts_a_detection_job_and_the_job_page_shows_its_blocks(
+        em, model_file, client, django_capture_on_commit_callbacks):
+    from django.contrib.auth import get_user_model
+
+    _, path = model_file
+    dataset, em_layer = em
+    admin = get_user_model().objects.create_superuser("boss", "boss@example.org", "pw")
+    client.force_login(admin)
+    url = "/admin/datasets/dataset/"
+    chosen = {"action": "detect_synapses", "_selected_action": [dataset.pk]}
+    page = client.post(url, chosen)
+    assert page.status_code == 200 and b"Detect synapses in" in page.content
+    form = {**chosen, "apply": "1", "kind": "detect_synapses", "method": "voxel_classifier",
+            "model": str(path), "em_layer": em_layer.pk, "run_name": "from admin",
+            "roi": "0 0 0 8 64 128", "block_shape": "8 64 64", "high": "0.8", "low": "0.5",
+            "min_size": "20", "min_score": "0", "queue": "cpu"}
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(url, {**form, "low": "0.9"})
+    assert response.status_code == 200 and b"above the high one" in response.content
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(url, form)
+    assert response.status_code == 302 and len(callbacks) == 1
+    job = Job.objects.get(kind="detect_synapses")
+    assert job.parameters["roi"] == [0, 0, 0, 8, 64, 128] and job.created_by == admin
+    # The same layer again is refused with the holder named.
+    response = client.post(url, form)
+    assert f"being written by detect_synapses job {job.pk}".encode() in response.content
+
+    job_execute(job_id=job.pk)
+    block_execute(job_id=job.pk, index=0)
+    page = client.get(f"/admin/jobs/job/{job.pk}/change/")
+    assert b"1 done, 1 pending" in page.content and b"1 / 2 blocks" in page.content
+    job_cancel(job=Job.objects.get(pk=job.pk))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post("/admin/jobs/job/", {"action": "resume_jobs",
+                                                     "_selected_action": [job.pk]})
+    assert response.status_code == 302 and len(callbacks) == 1
+    assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
+    assert client.get(f"/admin/jobs/jobblock/?job__id__exact={job.pk}").status_code == 200

@@ -1,0 +1,82 @@
+"""The admin form that starts a detection job on a dataset."""
+
+from django import forms
+
+from connectome.datasets.models import Dataset, Layer
+from connectome.jobs.services import JobParameterError, job_check_conflicts, job_validate_parameters
+
+KINDS = [("detect_synapses", "detect synapses"),
+         ("detect_and_assign", "detect synapses, then assign their partners")]
+
+
+def _numbers(text: str, count: int, field: str) -> list[int] | None:
+    if not text.strip():
+        return None
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise forms.ValidationError({field: f"expected {count} whole numbers"}) from None
+    if len(values) != count:
+        raise forms.ValidationError({field: f"expected {count} whole numbers, got {len(values)}"})
+    return values
+
+
+class DetectionForm(forms.Form):
+    kind = forms.ChoiceField(choices=KINDS)
+    method = forms.ChoiceField(choices=[("voxel_classifier", "voxel classifier")])
+    model = forms.CharField(help_text="voxel classifier file, as the workers see it")
+    em_layer = forms.ModelChoiceField(queryset=Layer.objects.none(), label="EM layer")
+    run_name = forms.CharField(max_length=200, help_text="synapse run of the detections")
+    roi = forms.CharField(required=False, label="region of interest",
+                          help_text="z0 y0 x0 z1 y1 x1 in voxels (half-open); empty: everything")
+    block_shape = forms.CharField(initial="32 256 256", help_text="z y x voxels per block")
+    high = forms.FloatField(initial=0.8, min_value=0, max_value=1, help_text="seed threshold")
+    low = forms.FloatField(initial=0.5, min_value=0, max_value=1, help_text="extent threshold")
+    min_size = forms.IntegerField(initial=1, min_value=1, help_text="voxels")
+    min_score = forms.FloatField(initial=0.0, min_value=0, max_value=1,
+                                 help_text="minimum mean probability of an instance")
+    queue = forms.ChoiceField(choices=[("cpu", "cpu"), ("gpu", "gpu")],
+                              help_text="queue of the block tasks")
+    assign_method = forms.ChoiceField(
+        required=False, choices=[("", "-"), ("vesicle", "vesicle"), ("diffusion", "diffusion"),
+                                 ("contact", "contact")],
+        help_text="detect then assign: the partner-assignment method")
+    segmentation_layer = forms.ModelChoiceField(queryset=Layer.objects.none(), required=False)
+    presynaptic_layer = forms.ModelChoiceField(queryset=Layer.objects.none(), required=False,
+                                               help_text="vesicle and diffusion methods")
+    interface_model = forms.CharField(required=False, help_text="contact method")
+
+    def __init__(self, *args, dataset: Dataset, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dataset = dataset
+        layers = Layer.objects.filter(dataset=dataset)
+        self.fields["em_layer"].queryset = layers.filter(kind=Layer.Kind.EM)
+        self.fields["segmentation_layer"].queryset = layers.filter(kind=Layer.Kind.SEGMENTATION)
+        self.fields["presynaptic_layer"].queryset = layers.filter(
+            kind__in=[Layer.Kind.PREDICTION, Layer.Kind.MASK])
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        parameters = {
+            "method": data["method"], "model": data["model"], "em_layer": data["em_layer"].pk,
+            "run_name": data["run_name"], "roi": _numbers(data["roi"], 6, "roi"),
+            "block_shape": _numbers(data["block_shape"], 3, "block_shape"),
+            "high": data["high"], "low": data["low"], "min_size": data["min_size"],
+            "min_score": data["min_score"], "queue": data["queue"],
+        }
+        if data["kind"] == "detect_and_assign":
+            parameters.update({
+                "assign_method": data["assign_method"],
+                "segmentation_layer": getattr(data["segmentation_layer"], "pk", None),
+                "presynaptic_layer": getattr(data["presynaptic_layer"], "pk", None),
+                "interface_model": data["interface_model"] or None,
+            })
+        try:
+            data["parameters"] = job_validate_parameters(kind=data["kind"], parameters=parameters)
+            job_check_conflicts(kind=data["kind"], parameters=data["parameters"],
+                                dataset=self.dataset)
+        except JobParameterError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return data
