@@ -343,3 +343,23 @@ def test_download_needs_a_finished_export_the_user_can_see(client, net, data_roo
     response = client.get(f"/api/jobs/{other.pk}/download/")
     assert response.status_code == 404
     assert "only exports have a download" in response.json()["error"]
+
+
+# --- skeletons ----------------------------------------------------------------------------------
+
+def test_skeletons_list_without_nodes_and_detail_with_them(client, net):
+    from connectome.cells.models import Skeleton
+
+    nodes = Skeleton.pack(node_id=[1, 2], parent_id=[-1, 1], zyx=[[0, 0, 0], [40, 8, 8]],
+                          radius=[10, 12], compartment=[1, 3])
+    skeleton = Skeleton.objects.create(cell=net["a"], source="swc import", n_nodes=2,
+                                       cable_length_nm=42.0, nodes=nodes)
+    Skeleton.objects.create(cell=net["private"].pre, source="swc import", n_nodes=2,
+                            cable_length_nm=1.0, nodes=nodes)
+    listed = client.get(f"/api/skeletons/?cell={net['a'].pk}").json()["results"]
+    assert [(s["id"], s["segment_id"]) for s in listed] == [(skeleton.pk, str(BIG))]
+    assert "nodes" not in listed[0]
+    assert len(client.get("/api/skeletons/").json()["results"]) == 1  # the private one is hidden
+    detail = client.get(f"/api/skeletons/{skeleton.pk}/").json()
+    assert detail["nodes"]["parent_id"] == [-1, 1]
+    assert detail["nodes"]["zyx"][1] == [40.0, 8.0, 8.0]
