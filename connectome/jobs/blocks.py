@@ -307,12 +307,17 @@ def blocks_finish(*, job_id: int, inline: bool = False) -> Job:
 
 
 def _block_statistics(job: Job) -> dict:
-    blocks = list(job.blocks.values_list("compute_s", "attempts"))
-    compute = [c for c, _ in blocks if c is not None]
+    rows = list(job.blocks.values_list("compute_s", "attempts", "started_at", "finished_at"))
+    compute = [c for c, *_ in rows if c is not None]
+    starts = [s for _, _, s, _ in rows if s is not None]
+    ends = [f for *_, f in rows if f is not None]
+    span = (max(ends) - min(starts)).total_seconds() if starts and ends else None
     return {
-        "blocks": len(blocks),
-        "block_attempts": sum(a for _, a in blocks),
+        "blocks": len(rows),
+        "block_attempts": sum(a for _, a, *_ in rows),
         "block_compute_s": round(sum(compute), 3),
+        "blocks_wall_s": None if span is None else round(span, 3),
+        "blocks_per_s": round(len(rows) / span, 4) if span else None,
     }
 
 

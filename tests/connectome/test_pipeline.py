@@ -323,3 +323,12 @@ def test_admin_action_starts_a_detection_job_and_the_job_page_shows_its_blocks(
     assert response.status_code == 302 and len(callbacks) == 1
     assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
     assert client.get(f"/admin/jobs/jobblock/?job__id__exact={job.pk}").status_code == 200
+
+
+def test_block_selftest_runs_inline_and_reports_rate():
+    job = job_run_inline(kind="selftest_blocks",
+                         parameters={"blocks": 5, "seconds_per_block": 0.01},
+                         dataset=DatasetFactory())
+    assert job.state == Job.State.DONE, job.error
+    assert job.result["blocks_seen"] == job.result["blocks"] == 5
+    assert job.progress_done == job.progress_total == 5
