@@ -59,8 +59,8 @@ class SynapseRunSerializer(serializers.ModelSerializer):
 class ThresholdQuery(serializers.Serializer):
     run = IdListField(required=False, help_text="synapse run ids, comma-separated; all runs "
                                                 "of the dataset by default")
-    min_confidence = serializers.FloatField(required=False, help_text="count synapses with "
-                                                                "confidence >= this")
+    min_confidence = serializers.FloatField(
+        required=False, help_text="only synapses with confidence >= this")
 
 
 class SynapseQuery(ThresholdQuery):
