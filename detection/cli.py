@@ -132,7 +132,8 @@ def cmd_predict(args) -> None:
     if args.split_min_distance_nm > 0:
         split = SplitParameters(smooth_nm=args.split_smooth_nm,
                                 min_distance_nm=args.split_min_distance_nm,
-                                min_depth=args.split_min_depth)
+                                min_depth=args.split_min_depth,
+                                min_piece_voxels=args.split_min_piece)
     with _open(args.volume, args.dataset) as source:
         voxel_size = _voxel_size(args, source)
         model = VoxelClassifier.load(args.model, voxel_size=voxel_size,
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Gaussian smoothing (nm) of the probability before the split")
     predict.add_argument("--split-min-depth", type=float, default=0.2,
                          help="a maximum must rise this much above the pass to a higher one")
+    predict.add_argument("--split-min-piece", type=int, default=0,
+                         help="pieces smaller than this (voxels) join a neighbour")
     predict.add_argument("--block-shape", nargs=3, type=int)
     predict.set_defaults(func=cmd_predict)
 

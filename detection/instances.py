@@ -2,8 +2,8 @@
 
 probability -> hysteresis threshold (voxels >= ``low`` that are connected, by faces, to a voxel
 >= ``high``) -> connected components -> size filter -> optional split of each component at
-separate probability maxima (:mod:`detection.split`) -> one candidate per instance with its
-centre, size and score.
+separate probability maxima (:mod:`detection.split`) -> optional filter on the instance's mean
+probability -> one candidate per instance with its centre, size and score.
 
 Blocks are labelled independently; components touching across a block face are joined with a
 union-find over the face planes, so the candidates do not depend on the blocking (tested

@@ -13,7 +13,7 @@ one component at a time:
 3. a seed whose basin is joined to a higher seed's basin by a pass no lower than ``min_depth``
    below its own peak is merged into it (the dynamics of the maximum must reach ``min_depth``);
 4. the component is divided among the remaining seeds by a watershed of the smoothed
-   probability.
+   probability, and pieces below ``min_piece_voxels`` join a neighbour.
 
 Only the component's own voxels and probabilities enter, so the result depends neither on the
 blocking of the volume nor on neighbouring components.
@@ -39,18 +39,17 @@ class SplitParameters:
     min_distance_nm : seeds closer than this (nm) to a higher seed are dropped
     min_depth : probability drop from a seed's peak to the pass into a higher seed's basin
         below which the two basins are one instance
+    min_piece_voxels : a piece smaller than this joins the touching piece it shares the
+        highest pass with, smallest first (0: pieces of any size)
     """
 
     smooth_nm: float = 40.0
     min_distance_nm: float = 400.0
     min_depth: float = 0.1
+    min_piece_voxels: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def halo_voxels(self, voxel_size) -> tuple[int, int, int]:
-        """How far (voxels) the smoothing reads around a component."""
-        return tuple(int(np.ceil(4.0 * s)) for s in _sigma(self.smooth_nm, voxel_size))
 
 
 def _sigma(smooth_nm: float, voxel_size) -> tuple[float, ...]:
@@ -84,8 +83,9 @@ def split_component(mask: np.ndarray, probability: np.ndarray, *, voxel_size,
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(seeds.T)] = np.arange(1, len(seeds) + 1)
     pieces = watershed(-smooth, markers, mask=mask, connectivity=_FACES)
-    if len(seeds) > 1 and parameters.min_depth > 0:
-        pieces = _merge_shallow(pieces, smooth, smooth[tuple(seeds.T)], parameters.min_depth)
+    if len(seeds) > 1 and (parameters.min_depth > 0 or parameters.min_piece_voxels > 0):
+        pieces = _merge_basins(pieces, smooth, smooth[tuple(seeds.T)], parameters.min_depth,
+                               parameters.min_piece_voxels)
     return pieces
 
 
@@ -121,9 +121,10 @@ def _seeds(mask, smooth, voxel_size, min_distance_nm) -> np.ndarray:
     return coords[kept]
 
 
-def _merge_shallow(pieces, smooth, peaks, min_depth) -> np.ndarray:
+def _merge_basins(pieces, smooth, peaks, min_depth, min_voxels) -> np.ndarray:
     """Merge each basin whose pass into a higher basin lies less than ``min_depth`` below its
-    peak, lowest peaks first (the dynamics of a maximum, computed on the watershed basins)."""
+    peak, lowest peaks first (the dynamics of a maximum, computed on the watershed basins);
+    then each group smaller than ``min_voxels`` into the neighbour of highest pass."""
     n = len(peaks)
     # The pass between two touching basins: the highest value over their common border, where
     # a border pair is valued by the lower of its two voxels.
@@ -160,6 +161,24 @@ def _merge_shallow(pieces, smooth, peaks, min_depth) -> np.ndarray:
                     best, best_pass = other, value
         if best is not None and peaks[r - 1] - best_pass < min_depth:
             parent[r] = best
+
+    sizes = np.bincount(pieces.ravel(), minlength=n + 1)
+    while min_voxels > 0:
+        roots = np.array([root(k) for k in range(n + 1)])
+        groups = np.unique(roots[1:])
+        if len(groups) < 2:
+            break
+        group_size = {g: int(sizes[roots == g].sum()) for g in groups}
+        # The smallest group first; among equals the one of the lowest peak (highest index).
+        small = min(groups, key=lambda g: (group_size[g], -g))
+        if group_size[small] >= min_voxels:
+            break
+        best, best_pass = None, -np.inf
+        for (p, q), value in passes.items():
+            rp, rq = roots[p], roots[q]
+            if rp != rq and small in (rp, rq) and value > best_pass:
+                best, best_pass = (rq if rp == small else rp), value
+        parent[max(small, best)] = min(small, best)
     roots = np.array([root(k) for k in range(n + 1)])
     _, compact = np.unique(roots, return_inverse=True)
     return compact[pieces].astype(np.int32)

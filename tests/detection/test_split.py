@@ -120,3 +120,25 @@ def test_split_needs_a_probability_reader():
     stitcher.add_block((slice(0, 2), slice(0, 2), slice(0, 2)), np.ones((2, 2, 2)))
     with pytest.raises(ValueError, match="read_probability"):
         stitcher.candidates()
+
+
+def test_small_pieces_join_a_neighbour():
+    voxel_size = (8.0, 8.0, 8.0)
+    shape = (12, 20, 60)
+    # A large and a small bump, separated by a deep pass.
+    p = np.full(shape, 0.5)
+    p[:, :, :40] = 0.9
+    p[5:7, 9:11, 20:22] = 1.0
+    p[5:7, 9:11, 50:52] = 1.0
+    mask = np.ones(shape, bool)
+    params = SplitParameters(smooth_nm=0, min_distance_nm=100, min_depth=0.05)
+    two = split_component(mask, p, voxel_size=voxel_size, parameters=params)
+    sizes = np.bincount(two.ravel())[1:]
+    assert len(sizes) == 2
+    kept = SplitParameters(smooth_nm=0, min_distance_nm=100, min_depth=0.05,
+                           min_piece_voxels=int(sizes.min()))
+    joined = SplitParameters(smooth_nm=0, min_distance_nm=100, min_depth=0.05,
+                             min_piece_voxels=int(sizes.min()) + 1)
+    assert split_component(mask, p, voxel_size=voxel_size, parameters=kept).max() == 2
+    one = split_component(mask, p, voxel_size=voxel_size, parameters=joined)
+    assert one.max() == 1 and (one == 1).all()
