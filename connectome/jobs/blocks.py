@@ -66,11 +66,13 @@ class Finish:
     """What a ``finish`` handler returns.
 
     ``store()`` runs in the transaction that marks the job done and returns more result
-    fields; ``then`` may name a follow-up job that ``store`` created (sent after the commit).
+    fields (``then_job``: a follow-up job it created, sent after the commit); ``discard()``
+    removes this attempt's files when it stores nothing (the job ended meanwhile, or failed).
     """
 
     result: dict = field(default_factory=dict)
     store: Callable[[], dict] | None = None
+    discard: Callable[[], None] | None = None  # undo the file work when nothing is stored
 
 
 def _worker_name() -> str:
@@ -171,12 +173,11 @@ def block_execute(*, job_id: int, index: int, box=None) -> BlockOutcome:
     if claimed is None:
         return BlockOutcome("skipped")
     job, block = claimed
-    if box is not None and [int(v) for v in box] != list(block.box):
-        raise ValueError(f"job {job_id} block {index}: task box {box} is not the recorded "
-                         f"{block.box}")
     spec = get_job_spec(job.kind)
     started = time.perf_counter()
     try:
+        if box is not None and [int(v) for v in box] != list(block.box):
+            raise ValueError(f"the task's box {list(box)} is not the recorded {block.box}")
         summary = spec.block(job, _box_slices(block.box), dict(job.parameters))
     except Exception as exc:  # noqa: BLE001 - every error is recorded on the block
         return _block_failed(job, block, exc, traceback_module.format_exc())
@@ -275,13 +276,15 @@ def blocks_finish(*, job_id: int, inline: bool = False) -> Job:
         logger.info("job %s: blocks left, not finishing yet", job_id)
         return job
     spec = get_job_spec(job.kind)
-    then = None
+    then, outcome, stored = None, None, False
     try:
         outcome = spec.finish(job, dict(job.parameters), lambda text: _say(job_id, text))
         with transaction.atomic():
             locked = Job.objects.select_for_update().get(pk=job_id)
             if locked.state != Job.State.RUNNING or locked.cancel_requested:
                 logger.info("job %s is %s; its final step stores nothing", job_id, locked.state)
+                if outcome.discard is not None:
+                    outcome.discard()
                 return locked
             result = {**_block_statistics(locked), **outcome.result}
             if outcome.store is not None:
@@ -289,8 +292,11 @@ def blocks_finish(*, job_id: int, inline: bool = False) -> Job:
             then = result.get("then_job")
             _finish(locked, Job.State.DONE, result=result, message="done",
                     progress_done=locked.progress_total)
+            stored = True
     except Exception as exc:  # noqa: BLE001 - a failed final step fails the job
         logger.exception("job %s: final step failed", job_id)
+        if outcome is not None and outcome.discard is not None and not stored:
+            outcome.discard()
         with transaction.atomic():
             locked = Job.objects.select_for_update().get(pk=job_id)
             if locked.state == Job.State.RUNNING:
@@ -350,14 +356,22 @@ def job_resume(*, job: Job, enqueue: bool = True) -> int:
         job = Job.objects.select_for_update().get(pk=job.pk)
         if job.state == Job.State.DONE:
             raise ValueError(f"job {job.pk} is done; there is nothing to resume")
-        if not job.blocks.exists():
+        spec = get_job_spec(job.kind)
+        if spec.block is None:
             raise ValueError(f"job {job.pk} ({job.kind}) is not block-wise; only block-wise "
                              "jobs can resume")
         if job.state in (Job.State.FAILED, Job.State.CANCELLED):
-            spec = get_job_spec(job.kind)
             if spec.writes is not None and job.dataset is not None:
                 # Raises JobConflict when another job took the layers meanwhile.
                 job_locks_acquire(job=job, resources=spec.writes(job.dataset, job.parameters))
+        if not job.blocks.exists():
+            # Stopped before its blocks were recorded: plan again.
+            Job.objects.filter(pk=job.pk).update(
+                state=Job.State.QUEUED, finished_at=None, error="", traceback="",
+                cancel_requested=False, message="resumed: planning again")
+            if enqueue:
+                transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
+            return 0
         JobBlock.objects.filter(job=job, state=JobBlock.State.FAILED).update(
             state=JobBlock.State.PENDING, attempts=0)
         left = job.blocks.exclude(state=JobBlock.State.DONE).count()

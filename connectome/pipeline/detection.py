@@ -19,6 +19,8 @@ the two layers, the synapse run and its rows in the transaction that marks the j
 from __future__ import annotations
 
 import logging
+import shutil
+import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -161,7 +163,10 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
         stitcher.add_block(block.slices, level0[block.slices] / 255.0)
     candidates = stitcher.candidates()
     say(f"writing the instance labels of {len(candidates)} synapses")
-    instances = create_multiscale(folder / "instances.zarr", shape=meta["shape"],
+    # A folder of its own per attempt: a second final step running at the same time (resumed
+    # meanwhile) never deletes the labels the first one is about to store.
+    name = f"instances-{uuid.uuid4().hex[:8]}.zarr"
+    instances = create_multiscale(folder / name, shape=meta["shape"],
                                   dtype=np.uint32, voxel_size=dataset.voxel_size,
                                   chunks=meta["chunks"], kind="synapses", overwrite=True)
     for block in blocks:
@@ -170,7 +175,7 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
     say("building pyramids")
     build_pyramid(probability)
     build_pyramid(instances)
-    instance_meta = open_multiscale(folder / "instances.zarr")[1]
+    instance_meta = open_multiscale(folder / name)[1]
 
     def store() -> dict:
         names = layer_names(parameters)
@@ -181,7 +186,7 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
             _layer_row(name=names[0], kind=Layer.Kind.PREDICTION, meta=meta,
                        path=job_folder(job) / "probability.zarr", **common),
             _layer_row(name=names[1], kind=Layer.Kind.SYNAPSES, meta=instance_meta,
-                       path=job_folder(job) / "instances.zarr", **common),
+                       path=job_folder(job) / name, **common),
         ]
         run = SynapseRun.objects.create(
             dataset=dataset, name=parameters["run_name"], method=f"detect:{METHOD}",
@@ -192,7 +197,8 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
         return {"probability_layer": layers[0].pk, "instances_layer": layers[1].pk,
                 "run_id": run.pk, "synapses": len(rows)}
 
-    return Finish(result={"blocks_with_synapse_voxels": len(blocks)}, store=store)
+    return Finish(result={"blocks_with_synapse_voxels": len(blocks)}, store=store,
+                  discard=lambda: shutil.rmtree(folder / name, ignore_errors=True))
 
 
 def _layer_row(*, dataset, name, kind, meta, path, job, method, source_path, parameters):

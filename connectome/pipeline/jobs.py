@@ -122,7 +122,7 @@ def _detect_and_assign_finish(job, params, say):
                             enqueue=False)
         return {**result, "then_job": follow.pk}
 
-    return Finish(result=detected.result, store=store)
+    return Finish(result=detected.result, store=store, discard=detected.discard)
 
 
 @register_job("detect_and_assign", parameters=DetectAndAssignParameters,

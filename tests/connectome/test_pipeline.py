@@ -332,3 +332,34 @@ def test_block_selftest_runs_inline_and_reports_rate():
     assert job.state == Job.State.DONE, job.error
     assert job.result["blocks_seen"] == job.result["blocks"] == 5
     assert job.progress_done == job.progress_total == 5
+
+
+def test_the_jobs_api_starts_a_detection_job_and_refuses_a_second_on_the_same_layer(
+        em, model_file, django_capture_on_commit_callbacks):
+    from rest_framework.test import APIClient
+
+    from connectome.datasets.models import Membership
+    from tests.connectome.factories import MembershipFactory, UserFactory
+
+    _, path = model_file
+    dataset, em_layer = em
+    client = APIClient()
+    user = UserFactory()
+    MembershipFactory(dataset=dataset, user=user, role=Membership.Role.ADMIN)
+    client.force_authenticate(user)
+    body = {"kind": "detect_synapses", "dataset": dataset.pk,
+            "parameters": detect_parameters(path, em_layer)}
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post("/api/jobs/", body, format="json")
+    assert response.status_code == 201, response.json()
+    assert len(callbacks) == 1
+    job_id = response.json()["id"]
+    response = client.post("/api/jobs/", body, format="json")
+    assert response.status_code == 400
+    assert f"being written by detect_synapses job {job_id}" in str(response.json())
+    job_execute(job_id=job_id)
+    block_execute(job_id=job_id, index=0)
+    shown = client.get(f"/api/jobs/{job_id}/").json()
+    assert (shown["progress_done"], shown["progress_total"]) == (1, 18)
+    assert shown["message"].startswith("1 / 18 blocks")
+    assert shown["result"]["blocks_done"] == 1 and shown["result"]["blocks_per_s"] > 0
