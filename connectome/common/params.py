@@ -134,10 +134,12 @@ class BBoxField(serializers.CharField):
         try:
             values = [float(part) for part in parts]
         except ValueError:
-            raise serializers.ValidationError(f"'{text}' has a value that is not a number") from None
+            raise serializers.ValidationError(
+                f"'{text}' has a value that is not a number") from None
         if any(v != v or v in (float("inf"), float("-inf")) for v in values):
             raise serializers.ValidationError("bounding box values must be finite numbers")
         lo, hi = values[:3], values[3:]
         if any(a > b for a, b in zip(lo, hi)):
-            raise serializers.ValidationError(f"bounding box needs z0<=z1, y0<=y1, x0<=x1; got {text}")
+            raise serializers.ValidationError(
+                f"bounding box needs z0<=z1, y0<=y1, x0<=x1; got {text}")
         return lo, hi

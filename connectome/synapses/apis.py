@@ -253,7 +253,8 @@ def _cells_of(dataset: Dataset, query: dict):
     cells or types are a 404 that names them."""
     if "cells" in query:
         wanted = set(query["cells"])
-        found = set(Cell.objects.filter(dataset=dataset, pk__in=wanted).values_list("pk", flat=True))
+        found = set(
+            Cell.objects.filter(dataset=dataset, pk__in=wanted).values_list("pk", flat=True))
         _require_all("cell ids", wanted - found, dataset)
         return sorted(found)
     if "segment_ids" in query:

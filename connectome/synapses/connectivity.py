@@ -9,7 +9,7 @@ are, flagged ones included, unless a filter says otherwise.
 
 from dataclasses import dataclass
 
-from django.db.models import Avg, Count, F, Q, QuerySet, Sum
+from django.db.models import Avg, Count, F, Q, QuerySet, Sum, Value
 
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset
@@ -75,45 +75,52 @@ class Partner:
 
 
 def cell_partners(
-    *, cell: Cell, direction: str, runs=None, min_confidence: float | None = None,
+    *, cell: Cell, directions=DIRECTIONS, runs=None, min_confidence: float | None = None,
     min_count: int = 1,
-) -> list[Partner]:
-    """The cells upstream of ``cell`` (presynaptic to it) or downstream (postsynaptic to it).
+) -> dict[str, list[Partner]]:
+    """The cells upstream of ``cell`` (presynaptic to it) and downstream (postsynaptic to it).
 
-    One GROUP BY over the counted synapses (see the module docstring) that have ``cell`` on
-    the other side; ``min_confidence`` applies before aggregation, ``min_count`` after it.
-    Strongest partners first (synapse count, then segment id).
+    A GROUP BY per direction over the counted synapses (see the module docstring) that have
+    ``cell`` on the other side, all directions in one query (UNION ALL); ``min_confidence``
+    applies before aggregation, ``min_count`` after it. Maps each of ``directions`` to its
+    partners, strongest first (synapse count, then segment id).
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; directions: {', '.join(DIRECTIONS)}")
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown or not directions:
+        raise ValueError(f"unknown directions {unknown}; directions: {', '.join(DIRECTIONS)}")
     if int(min_count) < 1:
         raise ValueError(f"min_count must be at least 1; got {min_count}")
     synapses = counted_synapses(dataset=cell.dataset, runs=runs, min_confidence=min_confidence)
-    own, other = ("post", "pre") if direction == "upstream" else ("pre", "post")
-    rows = (
-        synapses.filter(**{own: cell})
-        .values(
-            partner_id=F(other), partner_segment=F(f"{other}__segment_id"),
-            partner_name=F(f"{other}__name"), partner_type=F(f"{other}__cell_type"),
+    parts = []
+    for direction in directions:
+        own, other = ("post", "pre") if direction == "upstream" else ("pre", "post")
+        rows = (
+            synapses.filter(**{own: cell.pk})
+            .values(
+                direction=Value(direction), partner_id=F(other),
+                partner_segment=F(f"{other}__segment_id"), partner_name=F(f"{other}__name"),
+                partner_type=F(f"{other}__cell_type"),
+            )
+            .annotate(
+                n_synapses=Count("id"), area_sum=Sum("contact_area_nm2"),
+                weight_sum=Sum("weight"), confidence_mean=Avg("confidence"),
+            )
+            .order_by()
         )
-        .annotate(
-            n_synapses=Count("id"), area_sum=Sum("contact_area_nm2"), weight_sum=Sum("weight"),
-            confidence_mean=Avg("confidence"),
-        )
-        .order_by()
-    )
-    if min_count > 1:
-        rows = rows.filter(n_synapses__gte=int(min_count))
-    partners = [
-        Partner(
+        if min_count > 1:
+            rows = rows.filter(n_synapses__gte=int(min_count))
+        parts.append(rows)
+    rows = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+    partners = {direction: [] for direction in directions}
+    for row in rows:
+        partners[row["direction"]].append(Partner(
             cell_id=row["partner_id"], segment_id=row["partner_segment"],
             name=row["partner_name"], cell_type=row["partner_type"], synapses=row["n_synapses"],
             contact_area_nm2=row["area_sum"], weight=row["weight_sum"],
             mean_confidence=row["confidence_mean"],
-        )
-        for row in rows
-    ]
-    partners.sort(key=lambda p: (-p.synapses, p.segment_id))
+        ))
+    for found in partners.values():
+        found.sort(key=lambda p: (-p.synapses, p.segment_id))
     return partners
 
 

@@ -99,11 +99,9 @@ def export_synapse_table(
         else:
             with pq.ParquetWriter(partial, SCHEMA, compression="zstd") as writer:
                 for rows in _batches(synapses):
-                    columns = list(zip(*rows))
-                    writer.write_table(pa.Table.from_arrays(
-                        [pa.array(values, type=kind) for values, (_, _, kind) in zip(columns, COLUMNS)],
-                        schema=SCHEMA,
-                    ))
+                    arrays = [pa.array(values, type=kind)
+                              for values, (_, _, kind) in zip(zip(*rows), COLUMNS)]
+                    writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
                     written += len(rows)
                     if progress is not None:
                         progress.advance(len(rows))
