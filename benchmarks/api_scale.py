@@ -308,7 +308,7 @@ def main():
                               repeats=args.repeats, matrix_repeats=args.matrix_repeats,
                               matrix_cells=args.matrix_cells, rng=rng)
             result = {"synapses": dataset.synapses.count(), "cells": dataset.cells.count(),
-                      **figures}
+                      "load_average": os.getloadavg(), **figures}
             print(json.dumps(result, indent=2))
             if args.json:
                 args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -343,7 +343,8 @@ def main():
         figures = measure(dataset_id=dataset.pk, n_cells=args.cells, repeats=args.repeats,
                           matrix_repeats=args.matrix_repeats, matrix_cells=args.matrix_cells,
                           rng=rng)
-        result = {"synapses": args.synapses, "cells": args.cells, "load": load, **figures}
+        result = {"synapses": args.synapses, "cells": args.cells, "load": load,
+                  "load_average": os.getloadavg(), **figures}
         print(json.dumps(result, indent=2))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
