@@ -148,9 +148,10 @@ class BlockOutcome:
 
 def _claim_block(job_id: int, index: int) -> tuple[Job, JobBlock] | None:
     with transaction.atomic():
-        block = JobBlock.objects.select_for_update().filter(job_id=job_id, index=index).first()
-        job = Job.objects.filter(pk=job_id).first()
-        if block is None or job is None:
+        block = (JobBlock.objects.select_for_update(of=("self",)).select_related("job")
+                 .filter(job_id=job_id, index=index).first())
+        job = block.job if block is not None else None
+        if block is None:
             logger.info("job %s has no block %s; skipping", job_id, index)
             return None
         if job.state != Job.State.RUNNING or job.cancel_requested:
@@ -190,13 +191,12 @@ def _block_done(job_id: int, index: int, summary: dict, compute_s: float) -> Non
 
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
-        block = JobBlock.objects.select_for_update().get(job_id=job_id, index=index)
-        if block.state == JobBlock.State.DONE:
-            return  # a duplicate run finished first; its output is the same
         now = timezone.now()
-        block.state, block.result, block.error = JobBlock.State.DONE, summary, ""
-        block.finished_at, block.compute_s = now, compute_s
-        block.save(update_fields=["state", "result", "error", "finished_at", "compute_s"])
+        marked = JobBlock.objects.filter(job_id=job_id, index=index).exclude(
+            state=JobBlock.State.DONE).update(state=JobBlock.State.DONE, result=summary, error="",
+                                              finished_at=now, compute_s=compute_s)
+        if not marked:
+            return  # a duplicate run finished first; its output is the same
         done = job.progress_done + 1
         fields = {"progress_done": done}
         if job.state == Job.State.RUNNING:
