@@ -215,8 +215,10 @@ def assign_by_diffusion(
             pending.append((Choice(g, 0, g.center, 0.0), None))
             continue
         pre_cell = int(g.cells[k])
-        zone = _release_voxels(g, seg, pre_cell, free)
         choice = Choice(g, pre_cell, np.asarray(pre_point), confidence)
+        # A site touching one cell only (e.g. a piece of a PSD cut off from its cleft, lying
+        # inside its cell) has no other side to release towards: flagged, not walked.
+        zone = _release_voxels(g, seg, pre_cell, free) if len(g.cells) > 1 else ()
         if len(zone) == 0:
             pending.append((choice, None))
             continue
@@ -254,13 +256,17 @@ def assign_by_diffusion(
         for c in np.flatnonzero((shares >= min_share) | (counts == counts.max())):
             mine = inverse == c
             k = g.index(int(cells[c]))
-            area = float(g.area_nm2[k]) if k is not None else 0.0
+            if k is not None:
+                # A partner touching the site: its contact with the site places the row.
+                area, center, point = float(g.area_nm2[k]), g.contact_center[k], g.inner_point[k]
+            else:
+                # Reached only through the extracellular space: where the particles arrived.
+                area = 0.0
+                center = arrivals.before[sel][mine].mean(axis=0) * vsa
+                point = arrivals.after[sel][mine].mean(axis=0) * vsa
             choice.posts.append(Post(
                 int(cells[c]), area, float(counts[c]),
-                choice.pre_confidence * float(shares[c] / shares.max()),
-                arrivals.before[sel][mine].mean(axis=0) * vsa,
-                arrivals.after[sel][mine].mean(axis=0) * vsa,
-            ))
+                choice.pre_confidence * float(shares[c] / shares.max()), center, point))
     rows = build_rows(choices, voxel_size=vs, method="diffusion",
                       group_distance_nm=group_distance_nm)
     logger.info(
