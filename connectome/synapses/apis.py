@@ -249,27 +249,26 @@ def visible_dataset(request, pk) -> Dataset:
 
 
 def _cells_of(dataset: Dataset, query: dict):
-    """The cell selection of a :class:`WiringQuery`: None (all), ids, or a subquery; unknown
-    cells or types are a 404 that names them."""
+    """The cell selection of a :class:`WiringQuery`: None (all cells) or a subquery of cell
+    ids; unknown cells or types are a 404 that names them.
+
+    A subquery rather than a list of ids: PostgreSQL then joins the synapses to the selected
+    cells (an index-only scan per cell on the covering indexes) instead of intersecting two
+    bitmaps of 100,000s of synapses and reading their heap pages.
+    """
+    cells = Cell.objects.filter(dataset=dataset)
     if "cells" in query:
-        wanted = set(query["cells"])
-        found = set(
-            Cell.objects.filter(dataset=dataset, pk__in=wanted).values_list("pk", flat=True))
-        _require_all("cell ids", wanted - found, dataset)
-        return sorted(found)
-    if "segment_ids" in query:
-        wanted = set(query["segment_ids"])
-        found = dict(Cell.objects.filter(dataset=dataset, segment_id__in=wanted)
-                     .values_list("segment_id", "pk"))
-        _require_all("segment ids", wanted - set(found), dataset)
-        return sorted(found.values())
-    if "cell_types" in query:
-        wanted = set(query["cell_types"])
-        cells = Cell.objects.filter(dataset=dataset, cell_type__in=wanted)
-        found = set(cells.values_list("cell_type", flat=True).distinct().order_by())
-        _require_all("cell types", wanted - found, dataset)
-        return cells.values("pk")
-    return None
+        wanted, column, what = set(query["cells"]), "pk", "cell ids"
+    elif "segment_ids" in query:
+        wanted, column, what = set(query["segment_ids"]), "segment_id", "segment ids"
+    elif "cell_types" in query:
+        wanted, column, what = set(query["cell_types"]), "cell_type", "cell types"
+    else:
+        return None
+    cells = cells.filter(**{f"{column}__in": wanted})
+    found = set(cells.values_list(column, flat=True).distinct().order_by())
+    _require_all(what, wanted - found, dataset)
+    return cells.values("pk")
 
 
 def _require_all(what: str, missing: set, dataset: Dataset):
