@@ -117,20 +117,18 @@ def blocks_start(*, job: Job, plan: BlockPlan, inline: bool = False) -> None:
             transaction.on_commit(lambda: blocks_enqueue(job_id=job.pk))
 
 
-def blocks_enqueue(*, job_id: int, indices=None) -> int:
-    """Send a task for each block not done (or for ``indices``); the final step if none."""
+def blocks_enqueue(*, job_id: int) -> int:
+    """Send a task for each block that is not done; the final step if none is left."""
     from connectome.jobs.tasks import run_block, run_blocks_finish
 
     job = Job.objects.get(pk=job_id)
     blocks = JobBlock.objects.filter(job_id=job_id).exclude(state=JobBlock.State.DONE)
-    if indices is not None:
-        blocks = blocks.filter(index__in=list(indices))
     sent = 0
     for index, box in blocks.order_by("index").values_list("index", "box").iterator():
         run_block.apply_async(args=[job_id, index, box[:3], box[3:]],
                               queue=job.block_queue or job.queue)
         sent += 1
-    if sent == 0 and indices is None:
+    if sent == 0:
         run_blocks_finish.apply_async(args=[job_id], queue=job.queue)
     return sent
 
@@ -150,10 +148,10 @@ def _claim_block(job_id: int, index: int) -> tuple[Job, JobBlock] | None:
     with transaction.atomic():
         block = (JobBlock.objects.select_for_update(of=("self",)).select_related("job")
                  .filter(job_id=job_id, index=index).first())
-        job = block.job if block is not None else None
         if block is None:
             logger.info("job %s has no block %s; skipping", job_id, index)
             return None
+        job = block.job
         if job.state != Job.State.RUNNING or job.cancel_requested:
             logger.info("job %s is %s; not running block %s", job_id, job.state, index)
             return None

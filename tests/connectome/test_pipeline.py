@@ -15,7 +15,9 @@ from connectome.jobs.services import (
 from connectome.pipeline.detection import plan_blocks
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.blockwise import predict_probability
-from detection.classify import TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier
+from detection.classify import (
+    TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier,
+)
 from detection.features import FeatureSpec
 from detection.instances import find_instances
 from detection.io.zarr_store import open_multiscale

@@ -115,7 +115,7 @@ def test_a_worker_killed_mid_job_then_resume_gives_the_uninterrupted_table(
     assert {attempts[i] for i in done_before} == {1}      # done blocks were not run again
     assert {attempts[i] for i in interrupted} == {2}
     assert job.result["block_attempts"] == 18 + len(interrupted)
-    layers = {layer.name: open_multiscale(layer.path)[0]["0"][...]
-              for layer in Layer.objects.filter(dataset=dataset, kind__in=["prediction", "synapses"])}
+    made = Layer.objects.filter(dataset=dataset, kind__in=["prediction", "synapses"])
+    layers = {layer.name: open_multiscale(layer.path)[0]["0"][...] for layer in made}
     np.testing.assert_array_equal(layers["resumed probability"], layers["reference probability"])
     np.testing.assert_array_equal(layers["resumed synapses"], layers["reference synapses"])
