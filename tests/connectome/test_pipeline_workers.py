@@ -5,6 +5,7 @@ resumed. The synapse table must equal that of an uninterrupted run: nothing lost
 stored twice.
 """
 
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from tests.connectome.test_pipeline import (  # noqa: F401 - fixtures
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+logger = logging.getLogger(__name__)
 
 
 @pytest.fixture
@@ -98,6 +100,8 @@ def test_a_worker_killed_mid_job_then_resume_gives_the_uninterrupted_table(
 
     done_before = set(blocks.filter(state=JobBlock.State.DONE).values_list("index", flat=True))
     interrupted = set(blocks.filter(state=JobBlock.State.RUNNING).values_list("index", flat=True))
+    logger.info("killed the first worker with blocks %s done and block %s running",
+                sorted(done_before), sorted(interrupted))
     assert interrupted, "the worker was killed between blocks; the test needs one mid-block"
     assert 3 <= len(done_before) < 18
     job = Job.objects.get(pk=job.pk)
@@ -111,6 +115,8 @@ def test_a_worker_killed_mid_job_then_resume_gives_the_uninterrupted_table(
     assert job.state == Job.State.DONE, job.error
 
     assert synapse_table("resumed") == expected
+    logger.info("resumed job: %s synapses, the same as the uninterrupted run; %s",
+                len(expected), job.result)
     attempts = dict(blocks.values_list("index", "attempts"))
     assert {attempts[i] for i in done_before} == {1}      # done blocks were not run again
     assert {attempts[i] for i in interrupted} == {2}
