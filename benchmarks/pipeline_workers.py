@@ -7,7 +7,9 @@ worker count starts that many Celery workers (``--pool solo``, one block at a ti
 
 - a ``detect_synapses`` job over the whole volume, and
 - a ``selftest_blocks`` job of empty blocks (nothing computed), which isolates what the
-  scheduling costs per block.
+  scheduling costs per block, and
+- a ``selftest_blocks`` job of blocks that sleep 0.25 s: work that takes time but no CPU,
+  which shows how blocks spread over workers even on a machine whose cores are busy.
 
 Figures per run:
 
@@ -49,6 +51,8 @@ def parse_args():
     parser.add_argument("--block", type=int, nargs=3, default=[16, 128, 128])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--empty-blocks", type=int, default=200)
+    parser.add_argument("--sleep-blocks", type=int, default=40,
+                        help="blocks that sleep 0.25 s without using the CPU")
     parser.add_argument("--database", default="pipeline_bench")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/9")
     parser.add_argument("--json", type=Path, help="write the figures here too")
@@ -177,6 +181,9 @@ def main():
                     "block_shape": list(args.block), "min_size": 20}, n))
                 rows.append(run_job("selftest_blocks", dataset, {
                     "blocks": args.empty_blocks, "seconds_per_block": 0}, n))
+                if args.sleep_blocks:
+                    rows.append(run_job("selftest_blocks", dataset, {
+                        "blocks": args.sleep_blocks, "seconds_per_block": 0.25}, n))
             finally:
                 stop_workers(procs)
         header = ["kind", "workers", "blocks", "wall_s", "until_first_block_s", "blocks_wall_s",
