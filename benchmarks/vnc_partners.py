@@ -89,7 +89,7 @@ def main(argv=None):
     parser.add_argument("--volume", default=str(SHARED / "vnc_sstem_train.h5"))
     parser.add_argument("--image", help="write the rendered assignments (PNG) here")
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--min-share", type=float, default=0.35,
+    parser.add_argument("--min-share", type=float, default=0.25,
                         help="diffusion partner threshold (the value chosen on phantoms)")
     parser.add_argument("--also-min-share", type=float, default=0.15,
                         help="a second diffusion threshold whose partner counts are reported")

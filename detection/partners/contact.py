@@ -269,7 +269,7 @@ def assign_by_contact(
     scores=None,
     local_scores: dict | None = None,
     min_area_nm2: float = 1500.0,
-    min_score: float = 0.5,
+    min_score: float = 0.3,
     group_distance_nm: float = 300.0,
 ) -> list[PartnerRow]:
     """Assign partners from the directed scores of the interfaces a site lies on.

@@ -156,7 +156,7 @@ def assign_by_diffusion(
     free=None,
     particles: int = 400,
     n_steps: int = 400,
-    min_share: float = 0.15,
+    min_share: float = 0.25,
     radius_nm: float = 200.0,
     min_area_nm2: float = 1500.0,
     group_distance_nm: float = 300.0,

@@ -93,7 +93,7 @@ class Command(BaseCommand):
                 "method": "diffusion", "sites_layer": by_name.get("sites"),
                 "segmentation_layer": by_name.get("segmentation"),
                 "presynaptic_layer": by_name.get("vesicles"), "run_name": ASSIGNMENT_RUN,
-                "options": {"min_share": 0.35}})
+                "options": {"min_share": 0.25}})
 
         dataset.refresh_from_db()
         self.stdout.write(self.style.SUCCESS(
