@@ -19,7 +19,7 @@ Arrays are (z, y, x); positions are nm with voxel (i, j, k) at (i * vz, j * vy, 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -121,7 +121,6 @@ class SiteGeometry:
     inner_point: np.ndarray
     background_area_nm2: float = 0.0
     inside_fraction: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
     def index(self, cell: int) -> int | None:
         hits = np.flatnonzero(self.cells == cell)

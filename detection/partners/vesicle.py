@@ -36,7 +36,6 @@ def presynaptic_choice(geometry, seg, presynaptic, voxel_size, *, radius_nm, min
     signal, points = presynaptic_evidence(geometry, seg, presynaptic, voxel_size,
                                           radius_nm=radius_nm)
     k, confidence = pick_presynaptic(signal, geometry.area_nm2, min_area_nm2=min_area_nm2)
-    geometry.extra["presynaptic_signal"] = signal
     return k, points[k], confidence
 
 
