@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Count, F, Max
 
 from connectome.cells.models import Cell
+from connectome.cells.selectors import cell_ids_by_segment
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.io import tables
@@ -57,7 +58,7 @@ def import_synapses(
                                          if key in (r.pre, r.post)), what="cell name")
     else:
         segment_ids = {s for pair in ids for s in pair if s != 0}
-        cells_by_key, missing = _cells_by_segment(dataset, segment_ids)
+        cells_by_key, missing = cell_ids_by_segment(dataset=dataset, segment_ids=segment_ids)
         _refuse_unknown(name, dataset, missing, create_missing_cells,
                         lambda key: next(labels[i] for i, pair in enumerate(ids) if key in pair),
                         what="segment id")
@@ -85,17 +86,6 @@ def import_synapses(
             progress.advance()
     logger.info("imported %d synapses from %s into run %s", created, name, run)
     return run
-
-
-def _cells_by_segment(dataset, segment_ids):
-    found = {}
-    ordered = sorted(segment_ids)
-    for start in range(0, len(ordered), BATCH):
-        for cell_id, seg in Cell.objects.filter(
-            dataset=dataset, segment_id__in=ordered[start:start + BATCH]
-        ).values_list("id", "segment_id"):
-            found[seg] = cell_id
-    return found, sorted(segment_ids - set(found))
 
 
 def _cells_by_name(dataset, names):

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 from django.db import transaction
 
-from connectome.cells.models import Cell
+from connectome.cells.selectors import cell_ids_by_segment
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.partners.records import FLAGS, PartnerRow
@@ -55,15 +55,9 @@ def synapse_run_store(
 
 def _cells_by_segment(dataset, rows) -> dict[int, int]:
     """Cell id by segment id for every non-zero id of ``rows``; unknown ids are an error."""
-    wanted = sorted({int(s) for row in rows for s in (row.pre_id, row.post_id)} - {0})
-    found = {}
-    for start in range(0, len(wanted), BATCH):
-        found.update(
-            (segment, cell_id) for cell_id, segment in Cell.objects.filter(
-                dataset=dataset, segment_id__in=wanted[start:start + BATCH]
-            ).values_list("id", "segment_id")
-        )
-    missing = set(wanted) - set(found)
+    segment_ids = {int(s) for row in rows for s in (row.pre_id, row.post_id)} - {0}
+    found, missing = cell_ids_by_segment(dataset=dataset, segment_ids=segment_ids)
+    missing = set(missing)
     if missing:
         row, segment = next(
             (row, int(s)) for row in rows for s in (row.pre_id, row.post_id) if int(s) in missing
