@@ -88,13 +88,19 @@ def test_a_worker_killed_mid_job_then_resume_gives_the_uninterrupted_table(
                      parameters=detect_parameters(path, em_layer, "resumed"))
     blocks = JobBlock.objects.filter(job=job)
 
-    def mid_block():
-        # A few blocks done and one just started: the worker is inside a block's computation.
-        running = blocks.filter(state=JobBlock.State.RUNNING).first()
-        return (blocks.filter(state=JobBlock.State.DONE).count() >= 3 and running is not None
-                and running)
+    def stopped_mid_block():
+        # Freeze the worker once a few blocks are done and one has started; keep it frozen
+        # only if a block is still running (it may have finished between poll and signal).
+        if not (blocks.filter(state=JobBlock.State.DONE).count() >= 3
+                and blocks.filter(state=JobBlock.State.RUNNING).exists()):
+            return False
+        first.send_signal(signal.SIGSTOP)
+        if blocks.filter(state=JobBlock.State.RUNNING).exists():
+            return True
+        first.send_signal(signal.SIGCONT)
+        return False
 
-    _wait(mid_block, 240, "the first worker to be inside a block after three blocks")
+    _wait(stopped_mid_block, 240, "the first worker to be inside a block after three blocks")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
 
