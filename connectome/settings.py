@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "connectome.review",
     "connectome.imports",
     "connectome.pipeline",
+    "connectome.viewer",
     "connectome.web",
 ]
 

@@ -39,5 +39,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include(api)),
     path("api-auth/", include("rest_framework.urls")),
+    path("", include("connectome.viewer.urls")),
     path("", include("connectome.web.urls")),
 ]
