@@ -6,7 +6,9 @@ from rest_framework.routers import DefaultRouter
 from connectome.cells.apis import CellViewSet, SkeletonViewSet
 from connectome.datasets.apis import DatasetViewSet, LayerViewSet
 from connectome.jobs.apis import JobViewSet
-from connectome.review.apis import ReviewViewSet
+from connectome.review.apis import (
+    ReviewNextView, ReviewSkipView, ReviewSummaryView, ReviewUndoView, ReviewViewSet,
+)
 from connectome.synapses.apis import (
     CellTypeSummaryView, ExportDownloadView, SynapseRunViewSet, SynapseViewSet, WiringMatrixView,
 )
@@ -28,6 +30,11 @@ api = [
     path("datasets/<int:pk>/wiring/", WiringMatrixView.as_view(), name="dataset-wiring"),
     path("datasets/<int:pk>/cell-types/", CellTypeSummaryView.as_view(),
          name="dataset-cell-types"),
+    path("datasets/<int:pk>/review/next/", ReviewNextView.as_view(), name="dataset-review-next"),
+    path("datasets/<int:pk>/review/skip/", ReviewSkipView.as_view(), name="dataset-review-skip"),
+    path("datasets/<int:pk>/review/undo/", ReviewUndoView.as_view(), name="dataset-review-undo"),
+    path("datasets/<int:pk>/review/summary/", ReviewSummaryView.as_view(),
+         name="dataset-review-summary"),
     path("jobs/<int:pk>/download/", ExportDownloadView.as_view(), name="job-download"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -1,21 +1,29 @@
-"""Reviews over the API: viewers read them, reviewers (and admins) post verdicts."""
+"""Reviews over the API: viewers read them, reviewers (and admins) post verdicts and work
+through a dataset's review queue (next, skip, undo); viewers read its summary."""
 
+from django.db.models import F
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from connectome.cells.models import Cell
 from connectome.common.pagination import NewestFirstPagination
 from connectome.common.params import (
-    ChoiceListField, DatasetQuery, IdField, IdListField, parse_query,
+    MAX_ID, ChoiceListField, DatasetQuery, IdField, IdListField, parse_query,
 )
-from connectome.datasets.models import Membership
+from connectome.datasets.models import Dataset, Membership
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to, has_role
-from connectome.review.models import Review
-from connectome.review.services import VERDICTS, review_create
-from connectome.synapses.models import Synapse
+from connectome.review.models import QueueOrder, Review, ReviewClaim
+from connectome.review.selectors import precision_estimate, review_progress
+from connectome.review.services import (
+    ORDERS, VERDICTS, review_create, review_next, review_skip, review_undo,
+)
+from connectome.synapses.apis import SynapseSerializer
+from connectome.synapses.models import Synapse, SynapseRun
 
 
 class ReviewSerializer(serializers.ModelSerializer):
@@ -102,3 +110,165 @@ class ReviewViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             corrected_pre=corrected_pre, corrected_post=corrected_post,
         )
         return Response(ReviewSerializer(review).data, status=status.HTTP_201_CREATED)
+
+
+# --- the review queue -------------------------------------------------------------------------
+
+class ReviewProgressSerializer(serializers.Serializer):
+    total = serializers.IntegerField(help_text="unflagged synapses with both partners")
+    reviewed = serializers.IntegerField()
+    unreviewed = serializers.IntegerField()
+    verdicts = serializers.DictField(child=serializers.IntegerField(),
+                                     help_text="synapses per latest verdict")
+    claimed = serializers.IntegerField(help_text="live claims now")
+
+
+class ProportionSerializer(serializers.Serializer):
+    n = serializers.IntegerField()
+    estimate = serializers.FloatField(allow_null=True)
+    low = serializers.FloatField(allow_null=True)
+    high = serializers.FloatField(allow_null=True)
+
+
+class PrecisionSerializer(serializers.Serializer):
+    confidence = serializers.FloatField()
+    decided = serializers.IntegerField(help_text="reviewed synapses, unsure left out")
+    random_order = serializers.IntegerField(
+        help_text="decided synapses whose verdict was given in the random queue order")
+    synapse = ProportionSerializer(help_text="(confirmed + wrong_partner + wrong_direction) / "
+                                             "decided, Wilson score interval")
+    connection = ProportionSerializer(help_text="confirmed / decided, Wilson score interval")
+
+
+class QueueItemSerializer(serializers.Serializer):
+    synapse = SynapseSerializer(allow_null=True)
+    claim_expires_at = serializers.DateTimeField(allow_null=True)
+    progress = ReviewProgressSerializer()
+
+
+class SkippedSerializer(serializers.Serializer):
+    skipped = serializers.IntegerField()
+    progress = ReviewProgressSerializer()
+
+
+class SummarySerializer(serializers.Serializer):
+    progress = ReviewProgressSerializer()
+    precision = PrecisionSerializer()
+
+
+class RunField(IdField):
+    def __init__(self, **kwargs):
+        super().__init__(required=False, allow_null=True,
+                         help_text="synapse run id; all runs of the dataset by default",
+                         **kwargs)
+
+
+class NextBody(serializers.Serializer):
+    run = RunField()
+    order = serializers.ChoiceField(choices=ORDERS, default=QueueOrder.CONFIDENCE)
+    seed = serializers.IntegerField(min_value=0, max_value=MAX_ID, default=0,
+                                    help_text="random order: the same seed, the same sequence")
+
+
+class SkipBody(serializers.Serializer):
+    synapse = IdField()
+
+
+class SummaryQuery(serializers.Serializer):
+    run = RunField()
+    confidence = serializers.FloatField(min_value=0.5, max_value=0.999, default=0.95,
+                                        help_text="confidence level of the intervals")
+
+
+class _QueueView(APIView):
+    """A dataset's review queue: visible datasets only (404), writes need the reviewer role."""
+
+    permission_classes = [DatasetRolePermission]
+    write_role = Membership.Role.REVIEWER
+
+    def dataset(self, request, pk) -> Dataset:
+        dataset = get_object_or_404(datasets_visible_to(request.user), pk=pk)
+        self.check_object_permissions(request, dataset)
+        return dataset
+
+    @staticmethod
+    def run(dataset: Dataset, run_id):
+        if run_id is None:
+            return None
+        run = SynapseRun.objects.filter(dataset=dataset, pk=run_id).first()
+        if run is None:
+            raise serializers.ValidationError(
+                {"run": f"dataset '{dataset.name}' has no synapse run {run_id}"})
+        return run
+
+    @staticmethod
+    def item(dataset: Dataset, reviewer, synapse, run) -> Response:
+        claim = None
+        if synapse is not None:
+            synapse = Synapse.objects.annotate(
+                pre_segment_id=F("pre__segment_id"), post_segment_id=F("post__segment_id"),
+            ).get(pk=synapse.pk)
+            claim = ReviewClaim.objects.filter(synapse=synapse, reviewer=reviewer).first()
+        return Response(QueueItemSerializer({
+            "synapse": synapse, "claim_expires_at": claim and claim.expires_at,
+            "progress": review_progress(dataset=dataset, run=run),
+        }).data)
+
+
+class ReviewNextView(_QueueView):
+    """The next synapse for you to review, claimed for you (others do not get it until you
+    give a verdict, skip it or the claim expires); your live claim again on a reload;
+    ``synapse`` null when the queue is empty."""
+
+    @extend_schema(request=NextBody, responses=QueueItemSerializer)
+    def post(self, request, pk):
+        dataset = self.dataset(request, pk)
+        body = NextBody(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = self.run(dataset, body.validated_data.get("run"))
+        synapse = review_next(dataset=dataset, reviewer=request.user, run=run,
+                              order=body.validated_data["order"],
+                              seed=body.validated_data["seed"])
+        return self.item(dataset, request.user, synapse, run)
+
+
+class ReviewSkipView(_QueueView):
+    """Pass over a synapse: your claim is released and the queue does not offer it to you
+    again (others still get it)."""
+
+    @extend_schema(request=SkipBody, responses=SkippedSerializer)
+    def post(self, request, pk):
+        dataset = self.dataset(request, pk)
+        body = SkipBody(data=request.data)
+        body.is_valid(raise_exception=True)
+        synapse = get_object_or_404(Synapse, dataset=dataset, pk=body.validated_data["synapse"])
+        review_skip(synapse=synapse, reviewer=request.user)
+        return Response(SkippedSerializer({
+            "skipped": synapse.pk, "progress": review_progress(dataset=dataset)}).data)
+
+
+class ReviewUndoView(_QueueView):
+    """Take back your latest verdict in the dataset: the synapse's review state goes back to
+    the verdict before it and the synapse is yours to review again; ``synapse`` null when you
+    have no verdict to take back."""
+
+    @extend_schema(request=None, responses=QueueItemSerializer)
+    def post(self, request, pk):
+        dataset = self.dataset(request, pk)
+        synapse = review_undo(dataset=dataset, reviewer=request.user)
+        return self.item(dataset, request.user, synapse, None)
+
+
+class ReviewSummaryView(_QueueView):
+    """Review progress and the precision the verdicts measure (viewer role)."""
+
+    @extend_schema(parameters=[SummaryQuery], responses=SummarySerializer)
+    def get(self, request, pk):
+        dataset = self.dataset(request, pk)
+        query = parse_query(SummaryQuery, request)
+        run = self.run(dataset, query.get("run"))
+        return Response(SummarySerializer({
+            "progress": review_progress(dataset=dataset, run=run),
+            "precision": precision_estimate(dataset=dataset, run=run,
+                                            confidence=query["confidence"]),
+        }).data)

@@ -1,4 +1,4 @@
-"""Human verdicts on synapses."""
+"""Human verdicts on synapses, and the review queue's claims and skips."""
 
 from django.conf import settings
 from django.db import models
@@ -13,6 +13,14 @@ VERDICT_CHOICES = [
 ]
 
 
+class QueueOrder(models.TextChoices):
+    """How the review queue orders synapses: lowest confidence first, or a seeded random sample
+    (the one whose verdicts estimate precision without bias)."""
+
+    CONFIDENCE = "confidence"
+    RANDOM = "random"
+
+
 class Review(models.Model):
     synapse = models.ForeignKey("synapses.Synapse", on_delete=models.CASCADE, related_name="reviews")
     reviewer = models.ForeignKey(
@@ -24,6 +32,8 @@ class Review(models.Model):
     )
     corrected_post = models.ManyToManyField("cells.Cell", blank=True, related_name="+")
     note = models.TextField(blank=True)
+    # The queue order the synapse was served in; blank when it was reviewed outside the queue.
+    order = models.CharField(max_length=16, choices=QueueOrder.choices, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -32,3 +42,50 @@ class Review(models.Model):
 
     def __str__(self):
         return f"{self.verdict} on synapse {self.synapse_id} by {self.reviewer}"
+
+
+class ReviewClaim(models.Model):
+    """A synapse handed to one reviewer by the queue, so nobody else gets it until the claim
+    expires or the reviewer gives a verdict or skips it.
+
+    One claim per synapse (the unique key is what makes claiming race-free); rows whose
+    ``expires_at`` is past count as absent and are deleted when the synapse is claimed again.
+    """
+
+    synapse = models.OneToOneField(
+        "synapses.Synapse", on_delete=models.CASCADE, related_name="review_claim"
+    )
+    dataset = models.ForeignKey("datasets.Dataset", on_delete=models.CASCADE, related_name="+")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="review_claims"
+    )
+    # Blank for a synapse claimed again by an undo of a verdict given outside the queue.
+    order = models.CharField(max_length=16, choices=QueueOrder.choices, blank=True, default="")
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["dataset", "reviewer"], name="review_claim_reviewer")]
+
+    def __str__(self):
+        return f"synapse {self.synapse_id} claimed by {self.reviewer} until {self.expires_at}"
+
+
+class ReviewSkip(models.Model):
+    """A synapse a reviewer passed over: the queue does not offer it to them again."""
+
+    synapse = models.ForeignKey(
+        "synapses.Synapse", on_delete=models.CASCADE, related_name="review_skips"
+    )
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="review_skips"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["synapse", "reviewer"], name="unique_review_skip")
+        ]
+
+    def __str__(self):
+        return f"synapse {self.synapse_id} skipped by {self.reviewer}"

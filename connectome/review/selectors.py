@@ -1,0 +1,81 @@
+"""Reads on reviews: how far the review of a dataset is, and the precision it measures."""
+
+from math import sqrt
+from statistics import NormalDist
+
+from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.utils import timezone
+
+from connectome.datasets.models import Dataset
+from connectome.review.models import QueueOrder, Review, ReviewClaim
+from connectome.review.services import VERDICTS, reviewable_synapses
+from connectome.synapses.models import Synapse
+
+State = Synapse.ReviewState
+#: Verdicts that say the synapse exists (its partners or direction may still be wrong).
+SYNAPSE_VERDICTS = (State.CONFIRMED, State.WRONG_PARTNER, State.WRONG_DIRECTION)
+#: Verdicts that decide something; ``unsure`` does not.
+DECIDED_VERDICTS = (*SYNAPSE_VERDICTS, State.NOT_SYNAPSE)
+
+
+def review_progress(*, dataset: Dataset, run=None) -> dict:
+    """Counts over the synapses the queue serves (unflagged, both partners set; ``run`` when
+    given): ``total``, ``reviewed``, ``unreviewed``, ``verdicts`` (synapses per latest verdict)
+    and ``claimed`` (live claims now). One query."""
+    live = ReviewClaim.objects.filter(synapse=OuterRef("pk"), expires_at__gt=timezone.now())
+    counts = reviewable_synapses(dataset=dataset, run=run).aggregate(
+        total=Count("id"), claimed=Count("id", filter=Q(Exists(live))),
+        **{verdict: Count("id", filter=Q(review_state=verdict)) for verdict in VERDICTS},
+    )
+    verdicts = {verdict: counts[verdict] for verdict in VERDICTS}
+    reviewed = sum(verdicts.values())
+    return {"total": counts["total"], "reviewed": reviewed,
+            "unreviewed": counts["total"] - reviewed, "verdicts": verdicts,
+            "claimed": counts["claimed"]}
+
+
+def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> dict:
+    """The proportion ``successes / n`` with its Wilson score interval at ``confidence``.
+
+    Returns ``n``, ``estimate``, ``low``, ``high``; the last three are None when ``n`` is 0.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1; got {confidence}")
+    if n == 0:
+        return {"n": 0, "estimate": None, "low": None, "high": None}
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return {"n": n, "estimate": p, "low": max(0.0, centre - half),
+            "high": min(1.0, centre + half)}
+
+
+def precision_estimate(*, dataset: Dataset, run=None, confidence: float = 0.95) -> dict:
+    """Precision measured by the verdicts, with Wilson score intervals.
+
+    Over the reviewed synapses the queue serves, by their latest verdict, ``unsure`` left out
+    (``decided``): ``synapse`` precision is (confirmed + wrong_partner + wrong_direction) /
+    decided (the synapse is real), ``connection`` precision is confirmed / decided (it is real
+    and joins the right cells the right way). ``random_order`` counts the decided synapses
+    whose latest verdict was given in the random queue order: only a random sample estimates
+    precision without bias; lowest-confidence-first reviews underestimate it.
+    """
+    latest_order = Subquery(
+        Review.objects.filter(synapse=OuterRef("pk")).order_by("-created_at", "-id")
+        .values("order")[:1]
+    )
+    decided = reviewable_synapses(dataset=dataset, run=run).filter(
+        review_state__in=DECIDED_VERDICTS)
+    counts = decided.aggregate(
+        decided=Count("id"), real=Count("id", filter=Q(review_state__in=SYNAPSE_VERDICTS)),
+        confirmed=Count("id", filter=Q(review_state=State.CONFIRMED)),
+    )
+    random_order = decided.alias(order=latest_order).filter(order=QueueOrder.RANDOM).count()
+    n = counts["decided"]
+    return {
+        "confidence": confidence, "decided": n, "random_order": random_order,
+        "synapse": wilson_interval(counts["real"], n, confidence=confidence),
+        "connection": wilson_interval(counts["confirmed"], n, confidence=confidence),
+    }
