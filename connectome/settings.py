@@ -190,6 +190,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ROUTES = {"connectome.jobs.tasks.*": {"queue": "cpu"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker marks the block it computes alive this often; a running block silent for
+# JOB_BLOCK_STALE_S was lost with its worker and is sent again (connectome/jobs/blocks.py).
+JOB_BLOCK_HEARTBEAT_S = float(os.environ.get("JOB_BLOCK_HEARTBEAT_S", 15))
+JOB_BLOCK_STALE_S = float(os.environ.get("JOB_BLOCK_STALE_S", 4 * JOB_BLOCK_HEARTBEAT_S))
 
 LOGGING = {
     "version": 1,

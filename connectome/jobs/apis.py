@@ -1,4 +1,6 @@
+from django.db.models import Count
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -9,7 +11,8 @@ from connectome.common.params import int_param
 from connectome.datasets.models import Dataset, Membership
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to, has_role
-from connectome.jobs.models import Job
+from connectome.jobs.blocks import job_resume, stale_blocks
+from connectome.jobs.models import Job, JobBlock
 from connectome.jobs.registry import UnknownJobKind
 from connectome.jobs.services import JobParameterError, job_cancel, job_create
 
@@ -72,6 +75,41 @@ class JobViewSet(viewsets.ModelViewSet):
         job = self.get_object()
         self._require_admin(job.dataset)
         return Response(JobSerializer(job_cancel(job=job)).data)
+
+    @extend_schema(request=None, responses=inline_serializer("JobResumed", {
+        "job": JobSerializer(), "blocks_sent": serializers.IntegerField()}))
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Run a block-wise job again from where it stopped (after a crash, failure or
+        cancel): its unfinished blocks are sent again; done blocks are not run again."""
+        job = self.get_object()
+        self._require_admin(job.dataset)
+        try:
+            sent = job_resume(job=job)
+        except JobParameterError as exc:
+            raise serializers.ValidationError(exc.errors) from exc
+        except ValueError as exc:
+            raise serializers.ValidationError({"job": [str(exc)]}) from exc
+        job.refresh_from_db()
+        return Response({"job": JobSerializer(job).data, "blocks_sent": sent})
+
+    @extend_schema(responses=inline_serializer("JobBlocks", {
+        "counts": serializers.DictField(child=serializers.IntegerField()),
+        "stale": serializers.ListField(child=serializers.DictField()),
+        "failed": serializers.ListField(child=serializers.DictField())}))
+    @action(detail=True, methods=["get"])
+    def blocks(self, request, pk=None):
+        """Blocks of a block-wise job by state; running blocks whose worker stopped beating
+        (``stale``: sent again automatically) and failed ones with their errors."""
+        job = self.get_object()
+        counts = dict.fromkeys(JobBlock.State.values, 0)
+        counts.update(job.blocks.values_list("state").annotate(n=Count("id")).order_by())
+        fields = ["index", "box", "worker", "attempts", "started_at", "heartbeat_at", "error"]
+        return Response({
+            "counts": counts,
+            "stale": list(stale_blocks(job_id=job.pk).values(*fields)),
+            "failed": list(job.blocks.filter(state=JobBlock.State.FAILED).values(*fields)),
+        })
 
     def _require_admin(self, dataset: Dataset):
         if not has_role(dataset=dataset, user=self.request.user, role=Membership.Role.ADMIN):

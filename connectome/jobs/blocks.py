@@ -19,6 +19,11 @@ or at once for any other error, the block and the job fail, naming the block and
 
 After a crash (a worker killed mid-block), :func:`job_resume` re-sends the blocks that are not
 done (and the final step when all are); done blocks are never run again.
+
+A worker computing a block marks it alive every ``JOB_BLOCK_HEARTBEAT_S`` seconds. A running
+block without a sign of life for ``JOB_BLOCK_STALE_S`` seconds was lost with its worker:
+:func:`blocks_recover_stale` sends it again. Workers call it when they start and after each
+block they finish, so a job whose worker died goes on as soon as any worker is there.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import traceback as traceback_module
 from collections.abc import Callable
@@ -33,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from connectome.jobs.models import Job, JobBlock
@@ -82,6 +88,14 @@ def _worker_name() -> str:
 def _backoff_s(attempts: int) -> float:
     base = float(getattr(settings, "JOB_BLOCK_RETRY_BACKOFF_S", 2.0))
     return min(300.0, base * 2 ** max(0, attempts - 1))
+
+
+def _heartbeat_s() -> float:
+    return float(getattr(settings, "JOB_BLOCK_HEARTBEAT_S", 15.0))
+
+
+def _stale_s() -> float:
+    return float(getattr(settings, "JOB_BLOCK_STALE_S", 4 * _heartbeat_s()))
 
 
 def _box_slices(box) -> tuple[slice, slice, slice]:
@@ -161,9 +175,37 @@ def _claim_block(job_id: int, index: int) -> tuple[Job, JobBlock] | None:
         block.state = JobBlock.State.RUNNING
         block.attempts += 1
         block.worker = _worker_name()
-        block.started_at = timezone.now()
-        block.save(update_fields=["state", "attempts", "worker", "started_at"])
+        block.started_at = block.heartbeat_at = timezone.now()
+        block.save(update_fields=["state", "attempts", "worker", "started_at", "heartbeat_at"])
         return job, block
+
+
+class _Heartbeat:
+    """While its ``with`` body runs, a thread marks the block alive every ``interval`` s."""
+
+    def __init__(self, block_pk: int, interval: float):
+        self.block_pk, self.interval = block_pk, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{block_pk}",
+                                        daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self):
+        try:
+            while not self._stop.wait(self.interval):
+                JobBlock.objects.filter(pk=self.block_pk, state=JobBlock.State.RUNNING).update(
+                    heartbeat_at=timezone.now())
+        except Exception:  # noqa: BLE001 - a missed beat must never break the block itself
+            logger.warning("block %s: heartbeat failed", self.block_pk, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
 
 
 def block_execute(*, job_id: int, index: int, box=None) -> BlockOutcome:
@@ -177,11 +219,56 @@ def block_execute(*, job_id: int, index: int, box=None) -> BlockOutcome:
     try:
         if box is not None and [int(v) for v in box] != list(block.box):
             raise ValueError(f"the task's box {list(box)} is not the recorded {block.box}")
-        summary = spec.block(job, _box_slices(block.box), dict(job.parameters))
+        with _Heartbeat(block.pk, _heartbeat_s()):
+            summary = spec.block(job, _box_slices(block.box), dict(job.parameters))
     except Exception as exc:  # noqa: BLE001 - every error is recorded on the block
         return _block_failed(job, block, exc, traceback_module.format_exc())
     _block_done(job_id, index, summary or {}, time.perf_counter() - started)
+    blocks_recover_stale(job_id=job_id)
     return BlockOutcome("done")
+
+
+def stale_blocks(*, job_id: int | None = None):
+    """Running blocks of running jobs whose worker gave no sign of life for ``JOB_BLOCK_STALE_S``."""
+    cutoff = timezone.now() - timedelta(seconds=_stale_s())
+    stale = JobBlock.objects.filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff),
+        state=JobBlock.State.RUNNING, job__state=Job.State.RUNNING, job__cancel_requested=False,
+    )
+    return stale if job_id is None else stale.filter(job_id=job_id)
+
+
+def blocks_recover_stale(*, job_id: int | None = None) -> dict[int, list[int]]:
+    """Send again the running blocks whose worker stopped beating; ``{job id: [indexes]}``.
+
+    Only blocks of running jobs count. A block wrongly thought lost (a worker stalled, not
+    dead) is merely computed twice: block outputs are idempotent and it is marked done once.
+    """
+    from connectome.jobs.tasks import run_block
+
+    stale = stale_blocks(job_id=job_id)
+    recovered: dict[int, list[int]] = {}
+    with transaction.atomic():
+        rows = list(stale.select_for_update(of=("self",)).select_related("job")
+                    .order_by("job_id", "index"))
+        for block in rows:
+            block.state = JobBlock.State.PENDING
+            block.error = (f"worker {block.worker} lost: no sign of life since "
+                           f"{(block.heartbeat_at or block.started_at).isoformat()}")
+            block.save(update_fields=["state", "error"])
+            recovered.setdefault(block.job_id, []).append(block.index)
+            logger.warning("job %s %s: %s; sending it again", block.job_id, block.describe(),
+                           block.error)
+
+        def send():
+            for block in rows:
+                run_block.apply_async(args=[block.job_id, block.index, block.box[:3],
+                                            block.box[3:]],
+                                      queue=block.job.block_queue or block.job.queue)
+
+        if rows:
+            transaction.on_commit(send)
+    return recovered
 
 
 def _block_done(job_id: int, index: int, summary: dict, compute_s: float) -> None:

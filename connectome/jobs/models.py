@@ -86,6 +86,8 @@ class JobBlock(models.Model):
     result = models.JSONField(default=dict, blank=True, help_text="what the final step needs")
     worker = models.CharField(max_length=255, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="last sign of life of the worker running the block")
     finished_at = models.DateTimeField(null=True, blank=True)
     compute_s = models.FloatField(null=True, blank=True, help_text="time in the block handler")
 

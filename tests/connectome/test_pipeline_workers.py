@@ -42,12 +42,12 @@ def start_worker(em, tmp_path):
            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
            "DATA_ROOT": str(settings.DATA_ROOT), "OMP_NUM_THREADS": "1"}
 
-    def start(name):
+    def start(name, **extra_env):
         log = open(tmp_path / f"{name}.log", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "connectome", "worker", "-Q", "cpu,gpu",
              "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO", "-n", f"{name}@%h"],
-            cwd=Path(settings.BASE_DIR), env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=Path(settings.BASE_DIR), env={**env, **extra_env}, stdout=log, stderr=subprocess.STDOUT,
         )
         started.append((proc, log))
         return proc
@@ -73,6 +73,26 @@ def _wait(condition, timeout, what):
     raise AssertionError(f"waited {timeout} s for {what}")
 
 
+def _kill_mid_block(worker, blocks):
+    """SIGKILL the worker while it computes a block, after it finished three."""
+
+    def stopped_mid_block():
+        # Freeze the worker once a few blocks are done and one has started; keep it frozen
+        # only if a block is still running (it may have finished between poll and signal).
+        if not (blocks.filter(state=JobBlock.State.DONE).count() >= 3
+                and blocks.filter(state=JobBlock.State.RUNNING).exists()):
+            return False
+        worker.send_signal(signal.SIGSTOP)
+        if blocks.filter(state=JobBlock.State.RUNNING).exists():
+            return True
+        worker.send_signal(signal.SIGCONT)
+        return False
+
+    _wait(stopped_mid_block, 240, "the first worker to be inside a block after three blocks")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+
+
 def test_a_worker_killed_mid_job_then_resume_gives_the_uninterrupted_table(
         em, model_file, start_worker):
     _, path = model_file
@@ -88,21 +108,7 @@ def test_a_worker_killed_mid_job_then_resume_gives_the_uninterrupted_table(
                      parameters=detect_parameters(path, em_layer, "resumed"))
     blocks = JobBlock.objects.filter(job=job)
 
-    def stopped_mid_block():
-        # Freeze the worker once a few blocks are done and one has started; keep it frozen
-        # only if a block is still running (it may have finished between poll and signal).
-        if not (blocks.filter(state=JobBlock.State.DONE).count() >= 3
-                and blocks.filter(state=JobBlock.State.RUNNING).exists()):
-            return False
-        first.send_signal(signal.SIGSTOP)
-        if blocks.filter(state=JobBlock.State.RUNNING).exists():
-            return True
-        first.send_signal(signal.SIGCONT)
-        return False
-
-    _wait(stopped_mid_block, 240, "the first worker to be inside a block after three blocks")
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
+    _kill_mid_block(first, blocks)
 
     done_before = set(blocks.filter(state=JobBlock.State.DONE).values_list("index", flat=True))
     interrupted = set(blocks.filter(state=JobBlock.State.RUNNING).values_list("index", flat=True))
@@ -131,3 +137,31 @@ def test_a_worker_killed_mid_job_then_resume_gives_the_uninterrupted_table(
     layers = {layer.name: open_multiscale(layer.path)[0]["0"][...] for layer in made}
     np.testing.assert_array_equal(layers["resumed probability"], layers["reference probability"])
     np.testing.assert_array_equal(layers["resumed synapses"], layers["reference synapses"])
+
+
+def test_a_new_worker_sends_again_the_block_a_dead_worker_left_running(
+        em, model_file, start_worker):
+    _, path = model_file
+    dataset, em_layer = em
+    beats = {"JOB_BLOCK_HEARTBEAT_S": "0.5", "JOB_BLOCK_STALE_S": "2"}
+    first = start_worker("first", **beats)
+    job = job_create(kind="detect_synapses", dataset=dataset,
+                     parameters=detect_parameters(path, em_layer, "recovered"))
+    blocks = JobBlock.objects.filter(job=job)
+    _kill_mid_block(first, blocks)
+    lost = set(blocks.filter(state=JobBlock.State.RUNNING).values_list("index", flat=True))
+    assert len(lost) == 1
+    time.sleep(2.5)   # the lost block's last heartbeat is now older than the limit
+
+    # No resume: the new worker finds the lost block when it starts.
+    start_worker("second", **beats)
+    job = _wait(lambda: Job.objects.filter(pk=job.pk, state__in=Job.FINISHED_STATES).first(),
+                300, "the job to end on the second worker")
+    assert job.state == Job.State.DONE, job.error
+    attempts = dict(blocks.values_list("index", "attempts"))
+    assert {attempts[i] for i in lost} == {2}
+    assert sum(attempts.values()) == 19
+    found = synapse_table("recovered")
+    assert len(found) >= 10
+    logger.info("recovered job: %d synapses, block %s sent again by the new worker",
+                len(found), sorted(lost))
