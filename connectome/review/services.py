@@ -109,21 +109,34 @@ def _queue(*, dataset, reviewer, run, order: str, seed: int, now) -> QuerySet[Sy
     return synapses.alias(rank=random_rank(seed)).order_by("rank", "id")
 
 
-def _try_claim(*, synapse: Synapse, reviewer, order: str, now) -> ReviewClaim | None:
-    """Claim ``synapse`` for ``reviewer``, or None when someone else holds a live claim.
+class _Reviewed(Exception):
+    """The candidate got a verdict between reading the queue and claiming it."""
+
+
+def _try_claim(
+    *, synapse: Synapse, reviewer, order: str, now, unreviewed: bool = True,
+) -> ReviewClaim | None:
+    """Claim ``synapse`` for ``reviewer``, or None when someone else holds a live claim (or,
+    with ``unreviewed``, when it has a verdict by now).
 
     An expired claim is deleted first; the INSERT relies on the unique key on the synapse, so a
-    concurrent claim of the same synapse makes one of the two fail (inside a savepoint).
+    concurrent claim of the same synapse makes one of the two fail (inside a savepoint). A
+    verdict releases its claim in the transaction that sets the review state, so once the
+    INSERT went through, a fresh read of the state tells whether the verdict came first.
     """
     expires_at = now + timedelta(seconds=claim_seconds())
     try:
         with transaction.atomic():
             ReviewClaim.objects.filter(synapse=synapse, expires_at__lte=now).delete()
-            return ReviewClaim.objects.create(
+            claim = ReviewClaim.objects.create(
                 synapse=synapse, dataset_id=synapse.dataset_id, reviewer=reviewer, order=order,
                 expires_at=expires_at,
             )
-    except IntegrityError:
+            if unreviewed and not Synapse.objects.filter(
+                    pk=synapse.pk, review_state=Synapse.ReviewState.UNREVIEWED).exists():
+                raise _Reviewed
+            return claim
+    except (IntegrityError, _Reviewed):
         return None
 
 
@@ -209,5 +222,6 @@ def review_undo(*, dataset: Dataset, reviewer) -> Synapse | None:
     synapse.review_state = previous or Synapse.ReviewState.UNREVIEWED
     Synapse.objects.filter(pk=synapse.pk).update(review_state=synapse.review_state)
     _release_other_claims(dataset=dataset, reviewer=reviewer)
-    _try_claim(synapse=synapse, reviewer=reviewer, order=review.order, now=timezone.now())
+    _try_claim(synapse=synapse, reviewer=reviewer, order=review.order, now=timezone.now(),
+               unreviewed=False)
     return synapse
