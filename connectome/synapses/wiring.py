@@ -1,17 +1,24 @@
 """The wiring matrix: synapses aggregated per (pre, post) cell or cell-type pair.
 
 A read (selector): one parameterised GROUP BY over the dataset's synapses. What it counts is a
-connection between two different known cells that nobody rejected; see :func:`wiring_matrix`.
+connection between two different known cells that nobody rejected, in the direction the review
+says; see :func:`counted_synapses` and :func:`oriented`.
 """
 
 from dataclasses import dataclass
 
-from django.db.models import Avg, Count, F, Q, QuerySet, Sum
+from django.db.models import Avg, Case, Count, F, Q, QuerySet, Sum, When
 
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse
 
 GROUPINGS = ("cell", "cell_type")
+
+#: Verdicts that take a synapse out of the counts. ``wrong_partner`` is among them: the right
+#: partners are in the synapse's latest review (a cell and a many-to-many list of cells), and
+#: counting them would join the latest review, its list and two more cells into the GROUP BY
+#: and fan rows out; a synapse with the wrong partners is not a connection between its cells.
+DROPPED_VERDICTS = (Synapse.ReviewState.NOT_SYNAPSE, Synapse.ReviewState.WRONG_PARTNER)
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,9 @@ def counted_synapses(
     """The synapses the wiring matrix counts.
 
     Left out: flagged rows (self contacts, background), rows without a pre or post cell, rows
-    whose pre and post are the same cell, and synapses a reviewer rejected (``not_synapse``).
+    whose pre and post are the same cell, and synapses whose review state is one of
+    :data:`DROPPED_VERDICTS` (``not_synapse``, ``wrong_partner``). A ``wrong_direction`` synapse
+    stays; aggregates count it from post to pre (:func:`oriented`).
     ``runs`` (runs or their ids) and ``cells`` (cell ids, cells or a cell QuerySet; both
     partners must be among them) narrow the set; ``min_confidence`` keeps synapses with
     ``confidence >= min_confidence``, so synapses without a confidence drop out.
@@ -67,7 +76,7 @@ def counted_synapses(
         Synapse.objects.filter(dataset=dataset, flag=Synapse.Flag.NONE,
                                pre__isnull=False, post__isnull=False)
         .filter(~Q(pre=F("post")))
-        .exclude(review_state=Synapse.ReviewState.NOT_SYNAPSE)
+        .exclude(review_state__in=DROPPED_VERDICTS)
     )
     if runs is not None:
         synapses = synapses.filter(run__in=runs)
@@ -76,6 +85,21 @@ def counted_synapses(
     if min_confidence is not None:
         synapses = synapses.filter(confidence__gte=float(min_confidence))
     return synapses
+
+
+def oriented(side: str, field: str = ""):
+    """The ``side`` (``"pre"`` or ``"post"``) cell of a counted synapse, or its ``field``
+    (``segment_id``, ``name``, ``cell_type``), as the review says: the other side's for a
+    synapse whose review state is ``wrong_direction``.
+
+    A CASE on columns the query joins anyway, so the matrix stays one GROUP BY.
+    """
+    if side not in ("pre", "post"):
+        raise ValueError(f"side is 'pre' or 'post'; got {side!r}")
+    other = "post" if side == "pre" else "pre"
+    path = f"__{field}" if field else ""
+    return Case(When(review_state=Synapse.ReviewState.WRONG_DIRECTION,
+                     then=F(f"{other}{path}")), default=F(f"{side}{path}"))
 
 
 def wiring_matrix(
@@ -96,12 +120,13 @@ def wiring_matrix(
     synapses = counted_synapses(
         dataset=dataset, runs=runs, min_confidence=min_confidence, cells=cells
     )
-    keys = {"pre_type": F("pre__cell_type"), "post_type": F("post__cell_type")}
+    keys = {"pre_type": oriented("pre", "cell_type"), "post_type": oriented("post", "cell_type")}
     if group_by == "cell":
         keys.update(
-            pre_cell_id=F("pre"), post_cell_id=F("post"),
-            pre_segment_id=F("pre__segment_id"), post_segment_id=F("post__segment_id"),
-            pre_name=F("pre__name"), post_name=F("post__name"),
+            pre_cell_id=oriented("pre"), post_cell_id=oriented("post"),
+            pre_segment_id=oriented("pre", "segment_id"),
+            post_segment_id=oriented("post", "segment_id"),
+            pre_name=oriented("pre", "name"), post_name=oriented("post", "name"),
         )
     rows = synapses.values(**keys).annotate(
         n_synapses=Count("id"), area_sum=Sum("contact_area_nm2"), weight_sum=Sum("weight"),

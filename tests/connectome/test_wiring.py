@@ -11,11 +11,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from connectome.cells.models import Cell
+from connectome.review.services import review_create
 from connectome.synapses.exports import export_wiring_csv, export_wiring_graphml
 from connectome.synapses.models import Synapse
 from connectome.synapses.wiring import wiring_matrix
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, SynapseFactory, SynapseRunFactory,
+    CellFactory, DatasetFactory, SynapseFactory, SynapseRunFactory, UserFactory,
 )
 
 pytestmark = pytest.mark.django_db
@@ -155,6 +156,51 @@ def test_the_matrix_is_one_group_by_query(net, group_by, synapses):
     assert "GROUP BY" in sql and "HAVING" in sql
     # A->C and C->A are one synapse each, but both are excitatory onto excitatory.
     assert matrix.synapses == synapses
+
+
+def _detected(dataset, detect, pre, post, confidence):
+    return Synapse.objects.get(dataset=dataset, run=detect, pre=pre, post=post,
+                               confidence=confidence)
+
+
+def test_verdicts_turn_drop_or_keep_synapses(net):
+    dataset, detect, _, (a, b, c, d) = net
+    reviewer = UserFactory()
+    turned = _detected(dataset, detect, a, b, 0.3)  # area 10, weight 1
+    review_create(synapse=turned, reviewer=reviewer, verdict=Synapse.ReviewState.WRONG_DIRECTION)
+    moved = _detected(dataset, detect, a, c, 0.5)  # the polyadic site's partner C
+    review_create(synapse=moved, reviewer=reviewer, verdict=Synapse.ReviewState.WRONG_PARTNER,
+                  corrected_post=[d])
+    review_create(synapse=_detected(dataset, detect, c, d, 0.95), reviewer=reviewer,
+                  verdict=Synapse.ReviewState.UNSURE)
+    pairs = _by_segments(wiring_matrix(dataset=dataset, runs=[detect]))
+    # A->B lost the turned synapse to B->A; A->C is gone (wrong partner); C->D stays.
+    assert sorted(pairs) == [(10, 20), (20, 10), (30, 10), (30, BIG)]
+    assert _numbers(pairs[10, 20]) == (2, 300.0, pytest.approx(1.6), pytest.approx(0.8))
+    assert _numbers(pairs[20, 10]) == (2, 40.0, 2.0, pytest.approx(0.55))
+    turned_pair = pairs[20, 10]
+    assert (turned_pair.pre_cell_id, turned_pair.post_cell_id) == (b.pk, a.pk)
+    assert (turned_pair.pre_name, turned_pair.post_name) == ("B", "A")
+    assert (turned_pair.pre_type, turned_pair.post_type) == ("inh", "exc")
+    assert _numbers(pairs[30, BIG]) == (1, 70.0, None, 0.95)
+    types = {(p.pre_type, p.post_type): p.synapses
+             for p in wiring_matrix(dataset=dataset, runs=[detect], group_by="cell_type").pairs}
+    assert types == {("exc", "inh"): 2, ("inh", "exc"): 2, ("exc", "exc"): 1, ("exc", ""): 1}
+    # A later verdict wins: confirmed again, the synapse counts as detected.
+    review_create(synapse=turned, reviewer=reviewer, verdict=Synapse.ReviewState.CONFIRMED)
+    review_create(synapse=moved, reviewer=reviewer, verdict=Synapse.ReviewState.CONFIRMED)
+    assert wiring_matrix(dataset=dataset, runs=[detect]).synapses == 7
+
+
+def test_a_turned_synapse_keeps_the_matrix_one_query(net):
+    dataset, detect, _, (a, b, c, d) = net
+    review_create(synapse=_detected(dataset, detect, a, b, 0.3), reviewer=None,
+                  verdict=Synapse.ReviewState.WRONG_DIRECTION)
+    with CaptureQueriesContext(connection) as queries:
+        matrix = wiring_matrix(dataset=dataset, runs=[detect], cells=[a.pk, b.pk], min_count=2)
+    assert len(queries.captured_queries) == 1
+    assert [(p.pre_segment_id, p.post_segment_id, p.synapses) for p in matrix.pairs] == [
+        (10, 20, 2), (20, 10, 2)]
 
 
 def test_bad_arguments_are_refused(net):
