@@ -188,7 +188,10 @@ class _QueueView(APIView):
 
     def dataset(self, request, pk) -> Dataset:
         dataset = get_object_or_404(datasets_visible_to(request.user), pk=pk)
-        self.check_object_permissions(request, dataset)
+        if request.method != "GET" and not has_role(dataset=dataset, user=request.user,
+                                                    role=self.write_role):
+            raise PermissionDenied(
+                f"the review queue of dataset '{dataset.name}' needs the reviewer role")
         return dataset
 
     @staticmethod

@@ -356,6 +356,9 @@ def test_queue_permissions(queue, role, public):
         assert response.status_code in expected, (name, response.json())
         if response.status_code != 200:
             assert response.json()["error"]
+        if response.status_code == 403 and role == "viewer":
+            assert response.json()["error"] == (
+                f"the review queue of dataset '{dataset.name}' needs the reviewer role")
     if role in ("reviewer", "admin"):
         assert responses["next"].json()["synapse"]["id"] == s[2].pk
         assert ReviewSkip.objects.filter(reviewer=user).count() == 1
