@@ -312,6 +312,27 @@ def assign_by_contact(
     score of its interface; the presynaptic cell is the ``a`` of the best pair, whose ``b`` is
     always a partner; other cells are partners when ``score(pre -> b) >= min_score``.
     """
+    t0 = time.perf_counter()
+    choices = contact_choices(sites, segmentation, voxel_size=voxel_size, interfaces=interfaces,
+                              scores=scores, local_scores=local_scores,
+                              min_area_nm2=min_area_nm2, min_score=min_score)
+    rows = build_rows(choices, voxel_size=voxel_size, method="contact",
+                      group_distance_nm=group_distance_nm)
+    logger.info("contact: %d candidates -> %d rows in %.1f s", len(choices), len(rows),
+                time.perf_counter() - t0)
+    return rows
+
+
+def contact_choices(sites, segmentation, *, voxel_size, interfaces: InterfaceTable | None = None,
+                    scores=None, local_scores: dict | None = None,
+                    min_area_nm2: float = 1500.0, min_score: float = 0.3,
+                    offset=(0, 0, 0)) -> list[Choice]:
+    """The per-candidate decisions of :func:`assign_by_contact`, before sites are grouped.
+
+    With site-local scores only, each candidate's choice depends on the arrays within its box
+    grown by :func:`detection.partners.blocks.assignment_margin`; `offset` (a crop's corner in
+    volume voxels) puts the positions in the volume's frame.
+    """
     sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size)
     if interfaces is None and local_scores is None:
         raise ValueError("the contact method needs interface scores: site-local ones, or "
@@ -320,10 +341,9 @@ def assign_by_contact(
         raise ValueError(f"interfaces were found on a {interfaces.shape} volume, "
                          f"the segmentation is {seg.shape}")
     directed = _DirectedScores(interfaces, scores, local_scores)
-    t0 = time.perf_counter()
     choices = []
     for site, box in site_boxes(sites):
-        g = site_geometry(site, box, sites, seg, vs, margin_nm=2 * max(vs))
+        g = site_geometry(site, box, sites, seg, vs, margin_nm=2 * max(vs), offset=offset)
         touching = [k for k in range(len(g.cells)) if g.area_nm2[k] >= min_area_nm2]
         if len(touching) < 2:
             touching = list(range(min(2, len(g.cells))))
@@ -352,8 +372,4 @@ def assign_by_contact(
                 posts.append(Post(int(g.cells[j]), float(g.area_nm2[j]), float(g.area_nm2[j]),
                                   float(s), g.contact_center[j], g.inner_point[j]))
         choices.append(Choice(g, pre, g.inner_point[k], float(best[0]), posts))
-    rows = build_rows(choices, voxel_size=vs, method="contact",
-                      group_distance_nm=group_distance_nm)
-    logger.info("contact: %d candidates -> %d rows in %.1f s", len(choices), len(rows),
-                time.perf_counter() - t0)
-    return rows
+    return choices

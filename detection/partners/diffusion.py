@@ -13,7 +13,13 @@ neighbours, with probabilities proportional to 1 / voxel_size**2 per axis so tha
 isotropic in nm on anisotropic voxels.  A step into the presynaptic cell is refused (the
 particle stays), a step into a free voxel is taken, a step into any other cell ends the walk
 there (an arrival), and a step out of the volume loses the particle.  All particles of all
-sites move together, one array operation per step, from one seeded generator.
+sites move together, one array operation per step.
+
+The random numbers are drawn per site: a site's start voxels from a generator seeded by
+(seed, site id), its steps from a SplitMix64 stream keyed the same way, whose number
+``step * particles + particle`` moves that particle at that step.  A site's rows therefore do
+not depend on which other sites share the call (a block of a block-wise assignment, or the
+whole volume), nor on when the site's other particles arrive or leave.
 """
 
 from __future__ import annotations
@@ -35,6 +41,37 @@ logger = logging.getLogger(__name__)
 _FACES = ndi.generate_binary_structure(3, 1)
 _STEPS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
                   dtype=np.int64)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def site_streams(seed: int, site_ids) -> tuple[list[np.random.Generator], np.ndarray]:
+    """The random sources of each site: a start generator and a walk stream key.
+
+    Both come from ``numpy.random.SeedSequence([seed, site id])``, so they depend on the seed
+    and the site alone.
+    """
+    generators, keys = [], []
+    for site in site_ids:
+        state = np.random.SeedSequence([int(seed), int(site)]).generate_state(2, np.uint64)
+        generators.append(np.random.default_rng(int(state[0])))
+        keys.append(state[1])
+    return generators, np.array(keys, dtype=np.uint64).reshape(-1)
+
+
+def stream_uniform(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    """Number ``counter`` of the SplitMix64 stream seeded by ``key``, as a float in [0, 1).
+
+    Element-wise over (N,) uint64 arrays: a counter-based generator, so every particle and
+    step has its own number whichever particles are drawn together.
+    """
+    z = np.asarray(keys, dtype=np.uint64) + (np.asarray(counters, dtype=np.uint64) + np.uint64(1)) \
+        * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 2.0 ** 53)
 
 
 @dataclass
@@ -57,7 +94,7 @@ class Arrivals:
 
 
 def random_walk(segmentation, starts, start_group, pre_cells, *, voxel_size, n_steps: int,
-                rng: np.random.Generator, free=None) -> Arrivals:
+                keys, free=None) -> Arrivals:
     """Run all particles to arrival, loss or `n_steps`.
 
     Parameters
@@ -72,7 +109,10 @@ def random_walk(segmentation, starts, start_group, pre_cells, *, voxel_size, n_s
         Presynaptic cell of each group: steps into it are refused.
     voxel_size : sequence of 3 float
     n_steps : int
-    rng : numpy.random.Generator
+    keys : (S,) uint64 ndarray
+        Walk stream key of each group (:func:`site_streams`): particle ``p`` of group ``g``
+        (its rank among the group's starts) draws its step ``t`` from number
+        ``t * n_g + p`` of stream ``keys[g]``, with ``n_g`` the group's particles.
     free : (Z, Y, X) bool ndarray or None
         Extra free space (e.g. a membrane mask over a dense segmentation): such voxels are
         walked through whatever their label.
@@ -91,17 +131,28 @@ def random_walk(segmentation, starts, start_group, pre_cells, *, voxel_size, n_s
     pre_cells = np.asarray(pre_cells, dtype=np.int64)
     pre = pre_cells[group]
     n_groups = len(pre_cells)
+    keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+    if len(keys) != n_groups:
+        raise ValueError(f"{len(keys)} stream keys for {n_groups} groups")
     released = np.bincount(group, minlength=n_groups)
+    # Each particle's rank within its group: its place in the group's stream.
+    order = np.argsort(group, kind="stable")
+    rank = np.empty(len(group), dtype=np.int64)
+    rank[order] = np.arange(len(group)) - np.repeat(np.cumsum(released) - released,
+                                                    released)
+    key, width = keys[group], released[group].astype(np.uint64)
     lost = np.zeros(n_groups, dtype=np.int64)
     out_group, out_cell, out_before, out_after = [], [], [], []
-    for _ in range(int(n_steps)):
+    for step in range(int(n_steps)):
         if len(pos) == 0:
             break
-        new = pos + _STEPS[np.searchsorted(cum, rng.random(len(pos)), side="right")]
+        draw = stream_uniform(key, np.uint64(step) * width + rank.astype(np.uint64))
+        new = pos + _STEPS[np.searchsorted(cum, draw, side="right")]
         inside = ((new >= 0) & (new < shape)).all(axis=1)
         if not inside.all():
             lost += np.bincount(group[~inside], minlength=n_groups)
             pos, new, group, pre = pos[inside], new[inside], group[inside], pre[inside]
+            key, width, rank = key[inside], width[inside], rank[inside]
         index = new @ strides
         label = flat[index].astype(np.int64)
         is_free = label == 0
@@ -117,6 +168,7 @@ def random_walk(segmentation, starts, start_group, pre_cells, *, voxel_size, n_s
         moving = is_free
         pos = np.where(moving[:, None], new, pos)[~arrived]
         group, pre = group[~arrived], pre[~arrived]
+        key, width, rank = key[~arrived], width[~arrived], rank[~arrived]
     lost += np.bincount(group, minlength=n_groups)
 
     def cat(parts, width=None):
@@ -189,13 +241,39 @@ def assign_by_diffusion(
     group_distance_nm : float
         Candidates of one presynaptic cell within this distance form one polyadic site.
     seed : int
-        The same seed and inputs give the same rows.
+        The same seed and inputs give the same rows; a site's random numbers depend on the
+        seed and its id only (:func:`site_streams`).
 
     Returns
     -------
     list of PartnerRow
         ``weight`` is the partner's share of its site's arrivals; ``confidence`` the
         presynaptic contrast times the partner's share relative to the site's largest share.
+    """
+    t0 = time.perf_counter()
+    choices = diffusion_choices(
+        sites, segmentation, presynaptic, voxel_size=voxel_size, free=free,
+        particles=particles, n_steps=n_steps, min_share=min_share, radius_nm=radius_nm,
+        min_area_nm2=min_area_nm2, seed=seed)
+    rows = build_rows(choices, voxel_size=voxel_size, method="diffusion",
+                      group_distance_nm=group_distance_nm)
+    logger.info("diffusion: %d candidates -> %d rows in %.2f s", len(choices), len(rows),
+                time.perf_counter() - t0)
+    return rows
+
+
+def diffusion_choices(
+    sites, segmentation, presynaptic, *, voxel_size, free=None, particles: int = 400,
+    n_steps: int = 400, min_share: float = 0.25, radius_nm: float = 200.0,
+    min_area_nm2: float = 1500.0, seed: int = 0, offset=(0, 0, 0),
+) -> list[Choice]:
+    """The per-candidate decisions of :func:`assign_by_diffusion`, before sites are grouped.
+
+    A candidate's choice depends on its own random streams and on the arrays within its box
+    grown by :func:`detection.partners.blocks.assignment_margin` (the walk reaches at most
+    `n_steps` voxels from the release zone), so a crop holding that gives the same choices as
+    the volume; `offset` (the crop's corner in volume voxels) puts the positions in the
+    volume's frame.
     """
     sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size,
                                   presynaptic=presynaptic)
@@ -205,10 +283,12 @@ def assign_by_diffusion(
     if particles < 1 or n_steps < 1:
         raise ValueError("particles and n_steps must be at least 1")
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    pending, starts, groups, pres = [], [], [], []
-    for site, box in site_boxes(sites):
-        g = site_geometry(site, box, sites, seg, vs, margin_nm=2 * max(vs))
+    offset = np.asarray([int(v) for v in offset], dtype=np.int64)
+    boxes = site_boxes(sites)
+    generators, site_keys = site_streams(seed, [site for site, _ in boxes])
+    pending, starts, groups, pres, keys = [], [], [], [], []
+    for (site, box), rng, key in zip(boxes, generators, site_keys):
+        g = site_geometry(site, box, sites, seg, vs, margin_nm=2 * max(vs), offset=offset)
         k, pre_point, confidence = presynaptic_choice(
             g, seg, presynaptic, vs, radius_nm=radius_nm, min_area_nm2=min_area_nm2)
         if k is None:
@@ -226,12 +306,13 @@ def assign_by_diffusion(
         starts.append(zone[rng.integers(0, len(zone), size=particles)])
         groups.append(np.full(particles, index, dtype=np.int64))
         pres.append(pre_cell)
+        keys.append(key)
         pending.append((choice, index))
     t_setup = time.perf_counter()
     if pres:
         arrivals = random_walk(seg, np.concatenate(starts), np.concatenate(groups),
-                               np.array(pres), voxel_size=vs, n_steps=n_steps, rng=rng,
-                               free=free)
+                               np.array(pres), voxel_size=vs, n_steps=n_steps,
+                               keys=np.array(keys, dtype=np.uint64), free=free)
     else:
         arrivals = Arrivals(*(np.zeros(0, np.int64),) * 2, np.zeros((0, 3), np.int64),
                             np.zeros((0, 3), np.int64), np.zeros(0, np.int64),
@@ -260,17 +341,16 @@ def assign_by_diffusion(
                 # A partner touching the site: its contact with the site places the row.
                 area, center, point = float(g.area_nm2[k]), g.contact_center[k], g.inner_point[k]
             else:
-                # Reached only through the extracellular space: where the particles arrived.
+                # Reached only through the extracellular space: where the particles arrived
+                # (integer voxels in the volume's frame, so a crop averages them alike).
                 area = 0.0
-                center = arrivals.before[sel][mine].mean(axis=0) * vsa
-                point = arrivals.after[sel][mine].mean(axis=0) * vsa
+                center = (arrivals.before[sel][mine] + offset).mean(axis=0) * vsa
+                point = (arrivals.after[sel][mine] + offset).mean(axis=0) * vsa
             choice.posts.append(Post(
                 int(cells[c]), area, float(counts[c]),
                 choice.pre_confidence * float(shares[c] / shares.max()), center, point))
-    rows = build_rows(choices, voxel_size=vs, method="diffusion",
-                      group_distance_nm=group_distance_nm)
     logger.info(
-        "diffusion: %d candidates, %d particles (%d arrived, %d lost) -> %d rows; "
-        "set-up %.2f s, walk %.2f s", len(choices), int(arrivals.released.sum()),
-        len(arrivals.cell), int(arrivals.lost.sum()), len(rows), t_setup - t0, t_walk - t_setup)
-    return rows
+        "diffusion: %d candidates, %d particles (%d arrived, %d lost); set-up %.2f s, "
+        "walk %.2f s", len(choices), int(arrivals.released.sum()), len(arrivals.cell),
+        int(arrivals.lost.sum()), t_setup - t0, t_walk - t_setup)
+    return choices

@@ -144,4 +144,44 @@ def build_rows(choices: list[Choice], *, voxel_size, method: str,
     return rows
 
 
-__all__ = ["Choice", "Post", "build_rows", "FLAG_BACKGROUND", "FLAG_SELF_CONTACT"]
+def _floats(values) -> list[float]:
+    return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+
+
+def choice_record(choice: Choice) -> dict:
+    """A JSON-able record of what :func:`build_rows` reads of a choice (floats exact)."""
+    g = choice.geometry
+    return {
+        "site": int(g.site), "size_voxels": int(g.size_voxels), "center": _floats(g.center),
+        "cells": [int(c) for c in g.cells], "area_nm2": _floats(g.area_nm2),
+        "background_area_nm2": float(g.background_area_nm2),
+        "pre": int(choice.pre), "pre_point": _floats(choice.pre_point),
+        "pre_confidence": float(choice.pre_confidence),
+        "posts": [[int(p.cell), float(p.area_nm2), float(p.evidence), float(p.confidence),
+                   _floats(p.center), _floats(p.point)] for p in choice.posts],
+    }
+
+
+def choice_from_record(record: dict) -> Choice:
+    """The choice of :func:`choice_record`.
+
+    Its geometry holds what :func:`build_rows` reads (site, size, centre, touching cells,
+    their contact areas, background area); the crop, mask and per-cell points are not kept
+    (``None``).
+    """
+    geometry = SiteGeometry(
+        site=int(record["site"]), box=None, mask=None, size_voxels=int(record["size_voxels"]),
+        center=np.array(record["center"], dtype=np.float64),
+        cells=np.array(record["cells"], dtype=np.int64),
+        area_nm2=np.array(record["area_nm2"], dtype=np.float64),
+        contact_center=None, inner_point=None,
+        background_area_nm2=float(record["background_area_nm2"]))
+    posts = [Post(int(cell), float(area), float(evidence), float(confidence),
+                  np.array(center, dtype=np.float64), np.array(point, dtype=np.float64))
+             for cell, area, evidence, confidence, center, point in record["posts"]]
+    return Choice(geometry, int(record["pre"]), np.array(record["pre_point"], dtype=np.float64),
+                  float(record["pre_confidence"]), posts)
+
+
+__all__ = ["Choice", "Post", "build_rows", "choice_from_record", "choice_record",
+           "FLAG_BACKGROUND", "FLAG_SELF_CONTACT"]

@@ -108,6 +108,9 @@ class SiteGeometry:
     inside_fraction : (K,) float ndarray
         Share of the site's voxels lying inside each cell (a detected PSD lies inside the
         postsynaptic cell, a T-bar inside the presynaptic one).
+    offset : tuple of 3 int
+        Volume voxel of the arrays' first voxel (a crop's corner): positions are in the
+        volume's frame, ``box`` in the arrays'.
     """
 
     site: int
@@ -121,6 +124,7 @@ class SiteGeometry:
     inner_point: np.ndarray
     background_area_nm2: float = 0.0
     inside_fraction: np.ndarray | None = None
+    offset: tuple[int, int, int] = (0, 0, 0)
 
     def index(self, cell: int) -> int | None:
         hits = np.flatnonzero(self.cells == cell)
@@ -128,12 +132,18 @@ class SiteGeometry:
 
 
 def site_geometry(site: int, box: Box, sites: np.ndarray, seg: np.ndarray, voxel_size, *,
-                  margin_nm: float) -> SiteGeometry:
-    """Measure one site in the crop `box` grown by `margin_nm`."""
+                  margin_nm: float, offset=(0, 0, 0)) -> SiteGeometry:
+    """Measure one site in the crop `box` grown by `margin_nm`.
+
+    `offset` is the volume voxel of the arrays' first voxel when they are a crop of a larger
+    volume: positions come out in the volume's frame, exactly as if measured on the volume.
+    """
     crop = grow(box, margin_nm, voxel_size, seg.shape)
     mask = sites[crop] == site
     labels = seg[crop]
-    origin = box_origin(crop)
+    offset = tuple(int(v) for v in offset)
+    # Integer corner plus integer offset: the same float origin as on the whole volume.
+    origin = box_origin(crop) + np.asarray(offset, dtype=np.float64)
     vs = np.asarray(voxel_size)
     face_area = np.array([vs[1] * vs[2], vs[0] * vs[2], vs[0] * vs[1]])
 
@@ -165,7 +175,7 @@ def site_geometry(site: int, box: Box, sites: np.ndarray, seg: np.ndarray, voxel
     if not keys:
         empty = np.zeros((0, 3))
         return SiteGeometry(site, crop, mask, size, center, np.zeros(0, np.int64), np.zeros(0),
-                            empty, empty)
+                            empty, empty, offset=offset)
     key = np.concatenate(keys)
     area = np.concatenate(areas)
     site_pos = (np.concatenate(inner_pos) + origin) * vs
@@ -186,7 +196,8 @@ def site_geometry(site: int, box: Box, sites: np.ndarray, seg: np.ndarray, voxel
     inside = dict(zip(inside_ids.tolist(), inside_counts.tolist()))
     inside_fraction = np.array([inside.get(int(c), 0) for c in cells], dtype=np.float64) / size
     return SiteGeometry(site, crop, mask, size, center, cells, total[order],
-                        contact_center[order], inner_point[order], background, inside_fraction)
+                        contact_center[order], inner_point[order], background, inside_fraction,
+                        offset)
 
 
 def presynaptic_evidence(geometry: SiteGeometry, seg: np.ndarray, presynaptic, voxel_size, *,
@@ -211,7 +222,7 @@ def presynaptic_evidence(geometry: SiteGeometry, seg: np.ndarray, presynaptic, v
     # Nearer signal counts more: a vesicle cloud at this contact outweighs the cloud of
     # another synapse of the neighbouring cell at the edge of the radius.
     closeness = np.exp(-distance / (0.5 * radius_nm)).astype(np.float32)
-    origin = box_origin(crop)
+    origin = box_origin(crop) + np.asarray(geometry.offset, dtype=np.float64)
     vs = np.asarray(voxel_size)
     signal = np.zeros(len(geometry.cells))
     points = geometry.inner_point.copy()

@@ -78,12 +78,32 @@ def assign_by_vesicles(
         (see :func:`detection.partners.sites.pick_presynaptic`); ``weight`` the contact-area
         share of the partner within its site.
     """
+    t0 = time.perf_counter()
+    choices = vesicle_choices(sites, segmentation, presynaptic, voxel_size=voxel_size,
+                              radius_nm=radius_nm, min_area_nm2=min_area_nm2,
+                              min_fraction=min_fraction)
+    rows = build_rows(choices, voxel_size=voxel_size, method="vesicle",
+                      group_distance_nm=group_distance_nm)
+    logger.info("vesicle side: %d candidates -> %d rows in %.1f s", len(choices), len(rows),
+                time.perf_counter() - t0)
+    return rows
+
+
+def vesicle_choices(sites, segmentation, presynaptic, *, voxel_size, radius_nm: float = 200.0,
+                    min_area_nm2: float = 1500.0, min_fraction: float = 0.25,
+                    offset=(0, 0, 0)) -> list[Choice]:
+    """The per-candidate decisions of :func:`assign_by_vesicles`, before sites are grouped.
+
+    Each candidate's choice depends on the arrays within its bounding box grown by
+    :func:`detection.partners.blocks.assignment_margin` only, so a crop holding that gives the
+    same choices as the volume; `offset` (the crop's corner in volume voxels) puts the positions
+    in the volume's frame.
+    """
     sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size,
                                   presynaptic=presynaptic)
-    t0 = time.perf_counter()
     choices = []
     for site, box in site_boxes(sites):
-        g = site_geometry(site, box, sites, seg, vs, margin_nm=2 * max(vs))
+        g = site_geometry(site, box, sites, seg, vs, margin_nm=2 * max(vs), offset=offset)
         k, pre_point, confidence = presynaptic_choice(
             g, seg, presynaptic, vs, radius_nm=radius_nm, min_area_nm2=min_area_nm2)
         if k is None:
@@ -97,8 +117,4 @@ def assign_by_vesicles(
                                           inside_fraction=g.inside_fraction)
         ]
         choices.append(Choice(g, int(g.cells[k]), np.asarray(pre_point), confidence, posts))
-    rows = build_rows(choices, voxel_size=vs, method="vesicle",
-                      group_distance_nm=group_distance_nm)
-    logger.info("vesicle side: %d candidates -> %d rows in %.1f s", len(choices), len(rows),
-                time.perf_counter() - t0)
-    return rows
+    return choices

@@ -115,7 +115,7 @@ def test_random_walk_steps_are_isotropic_in_nm_and_refuse_the_presynaptic_cell()
     vs = np.array([40.0, 8.0, 8.0])
     n = 100_000
     walk = random_walk(seg, np.tile([1, 1, 1], (n, 1)), np.zeros(n, dtype=np.int64), [99],
-                       voxel_size=vs, n_steps=1, rng=np.random.default_rng(1))
+                       voxel_size=vs, n_steps=1, keys=[1])
     shares = np.bincount(walk.cell, minlength=17)[11:] / n
     p = (1 / vs**2) / (1 / vs**2).sum() / 2
     np.testing.assert_allclose(shares, np.repeat(p, 2), atol=0.005)
@@ -125,7 +125,7 @@ def test_random_walk_steps_are_isotropic_in_nm_and_refuse_the_presynaptic_cell()
     # Cell 14 presynaptic: steps into it are refused, the walk goes on until it arrives
     # elsewhere; nobody ever arrives in 14.
     walk = random_walk(seg, np.tile([1, 1, 1], (n, 1)), np.zeros(n, dtype=np.int64), [14],
-                       voxel_size=vs, n_steps=50, rng=np.random.default_rng(2))
+                       voxel_size=vs, n_steps=50, keys=[2])
     assert 14 not in walk.cell and len(walk.cell) == n
 
 
@@ -133,7 +133,7 @@ def test_particles_leaving_the_volume_are_lost():
     seg = np.zeros((1, 1, 5), dtype=np.uint64)
     seg[0, 0, 0] = 3  # presynaptic wall on one side, open volume face on the other
     walk = random_walk(seg, np.tile([0, 0, 2], (500, 1)), np.zeros(500, dtype=np.int64), [3],
-                       voxel_size=(8, 8, 8), n_steps=10_000, rng=np.random.default_rng(0))
+                       voxel_size=(8, 8, 8), n_steps=10_000, keys=[0])
     assert len(walk.cell) == 0 and walk.lost.tolist() == [500] and walk.released.tolist() == [500]
 
 
