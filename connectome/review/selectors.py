@@ -3,7 +3,7 @@
 from math import sqrt
 from statistics import NormalDist
 
-from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from connectome.datasets.models import Dataset
@@ -21,17 +21,17 @@ DECIDED_VERDICTS = (*SYNAPSE_VERDICTS, State.NOT_SYNAPSE)
 def review_progress(*, dataset: Dataset, run=None) -> dict:
     """Counts over the synapses the queue serves (unflagged, both partners set; ``run`` when
     given): ``total``, ``reviewed``, ``unreviewed``, ``verdicts`` (synapses per latest verdict)
-    and ``claimed`` (live claims now). One query."""
-    live = ReviewClaim.objects.filter(synapse=OuterRef("pk"), expires_at__gt=timezone.now())
-    counts = reviewable_synapses(dataset=dataset, run=run).aggregate(
-        total=Count("id"), claimed=Count("id", filter=Q(Exists(live))),
-        **{verdict: Count("id", filter=Q(review_state=verdict)) for verdict in VERDICTS},
-    )
-    verdicts = {verdict: counts[verdict] for verdict in VERDICTS}
+    and ``claimed`` (live claims now). Two queries: a GROUP BY on the review state, and the
+    live claims (a small table) joined to their synapses."""
+    synapses = reviewable_synapses(dataset=dataset, run=run)
+    states = dict(synapses.values_list("review_state").annotate(n=Count("id")).order_by())
+    claimed = ReviewClaim.objects.filter(
+        dataset=dataset, expires_at__gt=timezone.now(), synapse__in=synapses).count()
+    verdicts = {verdict: states.get(verdict, 0) for verdict in VERDICTS}
     reviewed = sum(verdicts.values())
-    return {"total": counts["total"], "reviewed": reviewed,
-            "unreviewed": counts["total"] - reviewed, "verdicts": verdicts,
-            "claimed": counts["claimed"]}
+    total = reviewed + states.get(Synapse.ReviewState.UNREVIEWED, 0)
+    return {"total": total, "reviewed": reviewed, "unreviewed": total - reviewed,
+            "verdicts": verdicts, "claimed": claimed}
 
 
 def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> dict:
