@@ -1,0 +1,101 @@
+"""The demo command end to end, inline: phantom -> imports -> detection -> partner assignment."""
+
+import io
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from connectome.datasets.models import Dataset
+from connectome.jobs.models import Job
+from connectome.synapses.models import Synapse, SynapseRun
+
+pytestmark = pytest.mark.django_db
+
+# Small enough for two slow cores; the detector is still trained on its full training phantom.
+SHAPE = ("16", "192", "192")
+
+
+@pytest.fixture
+def var_dir(settings, data_root, tmp_path):
+    settings.VAR_DIR = tmp_path / "var"
+    return settings.VAR_DIR
+
+
+def demo(*args) -> str:
+    out = io.StringIO()
+    call_command("demo", "--inline", "--shape", *SHAPE, "--address", "demo.test:8080", *args,
+                 stdout=out)
+    return out.getvalue()
+
+
+def figures(output: str, run: str) -> list[float]:
+    """The precision, recall pairs the demo printed for a run, in order."""
+    line = next(line for line in output.splitlines() if line.startswith(f"run '{run}':"))
+    return [float(value) for value in re.findall(r"(?:precision|recall) ([\d.]+)", line)]
+
+
+@pytest.mark.slow
+def test_demo_detects_synapses_assigns_partners_and_scores_them(var_dir):
+    admin = get_user_model().objects.create_superuser("admin", "admin@localhost", "admin")
+    output = demo()
+
+    dataset = Dataset.objects.get(name="phantom")
+    assert dataset.is_public and dataset.owner == admin
+    assert (var_dir / "demo" / "detector.model").exists()
+    assert "training the detector" in output
+
+    detect = Job.objects.get(kind="detect_and_assign")
+    assert detect.state == Job.State.DONE, detect.error
+    assert detect.parameters["assign_method"] == "diffusion"
+    assert detect.parameters["presynaptic_layer"] == dataset.layers.get(name="vesicles").pk
+    follow = Job.objects.get(pk=detect.result["then_job"])
+    assert (follow.kind, follow.state) == ("assign_partners", Job.State.DONE), follow.error
+
+    detected = SynapseRun.objects.get(dataset=dataset, name="detected")
+    n_detected = detected.synapses.count()
+    assert n_detected == detect.result["synapses"] > 10
+    assert f"run 'detected': {n_detected} synapses" in output
+    partners = SynapseRun.objects.get(dataset=dataset, name="detected partners")
+    counted = partners.synapses.filter(flag=Synapse.Flag.NONE)
+    assert counted.count() > 10
+    assert not counted.filter(pre__isnull=True).exists()
+    assert not counted.filter(post__isnull=True).exists()
+    assert set(partners.synapses.values_list("site_id", flat=True)) <= set(
+        detected.synapses.values_list("site_id", flat=True))
+
+    # On this phantom the detector finds about three quarters of the synapses, nearly all
+    # right, and the assignment most connections (docs/demo.md has the full-size figures).
+    detection, assignment = figures(output, "detected"), figures(output, "detected partners")
+    precision, recall = detection
+    assert precision >= 0.8 and recall >= 0.6, detection
+    synapse_precision, synapse_recall, wiring_precision, wiring_recall = assignment
+    assert synapse_precision >= 0.8 and synapse_recall >= 0.6, assignment
+    assert wiring_precision >= 0.8 and wiring_recall >= 0.6, assignment
+    assert f"dataset page: http://demo.test:8080/datasets/{dataset.pk}/" in output
+    assert f"review queue: http://demo.test:8080/datasets/{dataset.pk}/review/" in output
+
+    # A second run reuses everything: no job, no training, the same figures.
+    jobs = Job.objects.count()
+    again = demo()
+    assert Job.objects.count() == jobs
+    assert "training the detector" not in again
+    assert figures(again, "detected") == detection
+
+    # Detected, but the assignment is missing (it failed, say): only the assignment runs again.
+    partners.delete()
+    third = demo()
+    assert list(Job.objects.filter(pk__gt=follow.pk).values_list("kind", flat=True)) == [
+        "assign_partners"]
+    assert figures(third, "detected partners") == assignment
+
+
+def test_a_failing_job_is_named_with_its_error(var_dir):
+    (var_dir / "demo").mkdir(parents=True)
+    (var_dir / "demo" / "detector.model").write_bytes(b"not a model\n")
+    with pytest.raises(CommandError, match=r"job \d+ \(detect_and_assign detected\) failed: "
+                                           r"detector.model: cannot read model file"):
+        demo()
+    assert Dataset.objects.get(name="phantom").layers.filter(name="em").exists()
+    assert not SynapseRun.objects.filter(name="detected").exists()
