@@ -1,0 +1,278 @@
+"""Neuroglancer viewer states for a dataset, a synapse and a cell.
+
+Positions come in as (z, y, x) nm, our convention everywhere: a point ``p`` lies in voxel
+``round(p / voxel_size)``, whose centre is at ``index * voxel_size`` (detection/phantom.py, the
+importers and the partner methods all use it). Neuroglancer counts voxel ``i`` as the interval
+``[i, i + 1)``, so its centre is ``i + 0.5``. The state's global dimensions are x, y, z in voxels
+of the dataset (scales in metres), and every position written here is
+``p / voxel_size + 0.5`` reordered to x, y, z: the point lands in the middle of its voxel.
+
+Segment ids are written as strings (uint64 does not fit a JSON number).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote
+
+from django.urls import reverse
+
+from connectome.cells.models import Cell
+from connectome.datasets.models import Dataset, Layer
+from connectome.synapses.models import Synapse
+from connectome.viewer import selectors
+from connectome.viewer.precomputed import volume_type
+
+# Data layers bottom to top; kinds not listed as visible start hidden but are one click away.
+_LAYER_ORDER = {Layer.Kind.EM: 0, Layer.Kind.PREDICTION: 1, Layer.Kind.SEGMENTATION: 2,
+                Layer.Kind.SYNAPSES: 3, Layer.Kind.MASK: 4}
+VISIBLE_KINDS = (Layer.Kind.EM, Layer.Kind.SEGMENTATION, Layer.Kind.SYNAPSES)
+# Width in pixels that the field of view is fitted to; a panel of a 4panel layout in a page.
+PANEL_PIXELS = 600
+SYNAPSE_FIELD_NM = 2000.0
+# Relationships of synapse annotations to the segmentation, in Neuroglancer's terms.
+RELATIONSHIPS = ["pre_segment", "post_segment"]
+SYNAPSE_LAYER = "synapse"
+INPUTS_LAYER = "input synapses"
+OUTPUTS_LAYER = "output synapses"
+INPUT_COLOR = "#00c8ff"
+OUTPUT_COLOR = "#ff3c3c"
+
+
+# --------------------------------------------------------------------------------------------
+# Coordinates
+
+
+def dimensions(voxel_size: Sequence[float]) -> dict:
+    """Global x, y, z dimensions of one voxel each, in metres."""
+    vz, vy, vx = (float(v) for v in voxel_size)
+    return {"x": [vx * 1e-9, "m"], "y": [vy * 1e-9, "m"], "z": [vz * 1e-9, "m"]}
+
+
+def voxel_position(point_nm: Sequence[float], voxel_size: Sequence[float]) -> list[float]:
+    """Neuroglancer x, y, z of a (z, y, x) nm point: the middle of the voxel it lies in."""
+    z, y, x = (float(p) / float(v) + 0.5 for p, v in zip(point_nm, voxel_size))
+    return [x, y, z]
+
+
+def _zoom(field_nm: float, voxel_size: Sequence[float]) -> float:
+    # crossSectionScale counts the smallest voxel edge ("canonical voxel") per screen pixel.
+    return field_nm / PANEL_PIXELS / min(float(v) for v in voxel_size)
+
+
+def _point(row, prefix: str) -> tuple[float, float, float] | None:
+    z = getattr(row, f"{prefix}_z")
+    if z is None:
+        return None
+    return (z, getattr(row, f"{prefix}_y"), getattr(row, f"{prefix}_x"))
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+
+
+def layer_source(layer: Layer, *, base_url: str) -> str:
+    """``precomputed://`` URL of a layer; absolute, as Neuroglancer requires."""
+    info = reverse("viewer:layer-data", kwargs={"layer_id": layer.pk, "path": "info"})
+    return f"precomputed://{base_url.rstrip('/')}{info.removesuffix('/info')}"
+
+
+def _data_layer(layer: Layer, *, base_url: str, segments: Iterable[int] | None) -> dict:
+    state = {
+        "type": volume_type(layer.kind),
+        "name": layer.name,
+        "source": layer_source(layer, base_url=base_url),
+    }
+    if state["type"] == "segmentation" and segments:
+        state["segments"] = list(dict.fromkeys(str(int(s)) for s in segments))
+    if layer.kind not in VISIBLE_KINDS:
+        state["visible"] = False
+    return state
+
+
+def annotation_layer(name: str, annotations: list[dict], *, voxel_size: Sequence[float],
+                     segmentation: str | None = None, color: str | None = None) -> dict:
+    """A local annotation layer in the global voxel space.
+
+    With ``segmentation`` (a layer name), annotations relate to its segments as
+    :data:`RELATIONSHIPS` and take ``segments`` as ``[[pre ids], [post ids]]``.
+    """
+    layer = {
+        "type": "annotation",
+        "name": name,
+        "source": {"url": "local://annotations",
+                   "transform": {"outputDimensions": dimensions(voxel_size)}},
+        "annotations": annotations,
+    }
+    if segmentation is not None:
+        layer["annotationRelationships"] = list(RELATIONSHIPS)
+        layer["linkedSegmentationLayer"] = {r: segmentation for r in RELATIONSHIPS}
+    if color is not None:
+        layer["annotationColor"] = color
+    return layer
+
+
+def _synapse_segments(synapse: Synapse) -> list[list[str]]:
+    return [[str(c.segment_id)] if c is not None else [] for c in (synapse.pre, synapse.post)]
+
+
+# --------------------------------------------------------------------------------------------
+# States
+
+
+def dataset_state(
+    dataset: Dataset, *, base_url: str, position_nm: Sequence[float] | None = None,
+    selected: Iterable[int] | None = None, annotations: list[dict] | None = None,
+    field_nm: float | None = None, layout: str = "4panel",
+    segmentation_layer: Layer | None = None,
+) -> dict:
+    """Every layer of ``dataset``: EM as images, label layers as segmentations.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    base_url : str
+        Scheme and host the browser reaches Django at, e.g. ``"http://127.0.0.1:8000"``.
+    position_nm : (3,) floats, optional
+        (z, y, x) nm to centre on; the middle of the volume by default.
+    selected : iterable of int, optional
+        Segment ids to select in the segmentation layer.
+    annotations : list of dict, optional
+        Annotation layers (see :func:`annotation_layer`) put on top.
+    field_nm : float, optional
+        Width of the field of view of a 2D panel in nm; the volume's y/x extent by default.
+    layout : str
+        Neuroglancer layout: "4panel", "xy", "xy-3d", ...
+    segmentation_layer : Layer, optional
+        Layer that gets ``selected``; the dataset's first segmentation layer by default.
+    """
+    voxel_size = dataset.voxel_size
+    shape = dataset.shape or (1, 1, 1)
+    if segmentation_layer is None:
+        segmentation_layer = selectors.segmentation_layer(dataset)
+    layers = sorted(dataset.layers.all(), key=lambda l: (_LAYER_ORDER.get(l.kind, 9), l.name))
+    state_layers = [
+        _data_layer(layer, base_url=base_url,
+                    segments=selected if layer == segmentation_layer else None)
+        for layer in layers
+    ]
+    names = {layer["name"] for layer in state_layers}
+    for extra in annotations or []:
+        if extra["name"] in names:
+            extra = {**extra, "name": f"{extra['name']} (annotations)"}
+        names.add(extra["name"])
+        state_layers.append(extra)
+    if position_nm is None:
+        position = [shape[2] / 2, shape[1] / 2, shape[0] / 2]
+    else:
+        position = voxel_position(position_nm, voxel_size)
+    if field_nm is None:
+        field_nm = max(shape[1] * voxel_size[1], shape[2] * voxel_size[2])
+    state = {
+        "dimensions": dimensions(voxel_size),
+        "position": position,
+        "crossSectionScale": _zoom(field_nm, voxel_size),
+        "projectionScale": field_nm / min(voxel_size),
+        "layers": state_layers,
+        "layout": layout,
+    }
+    if segmentation_layer is not None:
+        state["selectedLayer"] = {"layer": segmentation_layer.name, "visible": False}
+    return state
+
+
+def synapse_state(synapse: Synapse, *, base_url: str, field_nm: float = SYNAPSE_FIELD_NM,
+                  layout: str = "xy") -> dict:
+    """Centred on the synapse, its pre and post cells selected, a line from pre to post.
+
+    The line runs from the presynaptic point to the postsynaptic point, each falling back to
+    the centre; its ``segments`` are ``[[pre id], [post id]]`` and its id is the synapse's.
+    """
+    dataset = synapse.dataset
+    centre, pre, post = (_point(synapse, p) for p in ("ctr", "pre", "post"))
+    if centre is None and pre is not None and post is not None:
+        centre = tuple((a + b) / 2 for a, b in zip(pre, post))
+    centre = centre or pre or post
+    cells = [c for c in (synapse.pre, synapse.post) if c is not None]
+    segmentation = selectors.segmentation_layer(dataset, cell=cells[0] if cells else None)
+    annotations = []
+    if centre is not None:
+        line = {
+            "type": "line", "id": str(synapse.pk),
+            "pointA": voxel_position(pre or centre, dataset.voxel_size),
+            "pointB": voxel_position(post or centre, dataset.voxel_size),
+            "description": f"synapse {synapse.pk}",
+        }
+        if cells and segmentation is not None:
+            line["segments"] = _synapse_segments(synapse)
+        annotations.append(annotation_layer(
+            SYNAPSE_LAYER, [line], voxel_size=dataset.voxel_size,
+            segmentation=segmentation.name if segmentation is not None else None,
+        ))
+    return dataset_state(
+        dataset, base_url=base_url, position_nm=centre,
+        selected=[c.segment_id for c in cells], annotations=annotations,
+        field_nm=field_nm, layout=layout, segmentation_layer=segmentation,
+    )
+
+
+def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
+               layout: str = "4panel") -> dict:
+    """The cell selected (with its skeleton), at its centroid, with its synapses as points.
+
+    Outputs (the cell is presynaptic) and inputs go in two annotation layers,
+    :data:`OUTPUTS_LAYER` and :data:`INPUTS_LAYER`; each point is the synapse centre (else the
+    cell's own point), has the synapse id as id and ``[[pre id], [post id]]`` as segments.
+    At most ``synapse_limit`` synapses, oldest first; flagged rows (no connection) are left out.
+    """
+    dataset = cell.dataset
+    voxel_size = dataset.voxel_size
+    bbox = cell.bbox
+    position = _point(cell, "centroid")
+    field_nm = None
+    if bbox is not None:
+        (lo_z, lo_y, lo_x), (hi_z, hi_y, hi_x) = bbox
+        if position is None:
+            position = tuple((lo + hi - 1) / 2 * v
+                             for lo, hi, v in zip(bbox[0], bbox[1], voxel_size))
+        field_nm = 1.2 * max((hi_y - lo_y) * voxel_size[1], (hi_x - lo_x) * voxel_size[2])
+    segmentation = selectors.segmentation_layer(dataset, cell=cell)
+    link = segmentation.name if segmentation is not None else None
+    points = {OUTPUTS_LAYER: [], INPUTS_LAYER: []}
+    for synapse in selectors.cell_synapses(cell, limit=synapse_limit):
+        output = synapse.pre_id == cell.pk
+        where = _point(synapse, "ctr") or _point(synapse, "pre" if output else "post")
+        if where is None:
+            continue
+        points[OUTPUTS_LAYER if output else INPUTS_LAYER].append({
+            "type": "point", "id": str(synapse.pk),
+            "point": voxel_position(where, voxel_size),
+            "segments": _synapse_segments(synapse),
+            "description": f"synapse {synapse.pk}",
+        })
+    annotations = [
+        annotation_layer(name, points[name], voxel_size=voxel_size, segmentation=link,
+                         color=color)
+        for name, color in ((OUTPUTS_LAYER, OUTPUT_COLOR), (INPUTS_LAYER, INPUT_COLOR))
+    ]
+    state = dataset_state(
+        dataset, base_url=base_url, position_nm=position, selected=[cell.segment_id],
+        annotations=annotations, field_nm=field_nm, layout=layout,
+        segmentation_layer=segmentation,
+    )
+    # The 3D view shows the skeleton and the synapses, not the opaque sections in front.
+    state["showSlices"] = False
+    return state
+
+
+def client_url(state: dict | str, *, token: str = "connectome") -> str:
+    """Path of the client showing ``state``: a state dict, or the URL of a state JSON.
+
+    A dict goes into the fragment as compact, URL-quoted JSON; a URL (``http://...``) is put
+    as is, and the client fetches it (same-origin, with the session cookie).
+    """
+    path = reverse("viewer:client", kwargs={"token": token})
+    if isinstance(state, str):
+        return f"{path}#!{state}"
+    return f"{path}#!{quote(json.dumps(state, separators=(',', ':')), safe='')}"

@@ -1,0 +1,164 @@
+"""The Neuroglancer client, the precomputed data of every layer, and viewer states.
+
+The client is public static code; the data and states answer 404 to users who cannot see the
+dataset, as the API does. Errors are JSON, never an HTML page the client could take for data.
+"""
+
+import gzip
+import re
+
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.http import require_GET
+
+from connectome.viewer import client, precomputed, selectors, state
+from connectome.viewer.precomputed import SEGMENTATION_KINDS
+
+_SEGMENT_ID = re.compile(r"\d{1,20}")
+UINT64_MAX = 2**64 - 1
+# Chunks change only when a layer is rebuilt, which gives it a new id.
+CHUNK_CACHE = "private, max-age=86400"
+# Segment properties and skeleton lists change as cells are annotated.
+INFO_CACHE = "private, no-cache"
+
+
+def _not_found(detail: str) -> JsonResponse:
+    return JsonResponse({"detail": detail}, status=404)
+
+
+# --------------------------------------------------------------------------------------------
+# Client
+
+
+@require_GET
+@xframe_options_sameorigin
+def client_file(request, token: str, path: str = ""):
+    found = client.client_file(path)
+    if found is None:
+        raise Http404(f"no client file {path!r}")
+    response = FileResponse(found.open("rb"), content_type=client.content_type(found))
+    # Built file names carry a content hash; index.html names them, so it is revalidated.
+    response["Cache-Control"] = (
+        "no-cache" if found.name == "index.html" else "public, max-age=31536000, immutable"
+    )
+    return response
+
+
+@require_GET
+def events(request, token: str):
+    response = StreamingHttpResponse(client.idle_events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+# --------------------------------------------------------------------------------------------
+# Layer data
+
+
+@require_GET
+def layer_data(request, layer_id: int, path: str):
+    layer = selectors.visible_layer(layer_id=layer_id, user=request.user)
+    if layer is None:
+        return _not_found(f"no layer {layer_id}")
+    segmentation = layer.kind in SEGMENTATION_KINDS
+    if path == "info":
+        return _json(_layer_info(layer))
+    if path == "segment_properties/info" and segmentation:
+        cells = list(selectors.layer_cells(layer))
+        return _json(precomputed.segment_properties(
+            [c[0] for c in cells], names=[c[1] for c in cells], cell_types=[c[2] for c in cells],
+        ))
+    if path == "skeletons/info" and segmentation:
+        return _json(precomputed.skeleton_info(voxel_size=layer.dataset.voxel_size))
+    head, _, name = path.partition("/")
+    if head == "skeletons" and segmentation:
+        return _skeleton(request, layer, name)
+    levels = {level.key: level for level in _levels(layer)}
+    if head not in levels or not name:
+        return _not_found(f"layer {layer_id} has no {path!r}")
+    try:
+        data = precomputed.read_chunk(layer.path, kind=layer.kind, level=levels[head], name=name)
+    except ValueError as exc:
+        return JsonResponse({"detail": str(exc)}, status=400)
+    except precomputed.ChunkNotFound as exc:
+        return _not_found(str(exc))
+    return _binary(request, data)
+
+
+def _levels(layer):
+    itemsize = precomputed.served_dtype(kind=layer.kind, dtype=layer.dtype).itemsize
+    factors = layer.downsample_factors or [(1, 1, 1)]
+    return precomputed.open_levels(layer.path, factors=factors, itemsize=itemsize)
+
+
+def _layer_info(layer) -> dict:
+    segmentation = layer.kind in SEGMENTATION_KINDS
+    return precomputed.volume_info(
+        kind=layer.kind, dtype=layer.dtype, voxel_size=layer.dataset.voxel_size,
+        levels=_levels(layer),
+        segment_properties=segmentation and selectors.layer_cells(layer).exists(),
+        skeletons=segmentation and selectors.layer_has_skeletons(layer),
+    )
+
+
+def _skeleton(request, layer, name: str):
+    if not _SEGMENT_ID.fullmatch(name) or int(name) > UINT64_MAX:
+        return _not_found(f"no skeleton {name!r}")
+    skeleton = selectors.segment_skeleton(layer=layer, segment_id=int(name))
+    if skeleton is None:
+        return _not_found(f"segment {name} of layer {layer.pk} has no skeleton")
+    nodes = skeleton.unpack()
+    return _binary(request, precomputed.encode_skeleton(
+        node_id=nodes["node_id"], parent_id=nodes["parent_id"], zyx=nodes["zyx"],
+        radius=nodes["radius"],
+    ), cache=INFO_CACHE)
+
+
+def _json(data: dict) -> JsonResponse:
+    response = JsonResponse(data)
+    response["Cache-Control"] = INFO_CACHE
+    return response
+
+
+def _binary(request, data: bytes, *, cache: str = CHUNK_CACHE) -> HttpResponse:
+    response = HttpResponse(content_type="application/octet-stream")
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        data = gzip.compress(data, compresslevel=1)
+        response["Content-Encoding"] = "gzip"
+    response.content = data
+    response["Vary"] = "Accept-Encoding, Cookie"
+    response["Cache-Control"] = cache
+    return response
+
+
+# --------------------------------------------------------------------------------------------
+# Viewer states
+
+
+def _base_url(request) -> str:
+    return request.build_absolute_uri("/").rstrip("/")
+
+
+@require_GET
+def dataset_state(request, dataset_id: int):
+    dataset = selectors.visible_dataset(dataset_id=dataset_id, user=request.user)
+    if dataset is None:
+        return _not_found(f"no dataset {dataset_id}")
+    return JsonResponse(state.dataset_state(dataset, base_url=_base_url(request)))
+
+
+@require_GET
+def synapse_state(request, synapse_id: int):
+    synapse = selectors.visible_synapse(synapse_id=synapse_id, user=request.user)
+    if synapse is None:
+        return _not_found(f"no synapse {synapse_id}")
+    return JsonResponse(state.synapse_state(synapse, base_url=_base_url(request)))
+
+
+@require_GET
+def cell_state(request, cell_id: int):
+    cell = selectors.visible_cell(cell_id=cell_id, user=request.user)
+    if cell is None:
+        return _not_found(f"no cell {cell_id}")
+    return JsonResponse(state.cell_state(cell, base_url=_base_url(request)))
