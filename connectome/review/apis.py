@@ -34,7 +34,8 @@ class ReviewSerializer(serializers.ModelSerializer):
     class Meta:
         model = Review
         fields = ["id", "synapse", "dataset", "reviewer", "verdict", "corrected_pre",
-                  "corrected_post", "note", "created_at", "synapse_review_state"]
+                  "corrected_post", "note", "order", "created_at", "synapse_review_state"]
+        read_only_fields = ["order"]
 
 
 class ReviewCreateSerializer(serializers.Serializer):
@@ -123,59 +124,59 @@ class ReviewProgressSerializer(serializers.Serializer):
     claimed = serializers.IntegerField(help_text="live claims now")
 
 
-class ProportionSerializer(serializers.Serializer):
+class ReviewProportionSerializer(serializers.Serializer):
     n = serializers.IntegerField()
     estimate = serializers.FloatField(allow_null=True)
     low = serializers.FloatField(allow_null=True)
     high = serializers.FloatField(allow_null=True)
 
 
-class PrecisionSerializer(serializers.Serializer):
+class ReviewPrecisionSerializer(serializers.Serializer):
     confidence = serializers.FloatField()
     decided = serializers.IntegerField(help_text="reviewed synapses, unsure left out")
     random_order = serializers.IntegerField(
         help_text="decided synapses whose verdict was given in the random queue order")
-    synapse = ProportionSerializer(help_text="(confirmed + wrong_partner + wrong_direction) / "
-                                             "decided, Wilson score interval")
-    connection = ProportionSerializer(help_text="confirmed / decided, Wilson score interval")
+    synapse = ReviewProportionSerializer(
+        help_text="(confirmed + wrong_partner + wrong_direction) / decided, Wilson score interval")
+    connection = ReviewProportionSerializer(help_text="confirmed / decided, Wilson score interval")
 
 
-class QueueItemSerializer(serializers.Serializer):
+class ReviewQueueItemSerializer(serializers.Serializer):
     synapse = SynapseSerializer(allow_null=True)
     claim_expires_at = serializers.DateTimeField(allow_null=True)
     progress = ReviewProgressSerializer()
 
 
-class SkippedSerializer(serializers.Serializer):
+class ReviewSkippedSerializer(serializers.Serializer):
     skipped = serializers.IntegerField()
     progress = ReviewProgressSerializer()
 
 
-class SummarySerializer(serializers.Serializer):
+class ReviewSummarySerializer(serializers.Serializer):
     progress = ReviewProgressSerializer()
-    precision = PrecisionSerializer()
+    precision = ReviewPrecisionSerializer()
 
 
-class RunField(IdField):
+class ReviewRunField(IdField):
     def __init__(self, **kwargs):
         super().__init__(required=False, allow_null=True,
                          help_text="synapse run id; all runs of the dataset by default",
                          **kwargs)
 
 
-class NextBody(serializers.Serializer):
-    run = RunField()
+class ReviewNextBody(serializers.Serializer):
+    run = ReviewRunField()
     order = serializers.ChoiceField(choices=ORDERS, default=QueueOrder.CONFIDENCE)
     seed = serializers.IntegerField(min_value=0, max_value=MAX_ID, default=0,
                                     help_text="random order: the same seed, the same sequence")
 
 
-class SkipBody(serializers.Serializer):
+class ReviewSkipBody(serializers.Serializer):
     synapse = IdField()
 
 
-class SummaryQuery(serializers.Serializer):
-    run = RunField()
+class ReviewSummaryQuery(serializers.Serializer):
+    run = ReviewRunField()
     confidence = serializers.FloatField(min_value=0.5, max_value=0.999, default=0.95,
                                         help_text="confidence level of the intervals")
 
@@ -212,7 +213,7 @@ class _QueueView(APIView):
                 pre_segment_id=F("pre__segment_id"), post_segment_id=F("post__segment_id"),
             ).get(pk=synapse.pk)
             claim = ReviewClaim.objects.filter(synapse=synapse, reviewer=reviewer).first()
-        return Response(QueueItemSerializer({
+        return Response(ReviewQueueItemSerializer({
             "synapse": synapse, "claim_expires_at": claim and claim.expires_at,
             "progress": review_progress(dataset=dataset, run=run),
         }).data)
@@ -223,10 +224,10 @@ class ReviewNextView(_QueueView):
     give a verdict, skip it or the claim expires); your live claim again on a reload;
     ``synapse`` null when the queue is empty."""
 
-    @extend_schema(request=NextBody, responses=QueueItemSerializer)
+    @extend_schema(request=ReviewNextBody, responses=ReviewQueueItemSerializer)
     def post(self, request, pk):
         dataset = self.dataset(request, pk)
-        body = NextBody(data=request.data)
+        body = ReviewNextBody(data=request.data)
         body.is_valid(raise_exception=True)
         run = self.run(dataset, body.validated_data.get("run"))
         synapse = review_next(dataset=dataset, reviewer=request.user, run=run,
@@ -239,14 +240,14 @@ class ReviewSkipView(_QueueView):
     """Pass over a synapse: your claim is released and the queue does not offer it to you
     again (others still get it)."""
 
-    @extend_schema(request=SkipBody, responses=SkippedSerializer)
+    @extend_schema(request=ReviewSkipBody, responses=ReviewSkippedSerializer)
     def post(self, request, pk):
         dataset = self.dataset(request, pk)
-        body = SkipBody(data=request.data)
+        body = ReviewSkipBody(data=request.data)
         body.is_valid(raise_exception=True)
         synapse = get_object_or_404(Synapse, dataset=dataset, pk=body.validated_data["synapse"])
         review_skip(synapse=synapse, reviewer=request.user)
-        return Response(SkippedSerializer({
+        return Response(ReviewSkippedSerializer({
             "skipped": synapse.pk, "progress": review_progress(dataset=dataset)}).data)
 
 
@@ -255,7 +256,7 @@ class ReviewUndoView(_QueueView):
     the verdict before it and the synapse is yours to review again; ``synapse`` null when you
     have no verdict to take back."""
 
-    @extend_schema(request=None, responses=QueueItemSerializer)
+    @extend_schema(request=None, responses=ReviewQueueItemSerializer)
     def post(self, request, pk):
         dataset = self.dataset(request, pk)
         synapse = review_undo(dataset=dataset, reviewer=request.user)
@@ -265,12 +266,12 @@ class ReviewUndoView(_QueueView):
 class ReviewSummaryView(_QueueView):
     """Review progress and the precision the verdicts measure (viewer role)."""
 
-    @extend_schema(parameters=[SummaryQuery], responses=SummarySerializer)
+    @extend_schema(parameters=[ReviewSummaryQuery], responses=ReviewSummarySerializer)
     def get(self, request, pk):
         dataset = self.dataset(request, pk)
-        query = parse_query(SummaryQuery, request)
+        query = parse_query(ReviewSummaryQuery, request)
         run = self.run(dataset, query.get("run"))
-        return Response(SummarySerializer({
+        return Response(ReviewSummarySerializer({
             "progress": review_progress(dataset=dataset, run=run),
             "precision": precision_estimate(dataset=dataset, run=run,
                                             confidence=query["confidence"]),

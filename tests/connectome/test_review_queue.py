@@ -386,9 +386,9 @@ def test_queue_over_the_api(queue):
                                              "unsure": 0}}
     # The verdict goes through the reviews endpoint; the next call serves the next synapse.
     right = CellFactory(dataset=dataset)
-    assert client.post("/api/reviews/", {"synapse": s[2].pk, "verdict": "wrong_partner",
-                                         "corrected_post": [right.pk]},
-                       format="json").status_code == 201
+    posted = client.post("/api/reviews/", {"synapse": s[2].pk, "verdict": "wrong_partner",
+                                           "corrected_post": [right.pk]}, format="json")
+    assert posted.status_code == 201 and posted.json()["order"] == "confidence"
     body = client.post(f"{base}/next/", {"order": "confidence"}, format="json").json()
     assert body["synapse"]["id"] == s[4].pk
     assert body["progress"]["verdicts"]["wrong_partner"] == 1
