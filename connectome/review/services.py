@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from connectome.cells.models import Cell
@@ -55,9 +55,12 @@ def review_create(
             raise ValueError(f"cell {cell.pk} is not in the synapse's dataset")
     order = ""
     if reviewer is not None:
-        claims = ReviewClaim.objects.filter(synapse=synapse, reviewer=reviewer)
-        order = claims.values_list("order", flat=True).first() or ""
-        claims.delete()
+        order = ReviewClaim.objects.filter(synapse=synapse, reviewer=reviewer).values_list(
+            "order", flat=True).first() or ""
+    # The reviewer's claim, and an expired one of anybody, would only hold a reviewed synapse.
+    ReviewClaim.objects.filter(
+        Q(reviewer=reviewer) | Q(expires_at__lte=timezone.now()), synapse=synapse,
+    ).delete()
     review = Review.objects.create(
         synapse=synapse, reviewer=reviewer, verdict=verdict, note=note,
         corrected_pre=corrected_pre, order=order,

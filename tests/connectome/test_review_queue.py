@@ -118,8 +118,18 @@ def test_a_verdict_releases_the_claim_and_records_the_order(queue):
     assert review.order == "random"
     assert not ReviewClaim.objects.exists()
     assert review_next(dataset=dataset, reviewer=reviewer).pk != synapse.pk
+    # A verdict outside the queue leaves a live claim of someone else alone, and clears an
+    # expired one.
+    holder = UserFactory()
+    live = ReviewClaim.objects.create(synapse=s[0], dataset=dataset, reviewer=holder,
+                                      expires_at=timezone.now() + timedelta(minutes=1))
     outside = review_create(synapse=s[0], reviewer=UserFactory(), verdict=State.UNSURE)
     assert outside.order == ""
+    assert list(ReviewClaim.objects.all()) == [live]
+    live.expires_at = timezone.now() - timedelta(seconds=1)
+    live.save()
+    review_create(synapse=s[0], reviewer=None, verdict=State.CONFIRMED)
+    assert not ReviewClaim.objects.exists()
 
 
 def test_skip_hides_the_synapse_from_that_reviewer_only(queue):
