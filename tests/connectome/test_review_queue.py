@@ -125,11 +125,11 @@ def test_a_verdict_releases_the_claim_and_records_the_order(queue):
                                       expires_at=timezone.now() + timedelta(minutes=1))
     outside = review_create(synapse=s[0], reviewer=UserFactory(), verdict=State.UNSURE)
     assert outside.order == ""
-    assert list(ReviewClaim.objects.all()) == [live]
+    assert list(ReviewClaim.objects.filter(synapse=s[0])) == [live]
     live.expires_at = timezone.now() - timedelta(seconds=1)
     live.save()
     review_create(synapse=s[0], reviewer=None, verdict=State.CONFIRMED)
-    assert not ReviewClaim.objects.exists()
+    assert not ReviewClaim.objects.filter(synapse=s[0]).exists()
 
 
 def test_skip_hides_the_synapse_from_that_reviewer_only(queue):
