@@ -1,27 +1,72 @@
-"""Partner assignment over a dataset's layers, stored as one synapse run.
+"""Partner assignment over a dataset's layers, block by block, stored as one synapse run.
 
-Reads the sites (a synapse-instance layer), the segmentation and what the method needs (a
-presynaptic map for ``vesicle`` and ``diffusion``; the EM and an interface classifier for
-``contact``), runs :mod:`detection.partners` and stores the rows with
+The ``assign_partners`` job reads the sites (a synapse-instance layer), the segmentation and
+what the method needs (a presynaptic map for ``vesicle`` and ``diffusion``; the EM and an
+interface classifier for ``contact``; a free-space mask for ``diffusion``), runs
+:mod:`detection.partners` on crops and stores the rows with
 :func:`~connectome.synapses.services.synapse_run_store` (one run, replaced atomically when
-asked).  The volumes are read whole at full resolution; block-wise assignment over volumes
-larger than memory is the job of the distributed detection pipeline.
+asked).  No volume is ever read whole:
+
+plan (the job's main task): check the layers, then read the site labels one block of
+``block_shape`` at a time and merge each label's bounding box
+(:func:`detection.partners.blocks.blockwise_site_boxes`).  A site belongs to the block of
+the grid holding its box's centre; only blocks with sites are planned (one empty block when
+there is no site, so an empty run is still stored).  Each planned block's sites and boxes
+go to ``sites/<z>_<y>_<x>.json`` in the job's folder (``datasets/<id>/jobs/<job id>/``).
+
+block (one task per block, any worker): read the union of its sites' boxes grown by the
+method's margin (:func:`detection.partners.blocks.assignment_margin`: the site geometry,
+the presynaptic radius, the diffusion walk's reach of ``n_steps + 1`` voxels, the contact
+interfaces' 320 nm crop), clipped to the volume, from every layer; erase the other sites'
+labels; compute the per-candidate choices with the crop's corner as offset (positions in the
+volume's frame) and write them to ``choices/<z>_<y>_<x>.json``, replacing the file (a
+repeat writes the same file).
+
+finish (one task): read every block's choices, order them by site id, group candidates into
+polyadic sites (which needs all of them) and store the rows in the transaction that marks
+the job done.  A candidate's choice reads nothing beyond its margin and diffusion draws per
+site, so the stored rows are those of the whole-volume call whatever the blocks.
+
+Memory: the plan holds one block of labels and one box per site; a block task its crop of
+every layer; the final step every candidate's choice and row.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+from django.conf import settings
 
 from connectome.datasets.models import Dataset, Layer
+from connectome.jobs.blocks import BlockPlan, Finish
+from connectome.jobs.models import Job, JobLock
 from connectome.synapses.models import SynapseRun
 from connectome.synapses.services import synapse_run_store
 from detection import partners
+from detection.io.sources import read_box
 from detection.io.zarr_store import open_multiscale
+from detection.partners.blocks import (
+    assignment_margin,
+    block_box,
+    block_crop,
+    blockwise_site_boxes,
+    grid_boxes,
+    keep_sites,
+    sites_by_block,
+)
+from detection.partners.rows import choice_from_record, choice_record
 
 logger = logging.getLogger(__name__)
+
+#: Default block (z, y, x voxels): the grid that sites are given to by their box's centre.
+BLOCK_SHAPE = (32, 256, 256)
 
 _FUNCTIONS = {
     "contact": partners.assign_by_contact,
@@ -74,82 +119,213 @@ def _layer(dataset: Dataset, layer_ref, role: str, kinds) -> Layer:
     return layer
 
 
-def _read(layer: Layer) -> np.ndarray:
-    group, _ = open_multiscale(layer.path)
-    return group["0"][...]
+def job_folder(job) -> Path:
+    """Where an assignment job's files live, relative to DATA_ROOT."""
+    return Path("datasets") / str(job.dataset_id) / "jobs" / str(job.pk)
 
 
-def partners_assign(
-    *, dataset: Dataset, method: str, sites_layer: int | str, segmentation_layer: int | str,
-    run_name: str, presynaptic_layer: int | str | None = None,
-    em_layer: int | str | None = None, interface_model: str | None = None,
-    free_layer: int | str | None = None,
-    options: dict | None = None, replace: bool = False, job=None, progress=None,
-) -> SynapseRun:
-    """Assign partners to the sites of `sites_layer` and store them as run `run_name`.
+def _key(index) -> str:
+    return "_".join(str(int(i)) for i in index)
 
-    Layers are given by id or by name.
-    """
-    options = check_options(method, options or {})
-    if SynapseRun.objects.filter(dataset=dataset, name=run_name).exists() and not replace:
-        raise ValueError(f"dataset '{dataset.name}' already has a synapse run named "
-                         f"'{run_name}'; choose another name or replace it")
-    sites = _layer(dataset, sites_layer, "sites", [Layer.Kind.SYNAPSES])
-    seg = _layer(dataset, segmentation_layer, "segmentation", [Layer.Kind.SEGMENTATION])
+
+def _block_shape(parameters: dict) -> tuple[int, int, int]:
+    return tuple(int(b) for b in (parameters.get("block_shape") or BLOCK_SHAPE))
+
+
+def assignment_layers(dataset: Dataset, parameters: dict) -> dict[str, Layer]:
+    """The layers the assignment reads by role, checked; refuses what cannot run."""
+    method = parameters["method"]
+    sites = _layer(dataset, parameters["sites_layer"], "sites", [Layer.Kind.SYNAPSES])
+    seg = _layer(dataset, parameters["segmentation_layer"], "segmentation",
+                 [Layer.Kind.SEGMENTATION])
     needed = {"sites": sites, "segmentation": seg}
     if method in ("vesicle", "diffusion"):
-        if presynaptic_layer is None:
+        if parameters.get("presynaptic_layer") is None:
             raise ValueError(f"the {method} method needs a presynaptic (vesicle cloud) layer")
-        needed["presynaptic map"] = _layer(dataset, presynaptic_layer, "presynaptic map",
+        needed["presynaptic map"] = _layer(dataset, parameters["presynaptic_layer"],
+                                           "presynaptic map",
                                            [Layer.Kind.PREDICTION, Layer.Kind.MASK])
     if method == "contact":
-        if em_layer is None or not interface_model:
+        if parameters.get("em_layer") is None or not parameters.get("interface_model"):
             raise ValueError("the contact method needs the EM layer and an interface "
                              "classifier file")
-        needed["EM"] = _layer(dataset, em_layer, "EM", [Layer.Kind.EM])
-    if free_layer is not None:
-        needed["free space"] = _layer(dataset, free_layer, "free space", [Layer.Kind.MASK])
+        needed["EM"] = _layer(dataset, parameters["em_layer"], "EM", [Layer.Kind.EM])
+    if parameters.get("free_layer") is not None:
+        if method != "diffusion":
+            raise ValueError("a free-space layer is used by the diffusion method only")
+        needed["free space"] = _layer(dataset, parameters["free_layer"], "free space",
+                                      [Layer.Kind.MASK])
     shapes = {role: layer.shape for role, layer in needed.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError("layers differ in shape: " + ", ".join(
             f"{role} '{needed[role].name}' {shape}" for role, shape in shapes.items()))
+    return needed
 
-    steps = 3
-    if progress is not None:
-        progress.set_total(steps, message=f"reading {len(needed)} layers")
-    arrays = {role: _read(layer) for role, layer in needed.items()}
+
+def assignment_writes(dataset: Dataset, parameters: dict) -> list[str]:
+    """The run an assignment job writes (locked, so two jobs never write it at once)."""
+    resource = f"synapse run '{parameters['run_name']}'"
+    _take_over(dataset, resource, parameters.get("sites_layer"))
+    return [resource]
+
+
+def _take_over(dataset: Dataset, resource: str, sites_layer) -> None:
+    """Take the run's lock from the running job that made the sites layer, if it holds it.
+
+    ``detect_and_assign`` locks its assignment run from the start and creates this job in
+    the transaction that stores the sites layer and ends it; the lock passes to this job
+    there.  Only that transaction sees a sites layer made by a job that is still running.
+    """
+    ref = str(sites_layer)
+    if not ref.isdigit():
+        return
+    holder = (JobLock.objects.filter(dataset=dataset, resource=resource)
+              .select_related("job").first())
+    if (holder is not None and holder.job.state == Job.State.RUNNING
+            and Layer.objects.filter(dataset=dataset, pk=int(ref), job=holder.job).exists()):
+        holder.delete()
+
+
+@lru_cache(maxsize=4)
+def _classifier(path: str, mtime: float, voxel_size: tuple[float, float, float]):
+    from detection.interfaces import InterfaceClassifier
+
+    return InterfaceClassifier.load(path, voxel_size=voxel_size)
+
+
+def load_classifier(path, voxel_size):
+    # One load per worker process and file (keyed by mtime, so a new file is reloaded).
+    return _classifier(str(path), Path(path).stat().st_mtime,
+                       tuple(float(v) for v in voxel_size))
+
+
+def _source(layer: Layer):
+    return open_multiscale(layer.path)[0]["0"]
+
+
+def _write_json(path: Path, content) -> None:
+    # Whole or not at all: a block task killed while writing leaves the old file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(content))
+    os.replace(partial, path)
+
+
+def assignment_plan(job, parameters: dict, progress) -> BlockPlan:
+    """Check the layers, find every site's box block by block, give each site its block."""
+    dataset = job.dataset
+    method, run_name = parameters["method"], parameters["run_name"]
+    check_options(method, parameters.get("options") or {})
+    if (SynapseRun.objects.filter(dataset=dataset, name=run_name).exists()
+            and not parameters.get("replace")):
+        raise ValueError(f"dataset '{dataset.name}' already has a synapse run named "
+                         f"'{run_name}'; choose another name or replace it")
+    needed = assignment_layers(dataset, parameters)
+    if method == "contact":
+        load_classifier(parameters["interface_model"], dataset.voxel_size)
+    sites = needed["sites"]
+    shape, block_shape = sites.shape, _block_shape(parameters)
+    source = _source(sites)
+    n_grid = len(grid_boxes(shape, block_shape))
+    progress.set_total(n_grid, message=f"finding the sites of '{sites.name}' in {n_grid} blocks")
+
+    def read(box):
+        progress.advance()
+        return read_box(source, box)
+
+    blocks = sites_by_block(blockwise_site_boxes(read, shape, block_shape), block_shape)
+    if not blocks:
+        blocks = {(0, 0, 0): []}  # nothing to assign: one empty block, and an empty run
+    folder = settings.DATA_ROOT / job_folder(job)
+    for name in ("sites", "choices"):
+        shutil.rmtree(folder / name, ignore_errors=True)  # left by an earlier plan
+    for index, mine in blocks.items():
+        _write_json(folder / "sites" / f"{_key(index)}.json", [
+            [site, *(s.start for s in box), *(s.stop for s in box)] for site, box in mine])
+    boxes = []
+    for index in blocks:
+        box = block_box(index, block_shape, shape)
+        boxes.append((tuple(s.start for s in box), tuple(s.stop for s in box)))
+    n_sites = sum(len(mine) for mine in blocks.values())
+    logger.info("job %s: %d sites in %d of %d blocks of %s", job.pk, n_sites, len(boxes),
+                n_grid, block_shape)
+    return BlockPlan(boxes=boxes, message=f"0 / {len(boxes)} blocks ({n_sites} sites)")
+
+
+def assignment_block(job, box, parameters: dict) -> dict:
+    """Choose the partners of one block's sites on its crop; write them to the block's file."""
+    dataset = job.dataset
+    method = parameters["method"]
+    block_shape = _block_shape(parameters)
+    key = _key(s.start // b for s, b in zip(box, block_shape))
+    folder = settings.DATA_ROOT / job_folder(job)
+    mine = json.loads((folder / "sites" / f"{key}.json").read_text())
+    if not mine:
+        _write_json(folder / "choices" / f"{key}.json", [])
+        return {"sites": 0, "candidates": 0}
+    options = check_options(method, parameters.get("options") or {})
+    options.pop("group_distance_nm", None)  # the final step's
+    needed = assignment_layers(dataset, parameters)
     voxel_size = dataset.voxel_size
-    if progress is not None:
-        progress.advance(message=f"assigning partners ({method})")
+    shape = needed["sites"].shape
+    margin = assignment_margin(method, voxel_size=voxel_size, **options)
+    crop = block_crop([tuple(slice(a, b) for a, b in zip(r[1:4], r[4:7])) for r in mine],
+                      margin, shape)
+    arrays = {role: read_box(_source(layer), crop) for role, layer in needed.items()}
+    sites = keep_sites(arrays["sites"], [r[0] for r in mine])
     kwargs = dict(options)
     if method == "contact":
         from detection.features import FeatureSpec
-        from detection.interfaces import InterfaceClassifier
 
-        classifier = InterfaceClassifier.load(interface_model, voxel_size=voxel_size)
+        classifier = load_classifier(parameters["interface_model"], voxel_size)
         spec = classifier.metadata.get("feature_spec")
         local = partners.site_interfaces(
-            arrays["EM"], arrays["segmentation"], arrays["sites"], voxel_size=voxel_size,
+            arrays["EM"], arrays["segmentation"], sites, voxel_size=voxel_size,
             spec=FeatureSpec.from_dict(spec) if spec else None)
         kwargs["local_scores"] = partners.site_scores(local, classifier)
     if "free space" in arrays:
-        if method != "diffusion":
-            raise ValueError("a free-space layer is used by the diffusion method only")
         kwargs["free"] = arrays["free space"].astype(bool)
-    rows = partners.assign_partners(
-        method, arrays["sites"], arrays["segmentation"], voxel_size=voxel_size,
-        presynaptic=arrays.get("presynaptic map"), **kwargs)
-    if progress is not None:
-        progress.advance(message=f"storing {len(rows)} rows")
-    parameters = {
+    choices = partners.partner_choices(
+        method, sites, arrays["segmentation"], voxel_size=voxel_size,
+        presynaptic=arrays.get("presynaptic map"), offset=[s.start for s in crop], **kwargs)
+    _write_json(folder / "choices" / f"{key}.json", [choice_record(c) for c in choices])
+    return {"sites": len(mine), "candidates": len(choices),
+            "crop": [*(s.start for s in crop), *(s.stop for s in crop)],
+            "crop_voxels": int(np.prod([s.stop - s.start for s in crop]))}
+
+
+def assignment_finish(job, parameters: dict, say) -> Finish:
+    """Group the blocks' choices into rows; store them as the run when the job ends."""
+    dataset = job.dataset
+    method = parameters["method"]
+    options = check_options(method, parameters.get("options") or {})
+    block_shape = _block_shape(parameters)
+    folder = settings.DATA_ROOT / job_folder(job)
+    records = []
+    for box in job.blocks.order_by("index").values_list("box", flat=True):
+        key = _key(int(a) // b for a, b in zip(box[:3], block_shape))
+        records.extend(json.loads((folder / "choices" / f"{key}.json").read_text()))
+    records.sort(key=lambda r: r["site"])
+    say(f"grouping the choices of {len(records)} candidates into sites")
+    group = options.get("group_distance_nm", method_options(method)["group_distance_nm"])
+    rows = partners.partner_rows(method, [choice_from_record(r) for r in records],
+                                 voxel_size=dataset.voxel_size, group_distance_nm=group)
+    say(f"storing {len(rows)} rows")
+    needed = assignment_layers(dataset, parameters)
+    stored_parameters = {
         "method": method, "options": options,
         "layers": {role: layer.name for role, layer in needed.items()},
-        "interface_model": interface_model or None,
+        "interface_model": parameters.get("interface_model") or None,
+        "block_shape": list(block_shape),
     }
-    run = synapse_run_store(dataset=dataset, run_name=run_name, method=method, rows=rows,
-                            parameters=parameters, replace=replace, job=job)
-    if progress is not None:
-        progress.advance()
-    logger.info("%s: %d rows from %s sites stored as run %s", method, len(rows),
-                sites.name, run)
-    return run
+
+    def store() -> dict:
+        run = synapse_run_store(dataset=dataset, run_name=parameters["run_name"], method=method,
+                                rows=rows, parameters=stored_parameters,
+                                replace=bool(parameters.get("replace")), job=job)
+        logger.info("%s: %d rows from %d candidates stored as run %s", method, len(rows),
+                    len(records), run)
+        return {"run_id": run.pk, "run": run.name, "synapses": len(rows),
+                "connections": sum(1 for r in rows if r.counted)}
+
+    return Finish(result={"candidates": len(records)}, store=store)

@@ -7,7 +7,10 @@ from connectome.common.params import IdField
 from connectome.imports.parameters import SourcePathField
 from connectome.jobs.registry import register_job
 from connectome.synapses import table_exports
-from connectome.synapses.assignment import check_options, partners_assign
+from connectome.synapses.assignment import (
+    BLOCK_SHAPE, assignment_block, assignment_finish, assignment_plan, assignment_writes,
+    check_options,
+)
 
 
 def _layer_field(help_text, required=False):
@@ -31,6 +34,11 @@ class AssignPartnersParameters(serializers.Serializer):
                                     help_text="method options, e.g. {\"min_share\": 0.3}")
     replace = serializers.BooleanField(default=False,
                                        help_text="replace the run of that name atomically")
+    block_shape = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=4096), min_length=3,
+        max_length=3, default=list(BLOCK_SHAPE),
+        help_text="z, y, x voxels per block; each site goes to the block holding its centre "
+                  "(the rows do not depend on it)")
 
     def validate(self, attrs):
         try:
@@ -40,15 +48,13 @@ class AssignPartnersParameters(serializers.Serializer):
         return attrs
 
 
-@register_job("assign_partners", parameters=AssignPartnersParameters)
+@register_job("assign_partners", parameters=AssignPartnersParameters, block=assignment_block,
+              finish=assignment_finish, writes=assignment_writes)
 def run_assign_partners(job, params, progress):
-    """Assign pre- and postsynaptic partners to synapse sites; store them as a synapse run."""
+    """Assign pre- and postsynaptic partners to synapse sites block-wise; store a synapse run."""
     if job.dataset is None:
         raise ValueError(f"{job.kind} job {job.pk} has no dataset")
-    run = partners_assign(dataset=job.dataset, job=job, progress=progress, **params)
-    counted = run.synapses.filter(flag="").count()
-    return {"run_id": run.pk, "run": run.name, "synapses": run.synapses.count(),
-            "connections": counted}
+    return assignment_plan(job, params, progress)
 
 
 class ExportSynapseTableParameters(serializers.Serializer):

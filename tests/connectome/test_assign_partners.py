@@ -1,14 +1,26 @@
-"""Partner assignment as a job: phantom layers in, a synapse run and its wiring matrix out."""
+"""Partner assignment as a block-wise job: phantom layers in, a synapse run and its wiring out."""
 
+import json
+
+import numpy as np
 import pytest
+from django.conf import settings
 
 from connectome.datasets.models import Layer
 from connectome.imports.volumes import import_volume
-from connectome.jobs.models import Job
-from connectome.jobs.services import JobParameterError, job_run_inline
+from connectome.jobs.blocks import block_execute, blocks_finish
+from connectome.jobs.models import Job, JobBlock, JobLock
+from connectome.jobs.registry import get_job_spec
+from connectome.jobs.services import (
+    JobConflict, JobParameterError, job_cancel, job_create, job_execute, job_run_inline,
+)
 from connectome.synapses.models import Synapse, SynapseRun
 from connectome.synapses.wiring import wiring_matrix
+from detection.io.zarr_store import open_multiscale
 from detection.metrics import connection_scores
+from detection.partners import assign_partners
+from detection.partners.blocks import sites_by_block
+from detection.partners.sites import site_boxes
 from detection.phantom import make_phantom, write_phantom_h5
 from tests.connectome.factories import DatasetFactory
 
@@ -140,3 +152,113 @@ def test_command_takes_layers_by_name(layers, capsys):
     with pytest.raises(CommandError, match="--options is not JSON"):
         call_command("assign_partners", dataset.name, "--method", "vesicle", "--sites", "clefts",
                      "--segmentation", "cells", "--run", "x", "--options", "{min_share: 1}")
+
+
+def _array(layer):
+    return open_multiscale(layer.path)[0]["0"][...]
+
+
+def _stored(run_name):
+    """The stored rows in a comparable form: ids, positions, evidence; ordered as stored."""
+    return [
+        (s.site_id, s.pre.segment_id if s.pre else 0, s.post.segment_id if s.post else 0,
+         (s.pre_z, s.pre_y, s.pre_x), (s.post_z, s.post_y, s.post_x), (s.ctr_z, s.ctr_y, s.ctr_x),
+         s.size_voxels, s.contact_area_nm2, s.confidence, s.weight, s.flag)
+        for s in Synapse.objects.filter(run__name=run_name).select_related("pre", "post")
+        .order_by("pk")]
+
+
+def _expected(rows):
+    return [(r.site_id, r.pre_id, r.post_id, r.pre_point, r.post_point, r.center,
+             r.size_voxels, r.contact_area_nm2, r.confidence, r.weight, r.flag) for r in rows]
+
+
+@pytest.mark.parametrize("method, options", [
+    ("vesicle", {}),
+    ("diffusion", {"min_share": 0.3, "seed": 2}),
+    ("diffusion", {"particles": 150, "n_steps": 40, "seed": 5}),  # crops inside the volume
+])
+def test_blockwise_job_stores_exactly_the_whole_volume_rows(layers, method, options):
+    _, dataset, made = layers
+    block_shape = [8, 48, 48]
+    job = job_run_inline(kind="assign_partners", dataset=dataset, parameters=_params(
+        made, method=method, run_name=method, options=options, block_shape=block_shape))
+    assert job.state == Job.State.DONE, job.error
+
+    sites, cells = _array(made["clefts"]), _array(made["cells"])
+    # The job's progress counts the blocks that hold a site's box centre, not the grid.
+    planned = sites_by_block(site_boxes(sites), block_shape)
+    assert 1 < len(planned) < 3 * 4 * 4
+    assert job.progress_total == job.progress_done == job.result["blocks"] == len(planned)
+    assert sum(b["sites"] for b in JobBlock.objects.filter(job=job)
+               .values_list("result", flat=True)) == len(site_boxes(sites))
+
+    whole = assign_partners(method, sites, cells, voxel_size=dataset.voxel_size,
+                            presynaptic=_array(made["vesicles"]), **options)
+    assert len(whole) >= 20
+    assert _stored(method) == _expected(whole)
+    assert job.result["synapses"] == len(whole)
+    assert SynapseRun.objects.get(name=method).parameters["block_shape"] == block_shape
+
+
+def test_a_block_run_twice_writes_the_same_file_and_the_same_table(layers):
+    _, dataset, made = layers
+    params = _params(made, method="diffusion", options={"n_steps": 40, "seed": 1},
+                     block_shape=[8, 64, 64])
+    job = job_execute(job_id=job_create(kind="assign_partners", dataset=dataset,
+                                        parameters=params, enqueue=False).pk)
+    assert job.state == Job.State.RUNNING and job.progress_total >= 2  # planned, not run
+    blocks = list(job.blocks.order_by("index"))
+    for block in blocks:
+        assert block_execute(job_id=job.pk, index=block.index).status == "done"
+    folder = settings.DATA_ROOT / f"datasets/{dataset.pk}/jobs/{job.pk}/choices"
+    files = sorted(folder.iterdir())
+    assert len(files) == len(blocks)
+    first = {f.name: f.read_bytes() for f in files}
+    assert sum(len(json.loads(text)) for text in first.values()) == 20
+    # A redelivered task of a done block is skipped; one forced to run again (its worker
+    # died before marking it done) writes the same file.
+    assert block_execute(job_id=job.pk, index=1).status == "skipped"
+    spec = get_job_spec("assign_partners")
+    spec.block(job, blocks[1].slices, dict(job.parameters))
+    assert {f.name: f.read_bytes() for f in sorted(folder.iterdir())} == first
+    job = blocks_finish(job_id=job.pk)
+    assert job.state == Job.State.DONE, job.error
+    stored = _stored("vesicle")
+    again = job_run_inline(kind="assign_partners", dataset=dataset,
+                           parameters={**params, "replace": True, "block_shape": [24, 32, 32]})
+    assert again.state == Job.State.DONE and again.result["blocks"] != job.result["blocks"]
+    assert _stored("vesicle") == stored and len(stored) == job.result["synapses"]
+
+
+def test_two_jobs_writing_the_same_run_are_refused(layers):
+    _, dataset, made = layers
+    first = job_create(kind="assign_partners", dataset=dataset, parameters=_params(made),
+                       enqueue=False)
+    with pytest.raises(JobConflict, match=(
+            f"synapse run 'vesicle' of dataset '{dataset.name}' is being written by "
+            f"assign_partners job {first.pk}")):
+        job_create(kind="assign_partners", dataset=dataset, enqueue=False,
+                   parameters=_params(made, method="diffusion", replace=True))
+    job_create(kind="assign_partners", dataset=dataset, enqueue=False,
+               parameters=_params(made, run_name="other"))
+    job_cancel(job=first)
+    assert not JobLock.objects.filter(job=first).exists()
+    done = job_run_inline(kind="assign_partners", dataset=dataset, parameters=_params(made))
+    assert done.state == Job.State.DONE and not JobLock.objects.filter(job=done).exists()
+
+
+def test_no_sites_store_an_empty_run(layers, tmp_path):
+    _, dataset, made = layers
+    empty = tmp_path / "empty.h5"
+    import h5py
+
+    with h5py.File(empty, "w") as f:
+        f["sites"] = np.zeros(made["clefts"].shape, np.uint32)
+    layer = import_volume(dataset=dataset, source=str(empty), name="none", kind="synapses",
+                          dataset_path="sites")
+    job = job_run_inline(kind="assign_partners", dataset=dataset,
+                         parameters=_params(made, sites_layer=layer.pk, run_name="empty"))
+    assert job.state == Job.State.DONE, job.error
+    assert job.result["blocks"] == 1 and job.result["synapses"] == 0
+    assert SynapseRun.objects.get(name="empty").synapses.count() == 0
