@@ -190,13 +190,13 @@ def segment_properties(segment_ids: Sequence[int], *, names: Sequence[str],
                        cell_types: Sequence[str]) -> dict:
     """``neuroglancer_segment_properties`` with a label per segment and its cell type.
 
-    The label is the cell's name, else its type, followed by the segment id; the type is also
-    a tag, so ``#type`` in the segment query selects every cell of a type.
+    The label is the cell's name, else its type, followed by the segment id in brackets; the
+    type is also a tag, so ``#type`` in the segment query selects every cell of a type.
     """
     labels = []
     for segment, name, cell_type in zip(segment_ids, names, cell_types):
         title = name or cell_type
-        labels.append(f"{title} #{segment}" if title else f"#{segment}")
+        labels.append(f"{title} ({segment})" if title else str(int(segment)))
     tags = sorted({t for t in cell_types if t})
     tag_index = {t: i for i, t in enumerate(tags)}
     return {

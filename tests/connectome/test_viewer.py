@@ -227,9 +227,9 @@ def test_segment_properties_list_the_cells_of_the_layer(client, volumes):
     assert set(inline["ids"]) == expected
     props = {p["id"]: p for p in inline["properties"]}
     row = dict(zip(inline["ids"], range(len(inline["ids"]))))
-    assert props["label"]["values"][row["1000"]] == "DA1 #1000"
-    assert props["label"]["values"][row["2000"]] == "Kenyon cell #2000"
-    assert props["label"]["values"][row["3000"]] == "#3000"
+    assert props["label"]["values"][row["1000"]] == "DA1 (1000)"
+    assert props["label"]["values"][row["2000"]] == "Kenyon cell (2000)"
+    assert props["label"]["values"][row["3000"]] == "3000"
     assert props["cell_type"]["values"][row[str(2**64 - 5)]] == "PN"
     tags = props["tags"]
     assert tags["tags"] == ["Kenyon_cell", "PN"]
