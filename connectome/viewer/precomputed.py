@@ -78,17 +78,19 @@ def served_chunks(store_chunks: Sequence[int], *, itemsize: int,
     return tuple(chunks)
 
 
+def open_level(path, *, index: int, factor: Sequence[int], itemsize: int) -> Level:
+    """Level ``index`` of the zarr group at ``path``, as served (one metadata read)."""
+    array = zarr.open_array(str(path / str(index)), mode="r")
+    return Level(
+        key=str(index), shape=tuple(int(n) for n in array.shape),
+        chunks=served_chunks(array.chunks, itemsize=itemsize),
+        factor=tuple(int(f) for f in factor),
+    )
+
+
 def open_levels(path, *, factors: Sequence[Sequence[int]], itemsize: int) -> list[Level]:
-    """The levels of the zarr group at ``path``, as served (one array metadata read each)."""
-    levels = []
-    for index, factor in enumerate(factors):
-        array = zarr.open_array(str(path / str(index)), mode="r")
-        levels.append(Level(
-            key=str(index), shape=tuple(int(n) for n in array.shape),
-            chunks=served_chunks(array.chunks, itemsize=itemsize),
-            factor=tuple(int(f) for f in factor),
-        ))
-    return levels
+    """Every level of the zarr group at ``path``, level 0 first."""
+    return [open_level(path, index=i, factor=f, itemsize=itemsize) for i, f in enumerate(factors)]
 
 
 def _xyz(values) -> list:

@@ -65,20 +65,23 @@ def layer_data(request, layer_id: int, path: str):
     if path == "info":
         return _json(_layer_info(layer))
     if path == "segment_properties/info" and segmentation:
-        cells = list(selectors.layer_cells(layer))
-        return _json(precomputed.segment_properties(
-            [c[0] for c in cells], names=[c[1] for c in cells], cell_types=[c[2] for c in cells],
-        ))
+        return _json(_segment_properties(layer))
     if path == "skeletons/info" and segmentation:
         return _json(precomputed.skeleton_info(voxel_size=layer.dataset.voxel_size))
     head, _, name = path.partition("/")
     if head == "skeletons" and segmentation:
         return _skeleton(request, layer, name)
-    levels = {level.key: level for level in _levels(layer)}
-    if head not in levels or not name:
-        return _not_found(f"layer {layer_id} has no {path!r}")
+    return _chunk(request, layer, head, name)
+
+
+def _chunk(request, layer, key: str, name: str):
+    factors = _factors(layer)
+    if not name or key not in [str(i) for i in range(len(factors))]:
+        return _not_found(f"layer {layer.pk} has no {key}/{name}")
+    level = precomputed.open_level(layer.path, index=int(key), factor=factors[int(key)],
+                                   itemsize=_itemsize(layer))
     try:
-        data = precomputed.read_chunk(layer.path, kind=layer.kind, level=levels[head], name=name)
+        data = precomputed.read_chunk(layer.path, kind=layer.kind, level=level, name=name)
     except ValueError as exc:
         return JsonResponse({"detail": str(exc)}, status=400)
     except precomputed.ChunkNotFound as exc:
@@ -86,19 +89,29 @@ def layer_data(request, layer_id: int, path: str):
     return _binary(request, data)
 
 
-def _levels(layer):
-    itemsize = precomputed.served_dtype(kind=layer.kind, dtype=layer.dtype).itemsize
-    factors = layer.downsample_factors or [(1, 1, 1)]
-    return precomputed.open_levels(layer.path, factors=factors, itemsize=itemsize)
+def _factors(layer) -> list:
+    return layer.downsample_factors or [(1, 1, 1)]
+
+
+def _itemsize(layer) -> int:
+    return precomputed.served_dtype(kind=layer.kind, dtype=layer.dtype).itemsize
 
 
 def _layer_info(layer) -> dict:
     segmentation = layer.kind in SEGMENTATION_KINDS
     return precomputed.volume_info(
         kind=layer.kind, dtype=layer.dtype, voxel_size=layer.dataset.voxel_size,
-        levels=_levels(layer),
+        levels=precomputed.open_levels(layer.path, factors=_factors(layer),
+                                       itemsize=_itemsize(layer)),
         segment_properties=segmentation and selectors.layer_cells(layer).exists(),
         skeletons=segmentation and selectors.layer_has_skeletons(layer),
+    )
+
+
+def _segment_properties(layer) -> dict:
+    cells = list(selectors.layer_cells(layer))
+    return precomputed.segment_properties(
+        [c[0] for c in cells], names=[c[1] for c in cells], cell_types=[c[2] for c in cells],
     )
 
 
