@@ -1,9 +1,22 @@
+"""The pages: home, dataset overview, review queue, wiring matrix, cells, a cell, a synapse.
+
+Server-rendered; the live parts (job progress, the queue, the matrix) are plain JavaScript
+under ``frontend/static/web`` that talks to the REST API with the session's cookie. Every
+page of a dataset 404s for a dataset the user cannot see, as the API does.
+"""
+
 from django.db import connection
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 
 from connectome.datasets.selectors import datasets_visible_to
 from connectome.jobs.models import Job
+from connectome.review.selectors import precision_estimate, review_progress
+from connectome.web import selectors
+
+#: The token of the embedded viewer client (one client serves every page).
+VIEWER_TOKEN = "connectome"
 
 
 def home(request):
@@ -16,3 +29,99 @@ def healthz(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok", "database": connection.vendor})
+
+
+def _page(request, dataset, **context):
+    if "access" not in context:
+        context["access"] = selectors.dataset_access(dataset=dataset, user=request.user)
+    return {"dataset": dataset,
+            "viewer_client": reverse("viewer:client", args=[VIEWER_TOKEN]), **context}
+
+
+def _viewer_state_url(request, kind: str, pk: int) -> str:
+    """Absolute URL of a viewer-state endpoint: the client takes ``#!<url>`` and fetches it."""
+    return request.build_absolute_uri(reverse(f"viewer:{kind}-state", args=[pk]))
+
+
+def dataset_detail(request, pk):
+    dataset = selectors.visible_dataset(user=request.user, pk=pk)
+    jobs = selectors.dataset_jobs(dataset=dataset)
+    precision = precision_estimate(dataset=dataset)
+    return render(request, "web/dataset.html", _page(
+        request, dataset,
+        layers=selectors.dataset_layers(dataset=dataset),
+        counts=selectors.dataset_counts(dataset=dataset),
+        runs=selectors.dataset_runs(dataset=dataset),
+        jobs=jobs, jobs_running=any(not job.is_finished for job in jobs),
+        progress=review_progress(dataset=dataset),
+        precision=precision, precision_rows=_precision_rows(precision),
+        viewer_state=_viewer_state_url(request, "dataset", dataset.pk),
+    ))
+
+
+def _precision_rows(precision: dict) -> list[tuple[str, dict]]:
+    return [("Synapses", precision["synapse"]), ("Connections", precision["connection"])]
+
+
+def review_queue(request, pk):
+    dataset = selectors.visible_dataset(user=request.user, pk=pk)
+    access = selectors.dataset_access(dataset=dataset, user=request.user)
+    runs = list(selectors.dataset_runs(dataset=dataset))
+    synapse = request.GET.get("synapse", "")
+    config = {
+        "dataset": dataset.pk,
+        "runs": [{"id": run.pk, "name": run.name, "synapses": run.n_synapses} for run in runs],
+        # ?synapse=<id> opens that synapse first (from the wiring matrix or a synapse page).
+        "synapse": int(synapse) if synapse.isdigit() else None,
+        "can_review": access.can_review,
+    }
+    if config["can_review"] or config["synapse"]:
+        # The client starts empty and the page restores the first synapse into it, with no
+        # chunks of a whole-dataset view loading meanwhile.
+        viewer_state = "{}"
+    else:
+        viewer_state = _viewer_state_url(request, "dataset", dataset.pk)
+    return render(request, "web/review.html", _page(
+        request, dataset, access=access, runs=runs, config=config, viewer_state=viewer_state,
+        progress=review_progress(dataset=dataset),
+    ))
+
+
+def wiring(request, pk):
+    dataset = selectors.visible_dataset(user=request.user, pk=pk)
+    runs = list(selectors.dataset_runs(dataset=dataset))
+    return render(request, "web/wiring.html", _page(
+        request, dataset, runs=runs,
+        config={"dataset": dataset.pk,
+                "runs": [{"id": run.pk, "name": run.name} for run in runs]},
+    ))
+
+
+def cell_list(request, pk):
+    dataset = selectors.visible_dataset(user=request.user, pk=pk)
+    return render(request, "web/cells.html", _page(
+        request, dataset, cells=selectors.dataset_cells(dataset=dataset)))
+
+
+def cell_detail(request, pk, cell_id):
+    dataset = selectors.visible_dataset(user=request.user, pk=pk)
+    cell = selectors.dataset_cell(dataset=dataset, pk=cell_id)
+    runs = list(selectors.dataset_runs(dataset=dataset))
+    run = next((r for r in runs if str(r.pk) == request.GET.get("run")), None)
+    partners = selectors.cell_partner_tables(cell=cell, runs=None if run is None else [run])
+    return render(request, "web/cell.html", _page(
+        request, dataset, cell=cell, runs=runs, run_id=run and run.pk,
+        skeletons=cell.skeletons.defer("nodes"), upstream=partners["upstream"],
+        downstream=partners["downstream"],
+        viewer_state=_viewer_state_url(request, "cell", cell.pk),
+    ))
+
+
+def synapse_detail(request, pk, synapse_id):
+    dataset = selectors.visible_dataset(user=request.user, pk=pk)
+    synapse = selectors.dataset_synapse(dataset=dataset, pk=synapse_id)
+    return render(request, "web/synapse.html", _page(
+        request, dataset, synapse=synapse,
+        reviews=selectors.synapse_reviews(synapse=synapse),
+        viewer_state=_viewer_state_url(request, "synapse", synapse.pk),
+    ))

@@ -1,0 +1,125 @@
+"""Reads behind the pages: what one page shows of a dataset, a cell or a synapse."""
+
+from dataclasses import asdict, dataclass
+
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.shortcuts import get_object_or_404
+
+from connectome.cells.models import Cell
+from connectome.datasets.models import Dataset, Layer, Membership
+from connectome.datasets.selectors import dataset_role, datasets_visible_to, has_role
+from connectome.jobs.models import Job
+from connectome.review.models import Review
+from connectome.synapses.connectivity import cell_partners
+from connectome.synapses.models import Synapse, SynapseRun
+
+
+def visible_dataset(*, user, pk: int) -> Dataset:
+    """The dataset with id ``pk`` if ``user`` may see it; a 404 otherwise, so that a dataset
+    one cannot see looks the same as one that does not exist."""
+    return get_object_or_404(datasets_visible_to(user), pk=pk)
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the user may do on a dataset (see :mod:`connectome.datasets.permissions`)."""
+
+    role: str | None
+    can_review: bool
+    can_run_jobs: bool
+
+
+def dataset_access(*, dataset: Dataset, user) -> Access:
+    return Access(
+        role=dataset_role(dataset=dataset, user=user),
+        can_review=has_role(dataset=dataset, user=user, role=Membership.Role.REVIEWER),
+        can_run_jobs=has_role(dataset=dataset, user=user, role=Membership.Role.ADMIN),
+    )
+
+
+@dataclass(frozen=True)
+class DatasetCounts:
+    cells: int
+    synapses: int
+    reviews: int
+    reviewed_synapses: int
+
+
+def dataset_counts(*, dataset: Dataset) -> DatasetCounts:
+    synapses = Synapse.objects.filter(dataset=dataset).aggregate(
+        total=Count("id"),
+        reviewed=Count("id", filter=~Q(review_state=Synapse.ReviewState.UNREVIEWED)),
+    )
+    return DatasetCounts(
+        cells=Cell.objects.filter(dataset=dataset).count(),
+        synapses=synapses["total"],
+        reviews=Review.objects.filter(synapse__dataset=dataset).count(),
+        reviewed_synapses=synapses["reviewed"],
+    )
+
+
+def dataset_layers(*, dataset: Dataset) -> QuerySet[Layer]:
+    return Layer.objects.filter(dataset=dataset).order_by("pk")
+
+
+def dataset_runs(*, dataset: Dataset) -> QuerySet[SynapseRun]:
+    """The dataset's synapse runs, oldest first, each with ``n_synapses`` and ``n_reviewed``."""
+    return (
+        SynapseRun.objects.filter(dataset=dataset)
+        .annotate(
+            n_synapses=Count("synapses"),
+            n_reviewed=Count("synapses", filter=~Q(
+                synapses__review_state=Synapse.ReviewState.UNREVIEWED)),
+        )
+        .order_by("created_at", "pk")
+    )
+
+
+def dataset_jobs(*, dataset: Dataset, limit: int = 20) -> list[Job]:
+    return list(Job.objects.filter(dataset=dataset).order_by("-pk")[:limit])
+
+
+def dataset_cells(*, dataset: Dataset) -> QuerySet[Cell]:
+    """The dataset's cells, each with ``n_outgoing`` and ``n_incoming`` synapse rows (all runs,
+    any review state), in segment-id order."""
+    def count(side):
+        return Coalesce(Subquery(
+            Synapse.objects.filter(**{side: OuterRef("pk")}).order_by()
+            .values(side).annotate(n=Count("id")).values("n")[:1]
+        ), 0)
+
+    return Cell.objects.filter(dataset=dataset).annotate(
+        n_outgoing=count("pre"), n_incoming=count("post"),
+    ).order_by("segment_id")
+
+
+def dataset_cell(*, dataset: Dataset, pk: int) -> Cell:
+    return get_object_or_404(Cell.objects.filter(dataset=dataset), pk=pk)
+
+
+def dataset_synapse(*, dataset: Dataset, pk: int) -> Synapse:
+    return get_object_or_404(
+        Synapse.objects.filter(dataset=dataset).select_related("pre", "post", "run"), pk=pk)
+
+
+def synapse_reviews(*, synapse: Synapse) -> QuerySet[Review]:
+    return (
+        Review.objects.filter(synapse=synapse).select_related("reviewer", "corrected_pre")
+        .prefetch_related("corrected_post").order_by("-pk")
+    )
+
+
+def cell_partner_tables(*, cell: Cell, runs=None) -> dict[str, list[dict]]:
+    """Upstream and downstream partners of ``cell`` (see
+    :func:`connectome.synapses.connectivity.cell_partners`) as rows for a table, contact area
+    in µm²."""
+    partners = cell_partners(cell=cell, runs=runs)
+    return {
+        direction: [
+            {**asdict(p), "contact_area_um2": None if p.contact_area_nm2 is None
+             else p.contact_area_nm2 / 1e6}
+            for p in found
+        ]
+        for direction, found in partners.items()
+    }
