@@ -5,6 +5,7 @@ dataset, as the API does. Errors are JSON, never an HTML page the client could t
 """
 
 import gzip
+import json
 import re
 
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -63,11 +64,11 @@ def layer_data(request, layer_id: int, path: str):
         return _not_found(f"no layer {layer_id}")
     segmentation = layer.kind in SEGMENTATION_KINDS
     if path == "info":
-        return _json(_layer_info(layer))
+        return _json(request, _layer_info(layer))
     if path == "segment_properties/info" and segmentation:
-        return _json(_segment_properties(layer))
+        return _json(request, _segment_properties(layer))
     if path == "skeletons/info" and segmentation:
-        return _json(precomputed.skeleton_info(voxel_size=layer.dataset.voxel_size))
+        return _json(request, precomputed.skeleton_info(voxel_size=layer.dataset.voxel_size))
     head, _, name = path.partition("/")
     if head == "skeletons" and segmentation:
         return _skeleton(request, layer, name)
@@ -128,14 +129,15 @@ def _skeleton(request, layer, name: str):
     ), cache=INFO_CACHE)
 
 
-def _json(data: dict) -> JsonResponse:
-    response = JsonResponse(data)
-    response["Cache-Control"] = INFO_CACHE
-    return response
+def _json(request, data: dict) -> HttpResponse:
+    # Segment properties of a large layer run to megabytes of JSON; gzip shrinks them ~10x.
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return _binary(request, body, cache=INFO_CACHE, content_type="application/json")
 
 
-def _binary(request, data: bytes, *, cache: str = CHUNK_CACHE) -> HttpResponse:
-    response = HttpResponse(content_type="application/octet-stream")
+def _binary(request, data: bytes, *, cache: str = CHUNK_CACHE,
+            content_type: str = "application/octet-stream") -> HttpResponse:
+    response = HttpResponse(content_type=content_type)
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         data = gzip.compress(data, compresslevel=1)
         response["Content-Encoding"] = "gzip"

@@ -147,6 +147,36 @@ def test_chunk_bytes_are_the_zarr_box_with_x_fastest(client, volumes, which, box
     np.testing.assert_array_equal(data.reshape(expected.shape), expected)
 
 
+@pytest.mark.parametrize("kind,source_dtype,served", [
+    ("em", np.uint16, ("image", "uint16")),
+    ("prediction", np.float64, ("image", "float32")),  # stored as float32
+    ("mask", np.bool_, ("segmentation", "uint64")),  # stored as uint8
+    ("synapses", np.int32, ("segmentation", "uint64")),  # stored as uint32
+    ("segmentation", np.uint64, ("segmentation", "uint64")),
+])
+def test_every_kind_and_dtype_is_served_as_its_stored_values(
+        client, data_root, tmp_path, kind, source_dtype, served):
+    rng = np.random.default_rng(5)
+    volume = rng.integers(0, 3, size=(5, 40, 30))
+    if np.dtype(source_dtype).kind == "f":
+        volume = rng.random(size=(5, 40, 30))
+    if kind == "segmentation":
+        # ids up to 2**63 + 7, above the signed 64-bit range
+        volume = volume.astype(np.uint64) * np.uint64(2**62) + np.uint64(7)
+    volume = volume.astype(source_dtype)
+    path = tmp_path / "v.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=volume)
+    layer = import_volume(dataset=DatasetFactory(is_public=True), source=str(path), name=kind,
+                          kind=kind, dataset_path="v", chunks=(4, 16, 16))
+    info = client.get(_url(layer, "info")).json()
+    assert (info["type"], info["data_type"]) == served
+    response = _chunk(client, layer, "0", ((4, 5), (32, 40), (16, 30)))
+    data = np.frombuffer(response.content, dtype=np.dtype(served[1]).newbyteorder("<"))
+    expected = volume[4:5, 32:40, 16:30].astype(served[1])
+    np.testing.assert_array_equal(data.reshape(expected.shape), expected)
+
+
 def test_level_one_chunk_is_the_downsampled_level(client, volumes):
     _, em_layer, _, _, _ = volumes
     level1 = open_multiscale(em_layer.path)[0]["1"][:]
@@ -235,6 +265,11 @@ def test_segment_properties_list_the_cells_of_the_layer(client, volumes):
     assert tags["tags"] == ["Kenyon_cell", "PN"]
     assert tags["values"][row["2000"]] == [0] and tags["values"][row["1000"]] == [1]
     assert tags["values"][row["3000"]] == []
+
+    zipped = client.get(_url(seg_layer, "segment_properties/info"),
+                        headers={"accept-encoding": "gzip"})
+    assert zipped["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(zipped.content)) == body
 
 
 def _decode_skeleton(data: bytes, n_attributes=1):
