@@ -9,13 +9,13 @@ are, flagged ones included, unless a filter says otherwise.
 
 from dataclasses import dataclass
 
-from django.db.models import Avg, Count, F, Q, QuerySet, Sum, Value
+from django.db.models import Avg, Count, Q, QuerySet, Sum, Value
 
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse
 from connectome.synapses.selectors import filter_in_bbox
-from connectome.synapses.wiring import counted_synapses
+from connectome.synapses.wiring import counted_synapses, oriented
 
 DIRECTIONS = ("upstream", "downstream")
 
@@ -94,12 +94,16 @@ def cell_partners(
     parts = []
     for direction in directions:
         own, other = ("post", "pre") if direction == "upstream" else ("pre", "post")
+        # A wrong_direction synapse counts the other way round (wiring.oriented); written as
+        # an OR of plain column conditions so that both halves use the partner indexes.
+        reversed_ = Q(review_state=Synapse.ReviewState.WRONG_DIRECTION)
         rows = (
-            synapses.filter(**{own: cell.pk})
+            synapses.filter((Q(**{own: cell.pk}) & ~reversed_)
+                            | (Q(**{other: cell.pk}) & reversed_))
             .values(
-                direction=Value(direction), partner_id=F(other),
-                partner_segment=F(f"{other}__segment_id"), partner_name=F(f"{other}__name"),
-                partner_type=F(f"{other}__cell_type"),
+                direction=Value(direction), partner_id=oriented(other),
+                partner_segment=oriented(other, "segment_id"),
+                partner_name=oriented(other, "name"), partner_type=oriented(other, "cell_type"),
             )
             .annotate(
                 n_synapses=Count("id"), area_sum=Sum("contact_area_nm2"),
@@ -155,7 +159,8 @@ def cell_type_summary(
     )
     synapses = counted_synapses(dataset=dataset, runs=runs, min_confidence=min_confidence)
     pairs = (
-        synapses.values(pre_type=F("pre__cell_type"), post_type=F("post__cell_type"))
+        synapses.values(pre_type=oriented("pre", "cell_type"),
+                        post_type=oriented("post", "cell_type"))
         .annotate(n=Count("id")).order_by()
     )
     out_synapses: dict[str, int] = {}

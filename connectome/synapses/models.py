@@ -98,6 +98,12 @@ class Synapse(models.Model):
             # Portable bounding-box index; PostgreSQL also gets a GiST index on the centre
             # (migration 0002).
             models.Index(fields=["dataset", "ctr_z", "ctr_y", "ctr_x"], name="synapse_dataset_ctr"),
+            # The review queue's lowest-confidence-first walk over what is left to review.
+            models.Index(fields=["dataset", "confidence", "id"], name="synapse_unreviewed_queue",
+                         condition=models.Q(review_state="unreviewed")),
+            # Reviewed synapses are few: the precision estimate reads them alone.
+            models.Index(fields=["dataset", "review_state"], name="synapse_reviewed",
+                         condition=~models.Q(review_state="unreviewed")),
         ]
 
     def __str__(self):

@@ -165,6 +165,21 @@ def test_partners_of_a_cell(client, net):
     assert [(p["cell"], p["synapses"]) for p in body["upstream"]] == [(c.pk, 2), (b.pk, 1)]
 
 
+def test_partners_follow_the_verdicts(client, net):
+    a, b, c = net["a"], net["b"], net["c"]
+    Synapse.objects.filter(pk=net["s"]["ca1"].pk).update(
+        review_state=Synapse.ReviewState.WRONG_DIRECTION)       # a -> c after all
+    Synapse.objects.filter(pk=net["s"]["ab1"].pk).update(review_state=Synapse.ReviewState.WRONG_PARTNER)
+    body = client.get(f"/api/cells/{a.pk}/partners/").json()
+    assert [(p["cell"], p["synapses"]) for p in body["downstream"]] == [(b.pk, 2), (c.pk, 1)]
+    assert [(p["cell"], p["synapses"]) for p in body["upstream"]] == [(b.pk, 1), (c.pk, 1)]
+    down_c = body["downstream"][1]
+    assert down_c["segment_id"] == "9" and down_c["name"] == "c" and down_c["cell_type"] == "KC"
+    body = client.get(f"/api/cells/{c.pk}/partners/").json()
+    assert [(p["cell"], p["synapses"]) for p in body["upstream"]] == [(a.pk, 1)]
+    assert [(p["cell"], p["synapses"]) for p in body["downstream"]] == [(a.pk, 1)]
+
+
 def test_partner_thresholds_and_direction(client, net):
     a, b, c = net["a"], net["b"], net["c"]
     url = f"/api/cells/{a.pk}/partners/"
