@@ -147,3 +147,34 @@ def test_reviewer_works_the_queue_with_the_keyboard(page, live_server, phantom_d
         page.mouse.click(where["x"], where["y"])
         page.wait_for_selector(f'#pair-list tr[data-synapse="{rejected.pk}"]')
         assert "not_synapse" in page.inner_text(f'#pair-list tr[data-synapse="{rejected.pk}"]')
+
+
+def test_dataset_page_follows_a_running_job(page, live_server):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from connectome.datasets.services import dataset_create
+    from connectome.jobs.models import Job
+
+    dataset = dataset_create(name="empty", voxel_size=(40.0, 8.0, 8.0), owner=None,
+                             is_public=True)
+    job = Job.objects.create(kind="detect_synapses", dataset=dataset, state=Job.State.RUNNING,
+                             progress_done=3, progress_total=12, message="block 3 of 12",
+                             started_at=timezone.now() - timedelta(seconds=6))
+    page.goto(f"{live_server.url}/datasets/{dataset.pk}/")
+    row = f'#jobs tr[data-job="{job.pk}"]'
+    # The first poll replaces the rendered row with rate and time left (3 blocks in 6 s).
+    page.wait_for_function(
+        f"() => /\\/s/.test(document.querySelector('{row}').cells[4].textContent)",
+        timeout=15_000)
+    cells = page.locator(f"{row} td").all_inner_texts()
+    assert cells[2] == "running" and cells[3].strip() == "3/12", cells
+    assert 0.3 < float(cells[4].removesuffix("/s")) <= 0.5, cells
+    assert cells[5].endswith(" s"), cells
+    Job.objects.filter(pk=job.pk).update(state=Job.State.DONE, progress_done=12,
+                                         finished_at=timezone.now(), message="done")
+    page.wait_for_function(
+        f"() => document.querySelector('{row}').cells[2].textContent === 'done'",
+        timeout=15_000)
+    assert page.locator(f"{row} td").all_inner_texts()[3].strip() == "12/12"
