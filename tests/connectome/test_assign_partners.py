@@ -112,6 +112,7 @@ def test_bad_requests_are_refused_with_the_reason(layers):
 
 def test_contact_job_uses_an_interface_classifier_file(layers, tmp_path):
     from detection.features import FeatureSpec
+    from detection.partners import site_interfaces, site_scores
     from detection.partners.contact import train_site_classifier
 
     phantom, dataset, made = layers
@@ -125,8 +126,15 @@ def test_contact_job_uses_an_interface_classifier_file(layers, tmp_path):
     path = model.save(tmp_path / "sites.model")
     job = job_run_inline(kind="assign_partners", dataset=dataset, parameters=_params(
         made, method="contact", run_name="contact", presynaptic_layer=None,
-        em_layer=made["em"].pk, interface_model=str(path)))
+        em_layer=made["em"].pk, interface_model=str(path), block_shape=[8, 48, 48]))
     assert job.state == Job.State.DONE, job.error
+    assert job.result["blocks"] > 1
+    # Block-wise, the rows of the whole-volume call: local interfaces scored per site.
+    em, cells, sites = _array(made["em"]), _array(made["cells"]), _array(made["clefts"])
+    local = site_interfaces(em, cells, sites, voxel_size=dataset.voxel_size, spec=spec)
+    whole = assign_partners("contact", sites, cells, voxel_size=dataset.voxel_size,
+                            local_scores=site_scores(local, model))
+    assert _stored("contact") == _expected(whole)
     matrix = wiring_matrix(dataset=dataset, runs=SynapseRun.objects.filter(name="contact"))
     predicted = {(p.pre_segment_id, p.post_segment_id): p.synapses for p in matrix.pairs}
     scores = connection_scores(predicted, [(s.pre_id, s.post_id) for s in phantom.synapses])
