@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def _source(layer: Layer):
 def _write_json(path: Path, content) -> None:
     # Whole or not at all: a block task killed while writing leaves the old file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     partial.write_text(json.dumps(content))
     os.replace(partial, path)
 
