@@ -2,6 +2,7 @@
 
 import io
 import re
+import subprocess
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -23,9 +24,9 @@ def var_dir(settings, data_root, tmp_path):
     return settings.VAR_DIR
 
 
-def demo(*args) -> str:
+def demo(*args, mode="--inline") -> str:
     out = io.StringIO()
-    call_command("demo", "--inline", "--shape", *SHAPE, "--address", "demo.test:8080", *args,
+    call_command("demo", mode, "--shape", *SHAPE, "--address", "demo.test:8080", *args,
                  stdout=out)
     return out.getvalue()
 
@@ -99,3 +100,13 @@ def test_a_failing_job_is_named_with_its_error(var_dir):
         demo()
     assert Dataset.objects.get(name="phantom").layers.filter(name="em").exists()
     assert not SynapseRun.objects.filter(name="detected").exists()
+
+
+def test_the_demo_stops_waiting_when_its_worker_has_stopped(var_dir):
+    (var_dir / "demo").mkdir(parents=True)
+    (var_dir / "demo" / "detector.model").write_bytes(b"not used\n")
+    worker = subprocess.Popen(["true"])
+    worker.wait()
+    with pytest.raises(CommandError, match=rf"job \d+ \(import_volume\) is queued, but the "
+                                           rf"worker \(pid {worker.pid}\) has stopped"):
+        demo("--worker-pid", str(worker.pid), mode="--wait")

@@ -61,6 +61,8 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=7)
         parser.add_argument("--address", default="127.0.0.1:8000",
                             help="host:port the web app serves on, for the printed addresses")
+        parser.add_argument("--worker-pid", type=int,
+                            help="process id of the local worker: stop waiting if it exits")
 
     def handle(self, *args, **options):
         if not (options["inline"] or options["wait"]):
@@ -228,13 +230,17 @@ class Command(BaseCommand):
             job.refresh_from_db()
             if job.is_finished:
                 return job
+            if not _alive(self.options["worker_pid"]):
+                raise CommandError(
+                    f"job {job.pk} ({job.kind}) is {job.state}, but the worker (pid "
+                    f"{self.options['worker_pid']}) has stopped; see {_worker_log()}")
             if job.message and job.message != said:
                 said = job.message
                 self.stdout.write(f"job {job.pk}: {said}")
             time.sleep(0.5)
         raise CommandError(
             f"job {job.pk} ({job.kind}) still {job.state} after {timeout} s; is the worker "
-            f"running? (see {settings.VAR_DIR / 'log' / 'worker.log'})"
+            f"running? (see {_worker_log()})"
         )
 
     # --- the figures -------------------------------------------------------------------------
@@ -275,6 +281,23 @@ class Command(BaseCommand):
         address = f"http://{self.options['address']}"
         self.stdout.write(f"dataset page: {address}/datasets/{dataset.pk}/")
         self.stdout.write(f"review queue: {address}/datasets/{dataset.pk}/review/")
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still runs (True when there is no pid to watch)."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker_log() -> Path:
+    return settings.VAR_DIR / "log" / "worker.log"
 
 
 def _label(kind: str, parameters: dict) -> str:
