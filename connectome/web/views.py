@@ -45,14 +45,13 @@ def _viewer_state_url(request, kind: str, pk: int) -> str:
 
 def dataset_detail(request, pk):
     dataset = selectors.visible_dataset(user=request.user, pk=pk)
-    jobs = selectors.dataset_jobs(dataset=dataset)
     precision = precision_estimate(dataset=dataset)
     return render(request, "web/dataset.html", _page(
         request, dataset,
         layers=selectors.dataset_layers(dataset=dataset),
         counts=selectors.dataset_counts(dataset=dataset),
         runs=selectors.dataset_runs(dataset=dataset),
-        jobs=jobs, jobs_running=any(not job.is_finished for job in jobs),
+        jobs=selectors.dataset_jobs(dataset=dataset),
         progress=review_progress(dataset=dataset),
         precision=precision, precision_rows=_precision_rows(precision),
         viewer_state=_viewer_state_url(request, "dataset", dataset.pk),

@@ -1,5 +1,5 @@
-// Dataset overview: poll the dataset's jobs while any is unfinished and show their progress,
-// rate and time left.
+// Dataset overview: the dataset's jobs with their progress, rate and time left, polled while
+// any is unfinished.
 "use strict";
 
 (() => {
@@ -41,5 +41,6 @@
     if (jobs.some((job) => !FINISHED.has(job.state))) setTimeout(poll, INTERVAL_MS);
   }
 
-  if (table.dataset.poll === "1") poll();
+  // Once at least (the rates of finished jobs too), then while any job is unfinished.
+  poll();
 })();

@@ -23,7 +23,7 @@
     renderedSynapseId: null, perSynapseMs: [],
   };
   let current = null;      // the synapse on screen (API object), or null
-  let busy = false;        // a request is in flight: keys wait
+  let busy = false;        // a request is in flight: keys are dropped
   let pick = null;         // {side: "post"|"pre"} while picking the right partner
   const cells = new Map(); // cell id -> Promise of the cell
 
@@ -151,15 +151,19 @@
   }
 
   // Run `work` unless something else runs; report errors in the panel.
+  // Keys pressed meanwhile are dropped, not queued: a double press must not judge the next
+  // synapse unseen. The buttons show it.
   async function act(work) {
     if (busy) return;
     busy = true;
+    document.body.classList.add("busy");
     try {
       await work();
     } catch (error) {
       status(error.message, true);
     } finally {
       busy = false;
+      document.body.classList.remove("busy");
     }
   }
 
@@ -283,9 +287,21 @@
   }
   const pickNone = $("pick-none");
   if (pickNone) pickNone.addEventListener("click", () => { stopPick(); verdict("wrong_partner"); });
+  // The order and run are remembered per dataset in this browser.
+  const remembered = `review:${config.dataset}:`;
   for (const id of ["order", "run"]) {
-    $(id).addEventListener("change", () => act(async () => { await next(); await refreshSummary(); }));
+    const saved = localStorage.getItem(remembered + id);
+    if (saved !== null && [...$(id).options].some((option) => option.value === saved)) {
+      $(id).value = saved;
+    }
+    $(id).addEventListener("change", () => {
+      localStorage.setItem(remembered + id, $(id).value);
+      act(async () => { await next(); await refreshSummary(); });
+    });
   }
+
+  // For scripts and tests: the synapse on screen (as the API gave it).
+  window.reviewQueue = {get current() { return current; }, get busy() { return busy; }};
 
   // --- start --------------------------------------------------------------------------------
 

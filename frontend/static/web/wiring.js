@@ -37,14 +37,16 @@
     for (const row of body.rows) {
       for (const side of ["pre", "post"]) {
         const key = groupBy === "cell" ? row[`${side}_cell`] : row[`${side}_type`];
+        // Cells as the viewer labels segments: the name, else "<type> (<segment id>)".
         const label = groupBy === "cell" ?
-          (row[`${side}_name`] || `segment ${row[`${side}_segment_id`]}`) :
+          (row[`${side}_name`] || `${row[`${side}_type`] || "cell"} (${row[`${side}_segment_id`]})`) :
           (row[`${side}_type`] || "(no type)");
         add(key, label, row[`${side}_type`], row.synapses, side === "pre" ? "out" : "in");
       }
       cells.set(pairKey(groupBy === "cell" ? row.pre_cell : row.pre_type,
                         groupBy === "cell" ? row.post_cell : row.post_type), row);
     }
+    if (data && data.groupBy !== groupBy) clearPair();
     data = {groupBy, rows: body.rows, cells, axis: [...axis.values()],
             synapses: body.synapses, pairs: body.pairs};
     const max = Math.max(1, ...body.rows.map((row) => row.synapses));
@@ -81,7 +83,7 @@
     const valueKey = $("value").value;
     const wrap = canvas.parentElement;
     const available = Math.max(200, wrap.clientWidth - 160);
-    const size = Math.max(2, Math.min(22, Math.floor(available / Math.max(1, n))));
+    const size = Math.max(2, Math.min(40, Math.floor(available / Math.max(1, n))));
     const labels = size >= 8;
     const context = canvas.getContext("2d");
     context.font = LABEL_FONT;
@@ -179,6 +181,13 @@
   });
 
   // --- the synapses of a pair ---------------------------------------------------------------
+
+  function clearPair() {
+    $("pair-title").textContent = "Pick a pair";
+    $("pair-hint").textContent = "Click a square of the matrix to list the synapses of that " +
+      "pair; each opens in the viewer.";
+    $("pair-list").replaceChildren();
+  }
 
   async function showPair(pair) {
     $("pair-title").textContent = `${pair.pre.label} → ${pair.post.label}`;
