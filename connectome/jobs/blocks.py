@@ -391,7 +391,7 @@ def blocks_finish(*, job_id: int, inline: bool = False) -> Job:
         from connectome.jobs.services import job_execute
 
         if inline:
-            job_execute(job_id=then)
+            job_execute(job_id=then, inline_blocks=True)
         else:
             job_enqueue(job_id=then)
     return Job.objects.get(pk=job_id)

@@ -13,8 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from connectome.cells.services import cells_annotate
 from connectome.datasets.models import Dataset
 from connectome.datasets.services import dataset_create
-from connectome.jobs.blocks import blocks_run_inline
-from connectome.jobs.models import Job, JobBlock
+from connectome.jobs.models import Job
 from connectome.jobs.services import job_create, job_execute
 from connectome.synapses.wiring import wiring_matrix
 from detection.classify import (
@@ -210,11 +209,6 @@ class Command(BaseCommand):
         """Wait for a worker job (printing its messages) and check it ended well."""
         if not self.options["inline"]:
             job = self._wait(job)
-        elif job.state == Job.State.RUNNING and job.blocks.exclude(
-                state=JobBlock.State.DONE).exists():
-            # A follow-up job started inline by blocks_finish has its blocks sent to the
-            # workers rather than run: run them here.
-            job = blocks_run_inline(job_id=job.pk)
         return self._check(job, label)
 
     def _check(self, job: Job, label: str) -> Job:
