@@ -37,8 +37,9 @@ def browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope: Playwright's loop must not outlive the browser tests (see below).
     reason = browser_missing()
     if reason:
         pytest.skip(reason)
