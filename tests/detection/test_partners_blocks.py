@@ -14,6 +14,7 @@ from detection.partners.blocks import (
     keep_sites,
     sites_by_block,
 )
+from detection.partners.diffusion import step_probabilities, walk_reach
 from detection.partners.rows import choice_from_record, choice_record
 from detection.partners.sites import site_boxes
 from detection.phantom import make_phantom
@@ -55,13 +56,31 @@ def test_each_site_goes_to_the_block_holding_its_box_centre():
     assert crop == (slice(0, 8), slice(0, 35), slice(0, 75))
 
 
+def test_walk_reach_bounds_the_walks():
+    # Steps are isotropic in nm: at 40 x 8 x 8 nm a z step is 25 times rarer than a y step.
+    np.testing.assert_allclose(step_probabilities(VS), [1 / 51, 25 / 51, 25 / 51])
+    assert walk_reach(400, voxel_size=VS) == (26, 107, 107)
+    assert walk_reach(400, voxel_size=(10.0, 10.0, 10.0)) == (88, 88, 88)
+    assert walk_reach(3, voxel_size=VS) == (3, 3, 3)   # never more than the steps
+    # 10,000 free walks of 400 steps: the farthest any strays per axis (12, 58, 55 voxels;
+    # standard deviations 2.8 and 14) is well inside the reach.
+    rng = np.random.default_rng(0)
+    steps = rng.choice(6, size=(10_000, 400), p=np.repeat(step_probabilities(VS) / 2, 2))
+    moves = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+                     dtype=np.int16)
+    farthest = np.abs(np.cumsum(moves[steps], axis=1, dtype=np.int16)).max(axis=(0, 1))
+    assert (farthest < np.array(walk_reach(400, voxel_size=VS)) * 0.6).all()
+    assert (farthest > np.array([8, 40, 40])).all()
+
+
 def test_margins_follow_the_method_options_and_voxel_size():
     # Geometry 2 * 40 nm (2 z, 10 y/x voxels) plus the 200 nm signal radius (5, 25, 25).
     assert assignment_margin("vesicle", voxel_size=VS) == (7, 35, 35)
     assert assignment_margin("vesicle", voxel_size=VS, radius_nm=80.0) == (4, 20, 20)
-    # Diffusion: the walk reaches n_steps + 1 voxels on every axis.
-    assert assignment_margin("diffusion", voxel_size=VS) == (401, 401, 401)
-    assert assignment_margin("diffusion", voxel_size=VS, n_steps=10) == (11, 35, 35)
+    # Diffusion: one voxel more than the walk's reach (26, 107, 107 at 400 steps), or the
+    # vesicle margin where that is larger (10 steps).
+    assert assignment_margin("diffusion", voxel_size=VS) == (27, 108, 108)
+    assert assignment_margin("diffusion", voxel_size=VS, n_steps=10) == (9, 35, 35)
     # Contact: the 320 nm crop of the local interfaces.
     assert assignment_margin("contact", voxel_size=VS) == (8, 40, 40)
     with pytest.raises(ValueError, match="unknown partner-assignment method"):
