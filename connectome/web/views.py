@@ -20,8 +20,9 @@ VIEWER_TOKEN = "connectome"
 
 
 def home(request):
-    datasets = datasets_visible_to(request.user).prefetch_related("layers")
-    jobs = Job.objects.filter(dataset__in=datasets).select_related("dataset")[:20]
+    datasets = selectors.datasets_with_counts(user=request.user)
+    jobs = Job.objects.filter(dataset__in=datasets_visible_to(request.user)).select_related(
+        "dataset")[:20]
     return render(request, "web/home.html", {"datasets": datasets, "jobs": jobs})
 
 

@@ -86,6 +86,8 @@ def test_home_links_the_datasets_one_can_see(world):
     dataset = world["dataset"]
     assert f'href="{reverse("web:dataset", args=[dataset.pk])}"' in response.content.decode()
     assert "secret" not in _text(response)
+    assert "fly 40.0 × 8.0 × 8.0 20 × 64 × 48 em (em), labels (segmentation) 3 5" in (
+        _text(response))
 
 
 def test_dataset_page_shows_layers_counts_runs_and_precision(world):

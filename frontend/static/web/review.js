@@ -268,7 +268,9 @@
       if (event.key === "Enter") { pickSegment(frame.hoveredSegment()); return true; }
       if (event.key === "Tab") { startPick(pick.side === "post" ? "pre" : "post"); return true; }
     }
-    const binding = KEYS[event.key];
+    // Caps lock or shift still mean the verdict keys; only p and P differ.
+    const key = event.key === "P" ? "P" : event.key.toLowerCase();
+    const binding = KEYS[key];
     if (!binding) return false;
     if (event.repeat) return true;
     const [action, argument] = binding;
