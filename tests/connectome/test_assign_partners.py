@@ -149,9 +149,11 @@ def test_command_takes_layers_by_name(layers, capsys):
     _, dataset, _ = layers
     call_command("assign_partners", dataset.name, "--method", "diffusion", "--sites", "clefts",
                  "--segmentation", "cells", "--presynaptic", "vesicles", "--run", "by name",
-                 "--options", '{"min_share": 0.3, "particles": 200}')
+                 "--options", '{"min_share": 0.3, "particles": 200}',
+                 "--block-shape", "8", "64", "64")
     assert "assign_partners job" in capsys.readouterr().out
     run = SynapseRun.objects.get(dataset=dataset, name="by name")
+    assert run.job.parameters["block_shape"] == [8, 64, 64] and run.job.progress_total > 1
     assert run.parameters["layers"] == {"sites": "clefts", "segmentation": "cells",
                                         "presynaptic map": "vesicles"}
     with pytest.raises(CommandError, match="has no layer 'nope'.*layers: cells, clefts, em"):

@@ -26,6 +26,8 @@ class Command(JobCommand):
                             help='method options as JSON, e.g. \'{"min_share": 0.3}\'')
         parser.add_argument("--replace", action="store_true",
                             help="replace the run of that name in one transaction")
+        parser.add_argument("--block-shape", nargs=3, type=int, metavar=("Z", "Y", "X"),
+                            help="voxels per block task (default 32 256 256)")
 
     def job_parameters(self, options):
         try:
@@ -38,4 +40,5 @@ class Command(JobCommand):
             "presynaptic_layer": options["presynaptic"], "em_layer": options["em"],
             "interface_model": options["interface_model"], "free_layer": options["free"],
             "options": method_options, "replace": options["replace"],
+            **({"block_shape": options["block_shape"]} if options["block_shape"] else {}),
         }
