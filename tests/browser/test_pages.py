@@ -61,6 +61,14 @@ def test_viewer_shows_the_phantom_voxels_and_segments(page, live_server, phantom
         checked += segment != 0
     assert checked >= 2, "the mouse never was over a cell"
 
+    # Without the reviewer role the queue is read-only, and says why.
+    page.goto(f"{live_server.url}/datasets/{phantom_dataset.pk}/review/")
+    viewer_ready(page)
+    assert "needs the reviewer role" in page.inner_text("#read-only")
+    assert page.locator("#verdicts").count() == 0
+    page.keyboard.press("c")
+    assert Review.objects.count() == 0
+
 
 def _wait_for_next(page, previous) -> int:
     page.wait_for_function(

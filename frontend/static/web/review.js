@@ -315,7 +315,8 @@
     }
     $(id).addEventListener("change", () => {
       localStorage.setItem(remembered + id, $(id).value);
-      act(async () => { await next(); await refreshSummary(); });
+      if (config.can_review) act(async () => { await next(); await refreshSummary(); });
+      else refreshSummary().catch((error) => status(error.message, true));
     });
   }
 
