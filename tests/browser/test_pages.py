@@ -186,3 +186,19 @@ def test_dataset_page_follows_a_running_job(page, live_server):
         f"() => document.querySelector('{row}').cells[2].textContent === 'done'",
         timeout=15_000)
     assert page.locator(f"{row} td").all_inner_texts()[3].strip() == "12/12"
+
+
+def test_review_page_says_when_the_queue_is_empty(page, live_server, phantom_dataset):
+    dataset = phantom_dataset
+    reviewer = _reviewer(dataset)
+    Synapse.objects.filter(dataset=dataset).update(review_state="confirmed")
+    log_in(page, live_server, reviewer)
+    page.goto(f"{live_server.url}/datasets/{dataset.pk}/review/")
+    page.wait_for_selector("#empty:not([hidden])", timeout=30_000)
+    assert page.inner_text("#synapse-title") == "Queue empty"
+    assert "No synapse left to review" in page.inner_text("#empty")
+    total = Synapse.objects.filter(dataset=dataset).count()
+    assert page.inner_text("#progress") == f"{total} / {total}"
+    # Only undo is left to press.
+    enabled = page.locator("#verdicts button:not(:disabled)")
+    assert enabled.count() == 1 and enabled.get_attribute("data-action") == "undo"
