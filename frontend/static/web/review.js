@@ -106,7 +106,7 @@
     const title = $("synapse-title");
     title.replaceChildren(Web.el("a", {href: `/datasets/${config.dataset}/synapses/${synapse.id}/`},
                                     `Synapse ${synapse.id}`));
-    renderFacts(synapse);
+    renderFacts(synapse).catch((error) => status(error.message, true));
     const started = performance.now();
     const state = await Web.get(`/viewer/state/synapses/${synapse.id}/`);
     if (current !== synapse) return;
@@ -191,7 +191,7 @@
     status(`Synapse ${synapse.id}: ${LABELS[value]}${note}.`);
     flash();
     await next();
-    refreshSummary();
+    refreshSummary().catch((error) => status(error.message, true));
   });
 
   const skip = () => act(async () => {
@@ -211,7 +211,7 @@
     showProgress(item.progress);
     status(`Verdict on synapse ${item.synapse.id} taken back; review it again.`);
     await show(item.synapse);
-    refreshSummary();
+    refreshSummary().catch((error) => status(error.message, true));
   });
 
   // --- wrong partner: pick the right cell in the viewer --------------------------------------

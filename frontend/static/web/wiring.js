@@ -208,7 +208,9 @@
     for (const row of rows) {
       const link = el("a", {href: "#", onclick: (event) => {
         event.preventDefault();
-        listSynapses(row.pre_cell, row.post_cell, target);
+        listSynapses(row.pre_cell, row.post_cell, target).catch((error) => {
+          target.textContent = error.message;
+        });
       }}, `${row.synapses}`);
       list.append(el("tr", {}, el("td", {}, row.pre_name || row.pre_segment_id),
                            el("td", {}, row.post_name || row.post_segment_id),
