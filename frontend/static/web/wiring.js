@@ -13,6 +13,9 @@
   let data = null;   // {rows, groupBy, axis: [{key, label, type, total}], index: Map, cells: Map}
   let layout = null; // {left, top, size}
 
+  // Cells as the viewer labels segments: the name, else "<type> (<segment id>)".
+  const cellLabel = (row, side) => row[`${side}_name`] ||
+    `${row[`${side}_type`] || "cell"} (${row[`${side}_segment_id`]})`;
   const keyOf = (row, side) => data.groupBy === "cell" ? row[`${side}_cell`] : row[`${side}_type`];
   const pairKey = (pre, post) => `${pre}\u0000${post}`;
 
@@ -37,9 +40,7 @@
     for (const row of body.rows) {
       for (const side of ["pre", "post"]) {
         const key = groupBy === "cell" ? row[`${side}_cell`] : row[`${side}_type`];
-        // Cells as the viewer labels segments: the name, else "<type> (<segment id>)".
-        const label = groupBy === "cell" ?
-          (row[`${side}_name`] || `${row[`${side}_type`] || "cell"} (${row[`${side}_segment_id`]})`) :
+        const label = groupBy === "cell" ? cellLabel(row, side) :
           (row[`${side}_type`] || "(no type)");
         add(key, label, row[`${side}_type`], row.synapses, side === "pre" ? "out" : "in");
       }
@@ -198,6 +199,11 @@
     }
     // A pair of types: the cell pairs that make it up, each opening its synapses.
     const params = query({group_by: "cell"});
+    // Cells of those two types only (types with a comma or none cannot be named there).
+    const types = [pair.pre.key, pair.post.key];
+    if (types.every((type) => type && !type.includes(","))) {
+      params.set("cell_types", [...new Set(types)].join(","));
+    }
     const body = await Web.get(`/api/datasets/${config.dataset}/wiring/?${params}`);
     const rows = body.rows.filter((row) => row.pre_type === pair.pre.key &&
                                            row.post_type === pair.post.key);
@@ -208,18 +214,19 @@
     for (const row of rows) {
       const link = el("a", {href: "#", onclick: (event) => {
         event.preventDefault();
-        listSynapses(row.pre_cell, row.post_cell, target).catch((error) => {
+        listSynapses(row.pre_cell, row.post_cell, target,
+                     `${cellLabel(row, "pre")} → ${cellLabel(row, "post")}`).catch((error) => {
           target.textContent = error.message;
         });
       }}, `${row.synapses}`);
-      list.append(el("tr", {}, el("td", {}, row.pre_name || row.pre_segment_id),
-                           el("td", {}, row.post_name || row.post_segment_id),
+      list.append(el("tr", {}, el("td", {}, cellLabel(row, "pre")),
+                           el("td", {}, cellLabel(row, "post")),
                            el("td", {class: "num"}, link)));
     }
     $("pair-list").replaceChildren(list, target);
   }
 
-  async function listSynapses(pre, post, target) {
+  async function listSynapses(pre, post, target, title = null) {
     const params = new URLSearchParams({a: pre, b: post, direction: "a_to_b", page_size: 500});
     if ($("run").value) params.set("run", $("run").value);
     const body = await Web.get(`/api/synapses/between/?${params}`);
@@ -239,7 +246,7 @@
     }
     const note = el("p", {class: "muted"}, `${body.results.length} synapse rows; rejected and ` +
                     "flagged ones are greyed and not counted.");
-    target.replaceChildren(table, note);
+    target.replaceChildren(title ? el("h2", {}, title) : "", table, note);
   }
 
   // --- controls -----------------------------------------------------------------------------
