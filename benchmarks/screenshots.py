@@ -200,6 +200,14 @@ def main(argv=None) -> int:
         shot("wiring")
         page.select_option("#group-by", "cell_type")
         page.wait_for_function("() => window.wiringMatrix.data.groupBy === 'cell_type'")
+        types = page.evaluate("window.wiringMatrix.data.rows")
+        top = max(types, key=lambda row: row["synapses"])
+        where = page.evaluate(f"window.wiringMatrix.position({json.dumps(top['pre_type'])}, "
+                              f"{json.dumps(top['post_type'])})")
+        page.mouse.click(where["x"], where["y"])
+        page.wait_for_selector("#pair-list table a")
+        page.click("#pair-list table a")
+        page.wait_for_selector("#pair-list tr[data-synapse]")
         page.mouse.move(5, 5)
         shot("wiring_types")
 
