@@ -219,6 +219,7 @@ def main(argv=None) -> int:
         shot("cell")
 
         page.goto(f"{url}/datasets/{dataset}/synapses/{synapse['id']}/")
+        page.evaluate("window.synapseShown")  # the synapse's state restored and drawn
         settle(page)
         shot("synapse")
 

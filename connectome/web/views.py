@@ -120,8 +120,13 @@ def cell_detail(request, pk, cell_id):
 def synapse_detail(request, pk, synapse_id):
     dataset = selectors.visible_dataset(user=request.user, pk=pk)
     synapse = selectors.dataset_synapse(dataset=dataset, pk=synapse_id)
+    # The client starts empty; the page restores the synapse's state with its cells coloured.
+    config = {
+        "state": reverse("viewer:synapse-state", args=[synapse.pk]),
+        "pre_segment_id": None if synapse.pre is None else str(synapse.pre.segment_id),
+        "post_segment_id": None if synapse.post is None else str(synapse.post.segment_id),
+    }
     return render(request, "web/synapse.html", _page(
-        request, dataset, synapse=synapse,
+        request, dataset, synapse=synapse, config=config, viewer_state="{}",
         reviews=selectors.synapse_reviews(synapse=synapse),
-        viewer_state=_viewer_state_url(request, "synapse", synapse.pk),
     ))

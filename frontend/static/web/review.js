@@ -71,23 +71,6 @@
     );
   }
 
-  // Pre and post cells in the colours of the side panel's labels.
-  const PRE_COLOUR = "#ff5a36";
-  const POST_COLOUR = "#2f8bff";
-
-  function colourPartners(state, synapse) {
-    const colours = {};
-    if (synapse.pre_segment_id) colours[synapse.pre_segment_id] = PRE_COLOUR;
-    if (synapse.post_segment_id) colours[synapse.post_segment_id] = POST_COLOUR;
-    for (const layer of state.layers || []) {
-      if (layer.type === "segmentation" && Array.isArray(layer.segments) &&
-          layer.segments.some((id) => id in colours)) {
-        layer.segmentColors = {...(layer.segmentColors || {}), ...colours};
-      }
-    }
-    return state;
-  }
-
   async function show(synapse) {
     current = synapse;
     stopPick();
@@ -110,7 +93,8 @@
     const started = performance.now();
     const state = await Web.get(`/viewer/state/synapses/${synapse.id}/`);
     if (current !== synapse) return;
-    await frame.setState(colourPartners(state, synapse));
+    await frame.setState(
+      ViewerFrame.colourPartners(state, synapse.pre_segment_id, synapse.post_segment_id));
     // Drawn in the background: the reviewer may judge (and press a key) before the last chunk.
     frame.ready().then((readyAt) => {
       if (current !== synapse) return;

@@ -76,3 +76,20 @@ class ViewerFrame {
     this.window.addEventListener(type, handler, true);
   }
 }
+
+// A synapse's pre and post cells in the pages' colours (red and blue, as their labels), in
+// every segmentation layer of `state` that shows them. Returns `state`.
+ViewerFrame.PRE_COLOUR = "#ff5a36";
+ViewerFrame.POST_COLOUR = "#2f8bff";
+ViewerFrame.colourPartners = (state, preSegment, postSegment) => {
+  const colours = {};
+  if (preSegment) colours[preSegment] = ViewerFrame.PRE_COLOUR;
+  if (postSegment) colours[postSegment] = ViewerFrame.POST_COLOUR;
+  for (const layer of state.layers || []) {
+    if (layer.type === "segmentation" && Array.isArray(layer.segments) &&
+        layer.segments.some((id) => id in colours)) {
+      layer.segmentColors = {...(layer.segmentColors || {}), ...colours};
+    }
+  }
+  return state;
+};
