@@ -11,7 +11,9 @@ dataset, logged in as a user who may review it:
 
 Writes ``pages_*.png`` and prints the time from navigation start until the viewer has drawn
 the first synapse of the queue (``window.reviewTimings.firstSynapseMs``), for fresh browser
-contexts (nothing cached) and for reloads, and the time to each next synapse after a skip.
+contexts (nothing cached) and for reloads (the reviewer's claimed synapse each time). With
+``--skips N`` it also times N next synapses after a skip; skips are for good (the queue does
+not offer those synapses to this reviewer again), so they use up the reviewer's queue.
 
 With ``--review N`` it first works through N synapses of a run in the random queue order with
 the keyboard, as a reviewer who knows the phantom's ground truth would: a detected synapse
@@ -44,6 +46,16 @@ VIEWER_READY = ("() => { const frame = document.getElementById('viewer');"
                 " const viewer = frame && frame.contentWindow && frame.contentWindow.viewer;"
                 " return Boolean(viewer && viewer.isReady()); }")
 FIRST_SYNAPSE = "() => window.reviewTimings && window.reviewTimings.firstSynapseMs !== null"
+QUEUE_EMPTY = "() => document.getElementById('empty').hidden === false"
+
+
+def first_synapse(page) -> float:
+    """Wait for the review page's first synapse to be drawn; its time from navigation start."""
+    page.wait_for_function(f"() => ({FIRST_SYNAPSE})() || ({QUEUE_EMPTY})()", timeout=90_000)
+    if page.evaluate(QUEUE_EMPTY):
+        raise SystemExit("the review queue is empty for this reviewer (all reviewed or "
+                         "skipped): nothing to time")
+    return page.evaluate("window.reviewTimings.firstSynapseMs")
 
 
 def log_in(context, url: str, username: str, password: str):
@@ -73,12 +85,10 @@ def review_timings(browser, url, dataset, args) -> dict:
         log_in(context, url, args.user, args.password)
         page = context.new_page()
         page.goto(f"{url}/datasets/{dataset}/review/")
-        page.wait_for_function(FIRST_SYNAPSE, timeout=90_000)
-        cold.append(page.evaluate("window.reviewTimings.firstSynapseMs"))
+        cold.append(first_synapse(page))
         for _ in range(args.repeats):
             page.reload()
-            page.wait_for_function(FIRST_SYNAPSE, timeout=90_000)
-            warm.append(page.evaluate("window.reviewTimings.firstSynapseMs"))
+            warm.append(first_synapse(page))
         context.close()
     return {"cold_ms": cold, "reload_ms": warm}
 
@@ -107,7 +117,7 @@ def review_with_truth(page, url, dataset, args):
     truth = api(page, f"/api/synapses/?dataset={dataset}&run={by_name[args.truth_run]}"
                       "&page_size=10000")["results"]
     page.goto(f"{url}/datasets/{dataset}/review/")
-    page.wait_for_function(FIRST_SYNAPSE, timeout=90_000)
+    first_synapse(page)
     page.select_option("#order", "random")
     page.select_option("#run", str(by_name[args.review_run]))
     counts = {}
@@ -148,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--repeats", type=int, default=3,
                         help="fresh contexts for the timing, and reloads in each")
+    parser.add_argument("--skips", type=int, default=0,
+                        help="next synapses to time after a skip (uses up the queue)")
     parser.add_argument("--review", type=int, default=0,
                         help="verdicts to give first, from the ground truth")
     parser.add_argument("--review-run", default="detected partners")
@@ -225,7 +237,7 @@ def main(argv=None) -> int:
 
         # The review page on that synapse, then picking a right partner (no verdict given).
         page.goto(f"{url}/datasets/{dataset}/review/?synapse={synapse['id']}")
-        page.wait_for_function(FIRST_SYNAPSE, timeout=90_000)
+        first_synapse(page)
         page.wait_for_timeout(800)
         shot("review")
         page.keyboard.press("p")
@@ -239,10 +251,11 @@ def main(argv=None) -> int:
 
         # Next synapses from the queue: a skip moves on without a verdict; time until each is
         # drawn.
-        page.goto(f"{url}/datasets/{dataset}/review/")
-        page.wait_for_function(FIRST_SYNAPSE, timeout=90_000)
         steps = []
-        for _ in range(args.repeats * 2):
+        if args.skips:
+            page.goto(f"{url}/datasets/{dataset}/review/")
+            first_synapse(page)
+        for _ in range(args.skips):
             before = page.evaluate("window.reviewTimings.perSynapseMs.length")
             started = time.perf_counter()
             page.keyboard.press("s")
@@ -261,11 +274,14 @@ def main(argv=None) -> int:
         "next_synapse_after_skip_ms": [round(s) for s in steps],
     }
     print(json.dumps(figures, indent=1))
-    print(f"time to first rendered synapse: fresh browser median "
-          f"{statistics.median(timings['cold_ms']):.0f} ms (n={len(timings['cold_ms'])}), "
-          f"reload median {statistics.median(timings['reload_ms']):.0f} ms "
-          f"(n={len(timings['reload_ms'])}); next synapse after a skip median "
-          f"{statistics.median(steps):.0f} ms (n={len(steps)})")
+    line = (f"time to first rendered synapse: fresh browser median "
+            f"{statistics.median(timings['cold_ms']):.0f} ms (n={len(timings['cold_ms'])}), "
+            f"reload median {statistics.median(timings['reload_ms']):.0f} ms "
+            f"(n={len(timings['reload_ms'])})")
+    if steps:
+        line += f"; next synapse after a skip median {statistics.median(steps):.0f} ms " \
+                f"(n={len(steps)})"
+    print(line)
     return 0
 
 

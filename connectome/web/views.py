@@ -51,7 +51,8 @@ def dataset_detail(request, pk):
         request, dataset,
         layers=selectors.dataset_layers(dataset=dataset),
         counts=selectors.dataset_counts(dataset=dataset),
-        runs=selectors.dataset_runs(dataset=dataset),
+        runs=[(run, precision_estimate(dataset=dataset, run=run)["synapse"])
+              for run in selectors.dataset_runs(dataset=dataset)],
         jobs=selectors.dataset_jobs(dataset=dataset),
         progress=review_progress(dataset=dataset),
         precision=precision, precision_rows=_precision_rows(precision),
@@ -67,14 +68,18 @@ def review_queue(request, pk):
     dataset = selectors.visible_dataset(user=request.user, pk=pk)
     access = selectors.dataset_access(dataset=dataset, user=request.user)
     runs = list(selectors.dataset_runs(dataset=dataset))
-    synapse = request.GET.get("synapse", "")
+    synapse, run = request.GET.get("synapse", ""), request.GET.get("run", "")
     config = {
         "dataset": dataset.pk,
-        "runs": [{"id": run.pk, "name": run.name, "synapses": run.n_synapses} for run in runs],
+        "runs": [{"id": r.pk, "name": r.name, "synapses": r.n_synapses} for r in runs],
         # ?synapse=<id> opens that synapse first (from the wiring matrix or a synapse page).
         "synapse": int(synapse) if synapse.isdigit() else None,
+        # ?run=<id> chooses the run (from the dataset page); else the browser's last choice.
+        "run": int(run) if run.isdigit() and int(run) in {r.pk for r in runs} else None,
         "can_review": access.can_review,
     }
+    # Without a choice, the newest run: reviewers judge what a detection found.
+    selected_run = config["run"] or (runs[-1].pk if runs else None)
     if config["can_review"] or config["synapse"]:
         # The client starts empty and the page restores the first synapse into it, with no
         # chunks of a whole-dataset view loading meanwhile.
@@ -82,8 +87,8 @@ def review_queue(request, pk):
     else:
         viewer_state = _viewer_state_url(request, "dataset", dataset.pk)
     return render(request, "web/review.html", _page(
-        request, dataset, access=access, runs=runs, config=config, viewer_state=viewer_state,
-        progress=review_progress(dataset=dataset),
+        request, dataset, access=access, runs=runs, selected_run=selected_run, config=config,
+        viewer_state=viewer_state, progress=review_progress(dataset=dataset, run=selected_run),
     ))
 
 

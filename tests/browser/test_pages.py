@@ -179,13 +179,14 @@ def test_dataset_page_follows_a_running_job(page, live_server):
     cells = page.locator(f"{row} td").all_inner_texts()
     assert cells[2] == "running" and cells[3].strip() == "3/12", cells
     assert 0.3 < float(cells[4].removesuffix("/s")) <= 0.5, cells
-    assert cells[5].endswith(" s"), cells
+    assert cells[5].endswith(" s left"), cells
     Job.objects.filter(pk=job.pk).update(state=Job.State.DONE, progress_done=12,
                                          finished_at=timezone.now(), message="done")
     page.wait_for_function(
         f"() => document.querySelector('{row}').cells[2].textContent === 'done'",
         timeout=15_000)
-    assert page.locator(f"{row} td").all_inner_texts()[3].strip() == "12/12"
+    cells = page.locator(f"{row} td").all_inner_texts()
+    assert cells[3].strip() == "12/12" and cells[5].startswith("took "), cells
 
 
 def test_review_page_says_when_the_queue_is_empty(page, live_server, phantom_dataset):

@@ -106,9 +106,10 @@ def test_dataset_page_shows_layers_counts_runs_and_precision(world):
     assert "labels segmentation 20 × 64 × 48 uint64" in text
     counts = response.context["counts"]
     assert (counts.cells, counts.synapses, counts.reviews) == (3, 5, 4)
-    # Runs with their synapse and reviewed counts.
-    assert re.search(r"ground truth test 3 2 ", text)
-    assert re.search(r"detected test 2 2 ", text)
+    # Runs with their synapse and reviewed counts and the precision of their synapses.
+    # (n counts decided verdicts: "unsure" is left out.)
+    assert re.search(r"ground truth test 3 2 1\.00 \[0\.34, 1\.00\] n=2 ", text)
+    assert re.search(r"detected test 2 2 0\.00 \[0\.00, 0\.79\] n=1 ", text)
     # 4 reviewed, 3 decided (unsure left out): 2 real of 3.
     assert "4 / 5" in text
     p = wilson_interval(2, 3)
@@ -172,7 +173,14 @@ def test_review_page_for_a_reviewer_has_the_verdict_keys(world):
     assert config["synapse"] == 7
     assert [(r["name"], r["synapses"]) for r in config["runs"]] == [
         ("ground truth", 3), ("detected", 2)]
-    assert "0 / 5" in _text(response)
+    # The newest run is chosen unless the link names one.
+    truth, found = world["runs"]
+    assert f'<option value="{found.pk}" selected>' in html
+    assert "0 / 2" in _text(response)
+    chosen = _client(reviewer).get(reverse("web:review", args=[dataset.pk]), {"run": truth.pk})
+    assert chosen.context["config"]["run"] == truth.pk
+    assert f'<option value="{truth.pk}" selected>' in chosen.content.decode()
+    assert "0 / 3" in _text(chosen)
 
 
 def test_review_page_is_read_only_without_the_reviewer_role(world):

@@ -10,13 +10,15 @@
 
   function row(job) {
     const {el} = Web;
-    let rate = "", eta = "";
+    // Running: units per second so far and the time left at that rate. Finished: how long.
+    let rate = "", time = "";
     if (job.progress_total && job.duration_s && job.state === "running") {
       const perSecond = job.progress_done / job.duration_s;
       rate = `${perSecond.toFixed(perSecond < 10 ? 2 : 0)}/s`;
-      eta = perSecond > 0 ? Web.duration((job.progress_total - job.progress_done) / perSecond) : "–";
-    } else if (job.progress_total && job.duration_s && job.state === "done") {
-      rate = `${(job.progress_done / job.duration_s).toFixed(2)}/s`;
+      time = perSecond > 0 ?
+        `${Web.duration((job.progress_total - job.progress_done) / perSecond)} left` : "–";
+    } else if (FINISHED.has(job.state) && job.duration_s !== null) {
+      time = `took ${Web.duration(job.duration_s)}`;
     }
     const progress = job.progress_total ? [
       el("progress", {value: job.progress_done, max: job.progress_total}),
@@ -24,7 +26,7 @@
     return el("tr", {"data-job": job.id},
       el("td", {}, job.id), el("td", {}, job.kind),
       el("td", {class: `state-${job.state}`}, job.state),
-      el("td", {}, progress), el("td", {}, rate), el("td", {}, eta),
+      el("td", {class: "nowrap"}, progress), el("td", {}, rate), el("td", {class: "nowrap"}, time),
       el("td", {}, (job.error || job.message || "").slice(0, 80)));
   }
 

@@ -294,7 +294,9 @@
   const remembered = `review:${config.dataset}:`;
   for (const id of ["order", "run"]) {
     const saved = localStorage.getItem(remembered + id);
-    if (saved !== null && [...$(id).options].some((option) => option.value === saved)) {
+    const chosenInLink = id === "run" && config.run !== null;
+    if (!chosenInLink && saved !== null &&
+        [...$(id).options].some((option) => option.value === saved)) {
       $(id).value = saved;
     }
     $(id).addEventListener("change", () => {
