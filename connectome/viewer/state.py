@@ -28,8 +28,9 @@ from connectome.viewer.precomputed import volume_type
 _LAYER_ORDER = {Layer.Kind.EM: 0, Layer.Kind.PREDICTION: 1, Layer.Kind.SEGMENTATION: 2,
                 Layer.Kind.SYNAPSES: 3, Layer.Kind.MASK: 4}
 VISIBLE_KINDS = (Layer.Kind.EM, Layer.Kind.SEGMENTATION, Layer.Kind.SYNAPSES)
-# Width in pixels that the field of view is fitted to; a panel of a 4panel layout in a page.
-PANEL_PIXELS = 600
+# Width in pixels that the field of view is fitted to, per layout: the review page's single
+# xy panel is about 600 px wide, a panel of a 4panel layout in a page about 350 px.
+PANEL_PIXELS = {"xy": 600, "4panel": 350}
 SYNAPSE_FIELD_NM = 2000.0
 # Relationships of synapse annotations to the segmentation, in Neuroglancer's terms.
 RELATIONSHIPS = ["pre_segment", "post_segment"]
@@ -56,9 +57,9 @@ def voxel_position(point_nm: Sequence[float], voxel_size: Sequence[float]) -> li
     return [x, y, z]
 
 
-def _zoom(field_nm: float, voxel_size: Sequence[float]) -> float:
+def _zoom(field_nm: float, voxel_size: Sequence[float], layout: str) -> float:
     # crossSectionScale counts the smallest voxel edge ("canonical voxel") per screen pixel.
-    return field_nm / PANEL_PIXELS / min(float(v) for v in voxel_size)
+    return field_nm / PANEL_PIXELS.get(layout, 600) / min(float(v) for v in voxel_size)
 
 
 def _point(row, prefix: str) -> tuple[float, float, float] | None:
@@ -172,7 +173,7 @@ def dataset_state(
     state = {
         "dimensions": dimensions(voxel_size),
         "position": position,
-        "crossSectionScale": _zoom(field_nm, voxel_size),
+        "crossSectionScale": _zoom(field_nm, voxel_size, layout),
         "projectionScale": field_nm / min(voxel_size),
         "layers": state_layers,
         "layout": layout,

@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
+from connectome.cells.models import Skeleton
 from connectome.datasets.models import Dataset
 from connectome.jobs.models import Job
 from connectome.synapses.models import Synapse, SynapseRun
@@ -46,6 +47,10 @@ def test_demo_detects_synapses_assigns_partners_and_scores_them(var_dir):
     assert dataset.is_public and dataset.owner == admin
     assert (var_dir / "demo" / "detector.model").exists()
     assert "training the detector" in output
+    # Every cell of the phantom's 16 x 192 x 192 volume is large enough to be skeletonized.
+    skeletons = Skeleton.objects.filter(cell__dataset=dataset)
+    assert skeletons.count() == dataset.cells.count() > 5
+    assert all(n > 3 for n in skeletons.values_list("n_nodes", flat=True))
 
     detect = Job.objects.get(kind="detect_and_assign")
     assert detect.state == Job.State.DONE, detect.error

@@ -109,8 +109,8 @@ def test_huge_store_chunks_are_served_in_parts(client, data_root, tmp_path):
     layer = import_volume(dataset=dataset, source=str(path), name="seg", kind="segmentation",
                           dataset_path="labels", chunks=(64, 64, 64))
     info = client.get(_url(layer, "info")).json()
-    # 64^3 uint64 is 2 MiB: served whole; the bound is on bytes, not on the store's shape.
-    assert info["scales"][0]["chunk_sizes"] == [[64, 64, 64]]
+    # 64^3 uint64 is 2 MiB: thinned in z to 8 sections (256 KiB), for section views.
+    assert info["scales"][0]["chunk_sizes"] == [[64, 64, 8]]
 
     labels = np.zeros((128, 128, 128), dtype=np.uint8)
     with h5py.File(path, "w") as f:
@@ -119,6 +119,7 @@ def test_huge_store_chunks_are_served_in_parts(client, data_root, tmp_path):
                         kind="segmentation", dataset_path="labels", chunks=(128, 128, 128))
     x, y, z = client.get(_url(big, "info")).json()["scales"][0]["chunk_sizes"][0]
     assert x * y * z * 8 <= 2 * 2**20 and 128 % x == 128 % y == 128 % z == 0
+    assert (x, y, z) == (128, 128, 4)   # thin to 4 sections, then small enough in y and x
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,8 +386,8 @@ def test_dataset_state_shows_every_layer(volumes):
     assert em == {"type": "image", "name": "em",
                   "source": f"precomputed://{BASE}/viewer/layers/{em_layer.pk}"}
     assert _layer(state, "segmentation")["type"] == "segmentation"
-    # The volume's larger in-plane extent (300 * 8 nm) fits 600 px.
-    assert state["crossSectionScale"] == pytest.approx(300 * 8 / 600 / 8)
+    # The volume's larger in-plane extent (300 * 8 nm) fits a 350 px panel of the 4panel layout.
+    assert state["crossSectionScale"] == pytest.approx(300 * 8 / 350 / 8)
 
     selected = dataset_state(dataset, base_url=BASE, selected=[2**64 - 1, 5, 5],
                              position_nm=(80.0, 16.0, 24.0))

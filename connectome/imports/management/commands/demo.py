@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from connectome.cells.models import Skeleton
 from connectome.cells.services import cells_annotate
 from connectome.datasets.models import Dataset
 from connectome.datasets.services import dataset_create
@@ -45,7 +46,7 @@ class Command(BaseCommand):
     help = (
         "Generate the phantom (synthetic EM with ground-truth cells and synapses) and import "
         "its EM volume, segmentation and cells, ground-truth synapse table and vesicle clouds "
-        "with jobs; train a voxel classifier on another phantom; detect the synapses and "
+        "with jobs; skeletonize the cells; train a voxel classifier on another phantom; detect the synapses and "
         "assign their partners by diffusion with a detect_and_assign job; print how both "
         "compare with the ground truth."
     )
@@ -101,6 +102,10 @@ class Command(BaseCommand):
             self._run(dataset, "import_volume", {
                 "source": str(h5_path), "name": "vesicles", "kind": "mask",
                 "dataset_path": "volumes/labels/vesicles"})
+        if not Skeleton.objects.filter(cell__dataset=dataset).exists():
+            # Skeletons of the cells, for the cell pages' viewer (kimimaro, a few seconds).
+            self._run(dataset, "skeletonize", {
+                "layer": dataset.layers.get(name="segmentation").pk, "min_size_voxels": 1000})
         self._detect_and_assign(dataset, model_path)
         self._report(dataset)
 
@@ -295,7 +300,7 @@ def _worker_log() -> Path:
 
 
 def _label(kind: str, parameters: dict) -> str:
-    return f"{kind} {parameters.get('name') or parameters.get('run_name')}"
+    return f"{kind} {parameters.get('name') or parameters.get('run_name') or ''}".strip()
 
 
 def _partner_rows(synapses) -> list:
