@@ -138,11 +138,14 @@ def review_with_truth(page, url, dataset, args):
     logger.info("verdicts given by key: %s", counts)
 
 
-def central_synapse(page, dataset) -> dict:
-    """The synapse with both partners whose centre is nearest the middle of the volume."""
+def central_synapse(page, dataset, run_name: str) -> dict:
+    """The synapse with both partners whose centre is nearest the middle of the volume, in the
+    run ``run_name`` when the dataset has it."""
     info = api(page, f"/api/datasets/{dataset}/")
     middle = [n * v / 2 for n, v in zip(info["shape"], info["voxel_size"])]
-    synapses = api(page, f"/api/synapses/?dataset={dataset}&page_size=10000")["results"]
+    runs = api(page, f"/api/synapse-runs/?dataset={dataset}")["results"]
+    chosen = "".join(f"&run={run['id']}" for run in runs if run["name"] == run_name)
+    synapses = api(page, f"/api/synapses/?dataset={dataset}&page_size=10000{chosen}")["results"]
     connected = [s for s in synapses if s["pre"] and s["post"] and s["pre"] != s["post"]
                  and s["ctr_z"] is not None and not s["flag"]]
     return min(connected, key=lambda s: math.dist(middle, [s["ctr_z"], s["ctr_y"], s["ctr_x"]]))
@@ -198,7 +201,7 @@ def main(argv=None) -> int:
         shot("dataset", full_page=True)
 
         # One synapse shown throughout: the connected one nearest the middle of the volume.
-        synapse = central_synapse(page, dataset)
+        synapse = central_synapse(page, dataset, args.review_run)
         pair = (synapse["pre"], synapse["post"])
 
         # The wiring matrix with that synapse's pair picked: its synapses listed beside it.

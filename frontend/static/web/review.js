@@ -313,11 +313,18 @@
 
   async function start() {
     frame.loaded.then(() => { timings.clientLoadedMs = performance.now(); });
-    refreshSummary().catch((error) => status(error.message, true));
     if (config.synapse) {
       const synapse = await Web.get(`/api/synapses/${config.synapse}/`);
+      // The run selector and the summary follow the synapse opened by its link.
+      if ([...$("run").options].some((option) => option.value === String(synapse.run))) {
+        $("run").value = String(synapse.run);
+      }
+      refreshSummary().catch((error) => status(error.message, true));
       await show(synapse);
-    } else if (config.can_review) {
+      return;
+    }
+    refreshSummary().catch((error) => status(error.message, true));
+    if (config.can_review) {
       await next();
     } else {
       $("synapse-title").textContent = "Read only";
