@@ -50,7 +50,9 @@ class Synapse(models.Model):
         SELF_CONTACT = "self_contact", "self contact"
         BACKGROUND = "background", "background"
 
-    dataset = models.ForeignKey("datasets.Dataset", on_delete=models.CASCADE, related_name="synapses")
+    # No index of its own: the table's composite indexes all start with the dataset.
+    dataset = models.ForeignKey("datasets.Dataset", on_delete=models.CASCADE,
+                                related_name="synapses", db_index=False)
     run = models.ForeignKey(SynapseRun, on_delete=models.CASCADE, related_name="synapses")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHEMICAL)
     # Null partner = unassigned (or background in the source table).
@@ -93,10 +95,9 @@ class Synapse(models.Model):
         indexes = [
             models.Index(fields=["dataset", "pre"], name="synapse_dataset_pre"),
             models.Index(fields=["dataset", "post"], name="synapse_dataset_post"),
-            models.Index(fields=["run"], name="synapse_run"),
             models.Index(fields=["dataset", "site_id"], name="synapse_dataset_site"),
-            # Portable bounding-box index; PostgreSQL also gets a GiST index on the centre
-            # (migration 0002).
+            # Portable bounding-box index; PostgreSQL also gets a GiST index on the centre's
+            # (x, y) point (migration 0006).
             models.Index(fields=["dataset", "ctr_z", "ctr_y", "ctr_x"], name="synapse_dataset_ctr"),
             # The review queue's lowest-confidence-first walk over what is left to review.
             models.Index(fields=["dataset", "confidence", "id"], name="synapse_unreviewed_queue",

@@ -9,8 +9,9 @@ from connectome.synapses.models import Synapse
 def synapses_in_bbox(*, dataset, lo, hi) -> QuerySet[Synapse]:
     """Synapses whose centre lies in the box ``lo <= (z, y, x) <= hi`` (nm, inclusive).
 
-    On PostgreSQL the condition is written as a ``cube`` containment so that the GiST index
-    ``synapse_dataset_ctr_gist`` answers it; elsewhere it is a plain range filter.
+    On PostgreSQL the y/x part is written as a ``point`` in ``box`` containment so that the
+    GiST index ``synapse_ctr_xy_gist`` answers it (migration 0006); elsewhere it is a plain
+    range filter.
     """
     return filter_in_bbox(Synapse.objects.filter(dataset=dataset), lo=lo, hi=hi)
 
@@ -18,7 +19,8 @@ def synapses_in_bbox(*, dataset, lo, hi) -> QuerySet[Synapse]:
 def filter_in_bbox(queryset: QuerySet[Synapse], *, lo, hi) -> QuerySet[Synapse]:
     """``queryset`` narrowed to centres in ``lo <= (z, y, x) <= hi``; see :func:`synapses_in_bbox`.
 
-    Filter by dataset too, so that PostgreSQL can use the GiST index (dataset_id, centre).
+    On PostgreSQL the GiST index on the centre's (x, y) point finds the candidates; z and the
+    queryset's other conditions are checked on them.
     """
     lo = [float(v) for v in lo]
     hi = [float(v) for v in hi]
@@ -28,10 +30,10 @@ def filter_in_bbox(queryset: QuerySet[Synapse], *, lo, hi) -> QuerySet[Synapse]:
         return queryset.extra(
             where=[
                 "ctr_z IS NOT NULL",
-                "cube(ARRAY[ctr_z, ctr_y, ctr_x]) <@ cube(%s::float8[], %s::float8[])",
+                "point(ctr_x, ctr_y) <@ box(point(%s, %s), point(%s, %s))",
             ],
-            params=[lo, hi],
-        )
+            params=[lo[2], lo[1], hi[2], hi[1]],
+        ).filter(ctr_z__gte=lo[0], ctr_z__lte=hi[0])
     return queryset.filter(
         ctr_z__gte=lo[0], ctr_z__lte=hi[0], ctr_y__gte=lo[1], ctr_y__lte=hi[1],
         ctr_x__gte=lo[2], ctr_x__lte=hi[2],

@@ -40,4 +40,4 @@ def test_bbox_query_can_use_the_gist_index():
         sql, params = queryset.query.sql_with_params()
         cursor.execute(f"EXPLAIN {sql}", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "synapse_dataset_ctr_gist" in plan, plan
+    assert "synapse_ctr_xy_gist" in plan, plan
