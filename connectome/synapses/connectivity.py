@@ -9,13 +9,15 @@ are, flagged ones included, unless a filter says otherwise.
 
 from dataclasses import dataclass
 
-from django.db.models import Avg, Count, Q, QuerySet, Sum, Value
+from django.db import connection
+from django.db.models import Count, Q, QuerySet
 
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse
 from connectome.synapses.selectors import filter_in_bbox
-from connectome.synapses.wiring import counted_synapses, oriented
+from connectome.common.fields import int64_to_uint64
+from connectome.synapses.wiring import DROPPED_VERDICTS, counted_synapses, oriented
 
 DIRECTIONS = ("upstream", "downstream")
 
@@ -74,54 +76,89 @@ class Partner:
     mean_confidence: float | None
 
 
+# One part per direction and orientation: the synapses that have the cell on ``own`` as stored
+# (review state not wrong_direction), and the reversed ones that have it on the other side.
+# The conditions are those of wiring.counted_synapses; test_partners_agree_with_the_matrix
+# holds the two together.
+_PARTNER_PART = """
+    SELECT '{direction}' AS direction, s.{partner}_id AS partner_id, count(*) AS n,
+           sum(s.contact_area_nm2) AS area, sum(s.weight) AS weight,
+           sum(s.confidence) AS confidence_sum, count(s.confidence) AS confidence_n
+    FROM synapses_synapse s
+    WHERE s.dataset_id = %(dataset)s AND s.{on_cell}_id = %(cell)s
+      AND s.review_state {reversed} %(wrong_direction)s
+      AND s.flag = '' AND s.pre_id IS NOT NULL AND s.post_id IS NOT NULL
+      AND s.pre_id <> s.post_id AND s.review_state NOT IN ({dropped}){runs}{confidence}
+    GROUP BY s.{partner}_id
+"""
+
+
 def cell_partners(
     *, cell: Cell, directions=DIRECTIONS, runs=None, min_confidence: float | None = None,
     min_count: int = 1,
 ) -> dict[str, list[Partner]]:
     """The cells upstream of ``cell`` (presynaptic to it) and downstream (postsynaptic to it).
 
-    A GROUP BY per direction over the counted synapses (see the module docstring) that have
-    ``cell`` on the other side, all directions in one query (UNION ALL); ``min_confidence``
-    applies before aggregation, ``min_count`` after it. Maps each of ``directions`` to its
-    partners, strongest first (synapse count, then segment id).
+    Counted synapses (see the module docstring) that have ``cell`` on the other side, grouped
+    by partner; one parameterised query. A ``wrong_direction`` synapse counts the other way
+    round (:func:`~connectome.synapses.wiring.oriented`): each direction is two GROUP BY parts,
+    the synapses as stored and the reversed ones, each an index-only scan of a covering index
+    (migration 0004), merged here; partner cells are joined after aggregation.
+    ``min_confidence`` applies before aggregation, ``min_count`` after it. Maps each of
+    ``directions`` to its partners, strongest first (synapse count, then segment id).
     """
     unknown = [d for d in directions if d not in DIRECTIONS]
     if unknown or not directions:
         raise ValueError(f"unknown directions {unknown}; directions: {', '.join(DIRECTIONS)}")
     if int(min_count) < 1:
         raise ValueError(f"min_count must be at least 1; got {min_count}")
-    synapses = counted_synapses(dataset=cell.dataset, runs=runs, min_confidence=min_confidence)
+    params = {"dataset": cell.dataset_id, "cell": cell.pk,
+              "wrong_direction": Synapse.ReviewState.WRONG_DIRECTION.value,
+              "min_confidence": None if min_confidence is None else float(min_confidence)}
+    params.update({f"dropped{i}": str(v) for i, v in enumerate(DROPPED_VERDICTS)})
+    run_ids = [] if runs is None else [int(getattr(r, "pk", r)) for r in runs]
+    params.update({f"run{i}": run for i, run in enumerate(run_ids)})
+    # Lists as one named parameter per item: the same SQL on PostgreSQL and SQLite.
+    extra = {
+        "dropped": ", ".join(f"%(dropped{i})s" for i in range(len(DROPPED_VERDICTS))),
+        "runs": ("" if runs is None else
+                 " AND s.run_id IN ({})".format(
+                     ", ".join(f"%(run{i})s" for i in range(len(run_ids))) or "NULL")),
+        "confidence": "" if min_confidence is None else " AND s.confidence >= %(min_confidence)s",
+    }
     parts = []
-    for direction in directions:
+    for direction in directions:  # checked against DIRECTIONS above: safe to write in the SQL
         own, other = ("post", "pre") if direction == "upstream" else ("pre", "post")
-        # A wrong_direction synapse counts the other way round (wiring.oriented); written as
-        # an OR of plain column conditions so that both halves use the partner indexes.
-        reversed_ = Q(review_state=Synapse.ReviewState.WRONG_DIRECTION)
-        rows = (
-            synapses.filter((Q(**{own: cell.pk}) & ~reversed_)
-                            | (Q(**{other: cell.pk}) & reversed_))
-            .values(
-                direction=Value(direction), partner_id=oriented(other),
-                partner_segment=oriented(other, "segment_id"),
-                partner_name=oriented(other, "name"), partner_type=oriented(other, "cell_type"),
-            )
-            .annotate(
-                n_synapses=Count("id"), area_sum=Sum("contact_area_nm2"),
-                weight_sum=Sum("weight"), confidence_mean=Avg("confidence"),
-            )
-            .order_by()
-        )
-        if min_count > 1:
-            rows = rows.filter(n_synapses__gte=int(min_count))
-        parts.append(rows)
-    rows = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+        for on_cell, partner, reversed_ in ((own, other, "<>"), (other, own, "=")):
+            parts.append(_PARTNER_PART.format(direction=direction, partner=partner,
+                                              on_cell=on_cell, reversed=reversed_, **extra))
+    sql = (
+        "SELECT p.direction, p.partner_id, c.segment_id, c.name, c.cell_type, p.n, p.area,"
+        " p.weight, p.confidence_sum, p.confidence_n FROM ("
+        + " UNION ALL ".join(parts)
+        + ") p JOIN cells_cell c ON c.id = p.partner_id"
+    )
+    merged: dict[tuple[str, int], list] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for direction, partner_id, segment, name, cell_type, *sums in cursor.fetchall():
+            key = (direction, partner_id)
+            if key not in merged:
+                merged[key] = [segment, name, cell_type, *sums]
+                continue
+            into = merged[key]
+            for i, value in enumerate(sums, start=3):
+                if value is not None:
+                    into[i] = value + (into[i] or 0)
     partners = {direction: [] for direction in directions}
-    for row in rows:
-        partners[row["direction"]].append(Partner(
-            cell_id=row["partner_id"], segment_id=row["partner_segment"],
-            name=row["partner_name"], cell_type=row["partner_type"], synapses=row["n_synapses"],
-            contact_area_nm2=row["area_sum"], weight=row["weight_sum"],
-            mean_confidence=row["confidence_mean"],
+    for (direction, partner_id), row in merged.items():
+        segment, name, cell_type, n, area, weight, confidence_sum, confidence_n = row
+        if n < int(min_count):
+            continue
+        partners[direction].append(Partner(
+            cell_id=partner_id, segment_id=int64_to_uint64(segment), name=name,
+            cell_type=cell_type, synapses=n, contact_area_nm2=area, weight=weight,
+            mean_confidence=confidence_sum / confidence_n if confidence_n else None,
         ))
     for found in partners.values():
         found.sort(key=lambda p: (-p.synapses, p.segment_id))

@@ -317,3 +317,45 @@ def test_command_refuses_unknown_dataset_and_run(net):
         call_command("wiring_matrix", "net", "--run", "detect", "--run", "nope")
     with pytest.raises(CommandError, match="--min-count must be at least 1"):
         call_command("wiring_matrix", "net", "--min-count", "0")
+
+
+def test_partners_agree_with_the_matrix():
+    """A cell's partners (their own SQL) count exactly what the matrix counts, under every
+    verdict, flag, missing partner, run and confidence threshold."""
+    import random
+
+    from connectome.synapses.connectivity import cell_partners
+
+    rng = random.Random(4)
+    dataset = DatasetFactory()
+    runs = [SynapseRunFactory(dataset=dataset) for _ in range(2)]
+    cells = [CellFactory(dataset=dataset, segment_id=BIG - i if i % 3 == 0 else 10 + i)
+             for i in range(6)]
+    states = [value for value, _ in Synapse.ReviewState.choices]
+    flags = [value for value, _ in Synapse.Flag.choices]
+    for _ in range(300):
+        SynapseFactory(
+            run=rng.choice(runs), pre=rng.choice(cells + [None]), post=rng.choice(cells),
+            review_state=rng.choice(states), flag=rng.choice(flags + [""] * 4),
+            confidence=rng.choice([None, rng.random()]),
+            contact_area_nm2=rng.choice([None, rng.uniform(100, 1000)]),
+            weight=rng.choice([None, rng.random()]))
+    for selection in [{}, {"runs": [runs[0].pk]}, {"min_confidence": 0.5},
+                      {"runs": runs, "min_confidence": 0.2}]:
+        matrix = wiring_matrix(dataset=dataset, **selection)
+        assert matrix.synapses > 10
+        for cell in cells:
+            found = cell_partners(cell=cell, **selection)
+            for direction, mine, theirs in (("downstream", "pre_cell_id", "post_cell_id"),
+                                             ("upstream", "post_cell_id", "pre_cell_id")):
+                expected = {getattr(p, theirs): p for p in matrix.pairs
+                            if getattr(p, mine) == cell.pk}
+                got = {p.cell_id: p for p in found[direction]}
+                assert set(got) == set(expected), (selection, cell, direction)
+                for cell_id, partner in got.items():
+                    pair = expected[cell_id]
+                    assert partner.synapses == pair.synapses
+                    assert partner.contact_area_nm2 == pytest.approx(pair.contact_area_nm2)
+                    assert partner.weight == pytest.approx(pair.weight)
+                    assert partner.mean_confidence == pytest.approx(pair.mean_confidence)
+                    assert partner.segment_id == Cell.objects.get(pk=cell_id).segment_id
