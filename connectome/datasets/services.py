@@ -33,6 +33,38 @@ def dataset_create(
     return dataset
 
 
+#: What may change on a dataset once it exists (its voxel size and shape stay: volumes and
+#: positions were stored against them).
+DATASET_EDITABLE = ("name", "description", "is_public")
+
+
+@transaction.atomic
+def dataset_update(*, dataset: Dataset, **changes) -> Dataset:
+    """Change a dataset's name, description or public flag; anything else is refused."""
+    unknown = sorted(set(changes) - set(DATASET_EDITABLE))
+    if unknown:
+        raise ValueError(f"a dataset's {', '.join(unknown)} cannot be changed; "
+                         f"editable: {', '.join(DATASET_EDITABLE)}")
+    for field, value in changes.items():
+        setattr(dataset, field, value)
+    dataset.full_clean()
+    dataset.save(update_fields=[*changes, "updated_at"])
+    return dataset
+
+
+@transaction.atomic
+def layer_rename(*, layer: Layer, name: str) -> Layer:
+    """Give a layer another name (unique in its dataset); its files stay where they are."""
+    name = name.strip()
+    if not name:
+        raise ValueError("a layer's name cannot be empty")
+    if Layer.objects.filter(dataset=layer.dataset_id, name=name).exclude(pk=layer.pk).exists():
+        raise ValueError(f"dataset '{layer.dataset.name}' already has a layer named '{name}'")
+    layer.name = name
+    layer.save(update_fields=["name"])
+    return layer
+
+
 def layer_storage_path(*, dataset: Dataset, name: str) -> str:
     """Where a layer's zarr group lives, relative to DATA_ROOT."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,7 +1,8 @@
 """Every role on every write endpoint, on a public and on a private dataset.
 
 Roles: anonymous, an authenticated outsider (no membership), viewer, reviewer, admin, staff.
-Reviews need the reviewer role; jobs (start, cancel) and cell edits need the admin role. On a
+Reviews need the reviewer role; jobs (start, cancel, resume), cell, layer and dataset edits need
+the admin role; creating a dataset needs the 'add dataset' permission. On a
 private dataset, those who cannot see it get 404 (its objects do not exist for them).
 """
 
@@ -9,9 +10,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from connectome.cells.models import Cell
-from connectome.datasets.models import Membership
+from connectome.datasets.models import Dataset, Layer, Membership
 from connectome.jobs.models import Job
-from connectome.jobs.services import job_create
+from connectome.jobs.services import job_cancel, job_create, job_execute
 from connectome.review.models import Review
 from connectome.synapses.models import Synapse
 from tests.connectome.factories import (
@@ -125,8 +126,84 @@ def test_cancel_job(role, public):
     assert (job.state == Job.State.CANCELLED) == (outcome == "allowed")
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_resume_job(role, public, django_capture_on_commit_callbacks, monkeypatch):
+    monkeypatch.setattr("connectome.jobs.blocks.blocks_enqueue", lambda job_id: 0)
+    dataset = DatasetFactory(is_public=public)
+    job = job_create(kind="selftest_blocks", parameters={"blocks": 3}, dataset=dataset,
+                     enqueue=False)
+    job_execute(job_id=job.pk)
+    job_cancel(job=Job.objects.get(pk=job.pk))
+    client = _client(role, dataset)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(f"/api/jobs/{job.pk}/resume/")
+    outcome = _expected(role, needs="admin", public=public)
+    _check(response, outcome, 200)
+    job.refresh_from_db()
+    assert (job.state == Job.State.RUNNING) == (outcome == "allowed")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_patch_dataset(role, public):
+    dataset = DatasetFactory(is_public=public, description="before")
+    client = _client(role, dataset)
+    response = client.patch(f"/api/datasets/{dataset.pk}/",
+                            {"description": "after", "name": "renamed"}, format="json")
+    outcome = _expected(role, needs="admin", public=public)
+    _check(response, outcome, 200)
+    dataset.refresh_from_db()
+    if outcome == "allowed":
+        assert (dataset.name, dataset.description) == ("renamed", "after")
+        assert response.json()["description"] == "after"
+    else:
+        assert dataset.description == "before"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_patch_layer(role, public):
+    dataset = DatasetFactory(is_public=public)
+    layer = Layer.objects.create(
+        dataset=dataset, name="em", kind="em", dtype="uint8", shape_z=1, shape_y=2, shape_x=3,
+        chunk_z=1, chunk_y=2, chunk_x=3, storage_path=f"datasets/{dataset.pk}/layers/em.zarr")
+    client = _client(role, dataset)
+    response = client.patch(f"/api/layers/{layer.pk}/", {"name": "raw"}, format="json")
+    outcome = _expected(role, needs="admin", public=public)
+    _check(response, outcome, 200)
+    layer.refresh_from_db()
+    assert layer.name == ("raw" if outcome == "allowed" else "em")
+    assert layer.storage_path.endswith("em.zarr")   # the files stay where they are
+
+
+@pytest.mark.parametrize("role", ["anonymous", "outsider", "staff", "granted"])
+def test_create_dataset_needs_the_add_permission(role):
+    from django.contrib.auth.models import Permission
+
+    client = APIClient()
+    user = None
+    if role != "anonymous":
+        user = UserFactory(is_staff=role == "staff")
+        if role == "granted":
+            user.user_permissions.add(Permission.objects.get(codename="add_dataset"))
+        client.force_authenticate(user)
+    response = client.post("/api/datasets/", {"name": "fly", "voxel_size": [40, 8, 8],
+                                              "is_public": True}, format="json")
+    if role != "granted":
+        assert response.status_code in (401, 403) and response.json()["error"]
+        assert not Dataset.objects.filter(name="fly").exists()
+        return
+    assert response.status_code == 201, response.json()
+    assert response.json()["voxel_size"] == [40.0, 8.0, 8.0]
+    dataset = Dataset.objects.get(name="fly")
+    assert Membership.objects.get(dataset=dataset, user=user).role == Membership.Role.ADMIN
+    again = client.post("/api/datasets/", {"name": "fly", "voxel_size": [40, 8, 8]},
+                        format="json")
+    assert again.status_code == 400 and "name" in again.json()["error"]
+    bad = client.post("/api/datasets/", {"name": "x", "voxel_size": [40, 0, 8]}, format="json")
+    assert bad.status_code == 400 and "voxel_size" in bad.json()["error"]
+
+
 @pytest.mark.parametrize("method,url", [
-    ("post", "/api/datasets/"), ("delete", "/api/datasets/{dataset}/"),
+    ("put", "/api/datasets/{dataset}/"), ("delete", "/api/datasets/{dataset}/"),
     ("put", "/api/cells/{cell}/"), ("delete", "/api/cells/{cell}/"),
     ("post", "/api/synapses/"), ("patch", "/api/synapses/{synapse}/"),
     ("delete", "/api/reviews/{review}/"), ("delete", "/api/jobs/{job}/"),

@@ -9,6 +9,7 @@ locally to search harder.
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from django.contrib.auth.models import Permission
 from django.core import signals
 from django.db import close_old_connections
 from rest_framework.authtoken.models import Token
@@ -35,6 +36,7 @@ def api_schema(db, data_root, django_capture_on_commit_callbacks):
     job_create(kind="selftest", parameters={}, dataset=dataset, enqueue=False)
     user = UserFactory()
     MembershipFactory(dataset=dataset, user=user, role=Membership.Role.ADMIN)
+    user.user_permissions.add(Permission.objects.get(codename="add_dataset"))
     token = Token.objects.create(user=user)
     # As Django's test client does: requests must not close the test's database connection.
     signals.request_started.disconnect(close_old_connections)
