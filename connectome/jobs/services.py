@@ -59,8 +59,13 @@ def _jsonable(value):
 
 
 @transaction.atomic
-def job_create(*, kind: str, parameters: dict, dataset=None, user=None, enqueue: bool = True) -> Job:
-    """Validate and record a job; it is sent to a worker once the transaction commits."""
+def job_create(*, kind: str, parameters: dict, dataset=None, user=None, enqueue: bool = True,
+               parent: Job | None = None) -> Job:
+    """Validate and record a job; it is sent to a worker once the transaction commits.
+
+    ``parent``: a job that holds locks on what this one writes and hands them over (a job
+    whose final step creates the job that continues its work).
+    """
     spec = get_job_spec(kind)
     validated = job_validate_parameters(kind=kind, parameters=parameters)
     job = Job.objects.create(
@@ -69,7 +74,7 @@ def job_create(*, kind: str, parameters: dict, dataset=None, user=None, enqueue:
     if spec.writes is not None:
         if dataset is None:
             raise JobParameterError(kind, {"dataset": ["this job kind needs a dataset"]})
-        job_locks_acquire(job=job, resources=spec.writes(dataset, validated))
+        job_locks_acquire(job=job, resources=spec.writes(dataset, validated), parent=parent)
     if enqueue:
         transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
     return job
@@ -91,10 +96,11 @@ def _held_message(dataset, resource: str, job: Job) -> str:
             f"{job.pk} ({job.state}); wait for it to end or cancel it")
 
 
-def job_locks_acquire(*, job: Job, resources) -> None:
+def job_locks_acquire(*, job: Job, resources, parent: Job | None = None) -> None:
     """Take the dataset resources ``job`` writes, or raise JobConflict naming the holder.
 
-    ``writes`` callables may raise JobConflict themselves (e.g. the layer exists already).
+    A lock held by ``parent`` passes to ``job``. ``writes`` callables may raise JobConflict
+    themselves (e.g. the layer exists already).
     """
     for resource in resources:
         try:
@@ -103,6 +109,9 @@ def job_locks_acquire(*, job: Job, resources) -> None:
         except IntegrityError:
             holder = JobLock.objects.filter(dataset=job.dataset, resource=resource).first()
             if holder is None or holder.job_id == job.pk:
+                continue
+            if parent is not None and holder.job_id == parent.pk:
+                JobLock.objects.filter(pk=holder.pk).update(job=job)
                 continue
             raise JobConflict(job.kind, _held_message(job.dataset, resource, holder.job)) from None
 

@@ -119,7 +119,7 @@ def _detect_and_assign_finish(job, params, say):
         follow = job_create(kind="assign_partners", dataset=job.dataset, user=job.created_by,
                             parameters=assign_parameters(
                                 params, sites_layer=result["instances_layer"]),
-                            enqueue=False)
+                            enqueue=False, parent=job)
         return {**result, "then_job": follow.pk}
 
     return Finish(result=detected.result, store=store, discard=detected.discard)

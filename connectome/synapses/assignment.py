@@ -47,7 +47,6 @@ from django.conf import settings
 
 from connectome.datasets.models import Dataset, Layer
 from connectome.jobs.blocks import BlockPlan, Finish
-from connectome.jobs.models import Job, JobLock
 from connectome.synapses.models import SynapseRun
 from connectome.synapses.services import synapse_run_store
 from detection import partners
@@ -164,27 +163,12 @@ def assignment_layers(dataset: Dataset, parameters: dict) -> dict[str, Layer]:
 
 
 def assignment_writes(dataset: Dataset, parameters: dict) -> list[str]:
-    """The run an assignment job writes (locked, so two jobs never write it at once)."""
-    resource = f"synapse run '{parameters['run_name']}'"
-    _take_over(dataset, resource, parameters.get("sites_layer"))
-    return [resource]
+    """The run an assignment job writes (locked, so two jobs never write it at once).
 
-
-def _take_over(dataset: Dataset, resource: str, sites_layer) -> None:
-    """Take the run's lock from the running job that made the sites layer, if it holds it.
-
-    ``detect_and_assign`` locks its assignment run from the start and creates this job in
-    the transaction that stores the sites layer and ends it; the lock passes to this job
-    there.  Only that transaction sees a sites layer made by a job that is still running.
+    ``detect_and_assign`` locks its assignment run from the start and hands the lock to the
+    assignment job it creates (``job_create(parent=...)``).
     """
-    ref = str(sites_layer)
-    if not ref.isdigit():
-        return
-    holder = (JobLock.objects.filter(dataset=dataset, resource=resource)
-              .select_related("job").first())
-    if (holder is not None and holder.job.state == Job.State.RUNNING
-            and Layer.objects.filter(dataset=dataset, pk=int(ref), job=holder.job).exists()):
-        holder.delete()
+    return [f"synapse run '{parameters['run_name']}'"]
 
 
 @lru_cache(maxsize=4)

@@ -11,10 +11,11 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from connectome.jobs.models import Job
+from connectome.jobs.models import Job, JobLock
 from connectome.jobs.progress import JobCancelled, Progress
 from connectome.jobs.services import (
-    JobParameterError, job_cancel, job_create, job_execute, job_run_inline,
+    JobConflict, JobParameterError, job_cancel, job_create, job_execute, job_locks_acquire,
+    job_run_inline,
 )
 from tests.connectome.factories import DatasetFactory
 
@@ -26,6 +27,18 @@ def test_create_validates_parameters_and_names_the_field():
         job_create(kind="selftest", parameters={"units": -3})
     assert "units" in info.value.errors
     assert Job.objects.count() == 0
+
+
+def test_a_parent_job_hands_its_locks_over_and_others_are_refused():
+    dataset = DatasetFactory()
+    parent, child, other = (job_create(kind="selftest", parameters={}, dataset=dataset,
+                                       enqueue=False) for _ in range(3))
+    job_locks_acquire(job=parent, resources=["synapse run 'x'"])
+    with pytest.raises(JobConflict, match=f"being written by selftest job {parent.pk}"):
+        job_locks_acquire(job=other, resources=["synapse run 'x'"])
+    job_locks_acquire(job=child, resources=["synapse run 'x'", "layer 'y'"], parent=parent)
+    assert dict(JobLock.objects.values_list("resource", "job")) == {
+        "synapse run 'x'": child.pk, "layer 'y'": child.pk}
 
 
 def test_unknown_kind_is_refused():
