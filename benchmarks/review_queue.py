@@ -22,7 +22,7 @@ import time
 import numpy as np
 import psycopg
 
-from api_scale import admin_execute, load_cells, load_synapses, setup_django
+from api_scale import admin_execute, load_cells, load_synapses, percentiles, setup_django
 
 logger = logging.getLogger("review_queue")
 
@@ -39,12 +39,6 @@ def parse_args():
     parser.add_argument("--json")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def percentiles(samples):
-    ms = np.array(samples) * 1000.0
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p95_ms": round(float(np.percentile(ms, 95)), 1)}
 
 
 def measure(*, dataset, repeats: int) -> dict:
