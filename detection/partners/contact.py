@@ -270,6 +270,7 @@ def assign_by_contact(
     local_scores: dict | None = None,
     min_area_nm2: float = 1500.0,
     min_score: float = 0.3,
+    min_inside: float | None = 0.1,
     group_distance_nm: float = 300.0,
 ) -> list[PartnerRow]:
     """Assign partners from the directed scores of the interfaces a site lies on.
@@ -296,7 +297,14 @@ def assign_by_contact(
         Smallest contact with the site for a cell to be a partner.
     min_score : float
         Besides the best-scoring partner, other touching cells are partners of a site only
-        when their directed score from the presynaptic cell reaches this.
+        when their directed score from the presynaptic cell reaches this, or when they hold
+        `min_inside` of the site.
+    min_inside : float or None
+        A touching cell (not the presynaptic one, with at least `min_area_nm2` of contact)
+        holding at least this share of the site's voxels is a partner whatever its score: the
+        PSD of one partner of a polyadic candidate whose clefts merged, whose own interface
+        patch is swamped by its neighbours' (as in the ``vesicle`` method).  None: scores
+        only.
     group_distance_nm : float
         Candidates of one presynaptic cell within this distance form one polyadic site.
 
@@ -315,7 +323,8 @@ def assign_by_contact(
     t0 = time.perf_counter()
     choices = contact_choices(sites, segmentation, voxel_size=voxel_size, interfaces=interfaces,
                               scores=scores, local_scores=local_scores,
-                              min_area_nm2=min_area_nm2, min_score=min_score)
+                              min_area_nm2=min_area_nm2, min_score=min_score,
+                              min_inside=min_inside)
     rows = build_rows(choices, voxel_size=voxel_size, method="contact",
                       group_distance_nm=group_distance_nm)
     logger.info("contact: %d candidates -> %d rows in %.1f s", len(choices), len(rows),
@@ -326,7 +335,7 @@ def assign_by_contact(
 def contact_choices(sites, segmentation, *, voxel_size, interfaces: InterfaceTable | None = None,
                     scores=None, local_scores: dict | None = None,
                     min_area_nm2: float = 1500.0, min_score: float = 0.3,
-                    offset=(0, 0, 0)) -> list[Choice]:
+                    min_inside: float | None = 0.1, offset=(0, 0, 0)) -> list[Choice]:
     """The per-candidate decisions of :func:`assign_by_contact`, before sites are grouped.
 
     With site-local scores only, each candidate's choice depends on the arrays within its box
@@ -368,8 +377,12 @@ def contact_choices(sites, segmentation, *, voxel_size, interfaces: InterfaceTab
             if j == k:
                 continue
             s = directed(site, pre, g.cells[j])
-            if j == first or (s is not None and s >= min_score):
+            inside = (min_inside is not None and g.inside_fraction is not None
+                      and g.area_nm2[j] >= min_area_nm2
+                      and g.inside_fraction[j] >= min_inside)
+            if j == first or (s is not None and s >= min_score) or inside:
                 posts.append(Post(int(g.cells[j]), float(g.area_nm2[j]), float(g.area_nm2[j]),
-                                  float(s), g.contact_center[j], g.inner_point[j]))
+                                  float(s) if s is not None else 0.0, g.contact_center[j],
+                                  g.inner_point[j]))
         choices.append(Choice(g, pre, g.inner_point[k], float(best[0]), posts))
     return choices

@@ -48,6 +48,7 @@ def assign_by_vesicles(
     radius_nm: float = 200.0,
     min_area_nm2: float = 1500.0,
     min_fraction: float = 0.25,
+    min_inside: float = 0.1,
     group_distance_nm: float = 300.0,
 ) -> list[PartnerRow]:
     """Assign partners from the side that holds the vesicle cloud.
@@ -67,7 +68,12 @@ def assign_by_vesicles(
     min_area_nm2 : float
         Smallest contact with the site for a cell to be a partner.
     min_fraction : float
-        A partner's contact must be at least this fraction of the largest partner contact.
+        A partner's contact must be at least this fraction of the largest partner contact,
+        unless the cell holds at least `min_inside` of the site's voxels.
+    min_inside : float
+        A touching cell holding at least this share of the site's voxels (the PSD of one
+        partner of a polyadic candidate whose clefts merged) is a partner whatever its contact
+        area (:func:`detection.partners.sites.postsynaptic_indices`).
     group_distance_nm : float
         Candidates of one presynaptic cell within this distance form one polyadic site.
 
@@ -81,7 +87,7 @@ def assign_by_vesicles(
     t0 = time.perf_counter()
     choices = vesicle_choices(sites, segmentation, presynaptic, voxel_size=voxel_size,
                               radius_nm=radius_nm, min_area_nm2=min_area_nm2,
-                              min_fraction=min_fraction)
+                              min_fraction=min_fraction, min_inside=min_inside)
     rows = build_rows(choices, voxel_size=voxel_size, method="vesicle",
                       group_distance_nm=group_distance_nm)
     logger.info("vesicle side: %d candidates -> %d rows in %.1f s", len(choices), len(rows),
@@ -91,7 +97,7 @@ def assign_by_vesicles(
 
 def vesicle_choices(sites, segmentation, presynaptic, *, voxel_size, radius_nm: float = 200.0,
                     min_area_nm2: float = 1500.0, min_fraction: float = 0.25,
-                    offset=(0, 0, 0)) -> list[Choice]:
+                    min_inside: float = 0.1, offset=(0, 0, 0)) -> list[Choice]:
     """The per-candidate decisions of :func:`assign_by_vesicles`, before sites are grouped.
 
     Each candidate's choice depends on the arrays within its bounding box grown by
@@ -114,7 +120,8 @@ def vesicle_choices(sites, segmentation, presynaptic, *, voxel_size, radius_nm: 
                  g.contact_center[j], g.inner_point[j])
             for j in postsynaptic_indices(g.area_nm2, k, min_area_nm2=min_area_nm2,
                                           min_fraction=min_fraction,
-                                          inside_fraction=g.inside_fraction)
+                                          inside_fraction=g.inside_fraction,
+                                          min_inside=min_inside)
         ]
         choices.append(Choice(g, int(g.cells[k]), np.asarray(pre_point), confidence, posts))
     return choices

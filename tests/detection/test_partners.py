@@ -297,3 +297,37 @@ def test_a_partner_holding_part_of_the_site_counts_despite_a_small_contact():
     rows = assign_by_vesicles(sites, seg, vesicles, voxel_size=VS, min_fraction=0.5,
                               min_area_nm2=1e9)
     assert [r.post_id for r in rows] == [2]  # the largest contact always stays
+
+
+def test_contact_method_counts_a_partner_holding_part_of_the_site_whatever_its_score():
+    seg, sites, _ = polyadic()
+    sites[:] = 0
+    sites[2:6, 4:20, 19:21] = 1  # cleft facing cell 2 over 16 rows
+    sites[2:6, 22:26, 19:23] = 1  # and cell 3 over 4 rows, with a PSD inside cell 3 (1/6)
+    table = extract_interfaces(seg, voxel_size=VS)
+    scores = np.array([[0.9, 0.1], [0.1, 0.1], [0.1, 0.1]])  # (1, 2), (1, 3), (2, 3)
+    rows = assign_by_contact(sites, seg, voxel_size=VS, interfaces=table, scores=scores)
+    assert sorted((r.pre_id, r.post_id, r.confidence) for r in rows) == [(1, 2, 0.9),
+                                                                        (1, 3, 0.1)]
+    rows = assign_by_contact(sites, seg, voxel_size=VS, interfaces=table, scores=scores,
+                             min_inside=None)
+    assert [(r.pre_id, r.post_id) for r in rows] == [(1, 2)]
+    rows = assign_by_contact(sites, seg, voxel_size=VS, interfaces=table, scores=scores,
+                             min_inside=0.2)  # cell 3 holds 32 of the 192 site voxels
+    assert [(r.pre_id, r.post_id) for r in rows] == [(1, 2)]
+    rows = assign_by_contact(sites, seg, voxel_size=VS, interfaces=table, scores=scores,
+                             min_inside=0.16)
+    assert sorted(r.post_id for r in rows) == [2, 3]
+
+
+def test_vesicle_min_inside_sets_the_share_of_the_site_a_small_partner_must_hold():
+    seg, sites, vesicles = polyadic()
+    sites[:] = 0
+    sites[2:6, 4:20, 19:21] = 1
+    sites[2:6, 22:26, 19:23] = 1  # cell 3 holds 32 / 192 of the site
+    rows = assign_by_vesicles(sites, seg, vesicles, voxel_size=VS, min_fraction=0.5,
+                              min_inside=0.16)
+    assert sorted(r.post_id for r in rows) == [2, 3]
+    rows = assign_by_vesicles(sites, seg, vesicles, voxel_size=VS, min_fraction=0.5,
+                              min_inside=0.2)
+    assert [r.post_id for r in rows] == [2]
