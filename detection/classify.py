@@ -41,8 +41,10 @@ import lightgbm as lgb
 import numpy as np
 from scipy import ndimage
 
-from detection.context import ContextSpec, context_features, grid_slices
-from detection.features import FeatureSpec, compute_features, compute_features_block
+from detection.context import ContextSpec, context_features
+from detection.features import (
+    FeatureSpec, compute_features_block, compute_features_with_wide_gaussians,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -174,16 +176,9 @@ class VoxelClassifier:
         starts = [c.start + o for c, o in zip(core, offset)]
         if any(s % g for s, g in zip(starts, step)):
             raise ValueError(f"a block must start on the {step} grid; it starts at {tuple(starts)}")
-        # Channels are needed only where the cues of core voxels read them.
-        inner = grow_box(core, self.context_spec.halo_voxels(self.voxel_size, step), volume.shape)
         feats = region_features(volume, voxel_size=self.voxel_size, feature_spec=self.feature_spec,
                                 context_spec=self.context_spec, step=step, offset=offset,
-                                inner=inner)
-        inner_offset = [o + i.start for o, i in zip(offset, inner)]
-        first = [(-o) % g for o, g in zip(inner_offset, step)]
-        sub = tuple(slice((c.start - i.start - f) // g, (c.stop - i.start - 1 - f) // g + 1)
-                    for c, i, f, g in zip(core, inner, first, step))
-        feats = feats[(slice(None),) + sub]
+                                core=core)
         grid_shape = feats.shape[1:]
         probability = self.predict_proba(feats.reshape(feats.shape[0], -1).T).reshape(grid_shape)
         for axis, g in enumerate(step):
@@ -273,25 +268,43 @@ def grow_box(box, margin, shape):
 
 def region_features(volume: np.ndarray, *, voxel_size, feature_spec: FeatureSpec,
                     context_spec: ContextSpec, step=(1, 1, 1), offset=(0, 0, 0),
-                    inner=None) -> np.ndarray:
+                    core=None) -> np.ndarray:
     """Feature channels then context cues at the grid voxels: (F, gz, gy, gx) float32.
 
     ``offset`` is the global index of the region's first voxel (see ``grid_slices``). With
-    ``inner`` (a box within the region) the result covers only that box, the rest of the
-    region serving as the halo its features read.
+    ``core`` (a box within the region) the result covers only the grid voxels of that box, the
+    rest of the region serving as the halo its features and cues read.
     """
-    if inner is None:
-        inner = tuple(slice(0, n) for n in volume.shape)
-        channels = compute_features(volume, voxel_size=voxel_size, spec=feature_spec)
-    else:
-        channels = compute_features_block(volume, inner, voxel_size=voxel_size, spec=feature_spec)
-    offset = tuple(o + b.start for o, b in zip(offset, inner))
-    grid = grid_slices(channels.shape[1:], step=step, offset=offset)
-    base = channels[(slice(None),) + grid]
+    shape = tuple(volume.shape)
+    core = tuple(core) if core is not None else tuple(slice(0, n) for n in shape)
+    # Channels are needed at the grid voxels of the core: from the first one, every step.
+    first = tuple(c.start + (-(o + c.start)) % g for c, o, g in zip(core, offset, step))
+    grid_box = tuple(slice(f, max(f, c.stop)) for f, c in zip(first, core))
+    names = feature_spec.channel_names()
+    kinds = dict(zip(names, (kind for kind, _, _ in feature_spec.channels())))
+    pooled = list(dict.fromkeys(context_spec.channels + (context_spec.orientation_channel,)))
+    pooled_box = grow_box(core, context_spec.halo_voxels(voxel_size, step), shape)
     if not context_spec.channels:
-        return np.ascontiguousarray(base)
-    context = context_features(channels, feature_spec.channel_names(), voxel_size=voxel_size,
-                               spec=context_spec, step=step, offset=offset)
+        base = compute_features_block(volume, grid_box, voxel_size=voxel_size,
+                                      spec=feature_spec, stride=step)
+        return base
+    if all(kinds.get(name) == "gaussian" for name in pooled):
+        # The cues read smoothed intensities around each core voxel: only those channels
+        # are needed over the cues' reach, every channel only at the core's grid voxels.
+        base, pooled_channels = compute_features_with_wide_gaussians(
+            volume, grid_box, pooled_box, pooled, voxel_size=voxel_size, spec=feature_spec,
+            stride=step)
+    else:
+        pooled_channels = compute_features_block(volume, pooled_box, voxel_size=voxel_size,
+                                                 spec=feature_spec)
+        pooled = names
+        inside = tuple(slice(b.start - p.start, b.stop - p.start, g)
+                       for b, p, g in zip(grid_box, pooled_box, step))
+        base = pooled_channels[(slice(None),) + inside]
+    pooled_offset = tuple(o + p.start for o, p in zip(offset, pooled_box))
+    within = tuple(slice(c.start - p.start, c.stop - p.start) for c, p in zip(core, pooled_box))
+    context = context_features(pooled_channels, pooled, voxel_size=voxel_size,
+                               spec=context_spec, step=step, offset=pooled_offset, core=within)
     return np.concatenate([base, context], axis=0)
 
 
@@ -321,11 +334,10 @@ def sampled_features(volume, flat_indices: np.ndarray, *, voxel_size, feature_sp
             continue
         outer, core = with_halo(box, halo, shape)
         region = read_box(volume, outer)
-        inner = grow_box(core, context_spec.halo_voxels(voxel_size, step), region.shape)
-        origin = np.array([o.start + i.start for o, i in zip(outer, inner)])
+        origin = np.array([s.start for s in box])
         feats = region_features(region, voxel_size=voxel_size, feature_spec=feature_spec,
                                 context_spec=context_spec, step=step,
-                                offset=tuple(s.start for s in outer), inner=inner)
+                                offset=tuple(s.start for s in outer), core=core)
         first = (-origin) % np.asarray(step)
         local = (coords[inside] - origin - first) // np.asarray(step)
         rows[inside] = feats[(slice(None),) + tuple(local.T)].T

@@ -141,11 +141,20 @@ def sheet_normals(smoothed: np.ndarray, *, voxel_size, grid=None) -> np.ndarray:
     return vector.astype(np.float32, copy=False)
 
 
+def core_grid_slices(grid, core) -> tuple[slice, slice, slice]:
+    """The voxels of ``grid`` (slices of a region, see :func:`grid_slices`) inside ``core``."""
+    out = []
+    for g, c in zip(grid, core):
+        first = g.start + max(0, -(-(c.start - g.start) // g.step)) * g.step
+        out.append(slice(first, max(first, c.stop), g.step))
+    return tuple(out)
+
+
 def context_features(
     channels: np.ndarray, channel_names, *, voxel_size, spec: ContextSpec,
-    step=(1, 1, 1), offset=(0, 0, 0),
+    step=(1, 1, 1), offset=(0, 0, 0), core=None,
 ) -> np.ndarray:
-    """Oriented and shell cues at the grid voxels of a region.
+    """Oriented and shell cues at the grid voxels of a region (or of its ``core``).
 
     Parameters
     ----------
@@ -157,14 +166,22 @@ def context_features(
     spec : ContextSpec
     step, offset : (3,) int
         Grid spacing, and the global index of the region's first voxel (see :func:`grid_slices`).
+    core : tuple of 3 slices, optional
+        Compute the cues only at the grid voxels inside this box of the region (the rest of
+        the region is what they read). The whole region by default.
 
     Returns
     -------
     (spec.n_features, gz, gy, gx) float32 ndarray, in the order of ``spec.names()``.
     """
     shape = channels.shape[1:]
-    grid = grid_slices(shape, step=step, offset=offset)
+    region_grid = grid_slices(shape, step=step, offset=offset)
+    core = core or tuple(slice(0, n) for n in shape)
+    grid = core_grid_slices(region_grid, core)
     grid_shape = tuple(len(range(*g.indices(n))) for g, n in zip(grid, shape))
+    # Where the core's grid voxels sit among the region's.
+    in_coarse = tuple(slice((g.start - r.start) // r.step, (g.start - r.start) // r.step + n)
+                      for g, r, n in zip(grid, region_grid, grid_shape))
     if not spec.channels:
         return np.zeros((0,) + grid_shape, dtype=np.float32)
     index = {name: i for i, name in enumerate(channel_names)}
@@ -201,13 +218,14 @@ def context_features(
         # Shells are box means over the grid samples: the channels are smooth at the grid
         # spacing, so the grid average stands for the full-resolution one at a fraction of
         # the cost.
-        coarse = np.ascontiguousarray(channel[grid])
+        coarse = np.ascontiguousarray(channel[region_grid])
         previous_sum, previous_volume = None, None
         for r in spec.shells_nm:
             half = np.maximum(np.rint(r / grid_step_nm), 0).astype(int)
             size = tuple(2 * half + 1)
             box_volume = float(np.prod(size))
-            box_sum = ndimage.uniform_filter(coarse, size=size, mode="reflect") * box_volume
+            box_sum = ndimage.uniform_filter(coarse, size=size, mode="reflect")[in_coarse]
+            box_sum *= box_volume
             if previous_sum is None:
                 out[k] = box_sum / box_volume
             else:

@@ -60,7 +60,10 @@ Smoothing runs in float64 as banded matrix products (BLAS) along each axis, in t
 length; float64 keeps the differences of large-scale smoothing free of cancellation. Pointwise
 work (differences, closed-form 3x3 eigenvalues) runs on cache-sized chunks into preallocated
 scratch, kept per thread between calls (:func:`release_workspace` frees it). The halo is only
-smoothed: pointwise work covers the block (and the structure tensor's integration margin).
+smoothed: pointwise work covers the block (and the structure tensor's integration margin), or
+only every ``stride`` voxel of it when a caller needs no more (the voxel classifier scores a
+grid of voxels), and Gaussian channels can be taken over a wider box from the same smoothing
+pass (:func:`compute_features_with_wide_gaussians`, for context cues that pool them).
 
 Single core (``OMP_NUM_THREADS=1``; BLAS threads otherwise multiply the core count), (32, 512,
 512) uint8 volume in memory, default spec, CPU time (user + system) on a shared 2-vCPU AMD
@@ -762,11 +765,22 @@ def _chunk_voxels(shape) -> int:
     return (z.stop - z.start) * (y.stop - y.start) * shape[2]
 
 
-def _shifted(gp: np.ndarray, zs: slice, ys: slice, dz: int, dy: int, dx: int) -> np.ndarray:
-    """View of ``gp`` (one voxel of margin all round) on chunk ``zs, ys`` moved by dz, dy, dx."""
-    x_n = gp.shape[2] - 2
-    return gp[zs.start + 1 + dz: zs.stop + 1 + dz, ys.start + 1 + dy: ys.stop + 1 + dy,
-              1 + dx: 1 + dx + x_n]
+def _shifted(gp: np.ndarray, zs: slice, ys: slice, dz: int, dy: int, dx: int,
+             stride=(1, 1, 1)) -> np.ndarray:
+    """View of ``gp`` (one voxel of margin all round) on chunk ``zs, ys`` moved by dz, dy, dx.
+
+    ``zs`` and ``ys`` count output voxels, which lie ``stride`` voxels of ``gp`` apart.
+    """
+    sz, sy, sx = stride
+    x_n = (gp.shape[2] - 3) // sx + 1
+    return gp[1 + dz + zs.start * sz: 2 + dz + (zs.stop - 1) * sz: sz,
+              1 + dy + ys.start * sy: 2 + dy + (ys.stop - 1) * sy: sy,
+              1 + dx: 2 + dx + (x_n - 1) * sx: sx]
+
+
+def _strided_shape(shape, stride) -> tuple[int, ...]:
+    """Output voxels of a region of ``shape`` voxels sampled every ``stride`` from its first."""
+    return tuple((n - 1) // s + 1 for n, s in zip(shape, stride))
 
 
 _STEPS = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
@@ -780,16 +794,18 @@ def _difference(at, axis: int, h: float, tmp: np.ndarray, out: np.ndarray) -> No
     np.multiply(tmp, 0.5 / h, out=out, casting="same_kind")
 
 
-def _derivative_channels(gp, voxel_size, out, grad_c, log_c, hess_c, work) -> None:
-    """Gradient magnitude, Laplacian and Hessian eigenvalues from ``gp`` (core + 1 voxel).
+def _derivative_channels(gp, voxel_size, out, grad_c, log_c, hess_c, work,
+                         stride=(1, 1, 1)) -> None:
+    """Gradient magnitude, Laplacian and Hessian eigenvalues from ``gp`` (core + 1 voxel),
+    at every ``stride`` voxel of the core.
 
     Differences are taken in float64, where they cancel the magnitude of the smoothed values.
     """
-    core = tuple(n - 2 for n in gp.shape)
+    core = _strided_shape([n - 2 for n in gp.shape], stride)
     want_hessian = hess_c[0] is not None
     scratch = _Scratch(_chunk_voxels(core), 7 + _SYM3_F64, 1 + _SYM3_F32, work)
     for zs, ys in _chunks(core):
-        at = functools.partial(_shifted, gp, zs, ys)
+        at = functools.partial(_shifted, gp, zs, ys, stride=stride)
         dst = (zs, ys)
         scratch.shape = at(0, 0, 0).shape
         tmp = scratch.f64(6)
@@ -828,8 +844,10 @@ def _derivative_channels(gp, voxel_size, out, grad_c, log_c, hess_c, work) -> No
                    trace=None if log_c is None else out[log_c][dst])
 
 
-def _structure_tensor_channels(gp, voxel_size, outer: _Kernel, out, channels, work) -> None:
-    """Structure-tensor eigenvalues on the core of ``gp`` (core + integration radius + 1).
+def _structure_tensor_channels(gp, voxel_size, outer: _Kernel, out, channels, work,
+                               stride=(1, 1, 1)) -> None:
+    """Structure-tensor eigenvalues on the core of ``gp`` (core + integration radius + 1),
+    at every ``stride`` voxel of the core.
 
     The six gradient products are smoothed in float32: positive weights times products, no
     cancellation for float64 to protect.
@@ -852,6 +870,8 @@ def _structure_tensor_channels(gp, voxel_size, outer: _Kernel, out, channels, wo
     # the second pass.
     tensor = _smooth(products, outer, margin, margin + core, work, ("st_a", "st_products"),
                      np.float32)
+    tensor = tensor[(slice(None),) + tuple(slice(None, None, s) for s in stride)]
+    core = tensor.shape[1:]
     scratch = _Scratch(_chunk_voxels(core), _SYM3_F64, _SYM3_F32, work)
     for zs, ys in _chunks(core):
         t = tensor[:, zs, ys]
@@ -863,13 +883,23 @@ def _structure_tensor_channels(gp, voxel_size, outer: _Kernel, out, channels, wo
 # Driver
 
 
-def _compute_region(data: np.ndarray, core_lo, core_shape, plan: _Plan, out=None) -> np.ndarray:
-    """Channels on the core ``core_lo .. core_lo + core_shape`` of ``data`` (read region)."""
+def _compute_region(data: np.ndarray, core_lo, core_shape, plan: _Plan, out=None,
+                    wide=None, stride=(1, 1, 1)) -> np.ndarray:
+    """Channels on the core ``core_lo .. core_lo + core_shape`` of ``data`` (read region).
+
+    With ``stride``, only at every ``stride`` voxel of the core, from its first: the output
+    is then ``_strided_shape(core_shape, stride)``.
+
+    ``wide``: optional ``(lo, shape, {channel index: row}, array)``; each named Gaussian
+    channel is also written, over the box ``lo .. lo + shape`` of ``data``, into that row of
+    ``array`` (the smoothing then covers that box too).
+    """
     if data.dtype.kind not in "biuf":
         raise TypeError(f"cannot compute features of {data.dtype} data (need integer or float)")
     core_lo = np.asarray(core_lo, dtype=np.int64)
     core_shape = np.asarray(core_shape, dtype=np.int64)
-    shape = (plan.n_channels,) + tuple(int(n) for n in core_shape)
+    stride = tuple(int(s) for s in stride)
+    shape = (plan.n_channels,) + _strided_shape(core_shape, stride)
     if out is None:
         out = np.empty(shape, dtype=np.float32)
     elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
@@ -881,11 +911,21 @@ def _compute_region(data: np.ndarray, core_lo, core_shape, plan: _Plan, out=None
     work = _workspace()
     a = work.get("input", np.shape(data), np.float64)
     np.copyto(a, data, casting="unsafe")
+    wide_lo, wide_shape, wide_rows, wide_out = wide or (None, None, {}, None)
     for entry in plan.smoothings:
-        pad = entry.pad
-        g = _smooth(a, entry.kernel, core_lo - pad, core_lo + core_shape + pad, work,
-                    ("g0", "g1"), np.float64)
-        core = tuple(slice(int(p), int(p + n)) for p, n in zip(pad, core_shape))
+        lo = core_lo - entry.pad
+        hi = core_lo + core_shape + entry.pad
+        widened = [(c, wide_rows[c]) for c in entry.gaussian if c in wide_rows]
+        if widened:
+            lo = np.minimum(lo, wide_lo)
+            hi = np.maximum(hi, np.asarray(wide_lo) + wide_shape)
+        g = _smooth(a, entry.kernel, lo, hi, work, ("g0", "g1"), np.float64)
+        # Where the core starts in ``g``: ``pad`` unless the smoothing was widened.
+        pad = core_lo - lo
+        core = tuple(slice(int(p), int(p + n), s) for p, n, s in zip(pad, core_shape, stride))
+        for c, row in widened:
+            wide_out[row] = g[tuple(slice(int(w - l), int(w - l + n))
+                                    for w, l, n in zip(wide_lo, lo, wide_shape))]
         for c in entry.gaussian:
             out[c] = g[core]
         # The finer Gaussian of a DoG waits in its channel, rounded to float32 (7e-8 of the
@@ -896,12 +936,14 @@ def _compute_region(data: np.ndarray, core_lo, core_shape, plan: _Plan, out=None
             np.subtract(out[c], g[core], out=out[c], casting="same_kind")
         for grad_c, log_c, hess_c in entry.derivatives:
             inner = tuple(slice(int(p) - 1, int(p + n) + 1) for p, n in zip(pad, core_shape))
-            _derivative_channels(g[inner], plan.voxel_size, out, grad_c, log_c, hess_c, work)
+            _derivative_channels(g[inner], plan.voxel_size, out, grad_c, log_c, hess_c, work,
+                                 stride)
         for outer, channels in entry.tensors:
             start = pad - _radius(outer) - 1
             inner = tuple(slice(int(s), int(s + n + 2 * (p - s)))
                           for s, p, n in zip(start, pad, core_shape))
-            _structure_tensor_channels(g[inner], plan.voxel_size, outer, out, channels, work)
+            _structure_tensor_channels(g[inner], plan.voxel_size, outer, out, channels, work,
+                                       stride)
     if work.nbytes > WORKSPACE_KEEP_BYTES:
         release_workspace()
     logger.debug("%d feature channels of %s voxels (read %s) in %.2f s", plan.n_channels,
@@ -939,7 +981,8 @@ def compute_features(
 
 
 def compute_features_block(
-    source, box, *, voxel_size, spec: FeatureSpec, out: np.ndarray | None = None
+    source, box, *, voxel_size, spec: FeatureSpec, out: np.ndarray | None = None,
+    stride=(1, 1, 1),
 ) -> np.ndarray:
     """Channels of one box of a volume too large for memory, equal to the whole-volume result.
 
@@ -959,6 +1002,10 @@ def compute_features_block(
     spec : FeatureSpec
     out : (C, *box_shape) float32 C-contiguous ndarray, optional
         Where to write.
+    stride : (3,) ints
+        Compute only every ``stride`` voxel of the box along each axis, from its first (a
+        classifier scoring a grid of voxels needs no more); the output then has
+        ``(n - 1) // stride + 1`` voxels along an axis of ``n``.
 
     Returns
     -------
@@ -975,7 +1022,64 @@ def compute_features_block(
     box_shape = tuple(s.stop - s.start for s in box)
     data = read_box(source, region) if 0 not in box_shape else np.zeros(box_shape, np.float32)
     core_lo = tuple(s.start - r.start for s, r in zip(box, region))
-    return _compute_region(data, core_lo, box_shape, plan, out)
+    return _compute_region(data, core_lo, box_shape, plan, out, stride=stride)
+
+
+def compute_features_with_wide_gaussians(
+    source, box, wide_box, wide_channels: Sequence[str], *, voxel_size, spec: FeatureSpec,
+    stride=(1, 1, 1),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Channels of ``box``, and chosen Gaussian channels over a larger ``wide_box``.
+
+    A classifier whose context cues pool smoothed intensities around each voxel needs those
+    few channels over the block plus the cues' reach, but every channel only on the block:
+    computing all of them over the wider box would repeat the costly pointwise work (Hessian
+    and structure-tensor eigenvalues) on the margin. The wide Gaussians come from the same
+    smoothing pass as the block's channels, widened. Both equal the whole-volume result.
+
+    Parameters
+    ----------
+    source, box, voxel_size, spec, stride
+        As for :func:`compute_features_block` (``stride`` applies to the box's channels).
+    wide_box : tuple of 3 slices
+        A box containing ``box``.
+    wide_channels : sequence of str
+        Names of ``gaussian`` channels of ``spec``.
+
+    Returns
+    -------
+    channels : (C, *box_shape) float32 ndarray (fewer voxels with ``stride``)
+    wide : (len(wide_channels), *wide_box_shape) float32 ndarray
+    """
+    shape = tuple(int(n) for n in source.shape)
+    box = normalize_box(box, shape)
+    wide_box = normalize_box(wide_box, shape)
+    if any(w.start > b.start or w.stop < b.stop for w, b in zip(wide_box, box)):
+        raise ValueError(f"wide box {wide_box} does not contain the box {box}")
+    plan = _plan(spec, _voxel_size(voxel_size))
+    names = spec.channel_names()
+    rows = {}
+    for row, name in enumerate(wide_channels):
+        if name not in names or spec.channels()[names.index(name)][0] != "gaussian":
+            raise ValueError(f"{name!r} is not a gaussian channel of the spec")
+        rows[names.index(name)] = row
+    reach = np.zeros(3, np.int64)
+    for entry in plan.smoothings:
+        if any(c in rows for c in entry.gaussian):
+            reach = np.maximum(reach, _radius(entry.kernel))
+    region = tuple(
+        slice(max(0, min(s.start - h, w.start - r)), min(n, max(s.stop + h, w.stop + r)))
+        for s, w, h, r, n in zip(box, wide_box, plan.halo, reach, shape)
+    )
+    data = read_box(source, region)
+    box_shape = tuple(s.stop - s.start for s in box)
+    wide_shape = tuple(w.stop - w.start for w in wide_box)
+    core_lo = tuple(s.start - r.start for s, r in zip(box, region))
+    wide_lo = np.array([w.start - r.start for w, r in zip(wide_box, region)], dtype=np.int64)
+    wide = np.empty((len(rows),) + wide_shape, dtype=np.float32)
+    channels = _compute_region(data, core_lo, box_shape, plan, stride=stride,
+                               wide=(wide_lo, np.asarray(wide_shape, np.int64), rows, wide))
+    return channels, wide
 
 
 def iter_feature_blocks(

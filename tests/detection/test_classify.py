@@ -122,3 +122,36 @@ def test_region_features_layout(trained):
                             context_spec=trained.context_spec, step=(1, 2, 2))
     assert feats.shape == (len(trained.feature_names), 16, 20, 20)
     assert feats.dtype == np.float32
+
+
+@pytest.mark.parametrize("pooled", ["smoothed intensities", "other channels"])
+def test_region_features_of_a_core_equal_the_whole_region(trained, pooled):
+    volume = _phantom(6, shape=(14, 96, 100)).em
+    context = trained.context_spec
+    if pooled == "other channels":
+        # cues of a channel that is not a smoothed intensity: every channel over the reach
+        context = ContextSpec(channels=("gradient_magnitude@10nm",),
+                              orientation_channel="gaussian@40nm", offsets_nm=(40.0,),
+                              shells_nm=(60.0,))
+    kwargs = dict(voxel_size=VOXEL, feature_spec=trained.feature_spec, context_spec=context,
+                  step=(1, 2, 2), offset=(5, 3, 0))
+    whole = region_features(volume, **kwargs)
+    # offset (5, 3, 0): grid voxels at odd local y, even local x
+    core = (slice(4, 9), slice(30, 61), slice(41, 80))
+    part = region_features(volume, core=core, **kwargs)
+    expected = whole[:, 4:9, 15:30, 21:40]
+    assert part.shape == expected.shape
+    np.testing.assert_allclose(part, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_context_features_of_a_core_equal_the_whole_region():
+    rng = np.random.default_rng(3)
+    channels = ndimage.gaussian_filter(rng.random((2, 10, 50, 60)), (0, 0.5, 2, 2)).astype(np.float32)
+    spec = ContextSpec(channels=("a",), orientation_channel="b", offsets_nm=(16.0, 40.0),
+                       shells_nm=(24.0, 48.0))
+    kwargs = dict(voxel_size=VOXEL, spec=spec, step=(1, 2, 2), offset=(0, 1, 0))
+    whole = context_features(channels, ["a", "b"], **kwargs)
+    part = context_features(channels, ["a", "b"], core=(slice(2, 7), slice(10, 31), slice(6, 40)),
+                            **kwargs)
+    # global y = local y + 1: grid rows at odd local y, from 11 (row 5) to 29 (row 14)
+    np.testing.assert_array_equal(part, whole[:, 2:7, 5:15, 3:20])

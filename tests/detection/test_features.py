@@ -13,6 +13,7 @@ from detection.features import (
     FeatureSpec,
     compute_features,
     compute_features_block,
+    compute_features_with_wide_gaussians,
     iter_feature_blocks,
     release_workspace,
     sigma_voxels,
@@ -485,3 +486,47 @@ def test_out_argument_and_reused_scratch_give_the_same_channels():
         compute_features(small, voxel_size=ISOTROPIC, spec=spec, out=out[:, :2])
     with pytest.raises(TypeError):
         compute_features(small.astype(complex), voxel_size=ISOTROPIC, spec=spec)
+
+
+@pytest.mark.parametrize("voxel_size", [ANISOTROPIC, ISOTROPIC])
+def test_strided_block_equals_the_whole_volume_sampled(voxel_size):
+    spec = FeatureSpec()
+    shape = (18, 120, 110)
+    volume = _textured(shape, seed=6, dtype=np.uint8)
+    whole = compute_features(volume, voxel_size=voxel_size, spec=spec)
+    for box, stride in [((slice(3, 14), slice(40, 97), slice(0, 110)), (1, 2, 2)),
+                        ((slice(0, 18), slice(7, 30), slice(50, 61)), (3, 2, 4))]:
+        block = compute_features_block(volume, box, voxel_size=voxel_size, spec=spec,
+                                       stride=stride)
+        sampled = tuple(slice(b.start, b.stop, s) for b, s in zip(box, stride))
+        assert block.shape == (spec.n_channels,) + tuple(len(range(shape[i])[sampled[i]])
+                                                         for i in range(3))
+        _assert_channels_close(block, whole[(slice(None),) + sampled], spec.channel_names())
+
+
+def test_wide_gaussians_cover_the_wide_box_from_the_same_pass():
+    spec = FeatureSpec()
+    shape = (20, 150, 140)
+    volume = _textured(shape, seed=7, dtype=np.uint8)
+    whole = compute_features(volume, voxel_size=ANISOTROPIC, spec=spec)
+    names = spec.channel_names()
+    wanted = ["gaussian@20nm", "gaussian@10nm", "gaussian@40nm"]
+    box = (slice(6, 14), slice(50, 100), slice(60, 100))
+    wide_box = (slice(2, 20), slice(20, 130), slice(0, 120))  # clipped at two faces
+    source = _ReadOnly(volume)
+    channels, wide = compute_features_with_wide_gaussians(
+        source, box, wide_box, wanted, voxel_size=ANISOTROPIC, spec=spec, stride=(1, 2, 2))
+    _assert_channels_close(channels, whole[(slice(None), box[0], slice(50, 100, 2),
+                                            slice(60, 100, 2))], names)
+    assert wide.shape == (3, 18, 110, 120)
+    for row, name in enumerate(wanted):
+        np.testing.assert_allclose(wide[row], whole[(names.index(name),) + wide_box],
+                                   rtol=1e-6, atol=1e-4)
+    # one read: the box with the features' halo and the wide box with the Gaussians' reach
+    assert len(source.reads) == 1
+    with pytest.raises(ValueError, match="'hessian_ev0@10nm' is not a gaussian channel"):
+        compute_features_with_wide_gaussians(volume, box, wide_box, ["hessian_ev0@10nm"],
+                                             voxel_size=ANISOTROPIC, spec=spec)
+    with pytest.raises(ValueError, match="does not contain the box"):
+        compute_features_with_wide_gaussians(volume, wide_box, box, wanted,
+                                             voxel_size=ANISOTROPIC, spec=spec)
