@@ -242,6 +242,7 @@ def assign_by_diffusion(
     particles: int = 400,
     n_steps: int = 400,
     min_share: float = 0.25,
+    min_inside: float | None = None,
     radius_nm: float = 200.0,
     min_area_nm2: float = 1500.0,
     group_distance_nm: float = 300.0,
@@ -269,6 +270,12 @@ def assign_by_diffusion(
     min_share : float
         Smallest share of a candidate's arrivals for a cell to be a partner (the cell with the
         most arrivals always is).
+    min_inside : float or None
+        When given, a cell touching the candidate with at least `min_area_nm2` of contact and
+        holding at least this share of its voxels (its PSD, when sites are cleft + PSD masks)
+        is a partner whatever its share of the arrivals: the partners of a merged polyadic
+        candidate split the particles and the smaller ones fall below `min_share`.  None
+        (default): arrivals only.
     radius_nm, min_area_nm2 : float
         As in :func:`detection.partners.vesicle.assign_by_vesicles`, for the presynaptic side.
     group_distance_nm : float
@@ -286,8 +293,8 @@ def assign_by_diffusion(
     t0 = time.perf_counter()
     choices = diffusion_choices(
         sites, segmentation, presynaptic, voxel_size=voxel_size, free=free,
-        particles=particles, n_steps=n_steps, min_share=min_share, radius_nm=radius_nm,
-        min_area_nm2=min_area_nm2, seed=seed)
+        particles=particles, n_steps=n_steps, min_share=min_share, min_inside=min_inside,
+        radius_nm=radius_nm, min_area_nm2=min_area_nm2, seed=seed)
     rows = build_rows(choices, voxel_size=voxel_size, method="diffusion",
                       group_distance_nm=group_distance_nm)
     logger.info("diffusion: %d candidates -> %d rows in %.2f s", len(choices), len(rows),
@@ -297,8 +304,8 @@ def assign_by_diffusion(
 
 def diffusion_choices(
     sites, segmentation, presynaptic, *, voxel_size, free=None, particles: int = 400,
-    n_steps: int = 400, min_share: float = 0.25, radius_nm: float = 200.0,
-    min_area_nm2: float = 1500.0, seed: int = 0, offset=(0, 0, 0),
+    n_steps: int = 400, min_share: float = 0.25, min_inside: float | None = None,
+    radius_nm: float = 200.0, min_area_nm2: float = 1500.0, seed: int = 0, offset=(0, 0, 0),
 ) -> list[Choice]:
     """The per-candidate decisions of :func:`assign_by_diffusion`, before sites are grouped.
 
@@ -367,7 +374,14 @@ def diffusion_choices(
                                            return_counts=True)
         shares = counts / counts.sum()
         g = choice.geometry
-        for c in np.flatnonzero((shares >= min_share) | (counts == counts.max())):
+        chosen = (shares >= min_share) | (counts == counts.max())
+        holding = set()
+        if min_inside is not None and g.inside_fraction is not None:
+            holding = {int(g.cells[k]) for k in range(len(g.cells))
+                       if int(g.cells[k]) != choice.pre and g.area_nm2[k] >= min_area_nm2
+                       and g.inside_fraction[k] >= min_inside}
+            chosen |= np.isin(cells, list(holding))
+        for c in np.flatnonzero(chosen):
             mine = inverse == c
             k = g.index(int(cells[c]))
             if k is not None:
@@ -382,6 +396,11 @@ def diffusion_choices(
             choice.posts.append(Post(
                 int(cells[c]), area, float(counts[c]),
                 choice.pre_confidence * float(shares[c] / shares.max()), center, point))
+        for cell in sorted(holding - {int(c) for c in cells}):
+            # Holding part of the site but reached by no particle: a partner without arrivals.
+            k = g.index(cell)
+            choice.posts.append(Post(cell, float(g.area_nm2[k]), 0.0, 0.0, g.contact_center[k],
+                                     g.inner_point[k]))
     logger.info(
         "diffusion: %d candidates, %d particles (%d arrived, %d lost); set-up %.2f s, "
         "walk %.2f s", len(choices), int(arrivals.released.sum()), len(arrivals.cell),

@@ -331,3 +331,20 @@ def test_vesicle_min_inside_sets_the_share_of_the_site_a_small_partner_must_hold
     rows = assign_by_vesicles(sites, seg, vesicles, voxel_size=VS, min_fraction=0.5,
                               min_inside=0.2)
     assert [r.post_id for r in rows] == [2]
+
+
+def test_diffusion_min_inside_adds_a_partner_holding_part_of_the_site():
+    seg, sites, vesicles = polyadic()
+    sites[:] = 0
+    sites[2:6, 4:20, 19:21] = 1
+    sites[2:6, 22:26, 19:23] = 1  # cell 3 holds 32 / 192 of the site
+    rows = assign_by_diffusion(sites, seg, vesicles, voxel_size=VS, min_share=0.9, seed=3)
+    assert [(r.pre_id, r.post_id) for r in rows] == [(1, 2)]
+    rows = assign_by_diffusion(sites, seg, vesicles, voxel_size=VS, min_share=0.9,
+                               min_inside=0.16, seed=3)
+    assert sorted((r.pre_id, r.post_id) for r in rows) == [(1, 2), (1, 3)]
+    assert sum(r.weight for r in rows) == pytest.approx(1.0)
+    assert rows[0].post_id == 2 and rows[0].weight > rows[1].weight
+    rows = assign_by_diffusion(sites, seg, vesicles, voxel_size=VS, min_share=0.9,
+                               min_inside=0.2, seed=3)
+    assert [(r.pre_id, r.post_id) for r in rows] == [(1, 2)]
