@@ -368,19 +368,20 @@ def diffusion_choices(
         if index is None:
             continue
         sel = order[bounds[index]:bounds[index + 1]]
-        if sel.size == 0:
-            continue
-        cells, inverse, counts = np.unique(arrivals.cell[sel], return_inverse=True,
-                                           return_counts=True)
-        shares = counts / counts.sum()
         g = choice.geometry
-        chosen = (shares >= min_share) | (counts == counts.max())
         holding = set()
         if min_inside is not None and g.inside_fraction is not None:
             holding = {int(g.cells[k]) for k in range(len(g.cells))
                        if int(g.cells[k]) != choice.pre and g.area_nm2[k] >= min_area_nm2
                        and g.inside_fraction[k] >= min_inside}
-            chosen |= np.isin(cells, list(holding))
+        if sel.size:
+            cells, inverse, counts = np.unique(arrivals.cell[sel], return_inverse=True,
+                                               return_counts=True)
+            shares = counts / counts.sum()
+            chosen = ((shares >= min_share) | (counts == counts.max())
+                      | np.isin(cells, list(holding)))
+        else:
+            cells, chosen = np.zeros(0, np.int64), np.zeros(0, bool)
         for c in np.flatnonzero(chosen):
             mine = inverse == c
             k = g.index(int(cells[c]))

@@ -348,3 +348,18 @@ def test_diffusion_min_inside_adds_a_partner_holding_part_of_the_site():
     rows = assign_by_diffusion(sites, seg, vesicles, voxel_size=VS, min_share=0.9,
                                min_inside=0.2, seed=3)
     assert [(r.pre_id, r.post_id) for r in rows] == [(1, 2)]
+
+
+def test_diffusion_keeps_a_partner_holding_part_of_the_site_that_no_particle_reached():
+    seg, sites, vesicles = polyadic()
+    sites[:] = 0
+    sites[2:6, 4:20, 19:21] = 1
+    sites[2:6, 22:26, 19:23] = 1
+    # Two particles of two steps reach no cell: without min_inside the site is unpartnered
+    # (a flagged self-contact row), with it cell 3 is a partner without arrivals.
+    (row,) = assign_by_diffusion(sites, seg, vesicles, voxel_size=VS, particles=2, n_steps=2)
+    assert (row.pre_id, row.post_id, row.flag) == (1, 1, "self_contact")
+    (row,) = assign_by_diffusion(sites, seg, vesicles, voxel_size=VS, particles=2, n_steps=2,
+                                 min_inside=0.16)
+    assert (row.pre_id, row.post_id, row.flag) == (1, 3, "")
+    assert (row.weight, row.confidence, row.contact_area_nm2) == (0.0, 0.0, 8704.0)
