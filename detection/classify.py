@@ -25,8 +25,10 @@ set on held-out training voxels to keep a chosen fraction of positives (99.5 % b
 And the classifier scores a grid of voxels, ``grid_step`` apart along each axis (aligned to the
 volume origin; the spacing is the largest whole number of voxels not above ``grid_nm``, 16 nm
 by default, far below the 30-60 nm thickness of a synaptic density), each grid voxel's
-probability standing for the ``grid_step`` block of voxels that starts at it. Features are
-still computed at full resolution: only the classification is on the grid.
+probability standing for the ``grid_step`` block of voxels that starts at it. The volume is
+smoothed at full resolution (derivatives need it), but the channels and cues are computed only
+at the grid voxels, and the smoothed intensities the cues pool only over the cues' reach
+(:func:`region_features`): their values are those of a full-resolution computation.
 """
 
 from __future__ import annotations
