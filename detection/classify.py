@@ -287,9 +287,8 @@ def region_features(volume: np.ndarray, *, voxel_size, feature_spec: FeatureSpec
     pooled = list(dict.fromkeys(context_spec.channels + (context_spec.orientation_channel,)))
     pooled_box = grow_box(core, context_spec.halo_voxels(voxel_size, step), shape)
     if not context_spec.channels:
-        base = compute_features_block(volume, grid_box, voxel_size=voxel_size,
+        return compute_features_block(volume, grid_box, voxel_size=voxel_size,
                                       spec=feature_spec, stride=step)
-        return base
     if all(kinds.get(name) == "gaussian" for name in pooled):
         # The cues read smoothed intensities around each core voxel: only those channels
         # are needed over the cues' reach, every channel only at the core's grid voxels.
