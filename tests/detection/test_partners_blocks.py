@@ -91,6 +91,8 @@ def test_margins_follow_the_method_options_and_voxel_size():
     ("vesicle", {}),
     ("diffusion", {"min_share": 0.3, "seed": 2}),
     ("diffusion", {"particles": 150, "n_steps": 30, "seed": 5}),  # crops smaller than the volume
+    ("vesicle", {"min_inside": 0.03}),
+    ("diffusion", {"min_share": 0.45, "min_inside": 0.03, "seed": 2}),
 ])
 @pytest.mark.parametrize("block_shape", [(8, 48, 48), (24, 32, 160)])
 def test_blockwise_rows_equal_the_whole_volume_rows(phantom, method, options, block_shape):
