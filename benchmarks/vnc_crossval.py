@@ -36,6 +36,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from detection.candidates import (
+    COMPACT, CandidateClassifier, candidate_features, candidate_targets, filter_labels,
+)
 from detection.classify import (
     TrainingParameters, clean_targets, default_context_spec, grid_step_for, labels_to_targets,
     region_features, sample_training_voxels, train_from_samples,
@@ -60,6 +63,24 @@ SPLITS = (None,) + tuple(
                     min_piece_voxels=min_piece)
     for smooth, depth in ((0.0, 0.1), (25.0, 0.1), (50.0, 0.2)) for min_piece in (1000, 2000)
 )
+
+# Object-level rescoring (``--rescore``): candidates are the components of a hysteresis
+# threshold of at least RESCORE_MIN_SIZE voxels; a candidate classifier (logistic regression of
+# strength C, or boosted trees with that many rounds) scores them and those at or above a
+# threshold are kept (features: all, or the COMPACT set). Thresholds, classifier and its threshold are chosen by the inner
+# cross-validation: the classifier is trained on the candidates of one inner piece and scores
+# those of the other, and the other way round.
+RESCORE_HYSTERESIS = ((0.7, 0.5), (0.7, 0.7), (0.9, 0.7), (0.9, 0.9), (0.95, 0.9), (0.95, 0.95))
+RESCORE_MIN_SIZE = 100
+# From the fewest features up: size alone (a size filter), size and mean probability (the
+# size and score filters), size and darkness, then the COMPACT set and all features.
+RESCORE_MODELS = (
+    ("logistic", 1.0, ("log_size",)), ("logistic", 1.0, ("log_size", "p_mean")),
+    ("logistic", 1.0, ("log_size", "em_in_q10", "em_contrast")),
+    ("logistic", 0.1, COMPACT), ("logistic", 1.0, COMPACT),
+    ("logistic", 0.1, None), ("logistic", 1.0, None), ("trees", 100.0, None),
+)
+RESCORE_THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
 
 
 def fold_edges(ids: np.ndarray, n_folds: int, step: int) -> np.ndarray:
@@ -169,6 +190,81 @@ def choose_postprocessing(pieces):
     return best
 
 
+class _Candidates:
+    """Candidates of one held-out slab at one hysteresis (components of at least
+    RESCORE_MIN_SIZE voxels): features, truth (1 true, 0 false, -1 only on ignore), and the
+    voxels in a candidate or a synapse, which are all the matching reads."""
+
+    def __init__(self, probability, gt, ignore, em, high, low):
+        labels = instances(probability, {"high": high, "low": low, "min_size": RESCORE_MIN_SIZE,
+                                         "min_score": 0.0, "split": None})
+        self.labels = labels
+        self.n = int(labels.max())
+        self.X = candidate_features(labels, probability, em, voxel_size=VOXEL, n=self.n)
+        self.y = candidate_targets(labels, gt, ignore, n=self.n)
+        where = np.flatnonzero((labels.ravel() > 0) | (gt.ravel() > 0))
+        self.pred = labels.ravel()[where].astype(np.int64)
+        self.gt = gt.ravel()[where].astype(np.int64)
+        self.ignore = ignore.ravel()[where]
+
+    def scores(self, candidate_scores, threshold):
+        kept = filter_labels(self.pred, candidate_scores, threshold)
+        return match_by_overlap(kept[None, None], self.gt[None, None],
+                                ignore=self.ignore[None, None])
+
+
+def fit_candidates(candidate_sets, kind, c, use=None):
+    X = np.concatenate([cd.X for cd in candidate_sets])
+    y = np.concatenate([cd.y for cd in candidate_sets])
+    return CandidateClassifier(kind=kind, c=c, use=use).fit(X, y)
+
+
+def choose_rescoring(pieces, ems):
+    """The (hysteresis, candidate classifier, threshold) with the best pooled F1 over the inner
+    pieces, each piece's candidates scored by a classifier trained on the other pieces' (the
+    first in grid order among equals)."""
+    best = None
+    for high, low in RESCORE_HYSTERESIS:
+        sets = [_Candidates(*piece, em, high, low) for piece, em in zip(pieces, ems)]
+        for kind, c, use in RESCORE_MODELS:
+            held = [fit_candidates([o for j, o in enumerate(sets) if j != i], kind, c, use)
+                    .predict_proba(target.X) for i, target in enumerate(sets)]
+            for threshold in RESCORE_THRESHOLDS:
+                pooled = DetectionScores.combine([cd.scores(s, threshold)
+                                                  for cd, s in zip(sets, held)])
+                if best is None or pooled.f1 > best[0]:
+                    best = (pooled.f1, {"high": high, "low": low, "kind": kind, "c": c,
+                                        "features": list(use) if use else "all",
+                                        "threshold": float(threshold)}, pooled)
+    return best
+
+
+def rescore_fold(fold, train_folds, inner_pieces, raw, edges, outer_piece):
+    """Choose the rescoring on the inner pieces, train the candidate classifier on all their
+    candidates, score the held-out slab once."""
+    ems = [raw[:, :, edges[f]:edges[f + 1]] for f in train_folds]
+    inner_f1, choice, inner = choose_rescoring(inner_pieces, ems)
+    sets = [_Candidates(*piece, em, choice["high"], choice["low"])
+            for piece, em in zip(inner_pieces, ems)]
+    use = None if choice["features"] == "all" else tuple(choice["features"])
+    model = fit_candidates(sets, choice["kind"], choice["c"], use)
+    outer = _Candidates(*outer_piece, raw[:, :, edges[fold]:edges[fold + 1]],
+                        choice["high"], choice["low"])
+    candidate_scores = model.predict_proba(outer.X)
+    scores = outer.scores(candidate_scores, choice["threshold"])
+    kept = candidate_scores >= choice["threshold"]
+    print(f"fold {fold} x {edges[fold]}-{edges[fold + 1]}: precision {scores.precision:.3f} "
+          f"recall {scores.recall:.3f} F1 {scores.f1:.3f} (tp {scores.tp} fp {scores.fp} "
+          f"fn {scores.fn}); {choice} (inner F1 {inner_f1:.3f}, tp {inner.tp} fp {inner.fp} "
+          f"fn {inner.fn}); candidates {outer.n} ({int((outer.y == 1).sum())} on a synapse), "
+          f"kept {int(kept.sum())} ({int((outer.y[kept] == 1).sum())} on a synapse)", flush=True)
+    return {"fold": fold, "x": [int(edges[fold]), int(edges[fold + 1])],
+            "postprocessing": {**choice, "min_size_voxels": RESCORE_MIN_SIZE},
+            "inner_f1": inner_f1, "candidates": outer.n,
+            "candidates_on_synapse": int((outer.y == 1).sum()), "kept": int(kept.sum()),
+            **{k: v for k, v in scores.to_dict().items() if k != "matches"}}
+
+
 def fold_probabilities(features, targets, ids, edges, synapses_of, params, n_folds, cache):
     """Probability of every held-out slab: ``inner{outer}_{inner}`` from a model trained on the
     training folds of ``outer`` less ``inner``, ``outer{fold}`` from one trained on all of them.
@@ -212,6 +308,10 @@ def main() -> None:
     parser.add_argument("--no-split", action="store_true",
                         help="choose among hysteresis thresholds and sizes only (no split, no "
                              "mean-probability filter), as before both existed")
+    parser.add_argument("--rescore", action="store_true",
+                        help="object-level rescoring: choose hysteresis, candidate classifier and "
+                             "its threshold by the inner cross-validation (RESCORE_* grids) "
+                             "instead of the size / score / split grid")
     parser.add_argument("--context-channels", nargs="*",
                         help="feature channels to pool as context (default: the model default)")
     args = parser.parse_args()
@@ -269,6 +369,10 @@ def main() -> None:
         train_folds = [f for f in range(args.folds) if f != fold]
         inner_pieces = [evaluation_piece(probabilities[f"inner{fold}_{inner}"], inner)
                         for inner in train_folds]
+        if args.rescore:
+            results.append(rescore_fold(fold, train_folds, inner_pieces, raw, edges,
+                                        evaluation_piece(probabilities[f"outer{fold}"], fold)))
+            continue
         inner_f1, choice = choose_postprocessing(inner_pieces)
         # The fast inner scoring must agree with the library path used on the held-out slab.
         check = DetectionScores.combine([score(*piece, choice) for piece in inner_pieces])
@@ -297,8 +401,13 @@ def main() -> None:
             "feature_spec": SPEC.to_dict(), "context_spec": CONTEXT.to_dict(),
             "training": params.to_dict(), "ignore_band_nm": args.ignore_band_nm,
             "grid_step": list(STEP),
-            "postprocessing_grid": {**{k: list(v) for k, v in GRID.items()},
-                                    "split": [sp.to_dict() if sp else None for sp in SPLITS]},
+            "postprocessing_grid": ({"rescore": True, "hysteresis": RESCORE_HYSTERESIS,
+                                     "min_size_voxels": RESCORE_MIN_SIZE,
+                                     "models": RESCORE_MODELS,
+                                     "thresholds": [float(t) for t in RESCORE_THRESHOLDS]}
+                                    if args.rescore else
+                                    {**{k: list(v) for k, v in GRID.items()},
+                                     "split": [sp.to_dict() if sp else None for sp in SPLITS]}),
         }, indent=2))
 
 

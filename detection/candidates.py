@@ -29,6 +29,10 @@ from scipy import ndimage
 
 FORMAT = "connectome-candidate-classifier/1"
 QUANTILES = (0.1, 0.5, 0.9)
+# A small set for few training candidates: size and shape, the probability, and the EM's
+# darkness inside (cleft, T-bar) and in the shell (membranes, vesicles) and their contrast.
+COMPACT = ("log_size", "sections", "log_max_area", "p_mean", "p_max", "p_q50", "em_in_mean",
+           "em_in_q10", "em_shell_q10", "em_contrast")
 
 
 @dataclass(frozen=True)
@@ -184,11 +188,14 @@ def filter_labels(labels: np.ndarray, scores: np.ndarray, threshold: float) -> n
 @dataclass
 class CandidateClassifier:
     """Scores candidates from their features: ``kind`` "logistic" (standardised features,
-    L2-penalised logistic regression of strength ``c``) or "trees" (gradient-boosted trees).
-    nan features are replaced by the training median."""
+    L2-penalised logistic regression of strength ``c``) or "trees" (gradient-boosted trees,
+    ``c`` rounds). ``use``: the names of the features the model reads (all when None); its
+    inputs are always all :func:`feature_names` columns. nan features are replaced by the
+    training median."""
 
     kind: str = "logistic"
     c: float = 1.0
+    use: tuple[str, ...] | None = None
     spec: CandidateFeatureSpec = field(default_factory=CandidateFeatureSpec)
     names: list[str] = field(default_factory=feature_names)
     fill: np.ndarray | None = None
@@ -198,12 +205,20 @@ class CandidateClassifier:
     intercept: float = 0.0
     booster: str | None = None  # LightGBM model text
 
+    def _columns(self, X):
+        X = np.asarray(X, float)
+        if X.ndim != 2 or X.shape[1] != len(self.names):
+            raise ValueError(f"candidate features must be (n, {len(self.names)}), got {X.shape}")
+        if self.use is None:
+            return X
+        return X[:, [self.names.index(name) for name in self.use]]
+
     def _prepare(self, X):
         X = np.where(np.isnan(X), self.fill, X)
         return (X - self.mean) / self.scale
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "CandidateClassifier":
-        X = np.asarray(X, float)
+        X = self._columns(X)
         y = np.asarray(y)
         use = y >= 0
         X, y = X[use], y[use].astype(int)
@@ -237,7 +252,7 @@ class CandidateClassifier:
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, float)
+        X = self._columns(X)
         if X.shape[0] == 0:
             return np.zeros(0)
         Z = self._prepare(X)
@@ -249,7 +264,8 @@ class CandidateClassifier:
 
     def to_dict(self) -> dict:
         arr = lambda a: None if a is None else [float(v) for v in a]  # noqa: E731
-        return {"format": FORMAT, "kind": self.kind, "c": self.c, "spec": self.spec.to_dict(),
+        return {"format": FORMAT, "kind": self.kind, "c": self.c,
+                "use": None if self.use is None else list(self.use), "spec": self.spec.to_dict(),
                 "names": list(self.names), "fill": arr(self.fill), "mean": arr(self.mean),
                 "scale": arr(self.scale), "coef": arr(self.coef), "intercept": self.intercept,
                 "booster": self.booster}
@@ -265,7 +281,8 @@ class CandidateClassifier:
         if d.get("format") != FORMAT:
             raise ValueError(f"{path} is not a candidate classifier ({d.get('format')!r})")
         arr = lambda a: None if a is None else np.asarray(a, float)  # noqa: E731
-        return cls(kind=d["kind"], c=d["c"], spec=CandidateFeatureSpec(**d["spec"]),
+        use = None if d.get("use") is None else tuple(d["use"])
+        return cls(kind=d["kind"], c=d["c"], use=use, spec=CandidateFeatureSpec(**d["spec"]),
                    names=list(d["names"]), fill=arr(d["fill"]), mean=arr(d["mean"]),
                    scale=arr(d["scale"]), coef=arr(d["coef"]), intercept=d["intercept"],
                    booster=d["booster"])
