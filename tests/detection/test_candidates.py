@@ -98,3 +98,18 @@ def test_classifier_separates_and_round_trips(tmp_path, kind, c):
 def test_classifier_needs_both_classes():
     with pytest.raises(ValueError):
         CandidateClassifier().fit(np.zeros((4, len(feature_names()))), np.array([0, 0, -1, 0]))
+
+
+def test_classifier_reads_only_the_features_it_uses(tmp_path):
+    rng = np.random.default_rng(1)
+    names = feature_names()
+    X = rng.normal(size=(100, len(names)))
+    y = (X[:, names.index("log_size")] > 0).astype(int)
+    model = CandidateClassifier(use=("log_size",)).fit(X, y)
+    other = X.copy()
+    other[:, names.index("p_mean")] += 100.0   # a feature it does not read
+    np.testing.assert_allclose(model.predict_proba(other), model.predict_proba(X))
+    assert model.coef.shape == (1,) and model.coef[0] > 0
+    assert CandidateClassifier.load(model.save(tmp_path / "m.json")).use == ("log_size",)
+    with pytest.raises(ValueError):
+        model.predict_proba(X[:, :3])
