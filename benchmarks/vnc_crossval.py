@@ -41,7 +41,7 @@ from detection.candidates import (
 )
 from detection.classify import (
     TrainingParameters, clean_targets, default_context_spec, grid_step_for, labels_to_targets,
-    region_features, sample_training_voxels, train_from_samples,
+    negative_pool, region_features, sample_training_voxels, train_from_samples,
 )
 from detection.context import ContextSpec
 from detection.features import FeatureSpec
@@ -112,9 +112,13 @@ def train(features, targets, region, params, rng):
     t = np.where(region, targets, -1).astype(np.int8)[GRID_SLICES]
     chosen = sample_training_voxels(t, negatives_per_positive=params.negatives_per_positive,
                                     max_samples=params.max_samples, rng=rng)
-    X = features.reshape(features.shape[0], -1)[:, chosen].T
-    return train_from_samples(X, t.ravel()[chosen], voxel_size=VOXEL, feature_spec=SPEC,
-                              context_spec=CONTEXT, parameters=params)
+    flat = features.reshape(features.shape[0], -1)
+    pool = None
+    if params.hard_negative_rounds:
+        pool = flat[:, negative_pool(t, chosen, size=params.hard_negative_pool, rng=rng)].T
+    return train_from_samples(flat[:, chosen].T, t.ravel()[chosen], voxel_size=VOXEL,
+                              feature_spec=SPEC, context_spec=CONTEXT, parameters=params,
+                              pool=pool)
 
 
 def predict(model, features, x0, x1, shape):
@@ -302,6 +306,8 @@ def main() -> None:
     parser.add_argument("--n-estimators", type=int, default=200)
     parser.add_argument("--ignore-band-nm", type=float, default=80.0)
     parser.add_argument("--grid-nm", type=float, default=16.0, help="classification grid spacing")
+    parser.add_argument("--hard-negative-rounds", type=int, default=0,
+                        help="rounds of hard-negative training (TrainingParameters)")
     parser.add_argument("--probabilities", type=Path,
                         help="npz file holding the inner and outer fold probabilities: read when it "
                              "exists, else written after training (post-processing runs on it)")
@@ -334,7 +340,8 @@ def main() -> None:
     CONTEXT = default_context_spec(SPEC)
     if args.context_channels is not None:
         CONTEXT = ContextSpec(**{**CONTEXT.to_dict(), "channels": tuple(args.context_channels)})
-    params = TrainingParameters(n_estimators=args.n_estimators, grid_nm=args.grid_nm)
+    params = TrainingParameters(n_estimators=args.n_estimators, grid_nm=args.grid_nm,
+                                hard_negative_rounds=args.hard_negative_rounds)
     STEP = grid_step_for(VOXEL, params.grid_nm)
     GRID_SLICES = tuple(slice(0, None, g) for g in STEP)
 

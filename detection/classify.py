@@ -127,6 +127,11 @@ class TrainingParameters:
     grid_nm: float = 16.0
     negatives_per_positive: float = 4.0
     max_samples: int = 400_000
+    # Hard negatives (bootstrapping): after a first fit, the negatives of a larger pool that
+    # the model scores highest join the training set and the model is fitted again.
+    hard_negative_rounds: int = 0
+    hard_negatives_per_positive: float = 2.0
+    hard_negative_pool: int = 1_000_000
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -398,7 +403,7 @@ def train_voxel_classifier(
     voxel_size = tuple(float(v) for v in voxel_size)
     step = grid_step_for(voxel_size, parameters.grid_nm)
 
-    samples, labels = [], []
+    samples, labels, pools = [], [], []
     for volume, target in zip(volumes, targets):
         if volume.shape != target.shape:
             raise ValueError(f"volume shape {volume.shape} and label shape {target.shape} differ")
@@ -408,21 +413,41 @@ def train_voxel_classifier(
         )
         if chosen.size == 0:
             continue
-        samples.append(sampled_features(volume, chosen, voxel_size=voxel_size,
-                                        feature_spec=feature_spec, context_spec=context_spec,
-                                        step=step))
+        extra = np.empty(0, np.int64)
+        if parameters.hard_negative_rounds > 0:
+            extra = negative_pool(target, chosen, size=parameters.hard_negative_pool // len(volumes),
+                                  rng=rng, step=step)
+        rows = sampled_features(volume, np.concatenate([chosen, extra]), voxel_size=voxel_size,
+                                feature_spec=feature_spec, context_spec=context_spec, step=step)
+        samples.append(rows[:len(chosen)])
+        pools.append(rows[len(chosen):])
         labels.append(target.ravel()[chosen])
     if not samples:
         raise ValueError("no labelled voxels to train on")
     X = np.concatenate(samples)
     y = np.concatenate(labels)
     return train_from_samples(X, y, voxel_size=voxel_size, feature_spec=feature_spec,
-                              context_spec=context_spec, parameters=parameters)
+                              context_spec=context_spec, parameters=parameters,
+                              pool=np.concatenate(pools))
+
+
+def negative_pool(targets: np.ndarray, chosen: np.ndarray, *, size: int,
+                  rng: np.random.Generator, step=(1, 1, 1)) -> np.ndarray:
+    """Flat indices of up to ``size`` negative grid voxels not in ``chosen``, at random: the
+    candidates of hard-negative training."""
+    on_grid = np.zeros(targets.shape, bool)
+    on_grid[tuple(slice(0, None, g) for g in step)] = True
+    negatives = np.flatnonzero(on_grid.ravel() & (targets.ravel() == 0))
+    negatives = np.setdiff1d(negatives, chosen, assume_unique=True)
+    if len(negatives) > size:
+        negatives = np.sort(rng.choice(negatives, size=size, replace=False))
+    return negatives
 
 
 def train_from_samples(
     X: np.ndarray, y: np.ndarray, *, voxel_size, feature_spec: FeatureSpec,
     context_spec: ContextSpec, parameters: TrainingParameters | None = None,
+    pool: np.ndarray | None = None,
 ) -> VoxelClassifier:
     """Train the cascade on feature rows already computed (e.g. once per volume, reused by
     every fold of a cross-validation).
@@ -431,6 +456,12 @@ def train_from_samples(
     ----------
     X : (N, F) float32 ndarray, columns in the order of ``feature_names``
     y : (N,) 0/1 ndarray
+    pool : (M, F) float32 ndarray, optional
+        Feature rows of further negative voxels. With ``hard_negative_rounds`` > 0, each round
+        adds the ``hard_negatives_per_positive`` x positives rows of the pool that the current
+        model scores highest (those above 0.5 only) as negatives, and fits again: the random
+        negatives are mostly easy background, the hard ones teach what looks like a synapse
+        and is not.
     """
     parameters = parameters or TrainingParameters()
     rng = np.random.default_rng(parameters.seed)
@@ -444,13 +475,31 @@ def train_from_samples(
     logger.info("training on %d voxels (%d positive), %d features", len(y), int(y.sum()), X.shape[1])
     main = _fit_booster(X, y, names, parameters, n_estimators=parameters.n_estimators,
                         num_leaves=parameters.num_leaves)
+    n_hard = 0
+    for _ in range(parameters.hard_negative_rounds):
+        if pool is None or len(pool) == 0:
+            break
+        pool = np.ascontiguousarray(pool, dtype=np.float32)
+        scores = main.predict(pool)
+        k = int(parameters.hard_negatives_per_positive * y.sum())
+        hardest = np.argsort(-scores, kind="stable")[:k]
+        hardest = hardest[scores[hardest] > 0.5]
+        if hardest.size == 0:
+            break
+        X = np.concatenate([X, pool[hardest]])
+        y = np.concatenate([y, np.zeros(hardest.size, y.dtype)])
+        pool = np.delete(pool, hardest, axis=0)
+        n_hard += int(hardest.size)
+        logger.info("hard negatives: %d added (%d in all)", hardest.size, n_hard)
+        main = _fit_booster(X, y, names, parameters, n_estimators=parameters.n_estimators,
+                            num_leaves=parameters.num_leaves)
     screen, threshold = _fit_screen(X, y, names, parameters, rng)
     return VoxelClassifier(
         feature_spec=feature_spec, context_spec=context_spec,
         voxel_size=tuple(float(v) for v in voxel_size), model=main, screen=screen,
         screen_threshold=threshold, grid_step=grid_step_for(voxel_size, parameters.grid_nm),
         training={"parameters": parameters.to_dict(), "n_samples": int(len(y)),
-                  "n_positive": int(y.sum())},
+                  "n_positive": int(y.sum()), "n_hard_negatives": n_hard},
     )
 
 

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from detection.blockwise import predict_probability
 from detection.classify import (
     ModelMismatchError, TrainingParameters, VoxelClassifier, clean_targets, labels_to_targets,
-    region_features, train_voxel_classifier,
+    region_features, train_from_samples, train_voxel_classifier,
 )
 from detection.context import ContextSpec, context_features, sheet_normals
 from detection.features import FeatureSpec
@@ -155,3 +155,29 @@ def test_context_features_of_a_core_equal_the_whole_region():
                             **kwargs)
     # global y = local y + 1: grid rows at odd local y, from 11 (row 5) to 29 (row 14)
     np.testing.assert_array_equal(part, whole[:, 2:7, 5:15, 3:20])
+
+
+def test_hard_negatives_teach_what_random_negatives_miss():
+    # Positives are bright in feature 0; random negatives are dim. Hard negatives are as bright
+    # as positives but differ in feature 1, which random negatives never show the model.
+    rng = np.random.default_rng(0)
+    positives = np.c_[rng.normal(3, 0.5, 600), rng.normal(0, 0.5, 600)]
+    negatives = np.c_[rng.normal(0, 0.5, 2400), rng.normal(0, 0.5, 2400)]
+    hard = np.c_[rng.normal(3, 0.5, 1200), rng.normal(2, 0.5, 1200)]
+    pool = np.r_[np.c_[rng.normal(0, 0.5, 4000), rng.normal(0, 0.5, 4000)], hard].astype(np.float32)
+    X = np.r_[positives, negatives].astype(np.float32)
+    y = np.r_[np.ones(600), np.zeros(2400)]
+    spec = FeatureSpec(scales_nm=(10.0,), kinds=("gaussian", "gradient_magnitude"))
+    kwargs = dict(voxel_size=VOXEL, feature_spec=spec, context_spec=ContextSpec())
+    test_hard = np.c_[rng.normal(3, 0.5, 300), rng.normal(2, 0.5, 300)].astype(np.float32)
+    test_positive = np.c_[rng.normal(3, 0.5, 300), rng.normal(0, 0.5, 300)].astype(np.float32)
+    plain = train_from_samples(X, y, parameters=TrainingParameters(n_estimators=200), pool=pool,
+                               **kwargs)
+    assert plain.training["n_hard_negatives"] == 0
+    assert np.median(plain.predict_proba(test_hard)) > 0.5
+    boosted = train_from_samples(X, y, pool=pool, parameters=TrainingParameters(
+        n_estimators=200, hard_negative_rounds=2), **kwargs)
+    # the first round takes the 2 x 600 highest-scoring pool rows above 0.5: nearly all hard
+    assert 1000 <= boosted.training["n_hard_negatives"] <= 2400
+    assert np.median(boosted.predict_proba(test_hard)) < 0.1
+    assert np.median(boosted.predict_proba(test_positive)) > 0.8
