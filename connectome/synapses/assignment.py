@@ -94,13 +94,25 @@ def check_options(method: str, options: dict) -> dict:
     if unknown:
         raise ValueError(f"the {method} method has no option {', '.join(unknown)}; "
                          f"options: {', '.join(sorted(known))}")
+    parameters = inspect.signature(_FUNCTIONS[method]).parameters
     checked = {}
     for name, value in options.items():
-        kind = type(known[name])
+        # Annotations are strings ("float", "float | None"): the library modules postpone
+        # their evaluation.
+        types = {part.strip() for part in str(parameters[name].annotation).split("|")}
+        nullable = "None" in types
+        if value is None and nullable:
+            checked[name] = None
+            continue
+        kind = int if "int" in types else float if "float" in types else type(known[name])
         try:
+            if isinstance(value, bool) or (kind is int and float(value) != int(float(value))):
+                raise ValueError(value)
             checked[name] = kind(value)
         except (TypeError, ValueError):
-            raise ValueError(f"option {name}: expected a {kind.__name__}, got {value!r}") from None
+            expected = {int: "an integer", float: "a number"}.get(kind, f"a {kind.__name__}")
+            expected += " or null" if nullable else ""
+            raise ValueError(f"option {name}: expected {expected}, got {value!r}") from None
     return checked
 
 

@@ -272,3 +272,23 @@ def test_no_sites_store_an_empty_run(layers, tmp_path):
     assert job.state == Job.State.DONE, job.error
     assert job.result["blocks"] == 1 and job.result["synapses"] == 0
     assert SynapseRun.objects.get(name="empty").synapses.count() == 0
+
+
+def test_options_are_cast_to_their_annotated_types_and_may_be_null_where_allowed():
+    from connectome.synapses.assignment import check_options
+
+    # diffusion's min_inside defaults to None (off), yet takes a number
+    assert check_options("diffusion", {"min_inside": 0.03, "particles": 200.0}) == {
+        "min_inside": 0.03, "particles": 200}
+    assert check_options("diffusion", {"min_inside": None}) == {"min_inside": None}
+    # contact's rule can be turned off; vesicle's cannot
+    assert check_options("contact", {"min_inside": None, "min_score": "0.9"}) == {
+        "min_inside": None, "min_score": 0.9}
+    with pytest.raises(ValueError, match=r"option min_inside: expected a number, got None"):
+        check_options("vesicle", {"min_inside": None})
+    with pytest.raises(ValueError, match=r"option min_inside: expected a number or null, got 'a'"):
+        check_options("diffusion", {"min_inside": "a"})
+    with pytest.raises(ValueError, match=r"option particles: expected an integer, got 2.5"):
+        check_options("diffusion", {"particles": 2.5})
+    with pytest.raises(ValueError, match=r"option min_share: expected a number, got True"):
+        check_options("diffusion", {"min_share": True})
