@@ -37,7 +37,9 @@ TRAINING_PHANTOM = {"shape": (32, 256, 256), "n_cells": 30, "n_synapses": 40, "s
 TRAINING = {"scales_nm": (10.0, 20.0, 40.0), "n_estimators": 100, "max_samples": 100_000}
 DETECTION = {"high": 0.7, "low": 0.7, "min_size": 300, "block_shape": [48, 192, 192]}
 # Threshold of docs/partners.md, chosen on validation phantoms.
-ASSIGNMENT = {"assign_method": "diffusion", "assign_options": {"min_share": 0.25}}
+# The thresholds the validation phantom chose for diffusion (docs/partners.md).
+ASSIGNMENT = {"assign_method": "diffusion",
+              "assign_options": {"min_share": 0.45, "min_inside": 0.03}}
 # A synapse found within this distance of a true one (centres, nm) is a match.
 TOLERANCE_NM = 200.0
 
