@@ -306,6 +306,8 @@ def main() -> None:
     parser.add_argument("--n-estimators", type=int, default=200)
     parser.add_argument("--ignore-band-nm", type=float, default=80.0)
     parser.add_argument("--grid-nm", type=float, default=16.0, help="classification grid spacing")
+    parser.add_argument("--negatives-per-positive", type=float, default=4.0,
+                        help="random negative training voxels per positive (TrainingParameters)")
     parser.add_argument("--hard-negative-rounds", type=int, default=0,
                         help="rounds of hard-negative training (TrainingParameters)")
     parser.add_argument("--probabilities", type=Path,
@@ -341,6 +343,7 @@ def main() -> None:
     if args.context_channels is not None:
         CONTEXT = ContextSpec(**{**CONTEXT.to_dict(), "channels": tuple(args.context_channels)})
     params = TrainingParameters(n_estimators=args.n_estimators, grid_nm=args.grid_nm,
+                                negatives_per_positive=args.negatives_per_positive,
                                 hard_negative_rounds=args.hard_negative_rounds)
     STEP = grid_step_for(VOXEL, params.grid_nm)
     GRID_SLICES = tuple(slice(0, None, g) for g in STEP)
