@@ -43,7 +43,7 @@ import lightgbm as lgb
 import numpy as np
 from scipy import ndimage
 
-from detection.context import ContextSpec, context_features
+from detection.context import ContextSpec, context_features, core_grid_slices, grid_slices
 from detection.features import (
     FeatureSpec, compute_features_block, compute_features_with_wide_gaussians,
 )
@@ -285,8 +285,8 @@ def region_features(volume: np.ndarray, *, voxel_size, feature_spec: FeatureSpec
     shape = tuple(volume.shape)
     core = tuple(core) if core is not None else tuple(slice(0, n) for n in shape)
     # Channels are needed at the grid voxels of the core: from the first one, every step.
-    first = tuple(c.start + (-(o + c.start)) % g for c, o, g in zip(core, offset, step))
-    grid_box = tuple(slice(f, max(f, c.stop)) for f, c in zip(first, core))
+    grid = core_grid_slices(grid_slices(shape, step=step, offset=offset), core)
+    grid_box = tuple(slice(g.start, g.stop) for g in grid)
     names = feature_spec.channel_names()
     kinds = dict(zip(names, (kind for kind, _, _ in feature_spec.channels())))
     pooled = list(dict.fromkeys(context_spec.channels + (context_spec.orientation_channel,)))
