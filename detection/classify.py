@@ -363,14 +363,19 @@ def default_context_spec(feature_spec: FeatureSpec) -> ContextSpec:
 
 # --- training --------------------------------------------------------------------------------
 
+def _grid_targets(targets: np.ndarray, step) -> np.ndarray:
+    """``targets`` flattened, with every voxel off the classification grid "ignore" (-1)."""
+    on_grid = np.full(targets.shape, -1, dtype=np.int8)
+    grid = tuple(slice(0, None, g) for g in step)
+    on_grid[grid] = targets[grid]
+    return on_grid.ravel()
+
+
 def sample_training_voxels(targets: np.ndarray, *, negatives_per_positive: float,
                            max_samples: int, rng: np.random.Generator,
                            step=(1, 1, 1)) -> np.ndarray:
     """Flat indices of grid voxels to train on: positives plus a random share of negatives."""
-    on_grid = np.full(targets.shape, -1, dtype=np.int8)
-    grid = tuple(slice(0, None, g) for g in step)
-    on_grid[grid] = targets[grid]
-    flat = on_grid.ravel()
+    flat = _grid_targets(targets, step)
     positives = np.flatnonzero(flat == 1)
     negatives = np.flatnonzero(flat == 0)
     n_pos = min(len(positives), int(max_samples / (1 + negatives_per_positive)))
@@ -435,9 +440,7 @@ def negative_pool(targets: np.ndarray, chosen: np.ndarray, *, size: int,
                   rng: np.random.Generator, step=(1, 1, 1)) -> np.ndarray:
     """Flat indices of up to ``size`` negative grid voxels not in ``chosen``, at random: the
     candidates of hard-negative training."""
-    on_grid = np.zeros(targets.shape, bool)
-    on_grid[tuple(slice(0, None, g) for g in step)] = True
-    negatives = np.flatnonzero(on_grid.ravel() & (targets.ravel() == 0))
+    negatives = np.flatnonzero(_grid_targets(targets, step) == 0)
     negatives = np.setdiff1d(negatives, chosen, assume_unique=True)
     if len(negatives) > size:
         negatives = np.sort(rng.choice(negatives, size=size, replace=False))
@@ -476,10 +479,11 @@ def train_from_samples(
     main = _fit_booster(X, y, names, parameters, n_estimators=parameters.n_estimators,
                         num_leaves=parameters.num_leaves)
     n_hard = 0
+    if pool is not None:
+        pool = np.ascontiguousarray(pool, dtype=np.float32)
     for _ in range(parameters.hard_negative_rounds):
         if pool is None or len(pool) == 0:
             break
-        pool = np.ascontiguousarray(pool, dtype=np.float32)
         scores = main.predict(pool)
         k = int(parameters.hard_negatives_per_positive * y.sum())
         hardest = np.argsort(-scores, kind="stable")[:k]
