@@ -50,6 +50,7 @@ from detection.features import (
 
 logger = logging.getLogger(__name__)
 
+MODEL_FORMAT = "connectome-voxel-classifier"
 MODEL_FORMAT_VERSION = 1
 
 
@@ -198,7 +199,7 @@ class VoxelClassifier:
         """Write the model: a JSON header line (readable without unpickling) then the boosters."""
         path = Path(path)
         header = {
-            "format": "connectome-voxel-classifier", "version": self.version,
+            "format": MODEL_FORMAT, "version": self.version,
             "voxel_size": list(self.voxel_size), "feature_spec": self.feature_spec.to_dict(),
             "context_spec": self.context_spec.to_dict(), "feature_names": self.feature_names,
             "screen_threshold": self.screen_threshold, "grid_step": list(self.grid_step),
@@ -223,7 +224,7 @@ class VoxelClassifier:
         try:
             with open(path, "rb") as f:
                 header = json.loads(f.readline())
-                if header.get("format") != "connectome-voxel-classifier":
+                if header.get("format") != MODEL_FORMAT:
                     raise ValueError("not a voxel classifier file")
                 boosters = pickle.load(f)
         except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:

@@ -2,7 +2,7 @@
 
     connectome-detect train --volume vnc.h5 --dataset volumes/raw \\
         --labels vnc.h5 --labels-dataset volumes/labels/synapse_mask --label-convention binary \\
-        --out synapses.model
+        [--detector cnn] --out synapses.model
     connectome-detect predict --volume vnc.h5 --dataset volumes/raw --model synapses.model \\
         --out-probability prob.zarr --out-table candidates.csv
     connectome-detect evaluate --table candidates.csv --instances instances.zarr \\
@@ -53,8 +53,8 @@ def _voxel_size(args, source) -> tuple[float, float, float]:
     return tuple(source.voxel_size)
 
 
-def _progress(description: str):
-    bar = tqdm(desc=description, unit="block", leave=False)
+def _progress(description: str, unit: str = "block"):
+    bar = tqdm(desc=description, unit=unit, leave=False)
 
     def update(done, total):
         bar.total = total
@@ -84,14 +84,30 @@ def cmd_train(args) -> None:
         targets = labels_to_targets(labels.read(box), convention=args.label_convention)
     targets = clean_targets(targets, voxel_size=voxel_size, erode_nm=args.erode_nm,
                             ignore_band_nm=args.ignore_band_nm)
-    spec = FeatureSpec(scales_nm=tuple(args.scales_nm)) if args.scales_nm else FeatureSpec()
-    parameters = TrainingParameters(n_estimators=args.n_estimators, seed=args.seed)
     logger.info("training on %s voxels: %d positive, %d negative", volume.shape,
                 int((targets == 1).sum()), int((targets == 0).sum()))
+    source = {"volume": str(args.volume), "labels": str(args.labels), "roi": args.roi,
+              "label_convention": args.label_convention}
+    if args.detector == "cnn":
+        from detection.cnn import CnnParameters, train_cnn
+
+        given = {"iterations": args.iterations, "pixel_nm": args.pixel_nm, "seed": args.seed}
+        parameters = CnnParameters(**{k: v for k, v in given.items() if v is not None})
+        try:
+            model = train_cnn(volume, targets, voxel_size=voxel_size, parameters=parameters,
+                              progress=_progress("train", unit="step"))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        model.training["source"] = source
+        model.save(args.out)
+        print(f"wrote {args.out}: network of {parameters.iterations} steps at {model.factor} pixel(s) "
+              f"per network pixel, {model.training['positive_pixels']} synapse pixels")
+        return
+    spec = FeatureSpec(scales_nm=tuple(args.scales_nm)) if args.scales_nm else FeatureSpec()
+    parameters = TrainingParameters(n_estimators=args.n_estimators, seed=args.seed)
     model = train_voxel_classifier(volume, targets, voxel_size=voxel_size, feature_spec=spec,
                                    parameters=parameters)
-    model.training["source"] = {"volume": str(args.volume), "labels": str(args.labels),
-                                "roi": args.roi, "label_convention": args.label_convention}
+    model.training["source"] = source
     model.save(args.out)
     print(f"wrote {args.out}: {len(model.feature_names)} features, trained on "
           f"{model.training['n_samples']} voxels ({model.training['n_positive']} positive)")
@@ -124,8 +140,8 @@ def read_candidate_points(path) -> np.ndarray:
 
 def cmd_predict(args) -> None:
     from detection.blockwise import iter_probability_blocks
-    from detection.classify import VoxelClassifier
     from detection.instances import InstanceStitcher
+    from detection.model_files import load_synapse_model
     from detection.split import SplitParameters
 
     split = None
@@ -136,8 +152,8 @@ def cmd_predict(args) -> None:
                                 min_piece_voxels=args.split_min_piece)
     with _open(args.volume, args.dataset) as source:
         voxel_size = _voxel_size(args, source)
-        model = VoxelClassifier.load(args.model, voxel_size=voxel_size,
-                                     allow_other_voxel_size=args.allow_other_voxel_size)
+        model = load_synapse_model(args.model, voxel_size=voxel_size,
+                                   allow_other_voxel_size=args.allow_other_voxel_size)
         shape = tuple(source.shape)
         probability = zarr.open(str(args.out_probability), mode="w", shape=shape,
                                 chunks=(min(shape[0], 16), 256, 256), dtype=np.uint8)
@@ -215,15 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="nm; when the file does not state it")
         p.add_argument("--roi", help="z0:z1,y0:y1,x0:x1 voxels")
 
-    train = sub.add_parser("train", help="train a voxel classifier from labels")
+    train = sub.add_parser("train", help="train a synapse detector from labels")
     volume_args(train)
+    train.add_argument("--detector", choices=["trees", "cnn"], default="trees",
+                       help="boosted trees on feature channels and context cues (default), or "
+                            "the 2.5D U-Net")
     train.add_argument("--labels", required=True)
     train.add_argument("--labels-dataset")
     train.add_argument("--label-convention", choices=["ccboost", "binary", "classes"], default="ccboost")
     train.add_argument("--erode-nm", type=float, default=0.0)
     train.add_argument("--ignore-band-nm", type=float, default=50.0)
     train.add_argument("--scales-nm", nargs="+", type=float)
-    train.add_argument("--n-estimators", type=int, default=300)
+    train.add_argument("--n-estimators", type=int, default=300, help="trees")
+    train.add_argument("--iterations", type=int, help="cnn: training steps (default 1200)")
+    train.add_argument("--pixel-nm", type=float,
+                       help="cnn: in-plane pixel the network works at (nm, default 10)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="model file to write")
     train.set_defaults(func=cmd_train)

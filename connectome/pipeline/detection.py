@@ -71,9 +71,9 @@ def job_folder(job: Job) -> Path:
 
 @lru_cache(maxsize=4)
 def _load_model(path: str, mtime: float, voxel_size: tuple[float, float, float]):
-    from detection.classify import VoxelClassifier
+    from detection.model_files import load_synapse_model
 
-    return VoxelClassifier.load(path, voxel_size=voxel_size)
+    return load_synapse_model(path, voxel_size=voxel_size)
 
 
 def load_model(path: str, voxel_size):

@@ -109,6 +109,31 @@ def test_detection_job_equals_the_single_process_pipeline(em, model_file, phanto
     np.testing.assert_allclose([r[6] for r in rows], [c.score for c in candidates])
 
 
+def test_a_detection_job_runs_the_network_too(em, phantom_file, tmp_path):
+    from detection.cnn import CnnParameters, train_cnn
+    from detection.metrics import match_by_overlap
+
+    trained_on = make_phantom((12, 112, 112), voxel_size=VOXEL, n_cells=12, n_synapses=12, seed=31)
+    targets = clean_targets(labels_to_targets(trained_on.synapse_labels, convention="binary"),
+                            voxel_size=VOXEL, ignore_band_nm=30.0)
+    network = train_cnn(trained_on.em, targets, voxel_size=VOXEL, parameters=CnnParameters(
+        width=8, depth=2, patch=48, batch=6, iterations=300, learning_rate=3e-3, seed=1))
+    path = network.save(tmp_path / "synapses.cnn")
+    phantom, _ = phantom_file
+    dataset, em_layer = em
+    job = job_run_inline(kind="detect_synapses", dataset=dataset,
+                         parameters=detect_parameters(path, em_layer, run_name="network"))
+    assert job.state == Job.State.DONE, job.error
+    stored = open_multiscale(Layer.objects.get(pk=job.result["probability_layer"]).path)[0]["0"][...]
+    # The job's blocks give the whole volume's probability (stored as uint8).
+    whole = network.predict_region(phantom.em)
+    assert np.abs(stored.astype(int) - np.rint(whole * 255)).max() <= 1
+    instances = open_multiscale(Layer.objects.get(pk=job.result["instances_layer"]).path)[0]["0"][...]
+    scores = match_by_overlap(instances, phantom.synapse_labels)
+    assert scores.f1 > 0.7, scores
+    assert SynapseRun.objects.get(name="network").synapses.count() == instances.max() >= 10
+
+
 def test_a_block_run_twice_writes_the_same_output_and_no_extra_rows(em, model_file):
     _, path = model_file
     dataset, em_layer = em

@@ -2,6 +2,7 @@
 
 import csv
 
+import h5py
 import numpy as np
 import pytest
 import zarr
@@ -106,3 +107,24 @@ def test_predict_with_split_does_not_depend_on_the_blocking(phantom_files, tmp_p
     inside = split > 0
     pairs = np.unique(np.stack([split[inside], plain[inside]]), axis=1)
     assert len(np.unique(pairs[0])) == pairs.shape[1]
+
+
+def test_train_and_predict_with_the_network(phantom_files, capsys):
+    from detection.cnn import SynapseCnn
+
+    folder, train, test = phantom_files
+    model = folder / "synapses.cnn"
+    assert main(["train", "--detector", "cnn", "--volume", str(train), "--dataset", "volumes/raw",
+                 "--labels", str(train), "--labels-dataset", "volumes/labels/clefts",
+                 "--label-convention", "binary", "--iterations", "6", "--out", str(model)]) == 0
+    assert "network of 6 steps at 1 pixel(s) per network pixel" in capsys.readouterr().out
+    assert main(["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model", str(model),
+                 "--out-probability", str(folder / "cnn-p.zarr"), "--block-shape", "8", "64", "96",
+                 "--min-size", "20"]) == 0
+    stored = zarr.open(str(folder / "cnn-p.zarr"), "r")[:]
+    network = SynapseCnn.load(model)
+    with h5py.File(test, "r") as f:
+        whole = network.predict_region(f["volumes/raw"][:])
+    # Blocks of the command line give the whole volume's probability (stored as uint8).
+    assert np.abs(stored.astype(int) - np.rint(whole * 255)).max() <= 1
+    assert stored.std() > 1  # not a constant

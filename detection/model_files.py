@@ -1,0 +1,41 @@
+"""Synapse model files of either kind: the voxel classifier (:mod:`detection.classify`) or the
+network (:mod:`detection.cnn`). Both start with a JSON header line naming their format, so a
+file is read by the right class without the caller knowing which it is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from detection.classify import MODEL_FORMAT as VOXEL_CLASSIFIER
+from detection.classify import ModelMismatchError
+
+NETWORK = "connectome-synapse-cnn"
+
+
+def model_format(path) -> str:
+    """The ``format`` named by a model file's header line."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline())
+        return str(header["format"])
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelMismatchError(f"{path.name}: not a synapse model file ({exc})") from exc
+
+
+def load_synapse_model(path, *, voxel_size=None, allow_other_voxel_size: bool = False):
+    """A :class:`~detection.classify.VoxelClassifier` or :class:`~detection.cnn.SynapseCnn`,
+    whichever the file holds; both refuse data of another voxel size unless told otherwise."""
+    kind = model_format(path)
+    if kind == VOXEL_CLASSIFIER:
+        from detection.classify import VoxelClassifier as model_class
+    elif kind == NETWORK:
+        from detection.cnn import SynapseCnn as model_class
+    else:
+        raise ModelMismatchError(f"{Path(path).name}: unknown model format {kind!r}; expected "
+                                 f"{VOXEL_CLASSIFIER!r} or {NETWORK!r}")
+    return model_class.load(path, voxel_size=voxel_size,
+                            allow_other_voxel_size=allow_other_voxel_size)
