@@ -19,7 +19,13 @@ matching (one-to-one, at least one voxel in common), per fold and pooled.
 
 The probabilities of all held-out slabs (inner and outer) do not depend on the
 post-processing; ``--probabilities`` keeps them in a file so the post-processing can be
-re-run without training again.
+re-run without training again. ``--detector cnn`` trains the network of :mod:`detection.cnn`
+instead of the boosted trees (features are then not computed). ``--compare`` reads the files
+of finished runs and, per outer fold, takes the one whose inner cross-validation scored best,
+so that the choice between detectors is nested too:
+
+    .venv/bin/python benchmarks/vnc_crossval.py --no-split \
+        --compare trees=/tmp/trees.npz cnn=/tmp/cnn.npz mean=/tmp/trees.npz+/tmp/cnn.npz
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from detection.classify import (
     TrainingParameters, clean_targets, default_context_spec, grid_step_for, labels_to_targets,
     negative_pool, region_features, sample_training_voxels, train_from_samples,
 )
+from detection.cnn import CnnParameters, train_cnn
 from detection.context import ContextSpec
 from detection.features import FeatureSpec
 from detection.instances import find_instances
@@ -269,14 +276,45 @@ def rescore_fold(fold, train_folds, inner_pieces, raw, edges, outer_piece):
             **{k: v for k, v in scores.to_dict().items() if k != "matches"}}
 
 
-def fold_probabilities(features, targets, ids, edges, synapses_of, params, n_folds, cache):
+def postprocess_fold(fold, inner_pieces, outer_piece, edges):
+    """Choose the post-processing on the inner pieces, score the held-out slab once."""
+    inner_f1, choice = choose_postprocessing(inner_pieces)
+    # The fast inner scoring must agree with the library path used on the held-out slab.
+    check = DetectionScores.combine([score(*piece, choice) for piece in inner_pieces])
+    assert abs(check.f1 - inner_f1) < 1e-12, (check, inner_f1)
+    scores = score(*outer_piece, choice)
+    split = choice["split"]
+    result = {"fold": fold, "x": [int(edges[fold]), int(edges[fold + 1])],
+              "postprocessing": {"high": choice["high"], "low": choice["low"],
+                                 "min_size_voxels": choice["min_size"],
+                                 "min_score": choice["min_score"],
+                                 "split": split.to_dict() if split else None},
+              "inner_f1": inner_f1,
+              **{k: v for k, v in scores.to_dict().items() if k != "matches"}}
+    print(f"fold {fold} x {edges[fold]}-{edges[fold + 1]}: precision {scores.precision:.3f} "
+          f"recall {scores.recall:.3f} F1 {scores.f1:.3f} (tp {scores.tp} fp {scores.fp} "
+          f"fn {scores.fn}); {result['postprocessing']} (inner F1 {inner_f1:.3f})", flush=True)
+    return result
+
+
+def probability_source(files):
+    """The fold probabilities of finished runs: one file's, or the mean of several files'."""
+    stored = []
+    for path in files:
+        with np.load(path) as f:
+            stored.append(dict(f))
+    return {key: np.mean([s[key] for s in stored], axis=0, dtype=np.float32) for key in stored[0]}
+
+
+def fold_probabilities(fit, apply, targets, ids, edges, synapses_of, n_folds, cache):
     """Probability of every held-out slab: ``inner{outer}_{inner}`` from a model trained on the
     training folds of ``outer`` less ``inner``, ``outer{fold}`` from one trained on all of them.
-    Read from ``cache`` when it exists, else computed (and written there when given)."""
+    ``fit(targets, region)`` trains a model, ``apply(model, x0, x1)`` gives its probability of
+    the slab x0:x1. Read from ``cache`` when it exists, else computed (and written there when
+    given)."""
     if cache is not None and cache.exists():
         with np.load(cache) as stored:
             return dict(stored)
-    rng = np.random.default_rng(0)
     out = {}
     for fold in range(n_folds):
         started = time.perf_counter()
@@ -287,16 +325,22 @@ def fold_probabilities(features, targets, ids, edges, synapses_of, params, n_fol
         for inner in train_folds:
             rest = [f for f in train_folds if f != inner]
             inner_hidden = np.isin(ids, synapses_of([inner]))
-            model = train(features, np.where(inner_hidden, -1, fold_targets),
-                          in_folds(ids.shape, edges, rest), params, rng)
-            out[f"inner{fold}_{inner}"] = predict(model, features, edges[inner], edges[inner + 1],
-                                                  ids.shape)
-        model = train(features, fold_targets, in_folds(ids.shape, edges, train_folds), params, rng)
-        out[f"outer{fold}"] = predict(model, features, edges[fold], edges[fold + 1], ids.shape)
-        print(f"fold {fold}: models trained and applied in {time.perf_counter() - started:.0f} s")
+            model = fit(np.where(inner_hidden, -1, fold_targets), in_folds(ids.shape, edges, rest))
+            out[f"inner{fold}_{inner}"] = apply(model, edges[inner], edges[inner + 1])
+        model = fit(fold_targets, in_folds(ids.shape, edges, train_folds))
+        out[f"outer{fold}"] = apply(model, edges[fold], edges[fold + 1])
+        print(f"fold {fold}: models trained and applied in {time.perf_counter() - started:.0f} s",
+              flush=True)
     if cache is not None:
         np.savez(cache, **out)
     return out
+
+
+def _source(text: str):
+    name, _, files = text.partition("=")
+    if not name or not files:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=FILE[+FILE...]")
+    return name, [Path(f) for f in files.split("+")]
 
 
 def main() -> None:
@@ -320,6 +364,15 @@ def main() -> None:
                         help="object-level rescoring: choose hysteresis, candidate classifier and "
                              "its threshold by the inner cross-validation (RESCORE_* grids) "
                              "instead of the size / score / split grid")
+    parser.add_argument("--detector", choices=("trees", "cnn"), default="trees",
+                        help="voxel classifier (boosted trees on features and cues) or the 2.5D "
+                             "U-Net of detection.cnn")
+    parser.add_argument("--cnn-iterations", type=int, default=CnnParameters.iterations)
+    parser.add_argument("--compare", nargs="+", type=_source, metavar="NAME=FILE[+FILE...]",
+                        help="instead of training: the --probabilities files of finished runs, "
+                             "each fold's post-processing chosen for each, and per outer fold the "
+                             "one with the best inner F1 taken (the first named among equals); "
+                             "A+B averages the files' probabilities")
     parser.add_argument("--context-channels", nargs="*",
                         help="feature channels to pool as context (default: the model default)")
     args = parser.parse_args()
@@ -349,7 +402,8 @@ def main() -> None:
     GRID_SLICES = tuple(slice(0, None, g) for g in STEP)
 
     features = None
-    if args.probabilities is None or not args.probabilities.exists():
+    if (args.detector == "trees" and not args.compare
+            and (args.probabilities is None or not args.probabilities.exists())):
         t0 = time.perf_counter()
         features = region_features(raw, voxel_size=VOXEL, feature_spec=SPEC, context_spec=CONTEXT,
                                    step=STEP)
@@ -372,33 +426,51 @@ def main() -> None:
         ignore = (ids[:, :, x0:x1] > 0) & ~own
         return probability, gt, ignore
 
-    probabilities = fold_probabilities(features, targets, ids, edges, synapses_of, params,
-                                       args.folds, args.probabilities)
+    if args.detector == "trees":
+        rng = np.random.default_rng(0)
+
+        def fit(fold_targets, region):
+            return train(features, fold_targets, region, params, rng)
+
+        def apply(model, x0, x1):
+            return predict(model, features, x0, x1, ids.shape)
+    else:
+        cnn_parameters = CnnParameters(iterations=args.cnn_iterations)
+
+        def fit(fold_targets, region):
+            return train_cnn(raw, fold_targets, voxel_size=VOXEL, parameters=cnn_parameters,
+                             region=region)
+
+        def apply(model, x0, x1):
+            return model.predict_region(raw)[:, :, x0:x1]
+
+    if args.compare:
+        sources = {name: probability_source(files) for name, files in args.compare}
+    else:
+        sources = {args.detector: fold_probabilities(fit, apply, targets, ids, edges, synapses_of,
+                                                     args.folds, args.probabilities)}
     results = []
     for fold in range(args.folds):
         train_folds = [f for f in range(args.folds) if f != fold]
-        inner_pieces = [evaluation_piece(probabilities[f"inner{fold}_{inner}"], inner)
-                        for inner in train_folds]
-        if args.rescore:
-            results.append(rescore_fold(fold, train_folds, inner_pieces, raw, edges,
-                                        evaluation_piece(probabilities[f"outer{fold}"], fold)))
-            continue
-        inner_f1, choice = choose_postprocessing(inner_pieces)
-        # The fast inner scoring must agree with the library path used on the held-out slab.
-        check = DetectionScores.combine([score(*piece, choice) for piece in inner_pieces])
-        assert abs(check.f1 - inner_f1) < 1e-12, (check, inner_f1)
-        scores = score(*evaluation_piece(probabilities[f"outer{fold}"], fold), choice)
-        split = choice["split"]
-        results.append({"fold": fold, "x": [int(edges[fold]), int(edges[fold + 1])],
-                        "postprocessing": {"high": choice["high"], "low": choice["low"],
-                                           "min_size_voxels": choice["min_size"],
-                                           "min_score": choice["min_score"],
-                                           "split": split.to_dict() if split else None},
-                        "inner_f1": inner_f1, **{k: v for k, v in scores.to_dict().items() if k != "matches"}})
-        print(f"fold {fold} x {edges[fold]}-{edges[fold + 1]}: precision {scores.precision:.3f} "
-              f"recall {scores.recall:.3f} F1 {scores.f1:.3f} (tp {scores.tp} fp {scores.fp} "
-              f"fn {scores.fn}); {results[-1]['postprocessing']} (inner F1 {inner_f1:.3f})",
-              flush=True)
+        outer_piece = evaluation_piece(None, fold)[1:]
+        per_source = {}
+        for name, probabilities in sources.items():
+            inner_pieces = [evaluation_piece(probabilities[f"inner{fold}_{inner}"], inner)
+                            for inner in train_folds]
+            outer = (probabilities[f"outer{fold}"], *outer_piece)
+            if len(sources) > 1:
+                print(f"  {name}:", end=" ")
+            per_source[name] = (rescore_fold(fold, train_folds, inner_pieces, raw, edges, outer)
+                                if args.rescore else postprocess_fold(fold, inner_pieces, outer, edges))
+        # The source with the best inner F1 (the first named among equals).
+        taken = max(per_source, key=lambda name: per_source[name]["inner_f1"])
+        results.append({**per_source[taken], "detector": taken})
+        if len(sources) > 1:
+            results[-1]["by_detector"] = {name: {k: r[k] for k in ("inner_f1", "tp", "fp", "fn")}
+                                          for name, r in per_source.items()}
+            print(f"fold {fold}: taken {taken} (inner F1 "
+                  + ", ".join(f"{n} {r['inner_f1']:.3f}" for n, r in per_source.items()) + ")",
+                  flush=True)
 
     pooled = DetectionScores.from_counts(sum(r["tp"] for r in results),
                                          sum(r["fp"] for r in results),
@@ -408,8 +480,14 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "folds": results, "overall": {k: v for k, v in pooled.to_dict().items() if k != "matches"},
-            "feature_spec": SPEC.to_dict(), "context_spec": CONTEXT.to_dict(),
-            "training": params.to_dict(), "ignore_band_nm": args.ignore_band_nm,
+            **({"compared": {name: [str(f) for f in files] for name, files in args.compare}}
+               if args.compare else
+               {"detector": args.detector,
+                "training": (CnnParameters(iterations=args.cnn_iterations).to_dict()
+                             if args.detector == "cnn" else
+                             {**params.to_dict(), "feature_spec": SPEC.to_dict(),
+                              "context_spec": CONTEXT.to_dict()})}),
+            "ignore_band_nm": args.ignore_band_nm,
             "grid_step": list(STEP),
             "postprocessing_grid": ({"rescore": True, "hysteresis": RESCORE_HYSTERESIS,
                                      "min_size_voxels": RESCORE_MIN_SIZE,
