@@ -1,6 +1,10 @@
 """Throughput and peak memory of the synapse voxel classifier, features to probabilities.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detection_throughput.py --gvoxels 1
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detection_throughput.py --detector cnn
+
+``--detector cnn`` measures the network of :mod:`detection.cnn` instead (trained for a few
+hundred steps only: its speed does not depend on how well it learnt).
 
 Trains a model on a small phantom, then builds a phantom volume of the requested size in a
 zarr store (a generated phantom block tiled with mirror flips, since generating one
@@ -23,8 +27,9 @@ import zarr
 
 from detection.blockwise import iter_probability_blocks
 from detection.classify import (
-    TrainingParameters, VoxelClassifier, clean_targets, labels_to_targets, train_voxel_classifier,
+    TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier,
 )
+from detection.model_files import load_synapse_model
 from detection.phantom import make_phantom
 from phases import run_phase
 
@@ -44,19 +49,25 @@ def build_volume(path: Path, gvoxels: float, tile) -> zarr.Array:
     return volume
 
 
-def setup(scratch: Path, gvoxels: float) -> None:
+def setup(scratch: Path, gvoxels: float, detector: str) -> None:
     train_ph = make_phantom((32, 256, 256), voxel_size=VOXEL, n_cells=30, n_synapses=40, seed=11)
     targets = clean_targets(labels_to_targets(train_ph.synapse_labels, convention="binary"),
                             voxel_size=VOXEL, ignore_band_nm=16.0)
-    model = train_voxel_classifier(train_ph.em, targets, voxel_size=VOXEL,
-                                   parameters=TrainingParameters(n_estimators=200))
+    if detector == "cnn":
+        from detection.cnn import CnnParameters, train_cnn
+
+        model = train_cnn(train_ph.em, targets, voxel_size=VOXEL,
+                          parameters=CnnParameters(iterations=200))
+    else:
+        model = train_voxel_classifier(train_ph.em, targets, voxel_size=VOXEL,
+                                       parameters=TrainingParameters(n_estimators=200))
     model.save(scratch / "synapses.model")
     tile = make_phantom((64, 512, 512), voxel_size=VOXEL, n_cells=120, n_synapses=160, seed=12).em
     build_volume(scratch / "em.zarr", gvoxels, tile)
 
 
 def run(scratch: Path, block) -> None:
-    model = VoxelClassifier.load(scratch / "synapses.model", voxel_size=VOXEL)
+    model = load_synapse_model(scratch / "synapses.model", voxel_size=VOXEL)
     volume = zarr.open(str(scratch / "em.zarr"), mode="r")
     out = zarr.open(str(scratch / "prob.zarr"), mode="w", shape=volume.shape,
                     chunks=(32, 256, 256), dtype=np.uint8)
@@ -66,8 +77,10 @@ def run(scratch: Path, block) -> None:
         out[box] = np.rint(p * 255).astype(np.uint8)
         n_blocks += 1
     elapsed = time.perf_counter() - started
-    print(f"volume {volume.shape} = {volume.size / 1e9:.2f} Gvoxels; {len(model.feature_names)} "
-          f"features; {n_blocks} blocks of {tuple(block)}; wall {elapsed:.0f} s; "
+    what = (f"{len(model.feature_names)} features" if hasattr(model, "feature_names")
+            else f"network at {model.factor} pixel(s) per network pixel")
+    print(f"volume {volume.shape} = {volume.size / 1e9:.2f} Gvoxels; {what}; {n_blocks} blocks "
+          f"of {tuple(block)}; wall {elapsed:.0f} s; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"throughput {volume.size / elapsed / 1e6:.2f} Mvoxel/s (per core when OMP_NUM_THREADS=1)")
 
@@ -77,17 +90,19 @@ def main():
     parser.add_argument("--gvoxels", type=float, default=1.0)
     parser.add_argument("--block", nargs=3, type=int, default=(32, 512, 512))
     parser.add_argument("--scratch", type=Path)
+    parser.add_argument("--detector", choices=["trees", "cnn"], default="trees")
     parser.add_argument("--phase", choices=["setup", "run"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase == "setup":
-        return setup(args.scratch, args.gvoxels)
+        return setup(args.scratch, args.gvoxels, args.detector)
     if args.phase == "run":
         return run(args.scratch, args.block)
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="connectome-throughput-"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        run_phase(__file__, ["--phase", "setup", "--scratch", str(scratch), "--gvoxels", str(args.gvoxels)])
+        run_phase(__file__, ["--phase", "setup", "--scratch", str(scratch), "--gvoxels",
+                             str(args.gvoxels), "--detector", args.detector])
         print(f"setup (train on a phantom, build the phantom volume): {time.perf_counter() - t0:.0f} s")
         _, peak = run_phase(__file__, ["--phase", "run", "--scratch", str(scratch),
                                        "--block", *map(str, args.block)])

@@ -23,7 +23,8 @@ def model_format(path) -> str:
     except FileNotFoundError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelMismatchError(f"{path.name}: not a synapse model file ({exc})") from exc
+        raise ModelMismatchError(f"{path.name}: cannot read model file (no synapse model header: "
+                                 f"{exc})") from exc
 
 
 def load_synapse_model(path, *, voxel_size=None, allow_other_voxel_size: bool = False):
