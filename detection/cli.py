@@ -74,6 +74,13 @@ def cmd_train(args) -> None:
     )
     from detection.features import FeatureSpec
 
+    other = (("--n-estimators", args.n_estimators), ("--scales-nm", args.scales_nm))
+    if args.detector == "trees":
+        other = (("--iterations", args.iterations), ("--pixel-nm", args.pixel_nm))
+    given = [name for name, value in other if value is not None]
+    if given:
+        raise CliError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} not used by "
+                       f"--detector {args.detector}")
     roi = _roi(args.roi) or (slice(None),) * 3
     with _open(args.volume, args.dataset) as source, _open(args.labels, args.labels_dataset) as labels:
         if source.shape != labels.shape:
@@ -104,7 +111,8 @@ def cmd_train(args) -> None:
               f"per network pixel, {model.training['positive_pixels']} synapse pixels")
         return
     spec = FeatureSpec(scales_nm=tuple(args.scales_nm)) if args.scales_nm else FeatureSpec()
-    parameters = TrainingParameters(n_estimators=args.n_estimators, seed=args.seed)
+    rounds = {"n_estimators": args.n_estimators} if args.n_estimators else {}
+    parameters = TrainingParameters(**rounds, seed=args.seed)
     model = train_voxel_classifier(volume, targets, voxel_size=voxel_size, feature_spec=spec,
                                    parameters=parameters)
     model.training["source"] = source
@@ -241,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-convention", choices=["ccboost", "binary", "classes"], default="ccboost")
     train.add_argument("--erode-nm", type=float, default=0.0)
     train.add_argument("--ignore-band-nm", type=float, default=50.0)
-    train.add_argument("--scales-nm", nargs="+", type=float)
-    train.add_argument("--n-estimators", type=int, default=300, help="trees")
+    train.add_argument("--scales-nm", nargs="+", type=float, help="trees: feature scales (nm)")
+    train.add_argument("--n-estimators", type=int, help="trees: boosting rounds (default 300)")
     train.add_argument("--iterations", type=int, help="cnn: training steps (default 1200)")
     train.add_argument("--pixel-nm", type=float,
                        help="cnn: in-plane pixel the network works at (nm, default 10)")

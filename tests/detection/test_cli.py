@@ -128,3 +128,15 @@ def test_train_and_predict_with_the_network(phantom_files, capsys):
     # Blocks of the command line give the whole volume's probability (stored as uint8).
     assert np.abs(stored.astype(int) - np.rint(whole * 255)).max() <= 1
     assert stored.std() > 1  # not a constant
+
+
+def test_options_of_the_other_detector_are_refused(phantom_files, capsys, tmp_path):
+    folder, train, _ = phantom_files
+    base = ["train", "--volume", str(train), "--dataset", "volumes/raw", "--labels", str(train),
+            "--labels-dataset", "volumes/labels/clefts", "--out", str(tmp_path / "m.model")]
+    assert main(base + ["--iterations", "5"]) == 2
+    assert "--iterations is not used by --detector trees" in capsys.readouterr().err
+    assert main(base + ["--detector", "cnn", "--n-estimators", "5", "--scales-nm", "10"]) == 2
+    assert ("--n-estimators and --scales-nm are not used by --detector cnn"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "m.model").exists()
