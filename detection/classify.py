@@ -248,13 +248,18 @@ class VoxelClassifier:
         return model
 
     def check_voxel_size(self, voxel_size, *, allow_other: bool = False, source: str = "model"):
-        given = tuple(float(v) for v in voxel_size)
-        if not np.allclose(given, self.voxel_size, rtol=1e-3) and not allow_other:
-            raise ModelMismatchError(
-                f"{source} was trained on voxels of {tuple(self.voxel_size)} nm (z, y, x) but the "
-                f"data has {given} nm; features are defined in nm, yet texture at another "
-                "resolution differs: retrain, or allow another voxel size explicitly"
-            )
+        check_voxel_size(self.voxel_size, voxel_size, allow_other=allow_other, source=source)
+
+
+def check_voxel_size(trained, voxel_size, *, allow_other: bool = False, source: str = "model"):
+    """Refuse data of another voxel size than a model's, unless told otherwise."""
+    given = tuple(float(v) for v in voxel_size)
+    if not np.allclose(given, trained, rtol=1e-3) and not allow_other:
+        raise ModelMismatchError(
+            f"{source} was trained on voxels of {tuple(trained)} nm (z, y, x) but the data has "
+            f"{given} nm; sizes are in nm, yet texture at another resolution differs: retrain, or "
+            "allow another voxel size explicitly"
+        )
 
 
 def grid_step_for(voxel_size, grid_nm: float) -> tuple[int, int, int]:

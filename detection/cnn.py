@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from detection.classify import ModelMismatchError
+from detection.classify import ModelMismatchError, check_voxel_size
 from detection.model_files import NETWORK as MODEL_FORMAT
 
 logger = logging.getLogger(__name__)
@@ -260,11 +260,8 @@ class SynapseCnn:
                     parameters=CnnParameters(**header["parameters"]), mean=header["mean"],
                     std=header["std"], state=state, training=header["training"])
         if voxel_size is not None:
-            given = tuple(float(v) for v in voxel_size)
-            if not np.allclose(given, model.voxel_size, rtol=1e-3) and not allow_other_voxel_size:
-                raise ModelMismatchError(
-                    f"{path.name} was trained on voxels of {model.voxel_size} nm (z, y, x) but the "
-                    f"data has {given} nm: retrain, or allow another voxel size explicitly")
+            check_voxel_size(model.voxel_size, voxel_size, allow_other=allow_other_voxel_size,
+                             source=path.name)
         return model
 
 
