@@ -10,6 +10,7 @@ Environment variables (all optional for local development):
 ``DEBUG``              ``1``/``0``; on by default for a local checkout.
 ``ALLOWED_HOSTS``      comma-separated host names.
 ``DATA_ROOT``          where chunked volumes live; ``var/data`` by default.
+``IMPORT_ROOTS``       folders whose files import jobs of non-superusers may read.
 """
 
 from pathlib import Path
@@ -204,8 +205,13 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-# Server-side paths that import jobs may read; empty means any path the server can read.
-# Set it on shared deployments so API users cannot import arbitrary server files.
-IMPORT_ROOTS = [
-    Path(p).resolve() for p in os.environ.get("IMPORT_ROOTS", "").split(os.pathsep) if p.strip()
-]
+# Server paths that the import jobs of users other than superusers may read (`:`-separated;
+# set but empty: none). Unset: VAR_DIR/incoming only, so a fresh deployment exposes no other
+# server file. Superusers and management commands may read any path (connectome/imports/paths.py).
+INCOMING_DIR = VAR_DIR / "incoming"
+if "IMPORT_ROOTS" in os.environ:
+    IMPORT_ROOTS = [Path(p).resolve() for p in os.environ["IMPORT_ROOTS"].split(os.pathsep)
+                    if p.strip()]
+else:
+    INCOMING_DIR.mkdir(parents=True, exist_ok=True)
+    IMPORT_ROOTS = [INCOMING_DIR.resolve()]

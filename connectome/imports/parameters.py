@@ -1,38 +1,31 @@
 """Validated parameters of the import and export jobs."""
 
-from pathlib import Path
-
-from django.conf import settings
 from rest_framework import serializers
 
 from connectome.datasets.models import Layer
+from connectome.imports.paths import check_source_path, check_source_tree
+from detection.errors import InputError
 
 
 class SourcePathField(serializers.CharField):
-    """A server-side path that exists and lies under one of ``IMPORT_ROOTS`` (when set)."""
+    """A server-side file or folder to read (see :mod:`connectome.imports.paths`).
+
+    Under ``IMPORT_ROOTS`` unless the serializer's context says ``any_path`` (a superuser, or
+    the shell); stored resolved.
+    """
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
-        path = Path(value).expanduser().resolve()
-        roots = settings.IMPORT_ROOTS
-        if roots and not any(path == r or r in path.parents for r in roots):
-            raise serializers.ValidationError(
-                f"{value} is outside the import roots ({', '.join(map(str, roots))})"
-            )
-        if not path.exists():
-            raise serializers.ValidationError(f"{value} does not exist")
+        try:
+            path = check_source_path(value, any_path=bool(self.context.get("any_path")))
+        except InputError as exc:
+            raise serializers.ValidationError(str(exc)) from None
         return str(path)
 
-
-class TargetPathField(serializers.CharField):
-    """A server-side path to write to; its folder must exist."""
-
-    def to_internal_value(self, data):
-        value = super().to_internal_value(data)
-        path = Path(value).expanduser().resolve()
-        if not path.parent.is_dir():
-            raise serializers.ValidationError(f"folder {path.parent} does not exist")
-        return str(path)
+    @staticmethod
+    def check_before_reading(value: str, *, any_path: bool) -> None:
+        """The worker's check, just before it reads: the path and any links inside a folder."""
+        check_source_tree(check_source_path(value, any_path=any_path), any_path=any_path)
 
 
 class VoxelSizeField(serializers.ListField):
@@ -102,12 +95,14 @@ class ImportSynapsesParameters(serializers.Serializer):
 
 
 class ExportSynapsesParameters(serializers.Serializer):
-    target = TargetPathField()
+    """The table is written into the job's export folder and downloaded over the API."""
+
     table_format = serializers.ChoiceField(choices=["cnapse", "cave", "edges"])
     run_name = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
 
 
 class ExportSkeletonsParameters(serializers.Serializer):
-    target = serializers.CharField(help_text="folder to write <segment id>.swc files into")
+    """A zip of ``<segment id>.swc`` files, written into the job's export folder."""
+
     source = serializers.CharField(required=False, allow_null=True, default=None,
                                    help_text="only skeletons of this source (swc, kimimaro)")

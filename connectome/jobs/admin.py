@@ -14,6 +14,7 @@ from connectome.jobs.services import (
 
 
 class JobCreateForm(forms.ModelForm):
+    user = None  # who asks: the admin's request user (decides which server paths it may name)
     kind = forms.ChoiceField(choices=())
     parameters = forms.JSONField(
         initial=dict,
@@ -42,7 +43,7 @@ class JobCreateForm(forms.ModelForm):
         if "kind" in data and "parameters" in data:
             try:
                 data["parameters"] = job_validate_parameters(
-                    kind=data["kind"], parameters=data["parameters"] or {}
+                    kind=data["kind"], parameters=data["parameters"] or {}, user=self.user,
                 )
                 job_check_conflicts(kind=data["kind"], parameters=data["parameters"],
                                     dataset=data.get("dataset"))
@@ -66,7 +67,7 @@ class JobAdmin(admin.ModelAdmin):
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
-            kwargs["form"] = JobCreateForm
+            kwargs["form"] = type("JobCreateForm", (JobCreateForm,), {"user": request.user})
             kwargs["fields"] = ["kind", "dataset", "parameters"]
         return super().get_form(request, obj, **kwargs)
 

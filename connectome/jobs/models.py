@@ -32,6 +32,9 @@ class Job(models.Model):
         max_length=50, blank=True, help_text="queue of the block tasks of a block-wise job"
     )
     task_id = models.CharField(max_length=255, blank=True)
+    reads_any_path = models.BooleanField(
+        default=False, help_text="made by a superuser or at the shell: its source paths need "
+                                 "not lie under IMPORT_ROOTS")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
         related_name="jobs",

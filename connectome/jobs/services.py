@@ -15,11 +15,12 @@ from django.utils import timezone
 from connectome.jobs.models import Job, JobLock
 from connectome.jobs.progress import JobCancelled, Progress
 from connectome.jobs.registry import get_job_spec
+from detection.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 
-class JobParameterError(ValueError):
+class JobParameterError(InputError):
     """Parameters that the job kind's validator refused; ``errors`` maps field -> messages."""
 
     def __init__(self, kind: str, errors):
@@ -39,11 +40,26 @@ class JobConflict(JobParameterError):
         self.args = (message,)
 
 
-def job_validate_parameters(*, kind: str, parameters: dict) -> dict:
+def may_read_any_path(user) -> bool:
+    """Superusers and the shell (no user) may name any server path; others only paths under
+    ``IMPORT_ROOTS`` (``connectome/imports/paths.py``)."""
+    return user is None or bool(getattr(user, "is_superuser", False))
+
+
+def job_validate_parameters(*, kind: str, parameters: dict, user=None) -> dict:
+    """The validated parameters of a ``kind`` job that ``user`` (None: the shell) asks for."""
     spec = get_job_spec(kind)
-    serializer = spec.parameters(data=parameters)
+    if not isinstance(parameters, dict):
+        raise JobParameterError(kind, {"parameters": ["expected an object of named values"]})
+    serializer = spec.parameters(data=parameters,
+                                 context={"any_path": may_read_any_path(user)})
     if not serializer.is_valid():
         raise JobParameterError(kind, serializer.errors)
+    unknown = sorted(set(parameters) - set(serializer.fields))
+    if unknown:
+        raise JobParameterError(kind, {name: [
+            f"not a parameter of {kind} jobs; they take {', '.join(serializer.fields)}"]
+            for name in unknown})
     # Stored as JSON: keep the validated values in their JSON form.
     return {key: _jsonable(value) for key, value in serializer.validated_data.items()}
 
@@ -67,9 +83,10 @@ def job_create(*, kind: str, parameters: dict, dataset=None, user=None, enqueue:
     whose final step creates the job that continues its work).
     """
     spec = get_job_spec(kind)
-    validated = job_validate_parameters(kind=kind, parameters=parameters)
+    validated = job_validate_parameters(kind=kind, parameters=parameters, user=user)
     job = Job.objects.create(
-        kind=kind, dataset=dataset, parameters=validated, created_by=user, queue=spec.queue
+        kind=kind, dataset=dataset, parameters=validated, created_by=user, queue=spec.queue,
+        reads_any_path=may_read_any_path(user),
     )
     if spec.writes is not None:
         if dataset is None:
@@ -160,6 +177,7 @@ def job_execute(*, job_id: int, echo=None, inline_blocks: bool = False) -> Job:
     spec = get_job_spec(job.kind)
     progress = Progress(job.pk, echo=echo)
     try:
+        _check_sources(job, spec)
         result = spec.handler(job, dict(job.parameters), progress)
         if isinstance(result, BlockPlan):
             blocks_start(job=job, plan=result, inline=inline_blocks)
@@ -180,11 +198,27 @@ def job_execute(*, job_id: int, echo=None, inline_blocks: bool = False) -> Job:
     return Job.objects.get(pk=job.pk)
 
 
+def _check_sources(job: Job, spec) -> None:
+    """Check again, in the worker, the server paths the job reads (a link may have been put in
+    place of a file since the job was submitted, or inside a folder it reads)."""
+    for name, field in spec.parameters().fields.items():
+        value = job.parameters.get(name)
+        if value is not None and hasattr(field, "check_before_reading"):
+            field.check_before_reading(value, any_path=job.reads_any_path)
+
+
 def _error_text(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, (ValueError, FileNotFoundError, PermissionError)) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """The error as the job's users see it: our own messages about bad input as they are, an
+    operating-system error by its description and file, anything else by its type only (its
+    text, which may quote data or internals, is in the traceback that dataset admins see)."""
+    if isinstance(exc, InputError) and str(exc):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    return (f"internal error ({type(exc).__name__}); dataset admins find the details in the "
+            "job's traceback")
 
 
 def _finish(job: Job, state: str, **fields) -> None:

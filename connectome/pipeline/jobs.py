@@ -81,7 +81,8 @@ class DetectAndAssignParameters(DetectSynapsesParameters):
     def validate(self, attrs):
         attrs = super().validate(attrs)
         # The assignment step is an assign_partners job: check its parameters now.
-        check = AssignPartnersParameters(data=assign_parameters(attrs, sites_layer=0))
+        check = AssignPartnersParameters(data=assign_parameters(attrs, sites_layer=0),
+                                         context=self.context)
         if not check.is_valid():
             raise serializers.ValidationError(check.errors)
         return attrs
