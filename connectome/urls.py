@@ -5,12 +5,12 @@ from rest_framework.routers import DefaultRouter
 
 from connectome.cells.apis import CellViewSet, SkeletonViewSet
 from connectome.datasets.apis import DatasetViewSet, LayerViewSet
-from connectome.jobs.apis import JobViewSet
+from connectome.jobs.apis import JobDownloadView, JobViewSet
 from connectome.review.apis import (
     ReviewNextView, ReviewSkipView, ReviewSummaryView, ReviewUndoView, ReviewViewSet,
 )
 from connectome.synapses.apis import (
-    CellTypeSummaryView, ExportDownloadView, SynapseRunViewSet, SynapseViewSet, WiringMatrixView,
+    CellTypeSummaryView, SynapseRunViewSet, SynapseViewSet, WiringMatrixView,
 )
 
 router = DefaultRouter()
@@ -35,7 +35,7 @@ api = [
     path("datasets/<int:pk>/review/undo/", ReviewUndoView.as_view(), name="dataset-review-undo"),
     path("datasets/<int:pk>/review/summary/", ReviewSummaryView.as_view(),
          name="dataset-review-summary"),
-    path("jobs/<int:pk>/download/", ExportDownloadView.as_view(), name="job-download"),
+    path("jobs/<int:pk>/download/", JobDownloadView.as_view(), name="job-download"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

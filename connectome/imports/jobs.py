@@ -2,6 +2,7 @@
 
 from connectome.datasets.models import Layer
 from connectome.imports import parameters as p
+from connectome.imports.paths import export_download, export_target
 from connectome.imports.skeletons import export_skeletons, import_skeletons, skeletonize_layer
 from connectome.imports.synapse_tables import export_synapses, import_synapses
 from connectome.imports.volumes import import_volume
@@ -33,8 +34,12 @@ def run_import_skeletons(job, params, progress):
 
 @register_job("export_skeletons", parameters=p.ExportSkeletonsParameters)
 def run_export_skeletons(job, params, progress):
-    """Write the dataset's skeletons as SWC files, one per cell."""
-    return {"target": params["target"], "skeletons": export_skeletons(dataset=_dataset(job), **params)}
+    """Write the dataset's skeletons as a zip of SWC files, one per cell, for download."""
+    dataset = _dataset(job)
+    name = f"skeletons-{dataset.name}{'-' + params['source'] if params['source'] else ''}.zip"
+    with export_target(job, name) as target:
+        count = export_skeletons(dataset=dataset, target=target, progress=progress, **params)
+    return {"skeletons": count, **export_download(job)}
 
 
 @register_job("skeletonize", parameters=p.SkeletonizeParameters)
@@ -54,6 +59,10 @@ def run_import_synapses(job, params, progress):
 
 @register_job("export_synapses", parameters=p.ExportSynapsesParameters)
 def run_export_synapses(job, params, progress):
-    """Write the dataset's synapses as a Cnapse, CAVE-style or edge table."""
-    rows = export_synapses(dataset=_dataset(job), progress=progress, **params)
-    return {"target": params["target"], "rows": rows}
+    """Write the dataset's synapses as a Cnapse, CAVE-style or edge table, for download."""
+    dataset = _dataset(job)
+    name = (f"synapses-{dataset.name}-{params['run_name'] or 'all runs'}-"
+            f"{params['table_format']}.csv")
+    with export_target(job, name) as target:
+        rows = export_synapses(dataset=dataset, target=str(target), progress=progress, **params)
+    return {"rows": rows, **export_download(job)}

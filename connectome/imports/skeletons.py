@@ -1,6 +1,7 @@
 """Skeletons: SWC files in and out, and skeletonization of a segmentation layer."""
 
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from django.db import transaction
 
 from connectome.cells.models import Cell, Skeleton
 from connectome.datasets.models import Dataset, Layer
-from detection.io.swc import SkeletonNodes, read_swc, write_swc
+from detection.io.swc import SkeletonNodes, read_swc, swc_text
 from detection.io.zarr_store import open_multiscale
 from detection.skeletonize import skeletonize_segmentation
 
@@ -81,20 +82,31 @@ def import_skeletons(
     return _replace_skeletons(rows, source=source_name)
 
 
-def export_skeletons(*, dataset: Dataset, target: str, source: str | None = None) -> int:
-    """Write every skeleton of the dataset as ``<segment id>.swc`` into the folder ``target``."""
-    folder = Path(target)
-    folder.mkdir(parents=True, exist_ok=True)
+def export_skeletons(*, dataset: Dataset, target, source: str | None = None,
+                     progress=None) -> int:
+    """Write every skeleton of the dataset (or of one ``source``) into the zip file ``target``
+    as ``<segment id>.swc`` files; returns how many.
+
+    A cell's second skeleton (another source) is ``<segment id>-<source>-<skeleton id>.swc``.
+    """
     skeletons = Skeleton.objects.filter(cell__dataset=dataset).select_related("cell")
     if source:
         skeletons = skeletons.filter(source=source)
-    count = 0
-    for skeleton in skeletons.iterator(chunk_size=100):
-        header = f"cell {skeleton.cell.segment_id} {skeleton.cell.name} ({skeleton.source}); nm"
-        write_swc(folder / f"{skeleton.cell.segment_id}.swc", skeleton_nodes(skeleton),
-                  header=header)
-        count += 1
-    return count
+    if progress is not None:
+        progress.set_total(skeletons.count(), message="writing SWC files")
+    names = set()
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for skeleton in skeletons.order_by("id").iterator(chunk_size=100):
+            segment = skeleton.cell.segment_id
+            header = f"cell {segment} {skeleton.cell.name} ({skeleton.source}); nm"
+            name = f"{segment}.swc"
+            if name in names:
+                name = f"{segment}-{skeleton.source}-{skeleton.pk}.swc"
+            names.add(name)
+            archive.writestr(name, swc_text(skeleton_nodes(skeleton), header=header))
+            if progress is not None:
+                progress.advance()
+    return len(names)
 
 
 def skeletonize_layer(

@@ -193,7 +193,7 @@ def export_synapses(
             raise ValueError(f"dataset '{dataset.name}' has no synapse run named '{run_name}'")
         synapses = synapses.filter(run=run)
     if progress is not None:
-        progress.set_total(1, message=f"writing {table_format} table to {target}")
+        progress.set_total(1, message=f"writing the {table_format} table")
     if table_format == "edges":
         rows = _edge_rows(synapses)
         tables.write_edges(target, rows)

@@ -50,7 +50,11 @@ class JobCommand(BaseCommand):
             sys.stderr.write("\n")
         if job.state != Job.State.DONE:
             raise CommandError(f"{self.job_kind} job {job.pk} {job.state}: {job.error}")
+        self.job_done(job, options)
         self.stdout.write(self.style.SUCCESS(f"{self.job_kind} job {job.pk} done: {job.result}"))
+
+    def job_done(self, job: Job, options) -> None:
+        """What the command does with a finished job run here (e.g. copy out its export)."""
 
     def _echo(self, done, total, message):
         if message:

@@ -1,14 +1,13 @@
-"""Synapses, runs and connectivity over the API: filtered synapse lists, the wiring matrix, the
-cell-type summary and the download of exported synapse tables."""
+"""Synapses, runs and connectivity over the API: filtered synapse lists, the wiring matrix and
+the cell-type summary."""
 
 import csv
 import io
 import json
 
 from django.db.models import F
-from django.http import FileResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import action
@@ -24,8 +23,7 @@ from connectome.common.params import (
 from connectome.datasets.models import Dataset
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
-from connectome.jobs.models import Job
-from connectome.synapses import connectivity, table_exports
+from connectome.synapses import connectivity
 from connectome.synapses.exports import CELL_COLUMNS, CELL_TYPE_COLUMNS
 from connectome.synapses.models import Synapse, SynapseRun
 from connectome.synapses.wiring import GROUPINGS, wiring_matrix
@@ -342,25 +340,3 @@ class CellTypeSummaryView(APIView):
             min_confidence=query.get("min_confidence"),
         )
         return Response(CellTypeSummarySerializer(rows, many=True).data)
-
-
-class ExportDownloadView(APIView):
-    """The file an ``export_synapse_table`` job wrote, once it is done."""
-
-    permission_classes = [permissions.AllowAny]  # reading: visibility is checked per dataset
-
-    @extend_schema(responses={200: OpenApiResponse(OpenApiTypes.BINARY,
-                                                   description="CSV or Parquet file")})
-    def get(self, request, pk):
-        job = get_object_or_404(Job.objects.filter(dataset__in=datasets_visible_to(request.user)),
-                                pk=pk)
-        if job.kind != "export_synapse_table":
-            raise NotFound(f"job {job.pk} is a {job.kind} job; only exports have a download")
-        if job.state != Job.State.DONE:
-            raise NotFound(f"job {job.pk} is {job.state}; its file is there once it is done")
-        path = table_exports.export_path(dataset=job.dataset, name=f"job-{job.pk}",
-                                         table_format=job.result.get("table_format", ""))
-        if not path.is_file():
-            raise NotFound(f"the file of job {job.pk} is gone")
-        filename = f"synapses-{job.dataset.name}-job{job.pk}{path.suffix}"
-        return FileResponse(open(path, "rb"), as_attachment=True, filename=filename)

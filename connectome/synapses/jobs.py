@@ -1,10 +1,10 @@
 """Synapse job kinds: thin handlers that call the synapse services."""
 
-from django.conf import settings
 from rest_framework import serializers
 
 from connectome.common.params import IdField
 from connectome.imports.parameters import SourcePathField
+from connectome.imports.paths import export_download, export_target
 from connectome.jobs.registry import register_job
 from connectome.synapses import table_exports
 from connectome.synapses.assignment import (
@@ -74,12 +74,10 @@ def run_export_synapse_table(job, params, progress):
         unknown = sorted(set(runs) - set(job.dataset.synapse_runs.values_list("pk", flat=True)))
         if unknown:
             raise ValueError(f"dataset '{job.dataset.name}' has no synapse runs {unknown}")
-    target = table_exports.export_path(dataset=job.dataset, name=f"job-{job.pk}",
-                                       table_format=params["table_format"])
-    rows = table_exports.export_synapse_table(
-        dataset=job.dataset, target=target, table_format=params["table_format"], runs=runs,
-        progress=progress,
-    )
-    return {"rows": rows, "table_format": params["table_format"], "bytes": target.stat().st_size,
-            "file": str(target.relative_to(settings.DATA_ROOT)),
-            "download": f"/api/jobs/{job.pk}/download/"}
+    name = f"synapses-{job.dataset.name}.{params['table_format']}"
+    with export_target(job, name) as target:
+        rows = table_exports.export_synapse_table(
+            dataset=job.dataset, target=target, table_format=params["table_format"], runs=runs,
+            progress=progress,
+        )
+    return {"rows": rows, "table_format": params["table_format"], **export_download(job)}

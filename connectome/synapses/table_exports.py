@@ -1,7 +1,8 @@
 """The whole synapse table of a dataset out as CSV or Parquet, in batches (never all in memory).
 
-Files go under ``DATA_ROOT/exports/``; the ``export_synapse_table`` job writes one and the API
-serves it for download. Segment ids are written as unsigned 64-bit numbers (Parquet ``uint64``).
+The ``export_synapse_table`` job writes one into its export folder and the API serves it for
+download (``connectome/imports/paths.py``). Segment ids are written as unsigned 64-bit numbers
+(Parquet ``uint64``).
 """
 
 import csv
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from django.conf import settings
 
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse
@@ -50,11 +50,6 @@ COLUMNS = [
 SCHEMA = pa.schema([(name, kind) for name, _, kind in COLUMNS])
 
 
-def export_path(*, dataset: Dataset, name: str, table_format: str) -> Path:
-    """Where an export file lives: ``DATA_ROOT/exports/dataset-<id>/<name>.<format>``."""
-    return Path(settings.DATA_ROOT) / "exports" / f"dataset-{dataset.pk}" / f"{name}.{table_format}"
-
-
 def _batches(synapses):
     """Rows in id order, ``BATCH`` at a time, by keyset: each batch one indexed query."""
     fields = [field for _, field, _ in COLUMNS]
@@ -72,8 +67,7 @@ def export_synapse_table(
 ) -> int:
     """Write the dataset's synapses (all, or those of ``runs``) to ``target``; returns the rows.
 
-    Every synapse, flagged and rejected ones included, with its review state. Written to a
-    temporary name and renamed at the end, so a failed export leaves no partial file.
+    Every synapse, flagged and rejected ones included, with its review state.
     """
     if table_format not in FORMATS:
         raise ValueError(f"unknown table format {table_format!r}; formats: {', '.join(FORMATS)}")
@@ -81,32 +75,26 @@ def export_synapse_table(
     if runs is not None:
         synapses = synapses.filter(run__in=runs)
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
     if progress is not None:
-        progress.set_total(synapses.count(), message=f"writing {table_format} to {target.name}")
+        progress.set_total(synapses.count(), message=f"writing the synapse table ({table_format})")
     written = 0
-    try:
-        if table_format == "csv":
-            with open(partial, "w", newline="", encoding="utf-8") as stream:
-                writer = csv.writer(stream, lineterminator="\n")
-                writer.writerow([name for name, _, _ in COLUMNS])
-                for rows in _batches(synapses):
-                    writer.writerows(("" if v is None else v for v in row) for row in rows)
-                    written += len(rows)
-                    if progress is not None:
-                        progress.advance(len(rows))
-        else:
-            with pq.ParquetWriter(partial, SCHEMA, compression="zstd") as writer:
-                for rows in _batches(synapses):
-                    arrays = [pa.array(values, type=kind)
-                              for values, (_, _, kind) in zip(zip(*rows), COLUMNS)]
-                    writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
-                    written += len(rows)
-                    if progress is not None:
-                        progress.advance(len(rows))
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
+    if table_format == "csv":
+        with open(target, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream, lineterminator="\n")
+            writer.writerow([name for name, _, _ in COLUMNS])
+            for rows in _batches(synapses):
+                writer.writerows(("" if v is None else v for v in row) for row in rows)
+                written += len(rows)
+                if progress is not None:
+                    progress.advance(len(rows))
+    else:
+        with pq.ParquetWriter(target, SCHEMA, compression="zstd") as writer:
+            for rows in _batches(synapses):
+                arrays = [pa.array(values, type=kind)
+                          for values, (_, _, kind) in zip(zip(*rows), COLUMNS)]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
+                written += len(rows)
+                if progress is not None:
+                    progress.advance(len(rows))
     logger.info("exported %d synapses of %s to %s", written, dataset.name, target)
     return written

@@ -100,6 +100,12 @@ def dataset_jobs(*, dataset: Dataset, limit: int = 20) -> list[Job]:
     return list(Job.objects.filter(dataset=dataset).order_by("-pk")[:limit])
 
 
+def dataset_downloads(*, dataset: Dataset, limit: int = 20) -> list[Job]:
+    """The dataset's finished export jobs, newest first: their files are the page's downloads."""
+    return list(Job.objects.filter(dataset=dataset, kind__startswith="export_",
+                                   state=Job.State.DONE).order_by("-pk")[:limit])
+
+
 def dataset_cells(*, dataset: Dataset) -> QuerySet[Cell]:
     """The dataset's cells, each with ``n_outgoing`` and ``n_incoming`` synapse rows (all runs,
     any review state), in segment-id order."""

@@ -54,6 +54,7 @@ def dataset_detail(request, pk):
         runs=[(run, precision_estimate(dataset=dataset, run=run)["synapse"])
               for run in selectors.dataset_runs(dataset=dataset)],
         jobs=selectors.dataset_jobs(dataset=dataset),
+        downloads=selectors.dataset_downloads(dataset=dataset),
         progress=review_progress(dataset=dataset),
         precision=precision, precision_rows=_precision_rows(precision),
         viewer_state=_viewer_state_url(request, "dataset", dataset.pk),

@@ -265,6 +265,14 @@ def write_swc(path: str | os.PathLike, nodes: SkeletonNodes, *, header: str = ""
     Values are written in their shortest round-tripping form (float32 for
     radii), so :func:`read_swc` gives back identical arrays.
     """
+    text = swc_text(nodes, header=header)
+    with open(path, "w", encoding="utf-8", newline="\n") as stream:
+        stream.write(text)
+    logger.debug("wrote %d SWC nodes to %s", len(nodes), os.fspath(path))
+
+
+def swc_text(nodes: SkeletonNodes, *, header: str = "") -> str:
+    """The text of the SWC file :func:`write_swc` writes (same arguments, same errors)."""
     if len(nodes) == 0:
         raise SwcFormatError("cannot write a skeleton without nodes")
     validate_skeleton(nodes)
@@ -284,10 +292,7 @@ def write_swc(path: str | os.PathLike, nodes: SkeletonNodes, *, header: str = ""
         map(str, nodes.parent_id.tolist()),
     ]
     body = list(map(" ".join, zip(*columns)))
-    with open(path, "w", encoding="utf-8", newline="\n") as stream:
-        stream.write("\n".join(comment + body))
-        stream.write("\n")
-    logger.debug("wrote %d SWC nodes to %s", len(nodes), os.fspath(path))
+    return "\n".join(comment + body) + "\n"
 
 
 def validate_skeleton(nodes: SkeletonNodes) -> None:
