@@ -21,3 +21,11 @@ def data_root(settings, tmp_path):
     root.mkdir()
     settings.DATA_ROOT = root
     return root
+
+
+@pytest.fixture(autouse=True)
+def import_roots(settings, tmp_path_factory):
+    """Tests put the files they import in their temporary folders: those are the import roots
+    (tests of the roots themselves set their own)."""
+    settings.IMPORT_ROOTS = [tmp_path_factory.getbasetemp().resolve()]
+    return settings.IMPORT_ROOTS

@@ -87,14 +87,15 @@ def test_anonymous_cannot_start_jobs_even_on_public_data(client):
     assert not Job.objects.exists()
 
 
-def test_bad_job_parameters_are_400_naming_the_field(client):
+def test_bad_job_parameters_are_400_naming_the_field(client, tmp_path):
     dataset = DatasetFactory()
     _as(client, Membership.Role.ADMIN, dataset)
+    missing = tmp_path / "file.h5"
     response = client.post("/api/jobs/", {"kind": "import_volume", "dataset": dataset.pk,
-                                          "parameters": {"name": "em", "source": "/no/such/file.h5"}},
+                                          "parameters": {"name": "em", "source": str(missing)}},
                            format="json")
     assert response.status_code == 400
-    assert "/no/such/file.h5 does not exist" in response.json()["error"]
+    assert f"{missing} does not exist" in response.json()["error"]
     response = client.post("/api/jobs/", {"kind": "bogus", "dataset": dataset.pk}, format="json")
     assert response.status_code == 400
     assert "unknown job kind 'bogus'" in response.json()["error"]
