@@ -5,6 +5,7 @@ from pathlib import Path
 from django.conf import settings
 from rest_framework import serializers
 
+from connectome.common.validators import VoxelSizeSerializerField, validate_name
 from connectome.datasets.models import Layer
 
 
@@ -35,16 +36,13 @@ class TargetPathField(serializers.CharField):
         return str(path)
 
 
-class VoxelSizeField(serializers.ListField):
-    def __init__(self, **kwargs):
-        super().__init__(
-            child=serializers.FloatField(min_value=1e-6), min_length=3, max_length=3, **kwargs
-        )
+class VoxelSizeField(VoxelSizeSerializerField):
+    """(z, y, x) nm: three finite numbers from 1e-6 to 1e6."""
 
 
 class ImportVolumeParameters(serializers.Serializer):
     source = SourcePathField(help_text="TIFF file or folder, HDF5, zarr or precomputed folder")
-    name = serializers.CharField(max_length=200, help_text="layer name")
+    name = serializers.CharField(max_length=200, help_text="layer name", validators=[validate_name])
     kind = serializers.ChoiceField(choices=Layer.Kind.choices, default=Layer.Kind.EM)
     dataset_path = serializers.CharField(
         required=False, allow_null=True, default=None,
@@ -66,11 +64,15 @@ class ImportVolumeParameters(serializers.Serializer):
         min_value=0, required=False, allow_null=True, default=0,
         help_text="segmentations: the id that is not a cell; null makes every id a cell",
     )
+    fill_missing = serializers.BooleanField(
+        default=False,
+        help_text="zarr/precomputed: read missing chunks as the fill value instead of failing",
+    )
 
 
 class ImportSkeletonsParameters(serializers.Serializer):
     source = SourcePathField(help_text="an SWC file named <segment id>.swc, or a folder of them")
-    source_name = serializers.CharField(max_length=50, default="swc")
+    source_name = serializers.CharField(max_length=50, default="swc", validators=[validate_name])
     scale = serializers.FloatField(default=1.0, help_text="multiplies SWC coordinates to get nm")
 
 
@@ -90,8 +92,9 @@ class ImportSynapsesParameters(serializers.Serializer):
         choices=["cnapse", "cave", "edges"], required=False, allow_null=True, default=None,
         help_text="detected from the header when left out",
     )
-    run_name = serializers.CharField(max_length=200)
-    method = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    run_name = serializers.CharField(max_length=200, validators=[validate_name])
+    method = serializers.CharField(max_length=100, required=False, allow_blank=True, default="",
+                                   validators=[validate_name])
     create_missing_cells = serializers.BooleanField(
         default=False, help_text="create cells for ids the dataset does not know (else an error)"
     )
