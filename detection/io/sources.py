@@ -946,6 +946,13 @@ class ZarrSource(VolumeSource):
             stated, problem = _voxel_size_attr(array.attrs)
         voxel_size, file_voxel_size, note = _settle_voxel_size(
             where, attribute, stated, problem, voxel_size)
+        # Read through a chunk store that remembers the keys it did not find: zarr reads an
+        # absent chunk as the fill value without a word, and looks each key up anyway, so
+        # noting the missing ones costs nothing more.
+        self._chunk_reads = _ChunkReads(array.chunk_store if array.chunk_store is not None
+                                        else array.store)
+        array = zarr.Array(array.store, path=array.path, read_only=True,
+                           chunk_store=self._chunk_reads)
         self._array = array
         self._root = path
         self._fill_missing = bool(fill_missing)
@@ -1022,9 +1029,15 @@ class ZarrSource(VolumeSource):
             selection[axis] = s
         fill = self._array.fill_value
         # zarr reads an absent chunk key as the fill value (or, without one, as whatever the
-        # memory held): a deleted chunk would import silently. Only the keys this box touches
-        # are looked up, so the check costs one stat per chunk read.
-        missing = [] if self._fill_missing and fill is not None else self._missing_chunks(box)
+        # memory held): a deleted chunk would import silently.
+        self._chunk_reads.missing.clear()
+        try:
+            data = self._array[tuple(selection)]
+        except Exception as exc:  # codec errors (numcodecs/blosc) come in many types
+            raise VolumeFormatError(
+                f"{self._where()}: cannot read region {_box_text(box)} (corrupt chunk?): {exc}"
+            ) from exc
+        missing = [(key, self._key_region(key)) for key in sorted(self._chunk_reads.missing)]
         if missing and not self._fill_missing:
             key, region = missing[0]
             more = f" ({len(missing) - 1} more in this block)" if len(missing) > 1 else ""
@@ -1037,43 +1050,64 @@ class ZarrSource(VolumeSource):
                 "fill value leave them out too); with fill_missing (--fill-missing) missing "
                 f"chunks read as {format_number(fill) if fill is not None else 0}"
             )
-        try:
-            data = self._array[tuple(selection)]
-        except Exception as exc:  # codec errors (numcodecs/blosc) come in many types
-            raise VolumeFormatError(
-                f"{self._where()}: cannot read region {_box_text(box)} (corrupt chunk?): {exc}"
-            ) from exc
         # The integer-indexed axes are gone; put the remaining space axes in z, y, x order.
         kept = [i for i in range(self._array.ndim) if i not in self._fixed]
         data = np.transpose(data, [kept.index(i) for i in self._order])
-        if missing:  # filled, but the array has no fill value: zeros, not stale memory
+        if missing and fill is None:  # filled without a fill value: zeros, not stale memory
             data = np.array(data)
             for _, region in missing:
                 data[tuple(slice(max(r.start, b.start) - b.start, min(r.stop, b.stop) - b.start)
                            for r, b in zip(region, box))] = 0
         return data
 
-    def _missing_chunks(self, box: Box) -> list[tuple[str, Box]]:
-        """(key, z/y/x region) of every chunk the box touches that the store does not hold."""
-        store = self._array.chunk_store if self._array.chunk_store is not None else self._array.store
-        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(box, self.chunks)]
-        missing = []
-        for iz in ranges[0]:
-            for iy in ranges[1]:
-                for ix in ranges[2]:
-                    coords = [0] * self._array.ndim
-                    for axis, index in zip(self._order, (iz, iy, ix)):
-                        coords[axis] = index
-                    for axis, value in self._fixed.items():
-                        coords[axis] = value // self._array.chunks[axis]
-                    key = self._array._chunk_key(tuple(coords))
-                    if key not in store:
-                        region = tuple(
-                            slice(i * c, min((i + 1) * c, n))
-                            for i, c, n in zip((iz, iy, ix), self.chunks, self.shape)
-                        )
-                        missing.append((key, region))
-        return missing
+    def _key_region(self, key: str) -> Box:
+        """The (z, y, x) region of the volume that chunk ``key`` holds."""
+        array = self._array
+        separator = getattr(array, "_dimension_separator", None) or "."
+        coords = [int(c) for c in key[len(array._key_prefix):].split(separator)]
+        return tuple(
+            slice(coords[axis] * c, min((coords[axis] + 1) * c, n))
+            for axis, c, n in zip(self._order, self.chunks, self.shape)
+        )
+
+
+class _ChunkReads(zarr.storage.BaseStore):
+    """A read-only view of a zarr store that notes the chunk keys a read did not find."""
+
+    _readable = True
+    _listable = True
+    _writeable = False
+    _erasable = False
+
+    def __init__(self, store):
+        self._store = store
+        self.missing: list[str] = []
+
+    def __getitem__(self, key):
+        return self._store[key]
+
+    def __contains__(self, key):
+        return key in self._store
+
+    def __iter__(self):
+        return iter(self._store)
+
+    def __len__(self):
+        return len(self._store)
+
+    def __setitem__(self, key, value):
+        raise PermissionError("volume sources are read-only")
+
+    def __delitem__(self, key):
+        raise PermissionError("volume sources are read-only")
+
+    def listdir(self, path=""):
+        return self._store.listdir(path)
+
+    def getitems(self, keys, *, contexts):
+        found = self._store.getitems(keys, contexts=contexts)
+        self.missing.extend(key for key in keys if key not in found)
+        return found
 
 
 _ZARR_METADATA = (".zgroup", ".zarray", ".zattrs", ".zmetadata")
