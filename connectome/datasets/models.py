@@ -1,7 +1,5 @@
 """Datasets, who may see them, and the volumes (layers) they hold."""
 
-import math
-
 from django.conf import settings
 from django.db import models
 
@@ -56,11 +54,6 @@ class Dataset(models.Model):
     @property
     def voxel_size(self) -> tuple[float, float, float]:
         return (self.voxel_size_z, self.voxel_size_y, self.voxel_size_x)
-
-    @property
-    def voxel_size_is_valid(self) -> bool:
-        return all(v is not None and math.isfinite(v) and VOXEL_SIZE_MIN_NM <= v <= VOXEL_SIZE_MAX_NM
-                   for v in self.voxel_size)
 
     @property
     def shape(self) -> tuple[int, int, int] | None:

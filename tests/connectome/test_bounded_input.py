@@ -584,3 +584,33 @@ def test_volume_and_skeleton_jobs_are_refused_while_another_writes_the_same(data
     assert Job.objects.count() == 4
     assert all(math.isfinite(v) for v in dataset.voxel_size)
     assert json.loads(json.dumps(dataset.layers.get(name="em").parameters))["fill_missing"] is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_names_datasets_whose_voxel_size_it_would_refuse():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite stores NaN as NULL, so no such row can exist there")
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("datasets", "0003_alter_layer_kind")], [
+        ("datasets", "0004_voxel_size_bounds_and_names")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO datasets_dataset (name, description, voxel_size_z, voxel_size_y, "
+                "voxel_size_x, is_public, created_at, updated_at) VALUES "
+                "('old', '', 'NaN', 8, 8, false, now(), now()) RETURNING id")
+            pk = cursor.fetchone()[0]
+        executor = MigrationExecutor(connection)
+        with pytest.raises(RuntimeError) as info:
+            executor.migrate(after)
+        assert str(info.value) == (
+            "voxel sizes must be finite numbers from 1e-06 to 1e+06 nm; set usable ones before "
+            f"migrating: dataset {pk} 'old' has voxel size (nan, 8, 8) nm")
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE datasets_dataset SET voxel_size_z = 40 WHERE id = %s", [pk])
+    finally:
+        MigrationExecutor(connection).migrate(after)
+    assert Dataset.objects.get().voxel_size == (40.0, 8.0, 8.0)
