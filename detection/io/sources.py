@@ -85,7 +85,7 @@ class VolumeFormatError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Voxel sizes and plain-text numbers
+# Voxel sizes
 
 #: Bounds of every voxel size this project accepts, in nm per axis: from a femtometre (far
 #: below any microscope) to a millimetre (far above any section).
