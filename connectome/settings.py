@@ -11,6 +11,7 @@ Environment variables (all optional for local development):
 ``ALLOWED_HOSTS``      comma-separated host names.
 ``DATA_ROOT``          where chunked volumes live; ``var/data`` by default.
 ``IMPORT_ROOTS``       folders whose files import jobs of non-superusers may read.
+``IMPORT_MAX_VOXELS``  the largest volume an import accepts (z * y * x); ``1e12`` by default.
 """
 
 from pathlib import Path
@@ -215,3 +216,21 @@ if "IMPORT_ROOTS" in os.environ:
 else:
     INCOMING_DIR.mkdir(parents=True, exist_ok=True)
     IMPORT_ROOTS = [INCOMING_DIR.resolve()]
+
+
+def _env_count(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number of voxels, not '{text}'") from None
+    if not (value >= 1 and value < 2**63):
+        raise ImproperlyConfigured(f"{name} must be a positive number of voxels, not '{text}'")
+    return int(value)
+
+
+# The largest volume (z * y * x voxels) an import accepts; a file declaring more is refused
+# when the job is submitted, before anything is written. 1e12 voxels is a 1 TB uint8 volume.
+IMPORT_MAX_VOXELS = _env_count("IMPORT_MAX_VOXELS", 10**12)

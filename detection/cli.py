@@ -39,17 +39,21 @@ def _roi(text: str | None):
         raise CliError(f"--roi '{text}' is not of the form z0:z1,y0:y1,x0:x1") from None
 
 
-def _open(path, dataset):
+def _open(path, dataset, args=None):
+    """Open a volume; ``--voxel-size`` overrides what it states (also a statement that is not
+    a usable voxel size) and ``--fill-missing`` reads missing chunks as the fill value."""
     from detection.io.sources import open_volume
 
-    return open_volume(path, dataset=dataset)
+    return open_volume(path, dataset=dataset,
+                       voxel_size=getattr(args, "voxel_size", None) or None,
+                       fill_missing=bool(getattr(args, "fill_missing", False)))
 
 
 def _voxel_size(args, source) -> tuple[float, float, float]:
-    if args.voxel_size:
-        return tuple(args.voxel_size)
     if source.voxel_size is None:
         raise CliError(f"{Path(source.path).name} states no voxel size; pass --voxel-size Z Y X (nm)")
+    if source.voxel_size_note:
+        logger.warning("%s", source.voxel_size_note)
     return tuple(source.voxel_size)
 
 
@@ -82,7 +86,8 @@ def cmd_train(args) -> None:
         raise CliError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} not used by "
                        f"--detector {args.detector}")
     roi = _roi(args.roi) or (slice(None),) * 3
-    with _open(args.volume, args.dataset) as source, _open(args.labels, args.labels_dataset) as labels:
+    with _open(args.volume, args.dataset, args) as source, \
+            _open(args.labels, args.labels_dataset, args) as labels:
         if source.shape != labels.shape:
             raise CliError(f"volume shape {source.shape} and label shape {labels.shape} differ")
         voxel_size = _voxel_size(args, source)
@@ -158,7 +163,7 @@ def cmd_predict(args) -> None:
                                 min_distance_nm=args.split_min_distance_nm,
                                 min_depth=args.split_min_depth,
                                 min_piece_voxels=args.split_min_piece)
-    with _open(args.volume, args.dataset) as source:
+    with _open(args.volume, args.dataset, args) as source:
         voxel_size = _voxel_size(args, source)
         model = load_synapse_model(args.model, voxel_size=voxel_size,
                                    allow_other_voxel_size=args.allow_other_voxel_size)
@@ -185,6 +190,14 @@ def cmd_predict(args) -> None:
         instances.attrs["voxel_size"] = list(voxel_size)
         for box in stitcher.boxes:
             instances[box] = stitcher.relabel_block(box, probability[box] / 255.0)
+        # Chunks without synapses are written as zeros too: a missing chunk reads as an
+        # error (it could be a deleted one), so the array is stored whole.
+        from detection.io.sources import iter_blocks
+
+        for box in iter_blocks(shape, instances.chunks):
+            index = tuple(s.start // c for s, c in zip(box, instances.chunks))
+            if instances._chunk_key(index) not in instances.store:
+                instances[box] = 0
     print(f"{len(candidates)} synapse candidates; probability in {args.out_probability}"
           + (f", table in {args.out_table}" if args.out_table else ""))
 
@@ -195,11 +208,11 @@ def cmd_evaluate(args) -> None:
     from detection.metrics import match_by_distance, match_by_overlap
 
     results = {}
-    with _open(args.gt, args.gt_dataset) as gt_source:
+    with _open(args.gt, args.gt_dataset, args) as gt_source:
         voxel_size = _voxel_size(args, gt_source)
         gt = gt_source.read(tuple(slice(0, n) for n in gt_source.shape))
     if args.instances:
-        with _open(args.instances, None) as pred_source:
+        with _open(args.instances, None, args) as pred_source:
             if pred_source.shape != gt.shape:
                 raise CliError(f"instances {pred_source.shape} and ground truth {gt.shape} differ in shape")
             pred = pred_source.read(tuple(slice(0, n) for n in pred_source.shape))
@@ -227,16 +240,24 @@ def cmd_evaluate(args) -> None:
 # --- entry point -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from detection.io.sources import voxel_size_argument
+
     parser = argparse.ArgumentParser(prog="connectome-detect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def voxel_args(p):
+        p.add_argument("--voxel-size", nargs=3, type=voxel_size_argument, metavar=("Z", "Y", "X"),
+                       help="nm; when the file does not state it (or states it wrongly)")
+        p.add_argument("--fill-missing", action="store_true",
+                       help="zarr/precomputed: read missing chunks as the fill value instead "
+                            "of failing")
+
     def volume_args(p, *, required=True):
         p.add_argument("--volume", required=required, help="TIFF, HDF5, zarr or precomputed")
         p.add_argument("--dataset", help="dataset inside an HDF5/zarr file")
-        p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
-                       help="nm; when the file does not state it")
+        voxel_args(p)
         p.add_argument("--roi", help="z0:z1,y0:y1,x0:x1 voxels")
 
     train = sub.add_parser("train", help="train a synapse detector from labels")
@@ -285,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="precision, recall, F1 against ground truth")
     evaluate.add_argument("--gt", required=True, help="ground-truth instance labels")
     evaluate.add_argument("--gt-dataset")
-    evaluate.add_argument("--voxel-size", nargs=3, type=float)
+    voxel_args(evaluate)
     evaluate.add_argument("--instances", help="predicted instance labels (overlap matching)")
     evaluate.add_argument("--table", help="candidate CSV (distance matching of centres)")
     evaluate.add_argument("--min-overlap", type=int, default=1)

@@ -10,6 +10,7 @@ from connectome.cells.services import cells_annotate
 from connectome.common.params import (
     CountField, DatasetQuery, IdListField, SegmentIdListField, parse_query,
 )
+from connectome.common.validators import validate_name
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
 from connectome.synapses.connectivity import DIRECTIONS, cell_partners
@@ -28,8 +29,10 @@ class CellSerializer(serializers.ModelSerializer):
 
 
 class CellEditSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200, allow_blank=True, required=False)
-    cell_type = serializers.CharField(max_length=100, allow_blank=True, required=False)
+    name = serializers.CharField(max_length=200, allow_blank=True, required=False,
+                                 validators=[validate_name])
+    cell_type = serializers.CharField(max_length=100, allow_blank=True, required=False,
+                                      validators=[validate_name])
 
 
 class CellQuery(DatasetQuery):

@@ -27,9 +27,13 @@ def cells_annotate(*, dataset, annotations: dict[int, dict]) -> int:
 
 
 def read_cell_annotations(path) -> dict[int, dict]:
-    """A CSV with ``segment_id`` and ``cell_type`` and/or ``name`` columns."""
+    """A CSV with ``segment_id`` and ``cell_type`` and/or ``name`` columns (UTF-8; names and
+    types without control characters)."""
+    from connectome.common.validators import name_problem
+    from detection.io.tables import utf8_errors
+
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as stream:
+    with utf8_errors(path), open(path, newline="", encoding="utf-8-sig") as stream:
         reader = csv.DictReader(stream)
         columns = set(reader.fieldnames or [])
         if "segment_id" not in columns or not columns & {"cell_type", "name"}:
@@ -45,4 +49,8 @@ def read_cell_annotations(path) -> dict[int, dict]:
             annotations[int(text)] = {
                 k: row[k].strip() for k in ("cell_type", "name") if k in columns and row[k] is not None
             }
+            for field, value in annotations[int(text)].items():
+                problem = name_problem(value)
+                if problem is not None:
+                    raise ValueError(f"{path.name} line {line}, field '{field}': {problem}")
     return annotations

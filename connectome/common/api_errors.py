@@ -2,6 +2,8 @@
 
 from rest_framework.views import exception_handler
 
+from connectome.common.validators import error_text
+
 
 def json_exception_handler(exc, context):
     response = exception_handler(exc, context)
@@ -9,13 +11,9 @@ def json_exception_handler(exc, context):
         return None
     detail = response.data
     if isinstance(detail, dict) and set(detail) == {"detail"}:
-        message = str(detail["detail"])
-    elif isinstance(detail, dict):
-        message = "; ".join(
-            f"{field}: {' '.join(map(str, errs)) if isinstance(errs, list) else errs}"
-            for field, errs in detail.items()
-        )
+        message = error_text(detail["detail"])
     else:
-        message = " ".join(map(str, detail)) if isinstance(detail, list) else str(detail)
+        # Nested errors (a list field's items, a job's parameters) as plain sentences.
+        message = error_text(detail)
     response.data = {"error": message, "status": response.status_code, "detail": detail}
     return response

@@ -5,6 +5,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from connectome.common.params import DatasetQuery, parse_query
+from connectome.common.validators import NameField, VoxelSizeSerializerField
 from connectome.datasets.models import Dataset, Layer
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
@@ -22,22 +23,20 @@ class DatasetSerializer(serializers.ModelSerializer):
 
 
 class DatasetCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    voxel_size = serializers.ListField(
-        child=serializers.FloatField(min_value=1e-6), min_length=3, max_length=3,
-        help_text="z, y, x in nm")
+    name = NameField(max_length=200)
+    voxel_size = VoxelSizeSerializerField(help_text="z, y, x in nm, each from 1e-6 to 1e6")
     description = serializers.CharField(required=False, allow_blank=True, default="")
     is_public = serializers.BooleanField(required=False, default=False)
 
 
 class DatasetUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200, required=False)
+    name = NameField(max_length=200, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
     is_public = serializers.BooleanField(required=False)
 
 
 class LayerUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
+    name = NameField(max_length=200)
 
 
 def _model_errors(exc: ModelValidationError) -> serializers.ValidationError:
@@ -76,6 +75,8 @@ class DatasetViewSet(viewsets.ModelViewSet):
             dataset = dataset_create(owner=request.user, **body.validated_data)
         except ModelValidationError as exc:
             raise _model_errors(exc) from exc
+        except ValueError as exc:
+            raise serializers.ValidationError({"detail": [str(exc)]}) from exc
         return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=DatasetUpdateSerializer, responses=DatasetSerializer)

@@ -1,16 +1,25 @@
 """Datasets, who may see them, and the volumes (layers) they hold."""
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
 from django.db import models
+
+from connectome.common.validators import validate_name, voxel_size_model_validators
+from detection.io.sources import VOXEL_SIZE_MAX_NM, VOXEL_SIZE_MIN_NM
+
+
+def _voxel_size_in_bounds(axis: str) -> models.Q:
+    # NaN compares above every number in PostgreSQL (and is stored as NULL by SQLite), so
+    # the upper bound refuses NaN as well as infinity.
+    field = f"voxel_size_{axis}"
+    return models.Q(**{f"{field}__gte": VOXEL_SIZE_MIN_NM, f"{field}__lte": VOXEL_SIZE_MAX_NM})
 
 
 class Dataset(models.Model):
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_name])
     description = models.TextField(blank=True)
-    voxel_size_z = models.FloatField(validators=[MinValueValidator(1e-6)], help_text="nm")
-    voxel_size_y = models.FloatField(validators=[MinValueValidator(1e-6)], help_text="nm")
-    voxel_size_x = models.FloatField(validators=[MinValueValidator(1e-6)], help_text="nm")
+    voxel_size_z = models.FloatField(validators=voxel_size_model_validators(), help_text="nm")
+    voxel_size_y = models.FloatField(validators=voxel_size_model_validators(), help_text="nm")
+    voxel_size_x = models.FloatField(validators=voxel_size_model_validators(), help_text="nm")
     # Set by the first volume imported; every later volume must match it.
     shape_z = models.PositiveBigIntegerField(null=True, blank=True)
     shape_y = models.PositiveBigIntegerField(null=True, blank=True)
@@ -28,6 +37,16 @@ class Dataset(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=_voxel_size_in_bounds("z") & _voxel_size_in_bounds("y")
+                & _voxel_size_in_bounds("x"),
+                name="dataset_voxel_size_in_bounds",
+                violation_error_message=(
+                    f"each of z, y, x of the voxel size must be a finite number from "
+                    f"{VOXEL_SIZE_MIN_NM:g} to {VOXEL_SIZE_MAX_NM:g} nm"),
+            ),
+        ]
 
     def __str__(self):
         return self.name
@@ -73,7 +92,7 @@ class Layer(models.Model):
         SYNAPSES = "synapses", "synapse instances"
 
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="layers")
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[validate_name])
     kind = models.CharField(max_length=16, choices=Kind.choices)
     dtype = models.CharField(max_length=16)
     shape_z = models.PositiveBigIntegerField()

@@ -7,7 +7,9 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from connectome.common.validators import check_name
 from connectome.datasets.models import Dataset, Layer, Membership
+from detection.io.sources import format_numbers, validate_voxel_size
 
 
 class DatasetMismatchError(ValueError):
@@ -19,12 +21,11 @@ def dataset_create(
     *, name: str, voxel_size: tuple[float, float, float], description: str = "",
     owner=None, is_public: bool = False,
 ) -> Dataset:
-    if len(voxel_size) != 3 or any(float(v) <= 0 for v in voxel_size):
-        raise ValueError(f"voxel size must be three positive numbers (z, y, x) in nm, got {voxel_size}")
+    voxel_size = validate_voxel_size(voxel_size, what=f"dataset '{name}': voxel size")
+    check_name(name, what="dataset name")
     dataset = Dataset(
         name=name, description=description, owner=owner, is_public=is_public,
-        voxel_size_z=float(voxel_size[0]), voxel_size_y=float(voxel_size[1]),
-        voxel_size_x=float(voxel_size[2]),
+        voxel_size_z=voxel_size[0], voxel_size_y=voxel_size[1], voxel_size_x=voxel_size[2],
     )
     dataset.full_clean()
     dataset.save()
@@ -58,6 +59,7 @@ def layer_rename(*, layer: Layer, name: str) -> Layer:
     name = name.strip()
     if not name:
         raise ValueError("a layer's name cannot be empty")
+    check_name(name, what="layer name")
     if Layer.objects.filter(dataset=layer.dataset_id, name=name).exclude(pk=layer.pk).exists():
         raise ValueError(f"dataset '{layer.dataset.name}' already has a layer named '{name}'")
     layer.name = name
@@ -82,15 +84,15 @@ def check_volume_fits(*, dataset: Dataset, shape, voxel_size, source: str) -> No
     """Refuse a volume whose shape or voxel size contradicts the dataset's."""
     if dataset.shape is not None and tuple(shape) != dataset.shape:
         raise DatasetMismatchError(
-            f"{source}: volume shape (z, y, x) {tuple(shape)} does not match dataset "
-            f"'{dataset.name}' shape {dataset.shape}"
+            f"{source}: volume shape (z, y, x) {format_numbers(shape)} does not match dataset "
+            f"'{dataset.name}' shape {format_numbers(dataset.shape)}"
         )
     if voxel_size is not None:
         stated = tuple(float(v) for v in voxel_size)
         if any(abs(a - b) > 1e-6 * max(a, b) for a, b in zip(stated, dataset.voxel_size)):
             raise DatasetMismatchError(
-                f"{source}: voxel size (z, y, x) {stated} nm does not match dataset "
-                f"'{dataset.name}' voxel size {dataset.voxel_size} nm "
+                f"{source}: voxel size (z, y, x) {format_numbers(stated)} nm does not match "
+                f"dataset '{dataset.name}' voxel size {format_numbers(dataset.voxel_size)} nm "
                 "(pass an explicit voxel size to override what the file states)"
             )
 
@@ -112,6 +114,14 @@ def layer_register(
     moved = False
     try:
         with transaction.atomic():
+            # The dataset row is locked, so two imports that finish at once see each other's
+            # shape: the first one sets it, the second is checked against it.
+            locked = Dataset.objects.select_for_update().get(pk=dataset.pk)
+            dataset.shape_z, dataset.shape_y, dataset.shape_x = (
+                locked.shape_z, locked.shape_y, locked.shape_x)
+            if dataset.shape is not None:
+                check_volume_fits(dataset=dataset, shape=metadata["shape"], voxel_size=None,
+                                  source=source_path or name)
             if Layer.objects.filter(dataset=dataset, name=name).exists():
                 raise ValueError(f"dataset '{dataset.name}' already has a layer named '{name}'")
             if final.exists():

@@ -2,6 +2,7 @@
 
 from rest_framework import serializers
 
+from connectome.common.validators import VoxelSizeSerializerField, validate_name
 from connectome.datasets.models import Layer
 from connectome.imports.paths import check_source_path, check_source_tree
 from detection.errors import InputError
@@ -28,16 +29,13 @@ class SourcePathField(serializers.CharField):
         check_source_tree(check_source_path(value, any_path=any_path), any_path=any_path)
 
 
-class VoxelSizeField(serializers.ListField):
-    def __init__(self, **kwargs):
-        super().__init__(
-            child=serializers.FloatField(min_value=1e-6), min_length=3, max_length=3, **kwargs
-        )
+class VoxelSizeField(VoxelSizeSerializerField):
+    """(z, y, x) nm: three finite numbers from 1e-6 to 1e6."""
 
 
 class ImportVolumeParameters(serializers.Serializer):
     source = SourcePathField(help_text="TIFF file or folder, HDF5, zarr or precomputed folder")
-    name = serializers.CharField(max_length=200, help_text="layer name")
+    name = serializers.CharField(max_length=200, help_text="layer name", validators=[validate_name])
     kind = serializers.ChoiceField(choices=Layer.Kind.choices, default=Layer.Kind.EM)
     dataset_path = serializers.CharField(
         required=False, allow_null=True, default=None,
@@ -59,11 +57,15 @@ class ImportVolumeParameters(serializers.Serializer):
         min_value=0, required=False, allow_null=True, default=0,
         help_text="segmentations: the id that is not a cell; null makes every id a cell",
     )
+    fill_missing = serializers.BooleanField(
+        default=False,
+        help_text="zarr/precomputed: read missing chunks as the fill value instead of failing",
+    )
 
 
 class ImportSkeletonsParameters(serializers.Serializer):
     source = SourcePathField(help_text="an SWC file named <segment id>.swc, or a folder of them")
-    source_name = serializers.CharField(max_length=50, default="swc")
+    source_name = serializers.CharField(max_length=50, default="swc", validators=[validate_name])
     scale = serializers.FloatField(default=1.0, help_text="multiplies SWC coordinates to get nm")
 
 
@@ -83,8 +85,9 @@ class ImportSynapsesParameters(serializers.Serializer):
         choices=["cnapse", "cave", "edges"], required=False, allow_null=True, default=None,
         help_text="detected from the header when left out",
     )
-    run_name = serializers.CharField(max_length=200)
-    method = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    run_name = serializers.CharField(max_length=200, validators=[validate_name])
+    method = serializers.CharField(max_length=100, required=False, allow_blank=True, default="",
+                                   validators=[validate_name])
     create_missing_cells = serializers.BooleanField(
         default=False, help_text="create cells for ids the dataset does not know (else an error)"
     )

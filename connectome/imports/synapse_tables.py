@@ -15,7 +15,9 @@ from connectome.cells.models import Cell
 from connectome.cells.selectors import cell_ids_by_segment
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse, SynapseRun
+from connectome.common.validators import check_name, printable
 from detection.io import tables
+from detection.io.text import format_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,16 @@ def import_synapses(
     if table_format == "edges":
         names = {n for r in rows for n in (r.pre, r.post)}
         cells_by_key, missing = _cells_by_name(dataset, names)
-        _refuse_unknown(name, dataset, missing, create_missing_cells,
-                        lambda key: next(f"data row {i + 1}" for i, r in enumerate(rows)
-                                         if key in (r.pre, r.post)), what="cell name")
+
+        def row_of(key):
+            return next(f"data row {i + 1}" for i, r in enumerate(rows) if key in (r.pre, r.post))
+
+        _refuse_unknown(name, dataset, missing, create_missing_cells, row_of, what="cell name")
+        for key in missing:  # names that become cells must be names
+            try:
+                check_name(key, what="cell name")
+            except ValueError as exc:
+                raise ValueError(f"{name} {row_of(key)}: {exc}") from None
     else:
         segment_ids = {s for pair in ids for s in pair if s != 0}
         cells_by_key, missing = cell_ids_by_segment(dataset=dataset, segment_ids=segment_ids)
@@ -100,7 +109,8 @@ def _refuse_unknown(name, dataset, missing, create, where, *, what):
         key = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ValueError(
-            f"{name} {where(key)}: {what} {key} is not a cell of dataset '{dataset.name}'{more}; "
+            f"{name} {where(key)}: {what} {printable(str(key))} is not a cell of dataset "
+            f"'{dataset.name}'{more}; "
             "import the segmentation first, or allow creating missing cells"
         )
 
@@ -132,8 +142,8 @@ def _check_points_inside(name, dataset, rows, labels, table_format):
         if outside.size:
             i = int(outside[0])
             raise ValueError(
-                f"{name} {labels[i]}: {field} (z, y, x) {tuple(zyx[i])} nm lies outside dataset "
-                f"'{dataset.name}' (extent {tuple(extent)} nm); "
+                f"{name} {labels[i]}: {field} (z, y, x) {format_numbers(zyx[i])} nm lies outside "
+                f"dataset '{dataset.name}' (extent {format_numbers(extent)} nm); "
                 f"{outside.size} row(s) are outside — wrong units or wrong dataset?"
             )
 

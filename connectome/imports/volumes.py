@@ -6,9 +6,11 @@ volume moved into place, in one transaction. A failure at any step leaves nothin
 """
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
+from django.conf import settings
 
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset, Layer
@@ -49,6 +51,58 @@ def _block_shape(chunks, dtype) -> tuple[int, int, int]:
     return tuple(block)
 
 
+class VolumeTooLarge(VolumeFormatError):
+    """A volume larger than the ``IMPORT_MAX_VOXELS`` setting allows."""
+
+
+def check_volume_size(shape, *, label: str) -> None:
+    """Refuse an empty volume, or one of more than ``settings.IMPORT_MAX_VOXELS`` voxels."""
+    shape = tuple(int(n) for n in shape)
+    text = " x ".join(str(n) for n in shape)
+    if 0 in shape:
+        raise VolumeFormatError(f"{label}: the volume is empty (shape z, y, x {text})")
+    voxels = math.prod(shape)
+    limit = settings.IMPORT_MAX_VOXELS
+    if voxels > limit:
+        raise VolumeTooLarge(
+            f"{label}: the volume is {text} voxels ({_count(voxels)}), more than the "
+            f"{_count(limit)} voxels an import may hold (setting IMPORT_MAX_VOXELS)"
+        )
+
+
+def _count(n: int) -> str:
+    return str(n) if n < 10**6 else f"{n:.3g}"
+
+
+def check_source(volume, *, dataset: Dataset, kind: str, label: str) -> None:
+    """Everything about an opened source that its header tells: size, data type, shape and
+    voxel size against the dataset. Runs when the job is submitted and again when it runs."""
+    check_volume_size(volume.shape, label=label)
+    dtype = np.dtype(volume.dtype)
+    if dtype.name not in ALLOWED_DTYPES[kind]:
+        raise VolumeFormatError(
+            f"{label}: a {kind} volume must be one of {', '.join(ALLOWED_DTYPES[kind])}, "
+            f"but the file holds {dtype.name}"
+        )
+    check_volume_fits(dataset=dataset, shape=volume.shape, voxel_size=volume.voxel_size,
+                      source=label)
+
+
+def preflight_import_volume(
+    *, dataset: Dataset, source: str, name: str, kind: str = Layer.Kind.EM,
+    dataset_path: str | None = None, format: str | None = None, voxel_size=None,
+    fill_missing: bool = False, **_,
+) -> None:
+    """The checks of :func:`import_volume` that need only the file's header (cheap): for
+    refusing a job when it is submitted, before it is queued."""
+    if kind not in Layer.Kind.values:
+        raise ValueError(f"unknown layer kind {kind!r}; kinds: {', '.join(Layer.Kind.values)}")
+    label = _describe(source, dataset_path)
+    with open_volume(source, dataset=dataset_path, format=format, voxel_size=voxel_size,
+                     fill_missing=fill_missing) as volume:
+        check_source(volume, dataset=dataset, kind=kind, label=label)
+
+
 def _stored_dtype(kind: str, dtype: np.dtype) -> np.dtype:
     if kind in (Layer.Kind.SEGMENTATION, Layer.Kind.SYNAPSES) and dtype.kind == "i":
         return np.dtype(dtype.str.replace("i", "u"))
@@ -63,13 +117,18 @@ def import_volume(
     *, dataset: Dataset, source: str, name: str, kind: str = Layer.Kind.EM,
     dataset_path: str | None = None, format: str | None = None,
     voxel_size: tuple[float, float, float] | None = None, chunks=None,
-    background_id: int | None = 0, job=None, progress=None,
+    background_id: int | None = 0, fill_missing: bool = False, job=None, progress=None,
 ) -> Layer:
     """Copy a TIFF, HDF5, zarr or precomputed volume into a new layer of ``dataset``.
 
     For a segmentation, one :class:`~connectome.cells.models.Cell` per id other than
     ``background_id`` (every id when it is None) is created with its size, bounding box and
     centroid, computed during the same pass over the data.
+
+    ``voxel_size`` overrides what the file states (also a statement that is not a usable
+    voxel size, which is otherwise an error); ``fill_missing`` reads missing zarr or
+    precomputed chunks as the fill value instead of failing. A volume of more than
+    ``settings.IMPORT_MAX_VOXELS`` voxels is refused before anything is written.
     """
     if kind not in Layer.Kind.values:
         raise ValueError(f"unknown layer kind {kind!r}; kinds: {', '.join(Layer.Kind.values)}")
@@ -82,15 +141,10 @@ def import_volume(
             "delete that segmentation layer before importing another"
         )
 
-    with open_volume(source, dataset=dataset_path, format=format) as volume:
+    with open_volume(source, dataset=dataset_path, format=format, voxel_size=voxel_size,
+                     fill_missing=fill_missing) as volume:
+        check_source(volume, dataset=dataset, kind=kind, label=label)
         dtype = np.dtype(volume.dtype)
-        if dtype.name not in ALLOWED_DTYPES[kind]:
-            raise VolumeFormatError(
-                f"{label}: a {kind} volume must be one of {', '.join(ALLOWED_DTYPES[kind])}, "
-                f"but the file holds {dtype.name}"
-            )
-        stated = tuple(voxel_size) if voxel_size is not None else volume.voxel_size
-        check_volume_fits(dataset=dataset, shape=volume.shape, voxel_size=stated, source=label)
         stored = _stored_dtype(kind, dtype)
         staged = staging_path(dataset=dataset)
         try:
@@ -129,7 +183,12 @@ def import_volume(
         dataset=dataset, name=name, kind=kind, staged=staged, metadata=metadata,
         source_path=str(source), method="import",
         parameters={"dataset_path": dataset_path, "format": format, "background_id": background_id,
-                    "source_voxel_size": list(volume.voxel_size) if volume.voxel_size else None},
+                    "source_voxel_size": (list(volume.file_voxel_size)
+                                          if volume.file_voxel_size else None),
+                    "voxel_size": list(voxel_size) if voxel_size is not None else None,
+                    **({"voxel_size_overridden": volume.voxel_size_note}
+                       if volume.voxel_size_note else {}),
+                    "fill_missing": bool(fill_missing)},
         job=job,
         with_rows=(lambda layer: _create_cells(layer, table)) if table is not None else None,
     )
@@ -143,7 +202,7 @@ def _checked_block(data: np.ndarray, *, kind: str, label: str, box) -> np.ndarra
         corner = tuple(s.start for s in box)
         raise VolumeFormatError(
             f"{label}: {kind} layer has negative ids (min {int(data.min())}) in the block at "
-            f"(z, y, x) {corner}; segment ids must be >= 0"
+            f"(z, y, x) ({', '.join(str(int(c)) for c in corner)}); segment ids must be >= 0"
         )
     if kind == Layer.Kind.PREDICTION and data.dtype.kind == "f" and not np.isfinite(data).all():
         raise VolumeFormatError(f"{label}: prediction holds NaN or infinite values")

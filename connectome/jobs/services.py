@@ -24,12 +24,11 @@ class JobParameterError(InputError):
     """Parameters that the job kind's validator refused; ``errors`` maps field -> messages."""
 
     def __init__(self, kind: str, errors):
+        from connectome.common.validators import error_text
+
         self.errors = errors
-        details = "; ".join(
-            f"{field}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
-            for field, msgs in (errors.items() if isinstance(errors, dict) else [("", errors)])
-        )
-        super().__init__(f"invalid parameters for {kind} job: {details}")
+        # Plain sentences, nested fields as ``voxel_size[0]``: never ErrorDetail(...) reprs.
+        super().__init__(f"invalid parameters for {kind} job: {error_text(errors)}")
 
 
 class JobConflict(JobParameterError):

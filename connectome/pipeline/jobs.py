@@ -2,6 +2,7 @@
 
 from rest_framework import serializers
 
+from connectome.common.validators import validate_name
 from connectome.imports.parameters import SourcePathField
 from connectome.jobs.blocks import Finish
 from connectome.jobs.registry import register_job
@@ -17,12 +18,13 @@ class DetectSynapsesParameters(serializers.Serializer):
     method = serializers.ChoiceField(choices=["voxel_classifier"], default="voxel_classifier")
     model = SourcePathField(help_text="voxel classifier file (connectome-detect train)")
     em_layer = serializers.IntegerField()
-    run_name = serializers.CharField(max_length=200, help_text="synapse run of the detections")
+    run_name = serializers.CharField(max_length=200, help_text="synapse run of the detections",
+                                     validators=[validate_name])
     probability_layer = serializers.CharField(
-        max_length=200, required=False, default="", allow_blank=True,
+        max_length=200, required=False, default="", allow_blank=True, validators=[validate_name],
         help_text="name of the new probability layer; '<run name> probability' by default")
     instances_layer = serializers.CharField(
-        max_length=200, required=False, default="", allow_blank=True,
+        max_length=200, required=False, default="", allow_blank=True, validators=[validate_name],
         help_text="name of the new instance layer; '<run name> synapses' by default")
     roi = serializers.ListField(
         child=serializers.IntegerField(min_value=0), min_length=6, max_length=6,
@@ -75,7 +77,7 @@ class DetectAndAssignParameters(DetectSynapsesParameters):
     free_layer = serializers.IntegerField(required=False, allow_null=True, default=None)
     assign_options = serializers.DictField(required=False, default=dict)
     assignment_run_name = serializers.CharField(
-        max_length=200, required=False, default="", allow_blank=True,
+        max_length=200, required=False, default="", allow_blank=True, validators=[validate_name],
         help_text="synapse run of the partners; '<run name> partners' by default")
 
     def validate(self, attrs):

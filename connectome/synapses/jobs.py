@@ -3,6 +3,7 @@
 from rest_framework import serializers
 
 from connectome.common.params import IdField
+from connectome.common.validators import validate_name
 from connectome.imports.parameters import SourcePathField
 from connectome.imports.paths import export_download, export_target
 from connectome.jobs.registry import register_job
@@ -23,7 +24,7 @@ class AssignPartnersParameters(serializers.Serializer):
     method = serializers.ChoiceField(choices=["contact", "vesicle", "diffusion"])
     sites_layer = _layer_field("layer of kind 'synapses' (candidate labels)", required=True)
     segmentation_layer = _layer_field("segmentation", required=True)
-    run_name = serializers.CharField(max_length=200)
+    run_name = serializers.CharField(max_length=200, validators=[validate_name])
     presynaptic_layer = _layer_field(
         "vesicle / presynaptic density map; vesicle and diffusion methods")
     em_layer = _layer_field("EM layer; contact method")

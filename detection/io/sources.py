@@ -9,8 +9,12 @@ can be copied block by block::
             block = src.read(box)
 
 Arrays are (z, y, x); voxel sizes are nanometres as (z, y, x) floats, or None where the file
-does not state them. A source is not safe for concurrent reads from several threads; open one
-per thread instead.
+does not state them. A voxel size that a file states but that is not usable (not three finite
+numbers from :data:`VOXEL_SIZE_MIN_NM` to :data:`VOXEL_SIZE_MAX_NM`) is an error naming the file
+and the attribute, unless the caller gives the voxel size (``voxel_size=``), which then
+overrides it. A chunk missing from a zarr or precomputed volume is an error naming the chunk,
+unless the caller asks for missing chunks to read as the fill value (``fill_missing=True``).
+A source is not safe for concurrent reads from several threads; open one per thread instead.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import h5py
 import numpy as np
 import tifffile
 import zarr
+
+from detection.io.text import format_number, format_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,106 @@ class VolumeFormatError(ValueError):
 
     The message always names the file, and the dataset, page or field where relevant.
     """
+
+
+# --------------------------------------------------------------------------------------------
+# Voxel sizes
+
+#: Bounds of every voxel size this project accepts, in nm per axis: from a femtometre (far
+#: below any microscope) to a millimetre (far above any section).
+VOXEL_SIZE_MIN_NM = 1e-6
+VOXEL_SIZE_MAX_NM = 1e6
+
+
+def voxel_size_problem(values) -> str | None:
+    """Why ``values`` is not a usable (z, y, x) voxel size in nm, or None when it is."""
+    try:
+        numbers = [float(v) for v in np.asarray(values, dtype=object).reshape(-1)]
+    except (TypeError, ValueError):
+        return "not numbers"
+    if len(numbers) != 3:
+        return f"{len(numbers)} values instead of 3 (z, y, x)"
+    for axis, number in zip("zyx", numbers):
+        if math.isnan(number):
+            return f"{axis} is not a number"
+        if math.isinf(number):
+            return f"{axis} is infinite"
+        if number <= 0:
+            return f"{axis} is not positive"
+        if number < VOXEL_SIZE_MIN_NM:
+            return f"{axis} is below {format_number(VOXEL_SIZE_MIN_NM)} nm"
+        if number > VOXEL_SIZE_MAX_NM:
+            return f"{axis} is above {format_number(VOXEL_SIZE_MAX_NM)} nm"
+    return None
+
+
+VOXEL_SIZE_RULE = (
+    f"each of z, y, x must be a finite number from {format_number(VOXEL_SIZE_MIN_NM)} to "
+    f"{format_number(VOXEL_SIZE_MAX_NM)} nm"
+)
+
+
+def validate_voxel_size(values, *, what: str = "voxel size") -> tuple[float, float, float]:
+    """``values`` as a (z, y, x) tuple of floats in nm, or ValueError saying what is wrong.
+
+    Raises
+    ------
+    ValueError
+        Not three finite numbers within [VOXEL_SIZE_MIN_NM, VOXEL_SIZE_MAX_NM]; the message
+        names ``what`` and the values as plain text.
+    """
+    problem = voxel_size_problem(values)
+    if problem is not None:
+        raise ValueError(
+            f"{what} {format_numbers(values)} nm is not usable ({problem}): {VOXEL_SIZE_RULE}"
+        )
+    return tuple(float(v) for v in np.asarray(values, dtype=object).reshape(-1))
+
+
+def voxel_size_argument(text: str) -> float:
+    """argparse ``type`` of one ``--voxel-size`` value: a finite number of nm within bounds."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not (math.isfinite(value) and VOXEL_SIZE_MIN_NM <= value <= VOXEL_SIZE_MAX_NM):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a voxel size: {VOXEL_SIZE_RULE}") from None
+    return value
+
+
+def _settle_voxel_size(where: str, attribute: str, stated, problem: str | None, given):
+    """The voxel size a source reports, from what the file states and what the caller gives.
+
+    ``stated``: the file's values (None when it states none); ``problem``: why they could not
+    even be parsed. Returns ``(voxel_size, file_voxel_size, note)``: the voxel size to use,
+    the file's own when usable, and (when ``given`` overrides an unusable statement) a
+    sentence saying so.
+    """
+    shown = format_numbers(stated) if stated is not None else ""
+    if problem is None and stated is not None:
+        problem = voxel_size_problem(stated)
+    message = None
+    if problem is not None:
+        message = (f"{where}: {attribute} {shown + ' ' if shown else ''}is not a usable voxel "
+                   f"size ({problem}; {VOXEL_SIZE_RULE})")
+    file_voxel_size = None
+    if stated is not None and message is None:
+        file_voxel_size = tuple(float(v) for v in np.asarray(stated, dtype=object).reshape(-1))
+    if given is not None:
+        try:
+            given = validate_voxel_size(given, what="the given voxel size")
+        except ValueError as exc:
+            raise VolumeFormatError(f"{where}: {exc}") from None
+        note = None if message is None else f"{message}; overridden by the given voxel size"
+        return given, file_voxel_size, note
+    if message is not None:
+        raise VolumeFormatError(
+            f"{message}. Give the voxel size (z, y, x in nm) to override what the file states"
+        )
+    return file_voxel_size, file_voxel_size, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,6 +249,10 @@ def _box_text(box: Box) -> str:
     return "[" + ", ".join(f"{s.start}:{s.stop}" for s in box) + "]"
 
 
+def _region_text(box: Box) -> str:
+    return ", ".join(f"{axis} {s.start}:{s.stop}" for axis, s in zip("zyx", box))
+
+
 def _native(dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     return dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
@@ -173,7 +283,12 @@ class VolumeSource(ABC):
     dtype : numpy.dtype
         Data type of the arrays :meth:`read` returns (native byte order).
     voxel_size : (3,) tuple of float or None
-        Voxel size in nm (z, y, x) where the file states it.
+        Voxel size in nm (z, y, x): the one the caller gave, else the one the file states
+        (None where it states none).
+    file_voxel_size : (3,) tuple of float or None
+        What the file states, when that is a usable voxel size.
+    voxel_size_note : str or None
+        When a given voxel size replaced an unusable statement of the file: what was wrong.
     chunks : (3,) tuple of int or None
         Native storage chunking (z, y, x); reading boxes aligned to it is cheapest.
     dataset : str or None
@@ -184,11 +299,14 @@ class VolumeSource(ABC):
 
     format: str = ""
 
-    def __init__(self, path, *, shape, dtype, voxel_size=None, chunks=None, dataset=None):
+    def __init__(self, path, *, shape, dtype, voxel_size=None, chunks=None, dataset=None,
+                 file_voxel_size=..., voxel_size_note=None):
         self.path = str(path)
         self.shape = tuple(int(n) for n in shape)
         self.dtype = _native(dtype)
         self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
+        self.file_voxel_size = self.voxel_size if file_voxel_size is ... else file_voxel_size
+        self.voxel_size_note = voxel_size_note
         self.chunks = None if chunks is None else tuple(int(c) for c in chunks)
         self.dataset = dataset
 
@@ -316,27 +434,40 @@ def _is_color(page) -> bool:
     return page.samplesperpixel > 1 and page.axes.endswith("S")
 
 
-def _imagej_voxel_size(tif: tifffile.TiffFile, page) -> tuple[float, float, float] | None:
-    """Voxel size (z, y, x) nm from ImageJ 'spacing', 'unit' and the X/YResolution tags."""
+# ImageJ's words for "not calibrated": the file states no voxel size.
+_IMAGEJ_NO_UNIT = ("", "pixel", "pixels", "unit", "units", "none")
+
+_IMAGEJ_ATTRIBUTE = "ImageJ calibration ('spacing', 'unit', X/YResolution tags)"
+
+
+def _imagej_voxel_size(tif: tifffile.TiffFile, page):
+    """Voxel size (z, y, x) nm from ImageJ 'spacing', 'unit' and the X/YResolution tags.
+
+    Returns ``(stated, problem)``: the values the file states (None when it states none: no
+    ImageJ metadata, no unit or 'pixel', no z spacing) and, when they cannot be read, why.
+    """
     meta = tif.imagej_metadata
     if not meta:
-        return None
+        return None, None
     unit = str(meta.get("unit", "")).strip().lower()
     spacing = meta.get("spacing")
+    if unit in _IMAGEJ_NO_UNIT or spacing is None:
+        return None, None
     scale = _UNIT_NM.get(unit)
-    if scale is None or spacing is None:
-        return None
+    if scale is None:
+        return None, f"unknown unit '{unit}'"
     try:
         sizes = []
         for name in ("YResolution", "XResolution"):
             num, den = page.tags[name].value
             sizes.append(den / num * scale)
-        voxel = (float(spacing) * scale, *sizes)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-    if not all(math.isfinite(v) and v > 0 for v in voxel):
-        return None
-    return voxel
+        return (float(spacing) * scale, *sizes), None
+    except KeyError as exc:
+        return None, f"no {exc.args[0]} tag"
+    except (TypeError, ValueError):
+        return None, f"'spacing' {spacing} is not a number"
+    except ZeroDivisionError:
+        return None, "a resolution tag is zero"
 
 
 class TiffStackSource(VolumeSource):
@@ -350,7 +481,7 @@ class TiffStackSource(VolumeSource):
 
     format = "tiff"
 
-    def __init__(self, path):
+    def __init__(self, path, *, voxel_size=None):
         path = str(path)
         tif = _open_tiff(path)
         try:
@@ -368,11 +499,14 @@ class TiffStackSource(VolumeSource):
                 shape, dtype = self._check_sections(path)
                 self._check_single_channel(tif, path)
                 chunks = (1, *shape[1:])
-            voxel_size = _imagej_voxel_size(tif, first)
+            stated, problem = _imagej_voxel_size(tif, first)
+            voxel_size, file_voxel_size, note = _settle_voxel_size(
+                path, _IMAGEJ_ATTRIBUTE, stated, problem, voxel_size)
         except BaseException:
             tif.close()
             raise
-        super().__init__(path, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=chunks)
+        super().__init__(path, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=chunks,
+                         file_voxel_size=file_voxel_size, voxel_size_note=note)
 
     def _init_single_page(self, path: str, page):
         if page.dtype is None:
@@ -479,7 +613,7 @@ class TiffFolderSource(VolumeSource):
 
     format = "tiff-folder"
 
-    def __init__(self, path):
+    def __init__(self, path, *, voxel_size=None):
         path = str(path)
         names = sorted(
             (
@@ -502,12 +636,14 @@ class TiffFolderSource(VolumeSource):
                     f"{file}: section has shape {shape} and dtype {dtype} but {self.files[0]} "
                     f"has shape {first_shape} and dtype {first_dtype}; all sections must match"
                 )
+        voxel_size, _, _ = _settle_voxel_size(path, "", None, None, voxel_size)
         super().__init__(
             path,
             shape=(len(self.files), *first_shape),
             dtype=first_dtype,
-            voxel_size=None,
+            voxel_size=voxel_size,
             chunks=(1, *first_shape),
+            file_voxel_size=None,
         )
 
     @staticmethod
@@ -594,18 +730,26 @@ def _listing(entries) -> str:
     return ", ".join(f"{name} {tuple(shape)} {dtype}" for name, shape, dtype in entries)
 
 
-def _voxel_size_attr(attrs, where: str, name: str = "resolution"):
-    """Voxel size from a 3-vector attribute in nm (z, y, x), CREMI convention; None if absent."""
+def _voxel_size_attr(attrs, name: str = "resolution"):
+    """A 3-vector attribute in nm (z, y, x), CREMI convention, as ``(stated, problem)``.
+
+    ``stated`` is None when the attribute is absent; ``problem`` says why it cannot be read.
+    """
     if name not in attrs:
-        return None
+        return None, None
+    raw = None
     try:
-        value = tuple(float(v) for v in np.asarray(attrs[name]).reshape(-1))
+        raw = attrs[name]
+        values = np.asarray(raw, dtype=object).reshape(-1)
+        if any(isinstance(v, (str, bytes)) for v in values):
+            text = " ".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                            for v in values)
+            return None, f"'{text}' is text, not numbers"
+        return tuple(float(v) for v in values), None
     except (TypeError, ValueError):
-        value = ()
-    if len(value) != 3 or not all(math.isfinite(v) and v > 0 for v in value):
-        logger.warning("%s: ignoring malformed %r attribute %r", where, name, attrs[name])
-        return None
-    return value
+        return None, f"{format_numbers(raw)} holds values that are not numbers"
+    except OSError as exc:
+        return None, f"unreadable ({exc})"
 
 
 class Hdf5Source(VolumeSource):
@@ -613,7 +757,7 @@ class Hdf5Source(VolumeSource):
 
     format = "hdf5"
 
-    def __init__(self, path, *, dataset=None):
+    def __init__(self, path, *, dataset=None, voxel_size=None):
         path = str(path)
         try:
             self._file = h5py.File(path, "r")
@@ -626,7 +770,9 @@ class Hdf5Source(VolumeSource):
             self._ds = self._file[dataset]
             where = f"{path} [{dataset}]"
             dtype = _check_numeric(self._ds.dtype, where)
-            voxel_size = _voxel_size_attr(self._ds.attrs, where)
+            stated, problem = _voxel_size_attr(self._ds.attrs)
+            voxel_size, file_voxel_size, note = _settle_voxel_size(
+                where, "attribute 'resolution'", stated, problem, voxel_size)
         except BaseException:
             self._file.close()
             raise
@@ -637,6 +783,8 @@ class Hdf5Source(VolumeSource):
             voxel_size=voxel_size,
             chunks=self._ds.chunks,
             dataset=dataset,
+            file_voxel_size=file_voxel_size,
+            voxel_size_note=note,
         )
 
     def _pick(self, path: str, dataset: str | None) -> str:
@@ -709,19 +857,31 @@ def _ome_axes(ms: dict, ndim: int, where: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def _ome_scale(ms: dict, dataset_path: str, where: str) -> list[float] | None:
-    """Product of the global and per-dataset 'scale' transforms, in array axis order."""
+def _ome_scale(ms: dict, dataset_path: str):
+    """Product of the global and per-dataset 'scale' transforms, in array axis order.
+
+    Returns ``(scale, problem)``: None when no scale is stated; ``problem`` says why the
+    stated transforms cannot be read.
+    """
     entry = next((d for d in ms.get("datasets", []) if d.get("path") == dataset_path), None)
     if entry is None:
-        return None
+        return None, None
     scale = None
     for transforms in (entry.get("coordinateTransformations", []),
                        ms.get("coordinateTransformations", [])):
         for t in transforms:
             if t.get("type") == "scale" and "scale" in t:
-                values = [float(v) for v in t["scale"]]
+                try:
+                    values = [float(v) for v in t["scale"]]
+                except (TypeError, ValueError):
+                    return None, f"scale {t['scale']} is not a list of numbers"
+                if scale is not None and len(values) != len(scale):
+                    return None, "scale transforms of different lengths"
                 scale = values if scale is None else [a * b for a, b in zip(scale, values)]
-    return scale
+    return scale, None
+
+
+_OME_ATTRIBUTE = "OME 'coordinateTransformations' scale"
 
 
 class ZarrSource(VolumeSource):
@@ -735,10 +895,14 @@ class ZarrSource(VolumeSource):
 
     format = "zarr"
 
-    def __init__(self, path, *, dataset=None):
+    def __init__(self, path, *, dataset=None, voxel_size=None, fill_missing=False):
         path = str(path).rstrip("/\\") or str(path)
         if os.path.exists(os.path.join(path, "zarr.json")):
             raise VolumeFormatError(f"{path}: zarr v3 stores are not supported (zarr v2 only)")
+        # Metadata that is not UTF-8 JSON would surface as a bare codec error without a name.
+        problem = _zarr_metadata_problem(path)
+        if problem is not None:
+            raise VolumeFormatError(problem)
         try:
             root = zarr.open(path, mode="r")
         except Exception as exc:  # zarr raises several types for missing/invalid stores
@@ -762,20 +926,36 @@ class ZarrSource(VolumeSource):
                         "channel, single-time-point volumes are supported"
                     )
                 self._fixed[i] = 0
-        voxel_size = None
+        stated = problem = None
         if ms is not None:
-            scale = _ome_scale(ms, level, where)
-            if scale is not None and len(scale) == array.ndim:
-                voxel_size = []
+            attribute = _OME_ATTRIBUTE
+            scale, problem = _ome_scale(ms, level)
+            if scale is not None and len(scale) != array.ndim:
+                problem = f"{len(scale)} values for a {array.ndim}-D array"
+            elif scale is not None:
+                stated = []
                 for i in self._order:
                     unit = axes[i][1]
                     factor = 1.0 if unit is None else _UNIT_NM.get(str(unit).lower())
                     if factor is None:
-                        raise VolumeFormatError(f"{where}: unknown axis unit {unit!r}")
-                    voxel_size.append(scale[i] * factor)
+                        stated, problem = None, f"unknown unit '{unit}' of axis '{axes[i][0]}'"
+                        break
+                    stated.append(scale[i] * factor)
         else:
-            voxel_size = _voxel_size_attr(array.attrs, where)
+            attribute = "attribute 'resolution'"
+            stated, problem = _voxel_size_attr(array.attrs)
+        voxel_size, file_voxel_size, note = _settle_voxel_size(
+            where, attribute, stated, problem, voxel_size)
+        # Read through a chunk store that remembers the keys it did not find: zarr reads an
+        # absent chunk as the fill value without a word, and looks each key up anyway, so
+        # noting the missing ones costs nothing more.
+        self._chunk_reads = _ChunkReads(array.chunk_store if array.chunk_store is not None
+                                        else array.store)
+        array = zarr.Array(array.store, path=array.path, read_only=True,
+                           chunk_store=self._chunk_reads)
         self._array = array
+        self._root = path
+        self._fill_missing = bool(fill_missing)
         super().__init__(
             path,
             shape=[array.shape[i] for i in self._order],
@@ -783,6 +963,8 @@ class ZarrSource(VolumeSource):
             voxel_size=voxel_size,
             chunks=[array.chunks[i] for i in self._order],
             dataset=array_path or None,
+            file_voxel_size=file_voxel_size,
+            voxel_size_note=note,
         )
 
     @staticmethod
@@ -845,15 +1027,144 @@ class ZarrSource(VolumeSource):
             selection[i] = value
         for axis, s in zip(self._order, box):
             selection[axis] = s
+        fill = self._array.fill_value
+        # zarr reads an absent chunk key as the fill value (or, without one, as whatever the
+        # memory held): a deleted chunk would import silently.
+        self._chunk_reads.missing.clear()
         try:
             data = self._array[tuple(selection)]
         except Exception as exc:  # codec errors (numcodecs/blosc) come in many types
             raise VolumeFormatError(
                 f"{self._where()}: cannot read region {_box_text(box)} (corrupt chunk?): {exc}"
             ) from exc
+        missing = [(key, self._key_region(key)) for key in sorted(self._chunk_reads.missing)]
+        if missing and not self._fill_missing:
+            key, region = missing[0]
+            more = f" ({len(missing) - 1} more in this block)" if len(missing) > 1 else ""
+            as_read = ("uninitialised memory (the array has no fill value)" if fill is None
+                       else f"the fill value {format_number(fill)}")
+            raise VolumeFormatError(
+                f"{os.path.join(self._root, key)}: zarr chunk '{key}' "
+                f"({_region_text(region)}) is missing{more}; zarr would read it as {as_read}. "
+                "A deleted or never-written chunk (writers that skip chunks holding only the "
+                "fill value leave them out too); with fill_missing (--fill-missing) missing "
+                f"chunks read as {format_number(fill) if fill is not None else 0}"
+            )
         # The integer-indexed axes are gone; put the remaining space axes in z, y, x order.
         kept = [i for i in range(self._array.ndim) if i not in self._fixed]
-        return np.transpose(data, [kept.index(i) for i in self._order])
+        data = np.transpose(data, [kept.index(i) for i in self._order])
+        if missing and fill is None:  # filled without a fill value: zeros, not stale memory
+            data = np.array(data)
+            for _, region in missing:
+                data[tuple(slice(max(r.start, b.start) - b.start, min(r.stop, b.stop) - b.start)
+                           for r, b in zip(region, box))] = 0
+        return data
+
+    def _key_region(self, key: str) -> Box:
+        """The (z, y, x) region of the volume that chunk ``key`` holds."""
+        array = self._array
+        separator = getattr(array, "_dimension_separator", None) or "."
+        coords = [int(c) for c in key[len(array._key_prefix):].split(separator)]
+        return tuple(
+            slice(coords[axis] * c, min((coords[axis] + 1) * c, n))
+            for axis, c, n in zip(self._order, self.chunks, self.shape)
+        )
+
+
+class _ChunkReads(zarr.storage.BaseStore):
+    """A read-only view of a zarr store that notes the chunk keys a read did not find."""
+
+    _readable = True
+    _listable = True
+    _writeable = False
+    _erasable = False
+
+    def __init__(self, store):
+        self._store = store
+        self.missing: list[str] = []
+
+    def __getitem__(self, key):
+        return self._store[key]
+
+    def __contains__(self, key):
+        return key in self._store
+
+    def __iter__(self):
+        return iter(self._store)
+
+    def __len__(self):
+        return len(self._store)
+
+    def __setitem__(self, key, value):
+        raise PermissionError("volume sources are read-only")
+
+    def __delitem__(self, key):
+        raise PermissionError("volume sources are read-only")
+
+    def listdir(self, path=""):
+        return self._store.listdir(path)
+
+    def getitems(self, keys, *, contexts):
+        found = self._store.getitems(keys, contexts=contexts)
+        self.missing.extend(key for key in keys if key not in found)
+        return found
+
+
+_ZARR_METADATA = (".zgroup", ".zarray", ".zattrs", ".zmetadata")
+
+
+def _json_file_problem(file: str) -> str | None:
+    """Why ``file`` is not UTF-8 JSON (naming it and the line), or None."""
+    try:
+        with open(file, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        return f"{file}: cannot read ({exc.strerror or exc})"
+    try:
+        json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        return (f"{file} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte "
+                f"{exc.start}); zarr metadata is UTF-8 JSON")
+    except json.JSONDecodeError as exc:
+        return f"{file} line {exc.lineno}: not valid JSON ({exc.msg})"
+    return None
+
+
+def _zarr_metadata_problem(path: str) -> str | None:
+    """The first zarr metadata file of the store at ``path`` (or of the group holding it, which
+    an array opened directly may belong to) that is not UTF-8 JSON; None when all are.
+
+    Descends into groups only: an array's folder is never listed (it may hold millions of
+    chunk files).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    for name in (".zgroup", ".zattrs"):
+        file = os.path.join(parent, name)
+        if os.path.isfile(file):
+            problem = _json_file_problem(file)
+            if problem is not None:
+                return problem
+    folders = [path]
+    while folders:
+        folder = folders.pop(0)
+        for name in _ZARR_METADATA:
+            file = os.path.join(folder, name)
+            if os.path.isfile(file):
+                problem = _json_file_problem(file)
+                if problem is not None:
+                    return problem
+        if not os.path.isfile(os.path.join(folder, ".zgroup")):
+            continue
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir() and any(os.path.isfile(os.path.join(entry.path, name))
+                                      for name in (".zarray", ".zgroup")):
+                folders.append(entry.path)
+    return None
 
 
 def _zarr_arrays(group) -> list[tuple[str, tuple, np.dtype]]:
@@ -876,7 +1187,8 @@ class PrecomputedSource(VolumeSource):
 
     Supports unsharded ``raw`` (optionally gzip-compressed chunk files, detected by their
     magic bytes, with or without a ``.gz`` suffix) and ``compressed_segmentation`` encodings
-    with one channel. Missing chunk files read as 0, the precomputed convention.
+    with one channel. A missing chunk file is an error naming it, unless ``fill_missing``
+    asks for the precomputed convention (missing chunks read as 0).
 
     Reads are in the scale's own index space: voxel (0, 0, 0) of this source is the voxel at
     ``voxel_offset`` in the precomputed coordinate system (the offset is added only to build
@@ -886,14 +1198,26 @@ class PrecomputedSource(VolumeSource):
 
     format = "precomputed"
 
-    def __init__(self, path, *, dataset=None):
+    def __init__(self, path, *, dataset=None, voxel_size=None, fill_missing=False):
         path = str(path)
         info_path = os.path.join(path, "info")
         try:
-            with open(info_path, encoding="utf-8") as fh:
-                info = json.load(fh)
-        except (OSError, ValueError) as exc:
+            with open(info_path, "rb") as fh:
+                raw_info = fh.read()
+            info = json.loads(raw_info.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            line = raw_info[:exc.start].count(b"\n") + 1
+            raise VolumeFormatError(
+                f"{info_path} line {line}: not UTF-8 text (byte 0x{raw_info[exc.start]:02x} at "
+                f"byte {exc.start}); precomputed info files are UTF-8 JSON"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise VolumeFormatError(
+                f"{info_path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        except OSError as exc:
             raise VolumeFormatError(f"{info_path}: cannot read precomputed info ({exc})") from exc
+        if not isinstance(info, dict):
+            raise VolumeFormatError(f"{info_path}: precomputed info is not a JSON object")
         try:
             scales = info["scales"]
             if dataset is None:
@@ -910,12 +1234,28 @@ class PrecomputedSource(VolumeSource):
             dtype = np.dtype(str(info["data_type"])).newbyteorder("<")
             size_xyz = [int(v) for v in scale["size"]]
             chunk_xyz = [int(v) for v in scale["chunk_sizes"][0]]
-            resolution_xyz = [float(v) for v in scale["resolution"]]
             offset_xyz = [int(v) for v in scale.get("voxel_offset", (0, 0, 0))]
             encoding = scale.get("encoding", "raw")
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise VolumeFormatError(f"{info_path}: malformed precomputed info ({exc!r})") from exc
-        where = f"{info_path} (scale {key!r})"
+        except KeyError as exc:
+            raise VolumeFormatError(
+                f"{info_path}: malformed precomputed info (no '{exc.args[0]}')") from None
+        except (IndexError, TypeError, ValueError) as exc:
+            raise VolumeFormatError(f"{info_path}: malformed precomputed info ({exc})") from None
+        where = f"{info_path} (scale '{key}')"
+        if len(size_xyz) != 3 or len(chunk_xyz) != 3 or len(offset_xyz) != 3:
+            raise VolumeFormatError(
+                f"{where}: 'size', 'chunk_sizes' and 'voxel_offset' need 3 values (x, y, z)")
+        if any(n < 0 for n in size_xyz) or any(c < 1 for c in chunk_xyz):
+            raise VolumeFormatError(
+                f"{where}: 'size' {format_numbers(size_xyz)} must not be negative and "
+                f"'chunk_sizes' {format_numbers(chunk_xyz)} must be positive")
+        if "resolution" in scale:
+            resolution, problem = _voxel_size_attr(scale, "resolution")
+            stated = None if resolution is None else tuple(resolution)[::-1]
+        else:
+            stated, problem = None, "missing"
+        voxel_size, file_voxel_size, note = _settle_voxel_size(
+            where, "'resolution' (z, y, x from the info's x, y, z)", stated, problem, voxel_size)
         if channels != 1:
             raise VolumeFormatError(f"{where}: num_channels is {channels}; only 1 is supported")
         if "sharding" in scale and scale["sharding"]:
@@ -934,14 +1274,17 @@ class PrecomputedSource(VolumeSource):
         self._encoding = encoding
         self._file_dtype = dtype
         self._chunk = chunk_xyz[::-1]
+        self._fill_missing = bool(fill_missing)
         self.voxel_offset = tuple(offset_xyz[::-1])
         super().__init__(
             path,
             shape=size_xyz[::-1],
             dtype=_check_numeric(dtype, where),
-            voxel_size=resolution_xyz[::-1],
+            voxel_size=voxel_size,
             chunks=chunk_xyz[::-1],
             dataset=key,
+            file_voxel_size=file_voxel_size,
+            voxel_size_note=note,
         )
 
     def _chunk_file(self, start, stop) -> str:
@@ -978,7 +1321,14 @@ class PrecomputedSource(VolumeSource):
                 file = candidate
                 break
         else:
-            return None
+            if self._fill_missing:
+                return None
+            region = tuple(slice(a, b) for a, b in zip(start, stop))
+            raise VolumeFormatError(
+                f"{file}: precomputed chunk ({_region_text(region)}) is missing; a deleted "
+                "chunk, or one its writer skipped because it held only 0; with fill_missing "
+                "(--fill-missing) missing chunks read as 0"
+            )
         try:
             with open(file, "rb") as fh:
                 raw = fh.read()
@@ -1094,7 +1444,8 @@ def detect_format(path) -> str:
     )
 
 
-def open_volume(path, *, dataset: str | None = None, format: str | None = None) -> VolumeSource:
+def open_volume(path, *, dataset: str | None = None, format: str | None = None,
+                voxel_size=None, fill_missing: bool = False) -> VolumeSource:
     """Open a volume for block reads.
 
     Parameters
@@ -1107,6 +1458,12 @@ def open_volume(path, *, dataset: str | None = None, format: str | None = None) 
         TIFF.
     format : str, optional
         One of :data:`FORMATS`; detected from ``path`` when omitted.
+    voxel_size : (3,) floats, optional
+        Voxel size (z, y, x) nm that overrides what the file states (also a statement the
+        file gets wrong: ``voxel_size_note`` then says what was wrong).
+    fill_missing : bool
+        zarr and precomputed: read missing chunks as the fill value (zarr's ``fill_value``,
+        else 0) instead of failing.
 
     Returns
     -------
@@ -1116,7 +1473,8 @@ def open_volume(path, *, dataset: str | None = None, format: str | None = None) 
     Raises
     ------
     VolumeFormatError
-        Unknown format, missing path, or invalid/corrupt content; the message names the file.
+        Unknown format, missing path, invalid/corrupt content, or a stated voxel size that is
+        not usable when none is given; the message names the file.
     """
     path = os.fspath(path)
     if format is None:
@@ -1132,9 +1490,11 @@ def open_volume(path, *, dataset: str | None = None, format: str | None = None) 
     if format in ("tiff", "tiff-folder"):
         if dataset is not None:
             raise VolumeFormatError(f"{path}: dataset={dataset!r} does not apply to TIFF input")
-        return TiffStackSource(path) if format == "tiff" else TiffFolderSource(path)
+        source = TiffStackSource if format == "tiff" else TiffFolderSource
+        return source(path, voxel_size=voxel_size)
     if format == "hdf5":
-        return Hdf5Source(path, dataset=dataset)
+        return Hdf5Source(path, dataset=dataset, voxel_size=voxel_size)
     if format == "zarr":
-        return ZarrSource(path, dataset=dataset)
-    return PrecomputedSource(path, dataset=dataset)
+        return ZarrSource(path, dataset=dataset, voxel_size=voxel_size, fill_missing=fill_missing)
+    return PrecomputedSource(path, dataset=dataset, voxel_size=voxel_size,
+                             fill_missing=fill_missing)

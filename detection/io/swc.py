@@ -141,10 +141,18 @@ def read_swc(path: str | os.PathLike, *, scale: float = 1.0) -> SkeletonNodes:
         the column.
     """
     if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+        raise ValueError(f"scale must be a positive finite number, got {float(scale):g}")
     name = os.fspath(path)
-    with open(path, encoding="utf-8-sig") as stream:
-        text = stream.read()
+    with open(path, "rb") as stream:
+        raw = stream.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SwcFormatError(
+            f"{name} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte "
+            f"{exc.start} of the file); SWC files are plain text", source=name, line=line,
+        ) from None
 
     lines = text.splitlines()
     content = [line.partition("#")[0] for line in lines] if "#" in text else lines

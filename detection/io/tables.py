@@ -15,7 +15,8 @@ Three formats are supported, each read into a list of frozen dataclass rows:
 Conventions shared by all parsers
 ---------------------------------
 * Files are UTF-8 (a leading byte-order mark is ignored), comma-separated and
-  start with a header line. Header names are matched after stripping
+  start with a header line. Bytes that are not UTF-8 are an error naming the
+  file, the line and the byte. Header names are matched after stripping
   whitespace and ignoring case; columns that a format does not use are
   ignored. Values are stripped of surrounding whitespace, so ``a, b`` reads
   like ``a,b``. Blank lines are skipped.
@@ -40,6 +41,7 @@ rows`` holds exactly.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import math
@@ -52,6 +54,8 @@ from typing import TextIO
 
 import numpy as np
 
+from detection.io.text import format_number, format_numbers
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -59,6 +63,8 @@ __all__ = [
     "CnapseRow",
     "EdgeRow",
     "TableFormatError",
+    "decode_error_message",
+    "utf8_errors",
     "read_cave",
     "read_cnapse",
     "read_edges",
@@ -187,15 +193,74 @@ def _source_name(source: Source) -> str:
     return str(getattr(source, "name", "<stream>"))
 
 
+def _first_undecodable(path) -> tuple[int, int, bytes] | None:
+    """(line, byte offset, bytes) of the first bytes of ``path`` that are not UTF-8.
+
+    Reads the file in pieces through an incremental decoder, so memory stays bounded.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file fed to the decoder so far
+    lines = 1
+    with open(path, "rb") as stream:
+        while True:
+            piece = stream.read(1 << 20)
+            pending = decoder.getstate()[0]
+            try:
+                decoder.decode(piece, final=not piece)
+            except UnicodeDecodeError as exc:
+                data = exc.object  # the pending bytes followed by this piece
+                at = offset - len(pending) + exc.start
+                return (lines + data[len(pending):exc.start].count(b"\n"), at,
+                        data[exc.start:exc.end])
+            if not piece:
+                return None
+            lines += piece.count(b"\n")
+            offset += len(piece)
+
+
+def decode_error_message(path, exc: UnicodeDecodeError | None = None) -> tuple[str, int | None]:
+    """A sentence naming the file, the line and the byte that is not UTF-8, and the line."""
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else _source_name(path)
+    found = None
+    if isinstance(path, (str, os.PathLike)):
+        try:
+            found = _first_undecodable(path)
+        except OSError:
+            found = None
+    if found is None:
+        reason = f" ({exc.reason})" if exc is not None else ""
+        return f"{name}: not UTF-8 text{reason}; save it as UTF-8", None
+    line, at, bad = found
+    shown = " ".join(f"0x{b:02x}" for b in bad[:4])
+    hint = ""
+    with open(path, "rb") as stream:
+        if stream.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            hint = " (it starts with a UTF-16 byte-order mark)"
+    return (f"{name} line {line}: not UTF-8 text{hint}: byte {shown} at byte {at} of the file; "
+            "save it as UTF-8 (in a spreadsheet: CSV UTF-8)", line)
+
+
+@contextmanager
+def utf8_errors(path) -> Iterator[None]:
+    """Turn a UnicodeDecodeError raised while reading ``path`` into a TableFormatError that
+    names the file, the line and the byte."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        message, line = decode_error_message(path, exc)
+        raise TableFormatError(message, source=_source_name(path), line=line) from None
+
+
 @contextmanager
 def _open_text(source: Source, mode: str) -> Iterator[TextIO]:
     if isinstance(source, (str, os.PathLike)):
         # utf-8-sig drops the byte-order mark that spreadsheet exports add.
         encoding = "utf-8-sig" if mode == "r" else "utf-8"
-        with open(source, mode, newline="", encoding=encoding) as stream:
+        with utf8_errors(source), open(source, mode, newline="", encoding=encoding) as stream:
             yield stream
     else:
-        yield source
+        with utf8_errors(source):
+            yield source
 
 
 class _Table:
@@ -345,17 +410,20 @@ def _first_duplicate(keys: np.ndarray) -> tuple[int, int] | None:
 def _check_uint64_for_write(value: object, where: str, field: str) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
             or not 0 <= int(value) < _UINT64_LIMIT:
-        raise ValueError(f"{where}, field {field!r}: {value!r} is not an unsigned 64-bit integer")
+        raise ValueError(f"{where}, field {field!r}: {format_number(value)} is not an unsigned "
+                         "64-bit integer")
 
 
 def _check_point_for_write(point: Sequence[float], where: str, field: str) -> None:
     if len(point) != 3 or not all(math.isfinite(float(c)) for c in point):
-        raise ValueError(f"{where}, field {field!r}: {point!r} is not a finite (z, y, x) point")
+        raise ValueError(f"{where}, field {field!r}: {format_numbers(point)} is not a finite "
+                         "(z, y, x) point")
 
 
 def _check_size_for_write(size: float, where: str, field: str) -> None:
     if not math.isfinite(float(size)) or size < 0:
-        raise ValueError(f"{where}, field {field!r}: {size!r} is not a finite size >= 0")
+        raise ValueError(f"{where}, field {field!r}: {format_number(size)} is not a finite "
+                         "size >= 0")
 
 
 # --------------------------------------------------------------------------
@@ -626,7 +694,8 @@ def _checked_unit(position_unit: str, voxel_size: Sequence[float] | None) -> Poi
         raise ValueError("position_unit='voxel' needs voxel_size as (z, y, x) in nm")
     vz, vy, vx = (float(v) for v in voxel_size)
     if not all(math.isfinite(v) and v > 0 for v in (vz, vy, vx)):
-        raise ValueError(f"voxel_size must be three positive numbers, got {voxel_size!r}")
+        raise ValueError("voxel_size must be three positive numbers, got "
+                         f"{format_numbers(voxel_size)}")
     return vx, vy, vz
 
 
@@ -864,7 +933,7 @@ def write_edges(target: Source, rows: Iterable[EdgeRow]) -> None:
                 raise ValueError(f"row {count}, field 'type': {row.type!r} is not one of "
                                  f"{list(EDGE_TYPES)}")
             if not isinstance(row.synapses, (int, np.integer)) or row.synapses < 1:
-                raise ValueError(f"row {count}, field 'synapses': {row.synapses!r} is not a "
+                raise ValueError(f"row {count}, field 'synapses': {format_number(row.synapses)} is not a "
                                  "positive integer")
             writer.writerow((row.pre, row.post, kind, int(row.synapses)))
     logger.debug("wrote %d edges to %s", count, _source_name(target))

@@ -182,7 +182,7 @@ def test_segmentation_that_does_not_match_its_volume(data_root, tmp_path):
 def test_voxel_size_mismatch_is_refused_unless_overridden(data_root, tmp_path):
     path = _write_h5(tmp_path / "v.h5", {"raw": np.zeros((4, 16, 16), np.uint8)}, resolution=(50, 4.6, 4.6))
     dataset = DatasetFactory()  # 40 x 8 x 8 nm
-    with pytest.raises(ValueError, match=r"voxel size .*\(50\.0, 4\.6, 4\.6\).*\(40\.0, 8\.0, 8\.0\)"):
+    with pytest.raises(ValueError, match=r"voxel size .*\(50, 4\.6, 4\.6\).*\(40, 8, 8\)"):
         import_volume(dataset=dataset, source=str(path), name="em")
     _nothing_written(data_root, dataset)
     layer = import_volume(dataset=dataset, source=str(path), name="em", voxel_size=(40, 8, 8))
@@ -204,10 +204,19 @@ def test_failed_job_keeps_existing_layers(data_root, tmp_path):
     good = _write_h5(tmp_path / "good.h5", {"raw": np.full((4, 16, 16), 7, np.uint8)})
     dataset = DatasetFactory()
     first = job_run_inline(kind="import_volume", dataset=dataset, parameters={"source": str(good), "name": "em"})
-    again = job_run_inline(kind="import_volume", dataset=dataset, parameters={"source": str(good), "name": "em"})
     assert first.state == Job.State.DONE
-    assert again.state == Job.State.FAILED
-    assert again.error == f"dataset '{dataset.name}' already has a layer named 'em'"
+    # A second import of that name is refused when it is submitted (no job row is kept) ...
+    from connectome.jobs.services import JobConflict
+
+    with pytest.raises(JobConflict) as refused:
+        job_run_inline(kind="import_volume", dataset=dataset, parameters={"source": str(good), "name": "em"})
+    assert str(refused.value) == f"dataset '{dataset.name}' already has a layer named 'em'"
+    assert Job.objects.filter(dataset=dataset).count() == 1
+    # ... and one that fails while it runs leaves the existing layer as it was.
+    bad = _write_h5(tmp_path / "bad.h5", {"raw": np.full((4, 16, 16), -1, np.int16)})
+    failed = job_run_inline(kind="import_volume", dataset=dataset,
+                            parameters={"source": str(bad), "name": "seg", "kind": "segmentation"})
+    assert failed.state == Job.State.FAILED and "negative ids" in failed.error
     layer = dataset.layers.get()
     assert zarr.open_group(str(layer.path), "r")["0"][0, 0, 0] == 7
 

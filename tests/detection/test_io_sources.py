@@ -311,9 +311,16 @@ def test_precomputed_voxel_offset_and_missing_chunks(tmp_path):
     key_dir = root / "4_4_40"
     assert len(os.listdir(key_dir)) < 3 * 3 * 3  # some chunks really are absent
     assert "100-108_200-205_30-33" not in os.listdir(key_dir)
-    with open_volume(root) as src:
+    with open_volume(root, fill_missing=True) as src:
         assert src.voxel_offset == (30, 200, 100)
         assert_reads(src, volume)
+    # Without asking for a fill, a missing chunk is an error naming its file and region.
+    with open_volume(root) as src:
+        with pytest.raises(VolumeFormatError, match=r"100-108_200-205_30-33: precomputed chunk "
+                           r"\(z 0:3, y 0:5, x 0:8\) is missing"):
+            src.read((slice(0, 2), slice(0, 2), slice(0, 2)))
+        present = (slice(4, 7), slice(10, 13), slice(16, 22))  # chunks that are all there
+        np.testing.assert_array_equal(src.read(present), volume[present])
 
 
 # --------------------------------------------------------------------------------------------

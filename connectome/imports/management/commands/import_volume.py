@@ -1,4 +1,5 @@
 from connectome.jobs.command import JobCommand
+from detection.io.sources import voxel_size_argument
 
 
 class Command(JobCommand):
@@ -12,8 +13,12 @@ class Command(JobCommand):
         parser.add_argument("--name", help="layer name (default: the layer kind)")
         parser.add_argument("--dataset-path", help="dataset inside an HDF5/zarr file")
         parser.add_argument("--format", choices=["tiff", "tiff-folder", "hdf5", "zarr", "precomputed"])
-        parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
-                            help="nm; overrides the file's own")
+        parser.add_argument("--voxel-size", nargs=3, type=voxel_size_argument,
+                            metavar=("Z", "Y", "X"),
+                            help="nm; overrides the file's own (also one it states wrongly)")
+        parser.add_argument("--fill-missing", action="store_true",
+                            help="zarr/precomputed: read missing chunks as the fill value "
+                                 "instead of failing")
         parser.add_argument("--chunks", nargs=3, type=int, metavar=("Z", "Y", "X"))
         if self.default_kind == "em":
             parser.add_argument(
@@ -30,4 +35,5 @@ class Command(JobCommand):
             "dataset_path": options["dataset_path"], "format": options["format"],
             "voxel_size": options["voxel_size"], "chunks": options["chunks"],
             "background_id": None if options.get("no_background") else 0,
+            "fill_missing": options["fill_missing"],
         }
