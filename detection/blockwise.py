@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from detection.errors import InputError
 from detection.io.sources import iter_blocks, read_box
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def iter_probability_blocks(
     step = model.grid_step
     block_shape = tuple(block_shape or default_block_shape(shape, halo, step=step))
     if any(b % g for b, g in zip(block_shape, step)):
-        raise ValueError(f"block shape {block_shape} must be a multiple of the grid step {step}")
+        raise InputError(f"block shape {block_shape} must be a multiple of the grid step {step}")
     if roi:
         # Start the region on the grid, so every block does.
         roi = tuple(slice(((s.start or 0) // g) * g, s.stop) for s, g in zip(roi, step))

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from detection.errors import InputError
+
 FORMAT = "connectome-candidate-classifier/1"
 QUANTILES = (0.1, 0.5, 0.9)
 # A small set for few training candidates: size and shape, the probability, and the EM's
@@ -116,7 +118,7 @@ def candidate_features(labels: np.ndarray, probability: np.ndarray, em: np.ndarr
     """
     labels = np.asarray(labels).astype(np.int64, copy=False)
     if labels.shape != probability.shape or labels.shape != em.shape:
-        raise ValueError(f"labels {labels.shape}, probability {probability.shape} and em "
+        raise InputError(f"labels {labels.shape}, probability {probability.shape} and em "
                          f"{em.shape} differ in shape")
     n = int(labels.max()) if n is None else int(n)
     if n == 0:
@@ -208,7 +210,7 @@ class CandidateClassifier:
     def _columns(self, X):
         X = np.asarray(X, float)
         if X.ndim != 2 or X.shape[1] != len(self.names):
-            raise ValueError(f"candidate features must be (n, {len(self.names)}), got {X.shape}")
+            raise InputError(f"candidate features must be (n, {len(self.names)}), got {X.shape}")
         if self.use is None:
             return X
         return X[:, [self.names.index(name) for name in self.use]]
@@ -223,7 +225,7 @@ class CandidateClassifier:
         use = y >= 0
         X, y = X[use], y[use].astype(int)
         if len(np.unique(y)) < 2:
-            raise ValueError("candidate training needs both true and false candidates")
+            raise InputError("candidate training needs both true and false candidates")
         self.fill = np.nanmedian(X, axis=0)
         self.fill = np.where(np.isnan(self.fill), 0.0, self.fill)
         X = np.where(np.isnan(X), self.fill, X)
@@ -248,7 +250,7 @@ class CandidateClassifier:
                 lgb.Dataset(Z, y, weight=weight), num_boost_round=int(self.c))
             self.booster = booster.model_to_string()
         else:
-            raise ValueError(f"unknown candidate classifier kind {self.kind!r}")
+            raise InputError(f"unknown candidate classifier kind {self.kind!r}")
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -279,7 +281,7 @@ class CandidateClassifier:
     def load(cls, path) -> "CandidateClassifier":
         d = json.loads(Path(path).read_text())
         if d.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a candidate classifier ({d.get('format')!r})")
+            raise InputError(f"{path} is not a candidate classifier ({d.get('format')!r})")
         arr = lambda a: None if a is None else np.asarray(a, float)  # noqa: E731
         use = None if d.get("use") is None else tuple(d["use"])
         return cls(kind=d["kind"], c=d["c"], use=use, spec=CandidateFeatureSpec(**d["spec"]),

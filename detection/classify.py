@@ -44,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from detection.context import ContextSpec, context_features, core_grid_slices, grid_slices
+from detection.errors import InputError
 from detection.features import (
     FeatureSpec, compute_features_block, compute_features_with_wide_gaussians,
 )
@@ -54,7 +55,7 @@ MODEL_FORMAT = "connectome-voxel-classifier"
 MODEL_FORMAT_VERSION = 1
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(InputError):
     """A model applied to data it was not trained for (voxel size, feature layout)."""
 
 
@@ -84,7 +85,7 @@ def labels_to_targets(labels: np.ndarray, *, convention: str = "ccboost",
         targets[np.isin(labels, negative_values)] = 0
         targets[np.isin(labels, positive_values)] = 1
     else:
-        raise ValueError(f"unknown label convention {convention!r}; use ccboost, binary or classes")
+        raise InputError(f"unknown label convention {convention!r}; use ccboost, binary or classes")
     return targets
 
 
@@ -183,7 +184,7 @@ class VoxelClassifier:
         step = self.grid_step
         starts = [c.start + o for c, o in zip(core, offset)]
         if any(s % g for s, g in zip(starts, step)):
-            raise ValueError(f"a block must start on the {step} grid; it starts at {tuple(starts)}")
+            raise InputError(f"a block must start on the {step} grid; it starts at {tuple(starts)}")
         feats = region_features(volume, voxel_size=self.voxel_size, feature_spec=self.feature_spec,
                                 context_spec=self.context_spec, step=step, offset=offset,
                                 core=core)
@@ -225,7 +226,7 @@ class VoxelClassifier:
             with open(path, "rb") as f:
                 header = json.loads(f.readline())
                 if header.get("format") != MODEL_FORMAT:
-                    raise ValueError("not a voxel classifier file")
+                    raise InputError("not a voxel classifier file")
                 boosters = pickle.load(f)
         except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
             raise ModelMismatchError(f"{path.name}: cannot read model file ({exc})") from exc
@@ -334,7 +335,7 @@ def sampled_features(volume, flat_indices: np.ndarray, *, voxel_size, feature_sp
     halo = total_halo(feature_spec, context_spec, voxel_size, step)
     coords = np.stack(np.unravel_index(flat_indices, shape), axis=1)
     if np.any(coords % np.asarray(step)):
-        raise ValueError(f"training voxels must lie on the {tuple(step)} grid")
+        raise InputError(f"training voxels must lie on the {tuple(step)} grid")
     n_features = len(feature_spec.channel_names()) + context_spec.n_features
     rows = np.empty((len(flat_indices), n_features), dtype=np.float32)
     block_shape = block_shape or default_block_shape(shape, halo, step=step)
@@ -417,7 +418,7 @@ def train_voxel_classifier(
     samples, labels, pools = [], [], []
     for volume, target in zip(volumes, targets):
         if volume.shape != target.shape:
-            raise ValueError(f"volume shape {volume.shape} and label shape {target.shape} differ")
+            raise InputError(f"volume shape {volume.shape} and label shape {target.shape} differ")
         chosen = sample_training_voxels(
             target, negatives_per_positive=parameters.negatives_per_positive,
             max_samples=parameters.max_samples // len(volumes), rng=rng, step=step,
@@ -434,7 +435,7 @@ def train_voxel_classifier(
         pools.append(rows[len(chosen):])
         labels.append(target.ravel()[chosen])
     if not samples:
-        raise ValueError("no labelled voxels to train on")
+        raise InputError("no labelled voxels to train on")
     X = np.concatenate(samples)
     y = np.concatenate(labels)
     return train_from_samples(X, y, voxel_size=voxel_size, feature_spec=feature_spec,
@@ -478,9 +479,9 @@ def train_from_samples(
     y = np.asarray(y).astype(np.int32)
     names = feature_spec.channel_names() + context_spec.names()
     if X.shape[1] != len(names):
-        raise ValueError(f"{X.shape[1]} feature columns, but the specs name {len(names)}")
+        raise InputError(f"{X.shape[1]} feature columns, but the specs name {len(names)}")
     if len(y) == 0 or y.min() == y.max():
-        raise ValueError(f"training needs both classes among {len(y)} labelled voxels")
+        raise InputError(f"training needs both classes among {len(y)} labelled voxels")
     logger.info("training on %d voxels (%d positive), %d features", len(y), int(y.sum()), X.shape[1])
     main = _fit_booster(X, y, names, parameters, n_estimators=parameters.n_estimators,
                         num_leaves=parameters.num_leaves)

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from detection.classify import ModelMismatchError, check_voxel_size
+from detection.errors import InputError
 from detection.model_files import NETWORK as MODEL_FORMAT
 
 logger = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class SynapseCnn:
         f = self.factor
         starts = [c.start + o for c, o in zip(core[1:], offset[1:])]
         if any(s % f for s in starts):
-            raise ValueError(f"a block must start on multiples of {f} in-plane; it starts at "
+            raise InputError(f"a block must start on multiples of {f} in-plane; it starts at "
                              f"{tuple(starts)}")
         # Drop the region's first voxels up to the whole volume's pooling grid, so network
         # pixels and pooling cells are the whole volume's.
@@ -249,7 +250,7 @@ class SynapseCnn:
             with open(path, "rb") as f:
                 header = json.loads(f.readline())
                 if header.get("format") != MODEL_FORMAT:
-                    raise ValueError("not a synapse network file")
+                    raise InputError("not a synapse network file")
                 state = torch.load(io.BytesIO(f.read()), weights_only=True)
         except (OSError, ValueError, RuntimeError, EOFError) as exc:
             raise ModelMismatchError(f"{path.name}: cannot read model file ({exc})") from exc
@@ -282,7 +283,7 @@ def train_cnn(volume: np.ndarray, targets: np.ndarray, *, voxel_size,
     """
     volume = np.asarray(volume)
     if volume.ndim != 3 or targets.shape != volume.shape:
-        raise ValueError(f"volume {volume.shape} and targets {np.shape(targets)} must be the same "
+        raise InputError(f"volume {volume.shape} and targets {np.shape(targets)} must be the same "
                          "3-D shape")
     p = parameters
     if region is not None:
@@ -297,7 +298,7 @@ def train_cnn(volume: np.ndarray, targets: np.ndarray, *, voxel_size,
     positives = np.argwhere(labels == 1)
     anywhere = np.argwhere(labels >= 0)
     if not len(positives) or not len(anywhere):
-        raise ValueError("training needs synapse voxels and non-synapse voxels; the targets hold "
+        raise InputError("training needs synapse voxels and non-synapse voxels; the targets hold "
                          f"{len(positives)} synapse and {int((labels == 0).sum())} other pixels")
     half = p.patch // 2
     stack = _stack((data - mean) / std, p.context_sections)

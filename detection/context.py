@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from detection.errors import InputError
+
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def context_features(
     index = {name: i for i, name in enumerate(channel_names)}
     missing = [c for c in spec.channels + (spec.orientation_channel,) if c not in index]
     if missing:
-        raise ValueError(f"context channels {missing} are not among the feature channels")
+        raise InputError(f"context channels {missing} are not among the feature channels")
     voxel_size = np.asarray(voxel_size, dtype=np.float32)
     normals = sheet_normals(channels[index[spec.orientation_channel]], voxel_size=voxel_size,
                             grid=grid)

@@ -85,6 +85,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detection.errors import InputError
 from detection.io.sources import Box, iter_blocks, normalize_box, read_box
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,9 @@ def _scale_text(scale_nm: float) -> str:
 def _as_scales(values, what: str) -> tuple[float, ...]:
     scales = tuple(float(v) for v in values)
     if any(not (math.isfinite(s) and s > 0) for s in scales):
-        raise ValueError(f"{what} must be positive and finite, got {scales}")
+        raise InputError(f"{what} must be positive and finite, got {scales}")
     if len(set(scales)) != len(scales):
-        raise ValueError(f"{what} has duplicates: {scales}")
+        raise InputError(f"{what} has duplicates: {scales}")
     return scales
 
 
@@ -190,9 +191,9 @@ class FeatureSpec:
         kinds = tuple(str(k) for k in self.kinds)
         unknown = [k for k in kinds if k not in CHANNEL_KINDS]
         if unknown:
-            raise ValueError(f"unknown channel kinds {unknown}; known: {CHANNEL_KINDS}")
+            raise InputError(f"unknown channel kinds {unknown}; known: {CHANNEL_KINDS}")
         if len(set(kinds)) != len(kinds):
-            raise ValueError(f"kinds has duplicates: {kinds}")
+            raise InputError(f"kinds has duplicates: {kinds}")
         set_("kinds", kinds)
         overrides = self.kind_scales_nm
         if overrides is None:
@@ -201,16 +202,16 @@ class FeatureSpec:
         pairs = []
         for kind, scales in items:
             if kind not in CHANNEL_KINDS:
-                raise ValueError(f"kind_scales_nm: unknown kind {kind!r}; known: {CHANNEL_KINDS}")
+                raise InputError(f"kind_scales_nm: unknown kind {kind!r}; known: {CHANNEL_KINDS}")
             pairs.append((str(kind), _as_scales(scales, f"kind_scales_nm[{kind!r}]")))
         if len({k for k, _ in pairs}) != len(pairs):
-            raise ValueError(f"kind_scales_nm names a kind twice: {overrides}")
+            raise InputError(f"kind_scales_nm names a kind twice: {overrides}")
         for kind, scales in pairs:
             # Loud rather than a silent surprise when scales_nm is changed and the default
             # per-kind subsets no longer fit it.
             extra = sorted(set(scales) - set(self.scales_nm))
             if extra:
-                raise ValueError(
+                raise InputError(
                     f"kind_scales_nm[{kind!r}] has scales {extra} not in scales_nm "
                     f"{self.scales_nm}; give kind_scales_nm={{}} to compute every kind at "
                     "every scale"
@@ -219,12 +220,12 @@ class FeatureSpec:
         for name in ("dog_ratio", "structure_tensor_ratio", "truncate", "min_sigma_voxels"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+                raise InputError(f"{name} must be finite and >= 0, got {value}")
             set_(name, value)
         if self.dog_ratio <= 1:
-            raise ValueError(f"dog_ratio must be > 1, got {self.dog_ratio}")
+            raise InputError(f"dog_ratio must be > 1, got {self.dog_ratio}")
         if self.structure_tensor_ratio <= 0 or self.truncate <= 0:
-            raise ValueError("structure_tensor_ratio and truncate must be > 0")
+            raise InputError("structure_tensor_ratio and truncate must be > 0")
 
     def scales_for(self, kind: str) -> tuple[float, ...]:
         """Scales (nm) at which ``kind`` is computed (empty when the kind is not selected)."""
@@ -283,16 +284,16 @@ class FeatureSpec:
         unknown = set(data) - known
         if unknown:
             # A model file written by a newer version may compute channels differently.
-            raise ValueError(f"unknown FeatureSpec fields {sorted(unknown)}")
+            raise InputError(f"unknown FeatureSpec fields {sorted(unknown)}")
         return cls(**data)
 
 
 def _voxel_size(voxel_size) -> tuple[float, float, float]:
     if voxel_size is None:
-        raise ValueError("voxel_size (z, y, x) in nm is required")
+        raise InputError("voxel_size (z, y, x) in nm is required")
     vs = tuple(float(v) for v in voxel_size)
     if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
-        raise ValueError(f"voxel_size must be 3 positive sizes (z, y, x) in nm, got {voxel_size}")
+        raise InputError(f"voxel_size must be 3 positive sizes (z, y, x) in nm, got {voxel_size}")
     return vs
 
 
@@ -903,7 +904,7 @@ def _compute_region(data: np.ndarray, core_lo, core_shape, plan: _Plan, out=None
     if out is None:
         out = np.empty(shape, dtype=np.float32)
     elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got "
+        raise InputError(f"out must be a C-contiguous float32 array of shape {shape}, got "
                          f"{out.dtype} {out.shape}")
     if out.size == 0:
         return out
@@ -974,7 +975,7 @@ def compute_features(
     """
     volume = np.asarray(volume)
     if volume.ndim != 3:
-        raise ValueError(f"expected a 3-D (z, y, x) volume, got shape {volume.shape}")
+        raise InputError(f"expected a 3-D (z, y, x) volume, got shape {volume.shape}")
     plan = _plan(spec, _voxel_size(voxel_size))
     return _compute_region(volume, (0, 0, 0), volume.shape, plan, out)
 
@@ -1013,7 +1014,7 @@ def compute_features_block(
     """
     shape = tuple(int(n) for n in source.shape)
     if len(shape) != 3:
-        raise ValueError(f"expected a 3-D (z, y, x) source, got shape {shape}")
+        raise InputError(f"expected a 3-D (z, y, x) source, got shape {shape}")
     box = normalize_box(box, shape)
     plan = _plan(spec, _voxel_size(voxel_size))
     region = tuple(
@@ -1055,13 +1056,13 @@ def compute_features_with_wide_gaussians(
     box = normalize_box(box, shape)
     wide_box = normalize_box(wide_box, shape)
     if any(w.start > b.start or w.stop < b.stop for w, b in zip(wide_box, box)):
-        raise ValueError(f"wide box {wide_box} does not contain the box {box}")
+        raise InputError(f"wide box {wide_box} does not contain the box {box}")
     plan = _plan(spec, _voxel_size(voxel_size))
     names = spec.channel_names()
     rows = {}
     for row, name in enumerate(wide_channels):
         if name not in names or spec.channels()[names.index(name)][0] != "gaussian":
-            raise ValueError(f"{name!r} is not a gaussian channel of the spec")
+            raise InputError(f"{name!r} is not a gaussian channel of the spec")
         rows[names.index(name)] = row
     reach = np.zeros(3, np.int64)
     for entry in plan.smoothings:

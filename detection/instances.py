@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from detection.errors import InputError
 from detection.split import SplitParameters, split_component
 
 Box = tuple[slice, slice, slice]
@@ -101,7 +102,7 @@ class InstanceStitcher:
                  min_size_voxels: int = 1, split: SplitParameters | None = None,
                  min_score: float = 0.0):
         if low > high:
-            raise ValueError(f"low threshold {low} is above the high threshold {high}")
+            raise InputError(f"low threshold {low} is above the high threshold {high}")
         self.voxel_size = np.asarray(voxel_size, dtype=float)
         self.high, self.low, self.min_size = float(high), float(low), int(min_size_voxels)
         self.split, self.min_score = split, float(min_score)
@@ -153,7 +154,7 @@ class InstanceStitcher:
     def _block_anchors(labels, n, corner):
         """First voxel of each label in (z, y, x) order, encoded as one int64."""
         if max(c + s for c, s in zip(corner, labels.shape)) > 2**21:
-            raise ValueError("volumes above 2**21 voxels along an axis are not supported")
+            raise InputError("volumes above 2**21 voxels along an axis are not supported")
         flat = labels.ravel()
         where = np.flatnonzero(flat)
         first = np.full(n + 1, flat.size, dtype=np.int64)
@@ -188,7 +189,7 @@ class InstanceStitcher:
         needed only with ``split``, to read each kept component's bounding box.
         """
         if self.split is not None and read_probability is None:
-            raise ValueError("splitting components needs read_probability")
+            raise InputError("splitting components needs read_probability")
         self._pieces = []
         self._split_of = np.zeros(self._next, dtype=np.int64)
         if not self._stats:
@@ -272,7 +273,7 @@ class InstanceStitcher:
         first = _decode(anchor) - lo
         mask = labels == labels[tuple(first)]
         if np.count_nonzero(mask) != size:
-            raise ValueError("the probabilities read back differ from those added")
+            raise InputError("the probabilities read back differ from those added")
         sub = split_component(mask, probability, voxel_size=self.voxel_size,
                               parameters=self.split)
         n = int(sub.max())
@@ -288,7 +289,7 @@ class InstanceStitcher:
         labels, n = self._label(probability)
         start, count = self._block_ids[tuple(s.start for s in box)]
         if n != count:
-            raise ValueError("the block's probabilities differ from those first added")
+            raise InputError("the block's probabilities differ from those first added")
         lookup = np.concatenate([[0], self._final[start:start + n]])
         out = lookup[labels].astype(np.uint32)
         if not self._pieces:

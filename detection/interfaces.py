@@ -81,6 +81,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from detection.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -116,7 +118,7 @@ _FACE_CHUNK_VOXELS = 1 << 24
 _GAP_EPS = 1e-4
 
 
-class InterfaceModelMismatchError(ValueError):
+class InterfaceModelMismatchError(InputError):
     """An interface model applied to data it was not made for (voxel size, feature layout)."""
 
 
@@ -236,7 +238,7 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def _voxel_size(voxel_size) -> tuple[float, float, float]:
     vs = tuple(float(v) for v in voxel_size)
     if len(vs) != 3 or min(vs) <= 0:
-        raise ValueError(
+        raise InputError(
             f"voxel_size must be three positive numbers (z, y, x) nm, got {voxel_size}")
     return vs
 
@@ -435,11 +437,11 @@ def extract_interfaces(
     vs = _voxel_size(voxel_size)
     seg = np.asarray(segmentation)
     if seg.ndim != 3:
-        raise ValueError(f"expected a (Z, Y, X) segmentation, got shape {seg.shape}")
+        raise InputError(f"expected a (Z, Y, X) segmentation, got shape {seg.shape}")
     if not np.issubdtype(seg.dtype, np.integer):
-        raise ValueError(f"segmentation must be integer, got {seg.dtype}")
+        raise InputError(f"segmentation must be integer, got {seg.dtype}")
     if max_gap_voxels < 0:
-        raise ValueError("max_gap_voxels must be >= 0")
+        raise InputError("max_gap_voxels must be >= 0")
     params = {
         "min_area_nm2": float(min_area_nm2), "background": int(background),
         "max_gap_voxels": float(max_gap_voxels), "in_plane_only": bool(in_plane_only),
@@ -561,7 +563,7 @@ class InterfaceSubvolumes:
 def _check_distances(distances_nm) -> tuple[float, ...]:
     d = tuple(float(x) for x in distances_nm)
     if not d or any(x <= 0 for x in d) or any(b <= a for a, b in zip(d, d[1:])):
-        raise ValueError(f"distances_nm must be positive and increasing, got {distances_nm}")
+        raise InputError(f"distances_nm must be positive and increasing, got {distances_nm}")
     return d
 
 
@@ -749,7 +751,7 @@ def interface_features(
     """
     vs = _voxel_size(voxel_size)
     if not np.allclose(vs, interfaces.voxel_size, rtol=1e-6):
-        raise ValueError(f"voxel_size {vs} differs from the interfaces' {interfaces.voxel_size}")
+        raise InputError(f"voxel_size {vs} differs from the interfaces' {interfaces.voxel_size}")
     d = _check_distances(distances_nm)
     data = volume_or_channels
     if data.ndim == 3:
@@ -762,16 +764,16 @@ def interface_features(
     elif data.ndim == 4:
         channels = data
     else:
-        raise ValueError(f"expected (Z, Y, X) or (C, Z, Y, X) data, got shape {data.shape}")
+        raise InputError(f"expected (Z, Y, X) or (C, Z, Y, X) data, got shape {data.shape}")
     if tuple(channels.shape[1:]) != interfaces.shape:
-        raise ValueError(f"channels {channels.shape} do not match the labels {interfaces.shape}")
+        raise InputError(f"channels {channels.shape} do not match the labels {interfaces.shape}")
     n_channels = channels.shape[0]
     if channel_names is None:
         channel_names = spec.channel_names() if spec is not None else [
             f"c{i}" for i in range(n_channels)]
     channel_names = list(channel_names)
     if len(channel_names) != n_channels:
-        raise ValueError(f"{len(channel_names)} channel names for {n_channels} channels")
+        raise InputError(f"{len(channel_names)} channel names for {n_channels} channels")
     names = feature_names(channel_names, distances_nm=d)
 
     n = len(interfaces)
@@ -811,7 +813,7 @@ def _swap_permutation(names) -> np.ndarray:
         if region[:2] in ("A@", "B@"):
             partner = ("B@" if region[0] == "A" else "A@") + region[2:] + sep + rest
             if partner not in index:
-                raise ValueError(f"feature {name!r} has no counterpart {partner!r} to swap with")
+                raise InputError(f"feature {name!r} has no counterpart {partner!r} to swap with")
             perm[i] = index[partner]
     return perm
 
@@ -831,7 +833,7 @@ def swap_sides(features: np.ndarray, names) -> np.ndarray:
     """
     features = np.asarray(features)
     if features.shape[-1] != len(names):
-        raise ValueError(f"{features.shape[-1]} feature columns but {len(names)} names")
+        raise InputError(f"{features.shape[-1]} feature columns but {len(names)} names")
     return features[..., _swap_permutation(names)]
 
 
@@ -914,7 +916,7 @@ def label_interfaces(
     """
     syn = np.asarray(synapse_labels)
     if tuple(syn.shape) != interfaces.shape:
-        raise ValueError(f"synapse labels {syn.shape} do not match the labels {interfaces.shape}")
+        raise InputError(f"synapse labels {syn.shape} do not match the labels {interfaces.shape}")
     n = len(interfaces)
     margin = np.rint(float(margin_nm) / np.asarray(interfaces.voxel_size)).astype(np.int64)
     flat_syn = syn.reshape(-1)
@@ -1062,7 +1064,7 @@ class InterfaceClassifier:
             with open(path, "rb") as f:
                 header = json.loads(f.readline())
                 if header.get("format") != MODEL_FORMAT:
-                    raise ValueError("not an interface classifier file")
+                    raise InputError("not an interface classifier file")
                 if header["version"] > MODEL_FORMAT_VERSION:
                     raise InterfaceModelMismatchError(
                         f"{path.name}: model format {header['version']} is newer than this "
@@ -1134,14 +1136,14 @@ def train_interface_classifier(
     labels = np.asarray(labels).astype(np.int64)
     names = list(names)
     if features.ndim != 2 or features.shape[1] != len(names):
-        raise ValueError(f"features {features.shape} do not match {len(names)} names")
+        raise InputError(f"features {features.shape} do not match {len(names)} names")
     if labels.shape != (len(features),):
-        raise ValueError(f"{labels.shape} labels for {len(features)} interfaces")
+        raise InputError(f"{labels.shape} labels for {len(features)} interfaces")
     if not np.isin(labels, (-1, 0, 1, 2)).all():
-        raise ValueError("labels must be 0, 1, 2 or -1")
+        raise InputError("labels must be 0, 1, 2 or -1")
     x, y = _augment(features, labels, names)
     if y.min() == y.max():
-        raise ValueError("training needs both synaptic and non-synaptic interfaces")
+        raise InputError("training needs both synaptic and non-synaptic interfaces")
     params = {"max_iter": 200, "learning_rate": 0.1, "l2_regularization": 1.0,
               "early_stopping": False}
     params.update(hgb_params)

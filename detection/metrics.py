@@ -38,6 +38,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
+from detection.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 # Above this many entries (rows x columns) a connected component of the candidate graph is
@@ -86,7 +88,7 @@ class DetectionScores:
         """Scores with the ratios derived from the counts."""
         tp, fp, fn = int(tp), int(fp), int(fn)
         if min(tp, fp, fn) < 0:
-            raise ValueError(f"counts must be non-negative, got tp={tp}, fp={fp}, fn={fn}")
+            raise InputError(f"counts must be non-negative, got tp={tp}, fp={fp}, fn={fn}")
         return cls(
             tp, fp, fn, _precision(tp, fp), _recall(tp, fn), _f1(tp, fp, fn),
             [(int(p), int(g)) for p, g in matches],
@@ -197,7 +199,7 @@ def _sparse_max_weight_matching(r, c, w, n_r: int, n_c: int):
 def _as_labels(array, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 3:
-        raise ValueError(f"{name} must be a 3-D (Z, Y, X) volume, got shape {array.shape}")
+        raise InputError(f"{name} must be a 3-D (Z, Y, X) volume, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise TypeError(
             f"{name} must be an integer instance label volume, got dtype {array.dtype} "
@@ -211,7 +213,7 @@ def _as_ignore(ignore, shape) -> np.ndarray | None:
         return None
     ignore = np.asarray(ignore, dtype=bool)
     if ignore.shape != tuple(shape):
-        raise ValueError(f"ignore mask has shape {ignore.shape}, expected {tuple(shape)}")
+        raise InputError(f"ignore mask has shape {ignore.shape}, expected {tuple(shape)}")
     return ignore
 
 
@@ -258,11 +260,11 @@ def match_by_overlap(
     pred = _as_labels(pred_labels, "pred_labels")
     gt = _as_labels(gt_labels, "gt_labels")
     if pred.shape != gt.shape:
-        raise ValueError(f"pred_labels {pred.shape} and gt_labels {gt.shape} differ in shape")
+        raise InputError(f"pred_labels {pred.shape} and gt_labels {gt.shape} differ in shape")
     if min_overlap_voxels < 1:
-        raise ValueError(f"min_overlap_voxels must be at least 1, got {min_overlap_voxels}")
+        raise InputError(f"min_overlap_voxels must be at least 1, got {min_overlap_voxels}")
     if not 0.0 <= min_iou <= 1.0:
-        raise ValueError(f"min_iou must lie in [0, 1], got {min_iou}")
+        raise InputError(f"min_iou must lie in [0, 1], got {min_iou}")
     ignore = _as_ignore(ignore, pred.shape)
 
     p = pred.reshape(-1)
@@ -310,16 +312,16 @@ def _as_points(points, name: str) -> np.ndarray:
     if points.size == 0:
         return points.reshape(0, 3)
     if points.ndim != 2 or points.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (N, 3) in nm (z, y, x), got {points.shape}")
+        raise InputError(f"{name} must have shape (N, 3) in nm (z, y, x), got {points.shape}")
     if not np.isfinite(points).all():
-        raise ValueError(f"{name} contains non-finite coordinates")
+        raise InputError(f"{name} contains non-finite coordinates")
     return points
 
 
 def _check_tolerance(tolerance_nm: float) -> float:
     tolerance_nm = float(tolerance_nm)
     if not (np.isfinite(tolerance_nm) and tolerance_nm >= 0):
-        raise ValueError(f"tolerance_nm must be finite and non-negative, got {tolerance_nm}")
+        raise InputError(f"tolerance_nm must be finite and non-negative, got {tolerance_nm}")
     return tolerance_nm
 
 
@@ -486,12 +488,12 @@ def cremi_cleft_scores(
     pred = np.asarray(pred_mask) != 0
     gt = np.asarray(gt_mask) != 0
     if pred.ndim != 3 or pred.shape != gt.shape:
-        raise ValueError(
+        raise InputError(
             f"pred_mask {pred.shape} and gt_mask {gt.shape} must be 3-D of the same shape"
         )
     voxel_size = tuple(float(v) for v in voxel_size)
     if len(voxel_size) != 3 or min(voxel_size) <= 0:
-        raise ValueError(f"voxel_size must be 3 positive nm values (z, y, x), got {voxel_size}")
+        raise InputError(f"voxel_size must be 3 positive nm values (z, y, x), got {voxel_size}")
     tolerance_nm = _check_tolerance(tolerance_nm)
     ignore = _as_ignore(ignore, pred.shape)
     pred_scored = pred if ignore is None else pred & ~ignore
@@ -543,7 +545,7 @@ def _synapse_counts(pairs) -> Counter:
     for (pre, post), n in items:
         pre, post, n = int(pre), int(post), int(n)
         if n < 0:
-            raise ValueError(f"negative synapse count {n} for connection ({pre}, {post})")
+            raise InputError(f"negative synapse count {n} for connection ({pre}, {post})")
         # Cell 0 is background (no cell assigned), and a synapse onto its own cell is a
         # partner-assignment failure rather than a connection, so neither is a connection.
         if pre == 0 or post == 0 or pre == post:
@@ -574,7 +576,7 @@ def connection_scores(
     ConnectionScores
     """
     if int(min_synapses) != min_synapses or min_synapses < 1:
-        raise ValueError(f"min_synapses must be a positive integer, got {min_synapses}")
+        raise InputError(f"min_synapses must be a positive integer, got {min_synapses}")
     min_synapses = int(min_synapses)
     pred = {pair for pair, n in _synapse_counts(pred_pairs).items() if n >= min_synapses}
     gt = {pair for pair, n in _synapse_counts(gt_pairs).items() if n >= min_synapses}

@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage.segmentation import find_boundaries
 
+from detection.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -76,16 +78,16 @@ def _outline(mask):
 def _check_2d(array, name, shape=None):
     array = np.asarray(array)
     if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (Y, X) section, got shape {array.shape}")
+        raise InputError(f"{name} must be a 2-D (Y, X) section, got shape {array.shape}")
     if shape is not None and array.shape != shape:
-        raise ValueError(f"{name} has shape {array.shape}, expected the EM section's {shape}")
+        raise InputError(f"{name} has shape {array.shape}, expected the EM section's {shape}")
     return array
 
 
 def _check_rgb(rgb, name="rgb"):
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(
+        raise InputError(
             f"{name} must be an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}"
         )
     return rgb
@@ -139,25 +141,25 @@ def render_assignment(
     """
     em = _check_2d(em_section, "em_section")
     if em.dtype != np.uint8:
-        raise ValueError(f"em_section must be uint8, got dtype {em.dtype}")
+        raise InputError(f"em_section must be uint8, got dtype {em.dtype}")
     seg = _check_2d(seg_section, "seg_section", em.shape)
     if seg.dtype == bool or not np.issubdtype(seg.dtype, np.integer):
-        raise ValueError(f"seg_section must hold integer cell ids, got dtype {seg.dtype}")
+        raise InputError(f"seg_section must hold integer cell ids, got dtype {seg.dtype}")
     post_ids = [int(p) for p in np.atleast_1d(np.asarray(post_ids, dtype=np.int64))]
     pre_id = int(pre_id)
     if pre_id == 0 or 0 in post_ids:
-        raise ValueError("pre_id and post_ids must be non-zero cell ids (0 is membrane)")
+        raise InputError("pre_id and post_ids must be non-zero cell ids (0 is membrane)")
     if pre_id in post_ids:
-        raise ValueError(f"pre_id {pre_id} is also among post_ids {post_ids}")
+        raise InputError(f"pre_id {pre_id} is also among post_ids {post_ids}")
     center = np.asarray(center_yx, dtype=np.float64).ravel()
     if center.size != 2 or not np.all(np.isfinite(center)):
-        raise ValueError(f"center_yx must be two finite pixel coordinates (y, x), got {center_yx}")
+        raise InputError(f"center_yx must be two finite pixel coordinates (y, x), got {center_yx}")
     if int(crop_half) != crop_half or crop_half < 1:
-        raise ValueError(f"crop_half must be a positive integer, got {crop_half}")
+        raise InputError(f"crop_half must be a positive integer, got {crop_half}")
     if int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
+        raise InputError(f"scale must be a positive integer, got {scale}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        raise InputError(f"alpha must lie in [0, 1], got {alpha}")
     if synapse_mask is not None:
         synapse_mask = _check_2d(synapse_mask, "synapse_mask", em.shape).astype(bool)
     crop_half, scale = int(crop_half), int(scale)
@@ -225,11 +227,11 @@ def tile_images(images, columns: int, *, gap: int = 4, background=(255, 255, 255
     """
     images = [_check_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
     if not images:
-        raise ValueError("tile_images needs at least one image")
+        raise InputError("tile_images needs at least one image")
     if int(columns) != columns or columns < 1:
-        raise ValueError(f"columns must be a positive integer, got {columns}")
+        raise InputError(f"columns must be a positive integer, got {columns}")
     if gap < 0:
-        raise ValueError(f"gap must be non-negative, got {gap}")
+        raise InputError(f"gap must be non-negative, got {gap}")
     columns = min(int(columns), len(images))
     rows = math.ceil(len(images) / columns)
     cell_h = max(im.shape[0] for im in images)

@@ -59,6 +59,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from detection.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -988,29 +990,29 @@ def make_phantom(
     shape = tuple(int(s) for s in shape)
     voxel_size = tuple(float(s) for s in voxel_size)
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be three positive ints, got {shape}")
+        raise InputError(f"shape must be three positive ints, got {shape}")
     if len(voxel_size) != 3 or min(voxel_size) <= 0:
-        raise ValueError(f"voxel_size must be three positive floats, got {voxel_size}")
+        raise InputError(f"voxel_size must be three positive floats, got {voxel_size}")
     if int(n_cells) < 2:
-        raise ValueError("n_cells must be at least 2")
+        raise InputError("n_cells must be at least 2")
     if int(n_synapses) < 0:
-        raise ValueError("n_synapses must be >= 0")
+        raise InputError("n_synapses must be >= 0")
     if not 0.0 <= polyadic_fraction <= 1.0:
-        raise ValueError("polyadic_fraction must be in [0, 1]")
+        raise InputError("polyadic_fraction must be in [0, 1]")
     if int(max_partners) < 1:
-        raise ValueError("max_partners must be >= 1")
+        raise InputError("max_partners must be >= 1")
     if noise_sigma < 0 or membrane_nm <= 0 or blur_nm < 0 or boundary_warp < 0:
-        raise ValueError("noise_sigma, blur_nm, boundary_warp must be >= 0 and membrane_nm > 0")
+        raise InputError("noise_sigma, blur_nm, boundary_warp must be >= 0 and membrane_nm > 0")
     seed = int(seed)
     if seed < 0:
-        raise ValueError("seed must be non-negative")
+        raise InputError("seed must be non-negative")
     n_cells, n_synapses, max_partners = int(n_cells), int(n_synapses), int(max_partners)
     anisotropic = voxel_size[0] >= 2.0 * max(voxel_size[1], voxel_size[2])
     if section_jitter is None:
         section_jitter = 1.0 if anisotropic else 0.0
     section_jitter = float(section_jitter)
     if section_jitter < 0:
-        raise ValueError("section_jitter must be >= 0")
+        raise InputError("section_jitter must be >= 0")
     Z, Y, X = shape
     volume_um3 = float(np.prod(np.asarray(shape) * np.asarray(voxel_size))) * 1e-9
     if n_mitochondria is None:

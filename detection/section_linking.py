@@ -45,6 +45,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import find_boundaries
 
+from detection.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LinkReport", "link_sections"]
@@ -113,31 +115,31 @@ class _Section:
 def _check_inputs(profiles, membrane, voxel_size, min_overlap, min_branch_overlap, margin_nm):
     profiles = np.asarray(profiles)
     if profiles.ndim != 3:
-        raise ValueError(
+        raise InputError(
             "profiles must be a 3-D (Z, Y, X) stack of per-section labels, "
             f"got shape {profiles.shape}"
         )
     if profiles.dtype == bool or not np.issubdtype(profiles.dtype, np.integer):
-        raise ValueError(f"profiles must hold integer labels, got dtype {profiles.dtype}")
+        raise InputError(f"profiles must hold integer labels, got dtype {profiles.dtype}")
     if np.issubdtype(profiles.dtype, np.signedinteger) and profiles.size and profiles.min() < 0:
-        raise ValueError("profiles must not hold negative labels")
+        raise InputError("profiles must not hold negative labels")
     if membrane is not None:
         membrane = np.asarray(membrane)
         if membrane.shape != profiles.shape:
-            raise ValueError(
+            raise InputError(
                 f"membrane has shape {membrane.shape}, "
                 f"expected the profiles' shape {profiles.shape}"
             )
         membrane = membrane.astype(bool, copy=False)
     voxel_size = tuple(float(v) for v in np.ravel(voxel_size))
     if len(voxel_size) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_size):
-        raise ValueError(f"voxel_size must be three positive (z, y, x) nm values, got {voxel_size}")
+        raise InputError(f"voxel_size must be three positive (z, y, x) nm values, got {voxel_size}")
     if not 0.0 < min_overlap <= 1.0:
-        raise ValueError(f"min_overlap must lie in (0, 1], got {min_overlap}")
+        raise InputError(f"min_overlap must lie in (0, 1], got {min_overlap}")
     if not 0.0 <= min_branch_overlap <= 1.0:
-        raise ValueError(f"min_branch_overlap must lie in [0, 1], got {min_branch_overlap}")
+        raise InputError(f"min_branch_overlap must lie in [0, 1], got {min_branch_overlap}")
     if not margin_nm >= 0.0:
-        raise ValueError(f"margin_nm must be non-negative, got {margin_nm}")
+        raise InputError(f"margin_nm must be non-negative, got {margin_nm}")
     return profiles, membrane, voxel_size
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from detection.errors import InputError
+
 
 @dataclass
 class SegmentTable:
@@ -54,7 +56,7 @@ class SegmentStatistics:
     def add(self, block: np.ndarray, *, offset=(0, 0, 0)) -> None:
         """Count the segments of one (Z, Y, X) integer block whose corner is at ``offset``."""
         if block.ndim != 3:
-            raise ValueError(f"expected a 3-D block, got shape {block.shape}")
+            raise InputError(f"expected a 3-D block, got shape {block.shape}")
         flat = block.reshape(-1)
         if self.background is None:
             nonzero = np.arange(flat.size)

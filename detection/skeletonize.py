@@ -22,6 +22,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 
+from detection.errors import InputError
 from detection.io.swc import SkeletonNodes
 
 logger = logging.getLogger(__name__)
@@ -100,13 +101,13 @@ def skeletonize_segmentation(
     """
     labels = np.asarray(labels)
     if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be a 3-D integer array, got {labels.dtype} "
+        raise InputError(f"labels must be a 3-D integer array, got {labels.dtype} "
                          f"of shape {labels.shape}")
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise ValueError("labels must not be negative")
+        raise InputError("labels must not be negative")
     voxel = tuple(float(v) for v in voxel_size)
     if len(voxel) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel):
-        raise ValueError(f"voxel_size must be three positive numbers (z, y, x) in nm, "
+        raise InputError(f"voxel_size must be three positive numbers (z, y, x) in nm, "
                          f"got {voxel_size!r}")
     object_ids = None
     if ids is not None:

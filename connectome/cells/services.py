@@ -6,6 +6,7 @@ from pathlib import Path
 from django.db import transaction
 
 from connectome.cells.models import Cell
+from detection.errors import InputError
 
 
 @transaction.atomic
@@ -14,7 +15,7 @@ def cells_annotate(*, dataset, annotations: dict[int, dict]) -> int:
     cells = {c.segment_id: c for c in Cell.objects.filter(dataset=dataset, segment_id__in=list(annotations))}
     unknown = sorted(set(annotations) - set(cells))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"segment ids {unknown[:10]} are not cells of dataset '{dataset.name}'"
             + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else "")
         )
@@ -37,7 +38,7 @@ def read_cell_annotations(path) -> dict[int, dict]:
         reader = csv.DictReader(stream)
         columns = set(reader.fieldnames or [])
         if "segment_id" not in columns or not columns & {"cell_type", "name"}:
-            raise ValueError(
+            raise InputError(
                 f"{path.name}: needs a segment_id column and a cell_type and/or name column; "
                 f"found {sorted(columns)}"
             )
@@ -45,12 +46,12 @@ def read_cell_annotations(path) -> dict[int, dict]:
         for line, row in enumerate(reader, start=2):
             text = (row["segment_id"] or "").strip()
             if not text.isdigit() or int(text) >= 2**64:
-                raise ValueError(f"{path.name} line {line}, field 'segment_id': '{text}' is not a uint64 id")
+                raise InputError(f"{path.name} line {line}, field 'segment_id': '{text}' is not a uint64 id")
             annotations[int(text)] = {
                 k: row[k].strip() for k in ("cell_type", "name") if k in columns and row[k] is not None
             }
             for field, value in annotations[int(text)].items():
                 problem = name_problem(value)
                 if problem is not None:
-                    raise ValueError(f"{path.name} line {line}, field '{field}': {problem}")
+                    raise InputError(f"{path.name} line {line}, field '{field}': {problem}")
     return annotations

@@ -3,6 +3,8 @@
 from django.core import validators
 from django.db import models
 
+from detection.errors import InputError
+
 UINT64_MAX = 2**64 - 1
 _INT64_WRAP = 2**64
 _INT64_MAX = 2**63 - 1
@@ -42,7 +44,7 @@ class UInt64Field(models.BigIntegerField):
             return None
         value = int(value)
         if not 0 <= value <= UINT64_MAX:
-            raise ValueError(f"segment id {value} is outside the uint64 range")
+            raise InputError(f"segment id {value} is outside the uint64 range")
         return uint64_to_int64(value)
 
     def from_db_value(self, value, expression, connection):

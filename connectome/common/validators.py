@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.utils.deconstruct import deconstructible
 from rest_framework import serializers
 
+from detection.errors import InputError
 from detection.io.sources import (
     VOXEL_SIZE_MAX_NM, VOXEL_SIZE_MIN_NM, VOXEL_SIZE_RULE, format_number, format_numbers,
     voxel_size_problem,
@@ -62,7 +63,7 @@ def check_name(value: str, *, what: str = "name") -> str:
     """``value`` if it is a usable name, else ValueError naming ``what`` (services, readers)."""
     problem = name_problem(str(value))
     if problem is not None:
-        raise ValueError(f"{what} '{printable(value)}' {problem}")
+        raise InputError(f"{what} '{printable(value)}' {problem}")
     return value
 
 

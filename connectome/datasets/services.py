@@ -9,10 +9,11 @@ from django.db import transaction
 
 from connectome.common.validators import check_name
 from connectome.datasets.models import Dataset, Layer, Membership
+from detection.errors import InputError
 from detection.io.sources import format_numbers, validate_voxel_size
 
 
-class DatasetMismatchError(ValueError):
+class DatasetMismatchError(InputError):
     """A volume or table that does not fit the dataset it is imported into."""
 
 
@@ -44,7 +45,7 @@ def dataset_update(*, dataset: Dataset, **changes) -> Dataset:
     """Change a dataset's name, description or public flag; anything else is refused."""
     unknown = sorted(set(changes) - set(DATASET_EDITABLE))
     if unknown:
-        raise ValueError(f"a dataset's {', '.join(unknown)} cannot be changed; "
+        raise InputError(f"a dataset's {', '.join(unknown)} cannot be changed; "
                          f"editable: {', '.join(DATASET_EDITABLE)}")
     for field, value in changes.items():
         setattr(dataset, field, value)
@@ -58,10 +59,10 @@ def layer_rename(*, layer: Layer, name: str) -> Layer:
     """Give a layer another name (unique in its dataset); its files stay where they are."""
     name = name.strip()
     if not name:
-        raise ValueError("a layer's name cannot be empty")
+        raise InputError("a layer's name cannot be empty")
     check_name(name, what="layer name")
     if Layer.objects.filter(dataset=layer.dataset_id, name=name).exclude(pk=layer.pk).exists():
-        raise ValueError(f"dataset '{layer.dataset.name}' already has a layer named '{name}'")
+        raise InputError(f"dataset '{layer.dataset.name}' already has a layer named '{name}'")
     layer.name = name
     layer.save(update_fields=["name"])
     return layer
@@ -123,9 +124,9 @@ def layer_register(
                 check_volume_fits(dataset=dataset, shape=metadata["shape"], voxel_size=None,
                                   source=source_path or name)
             if Layer.objects.filter(dataset=dataset, name=name).exists():
-                raise ValueError(f"dataset '{dataset.name}' already has a layer named '{name}'")
+                raise InputError(f"dataset '{dataset.name}' already has a layer named '{name}'")
             if final.exists():
-                raise ValueError(
+                raise InputError(
                     f"storage for layer '{name}' already exists at {final}; remove it first"
                 )
             shape = tuple(int(v) for v in metadata["shape"])

@@ -18,6 +18,7 @@ from connectome.imports.volumes import import_volume, preflight_import_volume
 from connectome.jobs.registry import register_job
 from connectome.jobs.services import JobConflict, JobParameterError
 from connectome.synapses.models import SynapseRun
+from detection.errors import InputError
 from detection.io.sources import VolumeFormatError
 
 #: The lock of jobs that create cells (a segmentation import, a synapse table with
@@ -27,7 +28,7 @@ CELLS = "cell list"
 
 def _dataset(job):
     if job.dataset is None:
-        raise ValueError(f"{job.kind} job {job.pk} has no dataset")
+        raise InputError(f"{job.kind} job {job.pk} has no dataset")
     return job.dataset
 
 
@@ -35,9 +36,9 @@ def segmentation_layer(dataset, layer_id) -> Layer:
     """The segmentation layer ``layer_id`` of ``dataset``, or ValueError saying what is there."""
     layer = Layer.objects.filter(dataset=dataset, pk=layer_id).first()
     if layer is None:
-        raise ValueError(f"dataset '{dataset.name}' has no segmentation layer {layer_id}")
+        raise InputError(f"dataset '{dataset.name}' has no segmentation layer {layer_id}")
     if layer.kind != Layer.Kind.SEGMENTATION:
-        raise ValueError(f"layer {layer_id} '{layer.name}' of dataset '{dataset.name}' is a "
+        raise InputError(f"layer {layer_id} '{layer.name}' of dataset '{dataset.name}' is a "
                          f"{layer.kind} layer, not a segmentation")
     return layer
 

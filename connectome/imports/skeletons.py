@@ -9,6 +9,7 @@ from django.db import transaction
 
 from connectome.cells.models import Cell, Skeleton
 from connectome.datasets.models import Dataset, Layer
+from detection.errors import InputError
 from detection.io.swc import SkeletonNodes, read_swc, swc_text
 from detection.io.zarr_store import open_multiscale
 from detection.skeletonize import skeletonize_segmentation
@@ -53,7 +54,7 @@ def _cell_for_file(dataset: Dataset, path: Path) -> Cell:
     if cell is None:
         cell = Cell.objects.filter(dataset=dataset, name=stem).first()
     if cell is None:
-        raise ValueError(
+        raise InputError(
             f"{path.name}: no cell with segment id or name '{stem}' in dataset '{dataset.name}' "
             "(SWC files are matched to cells by file name: <segment id>.swc or <cell name>.swc)"
         )
@@ -68,7 +69,7 @@ def import_skeletons(
     path = Path(source)
     files = sorted(path.glob("*.swc")) if path.is_dir() else [path]
     if not files:
-        raise ValueError(f"{path}: no .swc files in this folder")
+        raise InputError(f"{path}: no .swc files in this folder")
     if progress is not None:
         progress.set_total(len(files), message=f"reading {len(files)} SWC file(s)")
     rows = []
@@ -119,7 +120,7 @@ def skeletonize_layer(
     largest cell's box, not by the volume.
     """
     if layer.kind != Layer.Kind.SEGMENTATION:
-        raise ValueError(f"layer '{layer.name}' is a {layer.kind} layer, not a segmentation")
+        raise InputError(f"layer '{layer.name}' is a {layer.kind} layer, not a segmentation")
     group, _ = open_multiscale(layer.path)
     volume = group["0"]
     cells = layer.cells.filter(size_voxels__gte=min_size_voxels)
@@ -127,7 +128,7 @@ def skeletonize_layer(
         cells = cells.filter(segment_id__in=segment_ids)
         missing = set(segment_ids) - set(cells.values_list("segment_id", flat=True))
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"segment ids {sorted(missing)[:10]} are not cells of layer '{layer.name}' "
                 f"with at least {min_size_voxels} voxels"
             )

@@ -16,6 +16,7 @@ from connectome.cells.selectors import cell_ids_by_segment
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse, SynapseRun
 from connectome.common.validators import check_name, printable
+from detection.errors import InputError
 from detection.io import tables
 from detection.io.text import format_numbers
 
@@ -32,7 +33,7 @@ def import_synapses(
     name = Path(source).name
     table_format = table_format or tables.sniff_table_format(source)
     if SynapseRun.objects.filter(dataset=dataset, name=run_name).exists() and not replace:
-        raise ValueError(f"dataset '{dataset.name}' already has a synapse run named '{run_name}'")
+        raise InputError(f"dataset '{dataset.name}' already has a synapse run named '{run_name}'")
     if progress is not None:
         progress.set_total(3, message=f"reading {name} as a {table_format} table")
 
@@ -48,7 +49,7 @@ def import_synapses(
     elif table_format == "edges":
         rows = tables.read_edges(source)
     else:
-        raise ValueError(f"unknown table format {table_format!r}; formats: cnapse, cave, edges")
+        raise InputError(f"unknown table format {table_format!r}; formats: cnapse, cave, edges")
     if progress is not None:
         progress.advance(message=f"checking {len(rows)} rows against dataset '{dataset.name}'")
 
@@ -64,7 +65,7 @@ def import_synapses(
             try:
                 check_name(key, what="cell name")
             except ValueError as exc:
-                raise ValueError(f"{name} {row_of(key)}: {exc}") from None
+                raise InputError(f"{name} {row_of(key)}: {exc}") from None
     else:
         segment_ids = {s for pair in ids for s in pair if s != 0}
         cells_by_key, missing = cell_ids_by_segment(dataset=dataset, segment_ids=segment_ids)
@@ -108,7 +109,7 @@ def _refuse_unknown(name, dataset, missing, create, where, *, what):
     if missing and not create:
         key = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ValueError(
+        raise InputError(
             f"{name} {where(key)}: {what} {printable(str(key))} is not a cell of dataset "
             f"'{dataset.name}'{more}; "
             "import the segmentation first, or allow creating missing cells"
@@ -141,7 +142,7 @@ def _check_points_inside(name, dataset, rows, labels, table_format):
         outside = np.flatnonzero(((zyx < 0) | (zyx >= extent)).any(axis=1))
         if outside.size:
             i = int(outside[0])
-            raise ValueError(
+            raise InputError(
                 f"{name} {labels[i]}: {field} (z, y, x) {format_numbers(zyx[i])} nm lies outside "
                 f"dataset '{dataset.name}' (extent {format_numbers(extent)} nm); "
                 f"{outside.size} row(s) are outside — wrong units or wrong dataset?"
@@ -200,7 +201,7 @@ def export_synapses(
     if run_name:
         run = SynapseRun.objects.filter(dataset=dataset, name=run_name).first()
         if run is None:
-            raise ValueError(f"dataset '{dataset.name}' has no synapse run named '{run_name}'")
+            raise InputError(f"dataset '{dataset.name}' has no synapse run named '{run_name}'")
         synapses = synapses.filter(run=run)
     if progress is not None:
         progress.set_total(1, message=f"writing the {table_format} table")
@@ -214,7 +215,7 @@ def export_synapses(
         rows = [_cave_row(s) for s in _with_segments(synapses)]
         tables.write_cave(target, rows)
     else:
-        raise ValueError(f"unknown table format {table_format!r}; formats: cnapse, cave, edges")
+        raise InputError(f"unknown table format {table_format!r}; formats: cnapse, cave, edges")
     if progress is not None:
         progress.advance()
     return len(rows)
@@ -233,7 +234,7 @@ def _edge_rows(synapses):
     ]
     unnamed = [r for r in rows if not r.pre or not r.post]
     if unnamed:
-        raise ValueError("edge tables name cells; some synapses connect cells without a name")
+        raise InputError("edge tables name cells; some synapses connect cells without a name")
     # Edge tables list edges case-insensitively sorted by pre, post, type.
     return sorted(rows, key=lambda r: (r.pre.lower(), r.post.lower(), r.type))
 
@@ -248,7 +249,7 @@ def _segment(cell):
 
 def _centre(s):
     if s.ctr_z is None:
-        raise ValueError(f"synapse {s.pk} has no position; export it as an edge table instead")
+        raise InputError(f"synapse {s.pk} has no position; export it as an edge table instead")
     return (s.ctr_z, s.ctr_y, s.ctr_x)
 
 

@@ -17,6 +17,7 @@ from connectome.datasets.models import Dataset, Layer
 from connectome.datasets.services import (
     check_volume_fits, layer_register, remove_staged, staging_path,
 )
+from detection.errors import InputError
 from detection.io.sources import VolumeFormatError, iter_blocks, open_volume
 from detection.io.zarr_store import build_pyramid, create_multiscale, write_block
 from detection.segment_stats import SegmentStatistics, SegmentTable
@@ -96,7 +97,7 @@ def preflight_import_volume(
     """The checks of :func:`import_volume` that need only the file's header (cheap): for
     refusing a job when it is submitted, before it is queued."""
     if kind not in Layer.Kind.values:
-        raise ValueError(f"unknown layer kind {kind!r}; kinds: {', '.join(Layer.Kind.values)}")
+        raise InputError(f"unknown layer kind {kind!r}; kinds: {', '.join(Layer.Kind.values)}")
     label = _describe(source, dataset_path)
     with open_volume(source, dataset=dataset_path, format=format, voxel_size=voxel_size,
                      fill_missing=fill_missing) as volume:
@@ -131,12 +132,12 @@ def import_volume(
     ``settings.IMPORT_MAX_VOXELS`` voxels is refused before anything is written.
     """
     if kind not in Layer.Kind.values:
-        raise ValueError(f"unknown layer kind {kind!r}; kinds: {', '.join(Layer.Kind.values)}")
+        raise InputError(f"unknown layer kind {kind!r}; kinds: {', '.join(Layer.Kind.values)}")
     label = _describe(source, dataset_path)
     if Layer.objects.filter(dataset=dataset, name=name).exists():
-        raise ValueError(f"dataset '{dataset.name}' already has a layer named '{name}'")
+        raise InputError(f"dataset '{dataset.name}' already has a layer named '{name}'")
     if kind == Layer.Kind.SEGMENTATION and dataset.cells.filter(layer__isnull=False).exists():
-        raise ValueError(
+        raise InputError(
             f"dataset '{dataset.name}' already has cells from a segmentation; "
             "delete that segmentation layer before importing another"
         )

@@ -46,6 +46,7 @@ from django.utils import timezone
 from connectome.jobs.models import Job, JobBlock
 from connectome.jobs.registry import get_job_spec
 from connectome.jobs.services import _error_text, _finish, job_enqueue, job_locks_acquire
+from detection.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _box_slices(box) -> tuple[slice, slice, slice]:
 def blocks_start(*, job: Job, plan: BlockPlan, inline: bool = False) -> None:
     """Record the plan's blocks and send their tasks when this transaction commits."""
     if not plan.boxes:
-        raise ValueError(f"job {job.pk}: the plan has no blocks (empty region?)")
+        raise InputError(f"job {job.pk}: the plan has no blocks (empty region?)")
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if locked.cancel_requested or locked.state != Job.State.RUNNING:
@@ -218,7 +219,7 @@ def block_execute(*, job_id: int, index: int, box=None) -> BlockOutcome:
     started = time.perf_counter()
     try:
         if box is not None and [int(v) for v in box] != list(block.box):
-            raise ValueError(f"the task's box {list(box)} is not the recorded {block.box}")
+            raise InputError(f"the task's box {list(box)} is not the recorded {block.box}")
         with _Heartbeat(block.pk, _heartbeat_s()):
             summary = spec.block(job, _box_slices(block.box), dict(job.parameters))
     except Exception as exc:  # noqa: BLE001 - every error is recorded on the block
@@ -440,10 +441,10 @@ def job_resume(*, job: Job, enqueue: bool = True) -> int:
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
         if job.state == Job.State.DONE:
-            raise ValueError(f"job {job.pk} is done; there is nothing to resume")
+            raise InputError(f"job {job.pk} is done; there is nothing to resume")
         spec = get_job_spec(job.kind)
         if spec.block is None:
-            raise ValueError(f"job {job.pk} ({job.kind}) is not block-wise; only block-wise "
+            raise InputError(f"job {job.pk} ({job.kind}) is not block-wise; only block-wise "
                              "jobs can resume")
         if job.state in (Job.State.FAILED, Job.State.CANCELLED):
             if spec.writes is not None and job.dataset is not None:

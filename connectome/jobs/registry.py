@@ -24,6 +24,8 @@ from typing import Callable
 
 from rest_framework import serializers
 
+from detection.errors import InputError
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -43,7 +45,7 @@ _REGISTRY: dict[str, JobSpec] = {}
 def register_job(kind: str, *, parameters, queue: str = "cpu", block=None, finish=None,
                  writes=None):
     if (block is None) != (finish is None):
-        raise ValueError(f"job kind {kind!r}: a block-wise kind needs both block and finish")
+        raise InputError(f"job kind {kind!r}: a block-wise kind needs both block and finish")
 
     def decorator(handler):
         if kind in _REGISTRY and _REGISTRY[kind].handler is not handler:
@@ -91,5 +93,5 @@ def job_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-class UnknownJobKind(ValueError):
+class UnknownJobKind(InputError):
     pass

@@ -33,6 +33,7 @@ from connectome.jobs.models import Job, JobBlock
 from connectome.jobs.services import JobConflict
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.blockwise import with_halo
+from detection.errors import InputError
 from detection.instances import InstanceStitcher
 from detection.io.sources import read_box
 from detection.io.zarr_store import build_pyramid, create_multiscale, open_multiscale, write_block
@@ -84,9 +85,9 @@ def load_model(path: str, voxel_size):
 def _em_layer(dataset: Dataset, layer_id: int) -> Layer:
     layer = Layer.objects.filter(dataset=dataset, pk=layer_id).first()
     if layer is None:
-        raise ValueError(f"dataset '{dataset.name}' has no layer {layer_id} (the EM)")
+        raise InputError(f"dataset '{dataset.name}' has no layer {layer_id} (the EM)")
     if layer.kind != Layer.Kind.EM:
-        raise ValueError(f"layer '{layer.name}' is a {layer.kind} layer; detection reads EM")
+        raise InputError(f"layer '{layer.name}' is a {layer.kind} layer; detection reads EM")
     return layer
 
 
@@ -98,7 +99,7 @@ def plan_blocks(shape, roi, block_shape, step) -> list[tuple[tuple, tuple]]:
     lo = [(int(a) // g) * g for a, g in zip(roi[:3], step)]
     hi = [min(int(b), n) for b, n in zip(roi[3:], shape)]
     if any(a >= b for a, b in zip(lo, hi)):
-        raise ValueError(f"region of interest {list(roi)} is empty inside the volume {shape}")
+        raise InputError(f"region of interest {list(roi)} is empty inside the volume {shape}")
     ranges = []
     for a, b, size in zip(lo, hi, block_shape):
         first = (a // size) * size

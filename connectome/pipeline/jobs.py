@@ -12,6 +12,7 @@ from connectome.pipeline.detection import (
 )
 from connectome.synapses.jobs import AssignPartnersParameters
 from connectome.synapses.models import SynapseRun
+from detection.errors import InputError
 
 
 class DetectSynapsesParameters(serializers.Serializer):
@@ -62,7 +63,7 @@ class DetectSynapsesParameters(serializers.Serializer):
 def run_detect_synapses(job, params, progress):
     """Detect synapses block-wise on the workers; store the layers and a synapse run."""
     if job.dataset is None:
-        raise ValueError(f"{job.kind} job {job.pk} has no dataset")
+        raise InputError(f"{job.kind} job {job.pk} has no dataset")
     return detection_plan(job, params)
 
 
@@ -134,5 +135,5 @@ def _detect_and_assign_finish(job, params, say):
 def run_detect_and_assign(job, params, progress):
     """Detect synapses block-wise, then assign their partners in an assign_partners job."""
     if job.dataset is None:
-        raise ValueError(f"{job.kind} job {job.pk} has no dataset")
+        raise InputError(f"{job.kind} job {job.pk} has no dataset")
     return detection_plan(job, params)

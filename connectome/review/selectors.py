@@ -10,6 +10,7 @@ from connectome.datasets.models import Dataset
 from connectome.review.models import QueueOrder, Review, ReviewClaim
 from connectome.review.services import VERDICTS, reviewable_synapses
 from connectome.synapses.models import Synapse
+from detection.errors import InputError
 
 State = Synapse.ReviewState
 #: Verdicts that say the synapse exists (its partners or direction may still be wrong).
@@ -40,7 +41,7 @@ def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> dict
     Returns ``n``, ``estimate``, ``low``, ``high``; the last three are None when ``n`` is 0.
     """
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1; got {confidence}")
+        raise InputError(f"confidence must be between 0 and 1; got {confidence}")
     if n == 0:
         return {"n": 0, "estimate": None, "low": None, "high": None}
     z = NormalDist().inv_cdf(0.5 + confidence / 2)

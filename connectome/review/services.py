@@ -18,6 +18,7 @@ from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset
 from connectome.review.models import VERDICT_CHOICES, QueueOrder, Review, ReviewClaim, ReviewSkip
 from connectome.synapses.models import Synapse, SynapseRun
+from detection.errors import InputError
 
 VERDICTS = [value for value, _ in VERDICT_CHOICES]
 ORDERS = list(QueueOrder.values)
@@ -48,11 +49,11 @@ def review_create(
     released, and its queue order is stored with the review.
     """
     if verdict not in VERDICTS:
-        raise ValueError(f"unknown verdict {verdict!r}; verdicts: {', '.join(VERDICTS)}")
+        raise InputError(f"unknown verdict {verdict!r}; verdicts: {', '.join(VERDICTS)}")
     corrected_post = list(corrected_post)
     for cell in [corrected_pre, *corrected_post]:
         if cell is not None and cell.dataset_id != synapse.dataset_id:
-            raise ValueError(f"cell {cell.pk} is not in the synapse's dataset")
+            raise InputError(f"cell {cell.pk} is not in the synapse's dataset")
     order = ""
     if reviewer is not None:
         order = ReviewClaim.objects.filter(synapse=synapse, reviewer=reviewer).values_list(
@@ -174,7 +175,7 @@ def review_next(
     is its own item. The reviewer's other claims in the dataset are released.
     """
     if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; orders: {', '.join(ORDERS)}")
+        raise InputError(f"unknown order {order!r}; orders: {', '.join(ORDERS)}")
     now = timezone.now()
     claim = reviewer_claim(dataset=dataset, reviewer=reviewer, run=run)
     if claim is not None:

@@ -50,6 +50,7 @@ from connectome.jobs.blocks import BlockPlan, Finish
 from connectome.synapses.models import SynapseRun
 from connectome.synapses.services import synapse_run_store
 from detection import partners
+from detection.errors import InputError
 from detection.io.sources import read_box
 from detection.io.zarr_store import open_multiscale
 from detection.partners.blocks import (
@@ -87,12 +88,12 @@ def method_options(method: str) -> dict[str, object]:
 def check_options(method: str, options: dict) -> dict:
     """`options` with unknown names refused and values cast to the defaults' types."""
     if method not in _FUNCTIONS:
-        raise ValueError(f"unknown partner-assignment method {method!r}; methods: "
+        raise InputError(f"unknown partner-assignment method {method!r}; methods: "
                          + ", ".join(_FUNCTIONS))
     known = method_options(method)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"the {method} method has no option {', '.join(unknown)}; "
+        raise InputError(f"the {method} method has no option {', '.join(unknown)}; "
                          f"options: {', '.join(sorted(known))}")
     parameters = inspect.signature(_FUNCTIONS[method]).parameters
     checked = {}
@@ -107,12 +108,12 @@ def check_options(method: str, options: dict) -> dict:
         kind = int if "int" in types else float if "float" in types else type(known[name])
         try:
             if isinstance(value, bool) or (kind is int and float(value) != int(float(value))):
-                raise ValueError(value)
+                raise InputError(value)
             checked[name] = kind(value)
         except (TypeError, ValueError):
             expected = {int: "an integer", float: "a number"}.get(kind, f"a {kind.__name__}")
             expected += " or null" if nullable else ""
-            raise ValueError(f"option {name}: expected {expected}, got {value!r}") from None
+            raise InputError(f"option {name}: expected {expected}, got {value!r}") from None
     return checked
 
 
@@ -123,10 +124,10 @@ def _layer(dataset: Dataset, layer_ref, role: str, kinds) -> Layer:
     layer = (layers.filter(pk=int(ref)).first() if ref.isdigit() else None) \
         or layers.filter(name=ref).first()
     if layer is None:
-        raise ValueError(f"dataset '{dataset.name}' has no layer {ref!r} (the {role}); "
+        raise InputError(f"dataset '{dataset.name}' has no layer {ref!r} (the {role}); "
                          f"layers: {', '.join(layers.values_list('name', flat=True)) or 'none'}")
     if layer.kind not in kinds:
-        raise ValueError(f"layer '{layer.name}' is a {layer.kind} layer; the {role} must be "
+        raise InputError(f"layer '{layer.name}' is a {layer.kind} layer; the {role} must be "
                          + " or ".join(kinds))
     return layer
 
@@ -153,23 +154,23 @@ def assignment_layers(dataset: Dataset, parameters: dict) -> dict[str, Layer]:
     needed = {"sites": sites, "segmentation": seg}
     if method in ("vesicle", "diffusion"):
         if parameters.get("presynaptic_layer") is None:
-            raise ValueError(f"the {method} method needs a presynaptic (vesicle cloud) layer")
+            raise InputError(f"the {method} method needs a presynaptic (vesicle cloud) layer")
         needed["presynaptic map"] = _layer(dataset, parameters["presynaptic_layer"],
                                            "presynaptic map",
                                            [Layer.Kind.PREDICTION, Layer.Kind.MASK])
     if method == "contact":
         if parameters.get("em_layer") is None or not parameters.get("interface_model"):
-            raise ValueError("the contact method needs the EM layer and an interface "
+            raise InputError("the contact method needs the EM layer and an interface "
                              "classifier file")
         needed["EM"] = _layer(dataset, parameters["em_layer"], "EM", [Layer.Kind.EM])
     if parameters.get("free_layer") is not None:
         if method != "diffusion":
-            raise ValueError("a free-space layer is used by the diffusion method only")
+            raise InputError("a free-space layer is used by the diffusion method only")
         needed["free space"] = _layer(dataset, parameters["free_layer"], "free space",
                                       [Layer.Kind.MASK])
     shapes = {role: layer.shape for role, layer in needed.items()}
     if len(set(shapes.values())) > 1:
-        raise ValueError("layers differ in shape: " + ", ".join(
+        raise InputError("layers differ in shape: " + ", ".join(
             f"{role} '{needed[role].name}' {shape}" for role, shape in shapes.items()))
     return needed
 
@@ -215,7 +216,7 @@ def assignment_plan(job, parameters: dict, progress) -> BlockPlan:
     check_options(method, parameters.get("options") or {})
     if (SynapseRun.objects.filter(dataset=dataset, name=run_name).exists()
             and not parameters.get("replace")):
-        raise ValueError(f"dataset '{dataset.name}' already has a synapse run named "
+        raise InputError(f"dataset '{dataset.name}' already has a synapse run named "
                          f"'{run_name}'; choose another name or replace it")
     needed = assignment_layers(dataset, parameters)
     if method == "contact":

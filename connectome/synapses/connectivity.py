@@ -18,6 +18,7 @@ from connectome.synapses.models import Synapse
 from connectome.synapses.selectors import filter_in_bbox
 from connectome.common.fields import int64_to_uint64
 from connectome.synapses.wiring import DROPPED_VERDICTS, counted_synapses, oriented
+from detection.errors import InputError
 
 DIRECTIONS = ("upstream", "downstream")
 
@@ -36,7 +37,7 @@ def synapses_filtered(
     """
     if bbox is not None:
         if dataset is None:
-            raise ValueError("a bounding-box filter needs a dataset")
+            raise InputError("a bounding-box filter needs a dataset")
         lo, hi = bbox
         synapses = filter_in_bbox(synapses.filter(dataset=dataset), lo=lo, hi=hi)
     if pre is not None:
@@ -46,7 +47,7 @@ def synapses_filtered(
     for side, segment_ids in (("pre", pre_segment_ids), ("post", post_segment_ids)):
         if segment_ids is not None:
             if dataset is None:
-                raise ValueError("a segment-id filter needs a dataset")
+                raise InputError("a segment-id filter needs a dataset")
             cells = Cell.objects.filter(dataset=dataset, segment_id__in=segment_ids)
             synapses = synapses.filter(**{f"{side}__in": cells.values("id")})
     if min_confidence is not None:
@@ -109,9 +110,9 @@ def cell_partners(
     """
     unknown = [d for d in directions if d not in DIRECTIONS]
     if unknown or not directions:
-        raise ValueError(f"unknown directions {unknown}; directions: {', '.join(DIRECTIONS)}")
+        raise InputError(f"unknown directions {unknown}; directions: {', '.join(DIRECTIONS)}")
     if int(min_count) < 1:
-        raise ValueError(f"min_count must be at least 1; got {min_count}")
+        raise InputError(f"min_count must be at least 1; got {min_count}")
     params = {"dataset": cell.dataset_id, "cell": cell.pk,
               "wrong_direction": Synapse.ReviewState.WRONG_DIRECTION.value,
               "min_confidence": None if min_confidence is None else float(min_confidence)}

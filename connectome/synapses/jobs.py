@@ -12,6 +12,7 @@ from connectome.synapses.assignment import (
     BLOCK_SHAPE, assignment_block, assignment_finish, assignment_plan, assignment_writes,
     check_options,
 )
+from detection.errors import InputError
 
 
 def _layer_field(help_text, required=False):
@@ -54,7 +55,7 @@ class AssignPartnersParameters(serializers.Serializer):
 def run_assign_partners(job, params, progress):
     """Assign pre- and postsynaptic partners to synapse sites block-wise; store a synapse run."""
     if job.dataset is None:
-        raise ValueError(f"{job.kind} job {job.pk} has no dataset")
+        raise InputError(f"{job.kind} job {job.pk} has no dataset")
     return assignment_plan(job, params, progress)
 
 
@@ -69,12 +70,12 @@ class ExportSynapseTableParameters(serializers.Serializer):
 def run_export_synapse_table(job, params, progress):
     """Write the dataset's whole synapse table as CSV or Parquet, for download over the API."""
     if job.dataset is None:
-        raise ValueError(f"{job.kind} job {job.pk} has no dataset")
+        raise InputError(f"{job.kind} job {job.pk} has no dataset")
     runs = params.get("runs")
     if runs is not None:
         unknown = sorted(set(runs) - set(job.dataset.synapse_runs.values_list("pk", flat=True)))
         if unknown:
-            raise ValueError(f"dataset '{job.dataset.name}' has no synapse runs {unknown}")
+            raise InputError(f"dataset '{job.dataset.name}' has no synapse runs {unknown}")
     name = f"synapses-{job.dataset.name}.{params['table_format']}"
     with export_target(job, name) as target:
         rows = table_exports.export_synapse_table(

@@ -4,6 +4,7 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from connectome.synapses.models import Synapse
+from detection.errors import InputError
 
 
 def synapses_in_bbox(*, dataset, lo, hi) -> QuerySet[Synapse]:
@@ -25,7 +26,7 @@ def filter_in_bbox(queryset: QuerySet[Synapse], *, lo, hi) -> QuerySet[Synapse]:
     lo = [float(v) for v in lo]
     hi = [float(v) for v in hi]
     if len(lo) != 3 or len(hi) != 3 or any(a > b for a, b in zip(lo, hi)):
-        raise ValueError(f"a bounding box needs lo <= hi in z, y, x; got {lo} and {hi}")
+        raise InputError(f"a bounding box needs lo <= hi in z, y, x; got {lo} and {hi}")
     if connection.vendor == "postgresql":
         return queryset.extra(
             where=[

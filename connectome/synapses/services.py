@@ -8,6 +8,7 @@ from django.db import transaction
 from connectome.cells.selectors import cell_ids_by_segment
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse, SynapseRun
+from detection.errors import InputError
 from detection.partners.records import FLAGS, PartnerRow
 
 logger = logging.getLogger(__name__)
@@ -31,13 +32,13 @@ def synapse_run_store(
     rows = list(rows)
     exists = SynapseRun.objects.filter(dataset=dataset, name=run_name).exists()
     if exists and not replace:
-        raise ValueError(
+        raise InputError(
             f"dataset '{dataset.name}' already has a synapse run named '{run_name}'; "
             "choose another name or replace it"
         )
     for row in rows:
         if row.flag not in FLAGS:
-            raise ValueError(f"site {row.site_id}: unknown flag {row.flag!r}; flags: {FLAGS}")
+            raise InputError(f"site {row.site_id}: unknown flag {row.flag!r}; flags: {FLAGS}")
     cells = _cells_by_segment(dataset, rows)
 
     if exists:
@@ -63,7 +64,7 @@ def _cells_by_segment(dataset, rows) -> dict[int, int]:
             (row, int(s)) for row in rows for s in (row.pre_id, row.post_id) if int(s) in missing
         )
         more = f" (and {len(missing) - 1} more unknown ids)" if len(missing) > 1 else ""
-        raise ValueError(
+        raise InputError(
             f"site {row.site_id}: segment id {segment} is not a cell of dataset "
             f"'{dataset.name}'{more}; import the segmentation first"
         )

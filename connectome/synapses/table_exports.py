@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse
+from detection.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def export_synapse_table(
     Every synapse, flagged and rejected ones included, with its review state.
     """
     if table_format not in FORMATS:
-        raise ValueError(f"unknown table format {table_format!r}; formats: {', '.join(FORMATS)}")
+        raise InputError(f"unknown table format {table_format!r}; formats: {', '.join(FORMATS)}")
     synapses = Synapse.objects.filter(dataset=dataset)
     if runs is not None:
         synapses = synapses.filter(run__in=runs)

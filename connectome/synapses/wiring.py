@@ -11,6 +11,7 @@ from django.db.models import Avg, Case, Count, F, Q, QuerySet, Sum, When
 
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse
+from detection.errors import InputError
 
 GROUPINGS = ("cell", "cell_type")
 
@@ -95,7 +96,7 @@ def oriented(side: str, field: str = ""):
     A CASE on columns the query joins anyway, so the matrix stays one GROUP BY.
     """
     if side not in ("pre", "post"):
-        raise ValueError(f"side is 'pre' or 'post'; got {side!r}")
+        raise InputError(f"side is 'pre' or 'post'; got {side!r}")
     other = "post" if side == "pre" else "pre"
     path = f"__{field}" if field else ""
     return Case(When(review_state=Synapse.ReviewState.WRONG_DIRECTION,
@@ -114,9 +115,9 @@ def wiring_matrix(
     :func:`counted_synapses` for what is counted.
     """
     if group_by not in GROUPINGS:
-        raise ValueError(f"unknown grouping {group_by!r}; groupings: {', '.join(GROUPINGS)}")
+        raise InputError(f"unknown grouping {group_by!r}; groupings: {', '.join(GROUPINGS)}")
     if int(min_count) < 1:
-        raise ValueError(f"min_count must be at least 1; got {min_count}")
+        raise InputError(f"min_count must be at least 1; got {min_count}")
     synapses = counted_synapses(
         dataset=dataset, runs=runs, min_confidence=min_confidence, cells=cells
     )

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+from detection.errors import InputError
+
 # Label-like kinds are served as uint64 segmentations whatever their stored integer type:
 # Neuroglancer's segmentation layers read uint32 or uint64 ids only.
 SEGMENTATION_KINDS = ("segmentation", "synapses", "mask")
@@ -157,7 +159,7 @@ def parse_chunk_name(name: str) -> tuple[slice, slice, slice]:
     """``x0-x1_y0-y1_z0-z1`` as a (z, y, x) box of slices; ValueError if malformed."""
     match = _CHUNK_NAME.fullmatch(name)
     if match is None:
-        raise ValueError(f"not a chunk name (x0-x1_y0-y1_z0-z1): {name!r}")
+        raise InputError(f"not a chunk name (x0-x1_y0-y1_z0-z1): {name!r}")
     x0, x1, y0, y1, z0, z1 = (int(v) for v in match.groups())
     return slice(z0, z1), slice(y0, y1), slice(x0, x1)
 

@@ -35,6 +35,7 @@ import numpy as np
 import tifffile
 import zarr
 
+from detection.errors import InputError
 from detection.io.text import format_number, format_numbers
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ _UNIT_NM = {
 }
 
 
-class VolumeFormatError(ValueError):
+class VolumeFormatError(InputError):
     """Bad or unreadable input.
 
     The message always names the file, and the dataset, page or field where relevant.
@@ -132,7 +133,7 @@ def validate_voxel_size(values, *, what: str = "voxel size") -> tuple[float, flo
     """
     problem = voxel_size_problem(values)
     if problem is not None:
-        raise ValueError(
+        raise InputError(
             f"{what} {format_numbers(values)} nm is not usable ({problem}): {VOXEL_SIZE_RULE}"
         )
     return tuple(float(v) for v in np.asarray(values, dtype=object).reshape(-1))
@@ -206,11 +207,11 @@ def iter_blocks(shape: Sequence[int], block_shape: Sequence[int]) -> Iterator[Bo
     shape = tuple(int(n) for n in shape)
     block_shape = tuple(int(n) for n in block_shape)
     if len(shape) != 3 or len(block_shape) != 3:
-        raise ValueError(f"shape and block_shape must have 3 entries, got {shape}, {block_shape}")
+        raise InputError(f"shape and block_shape must have 3 entries, got {shape}, {block_shape}")
     if any(b <= 0 for b in block_shape):
-        raise ValueError(f"block_shape must be positive, got {block_shape}")
+        raise InputError(f"block_shape must be positive, got {block_shape}")
     if any(n < 0 for n in shape):
-        raise ValueError(f"shape must be non-negative, got {shape}")
+        raise InputError(f"shape must be non-negative, got {shape}")
     for z0 in range(0, shape[0], block_shape[0]):
         for y0 in range(0, shape[1], block_shape[1]):
             for x0 in range(0, shape[2], block_shape[2]):
@@ -228,15 +229,15 @@ def normalize_box(box, shape: Sequence[int]) -> Box:
     than 1 raise ValueError: a box that does not fit is a caller's bug, not something to clip.
     """
     if not isinstance(box, tuple) or len(box) != 3 or not all(isinstance(s, slice) for s in box):
-        raise ValueError(f"box must be a tuple of 3 slices (z, y, x), got {box!r}")
+        raise InputError(f"box must be a tuple of 3 slices (z, y, x), got {box!r}")
     out = []
     for axis, (s, n) in enumerate(zip(box, shape)):
         if s.step not in (None, 1):
-            raise ValueError(f"box step must be 1, got {s!r} on axis {axis}")
+            raise InputError(f"box step must be 1, got {s!r} on axis {axis}")
         start = 0 if s.start is None else int(s.start)
         stop = int(n) if s.stop is None else int(s.stop)
         if not 0 <= start <= stop <= n:
-            raise ValueError(f"box {box!r} does not fit in shape {tuple(shape)} (axis {axis})")
+            raise InputError(f"box {box!r} does not fit in shape {tuple(shape)} (axis {axis})")
         out.append(slice(start, stop))
     return tuple(out)
 
@@ -1379,7 +1380,7 @@ def _decode_compressed_segmentation(raw: bytes, shape, block_xyz, dtype, file) -
                 codes = np.zeros(voxels, dtype=np.uint32)
             else:
                 if bits not in (1, 2, 4, 8, 16, 32):
-                    raise ValueError(f"invalid encoded bits {bits}")
+                    raise InputError(f"invalid encoded bits {bits}")
                 per_word = 32 // bits
                 packed = data[int(values_at): int(values_at) + -(-voxels // per_word)]
                 if len(packed) * per_word < voxels:

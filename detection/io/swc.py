@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from detection.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SkeletonNodes", "SwcFormatError", "read_swc", "validate_skeleton", "write_swc"]
@@ -39,7 +41,7 @@ _COLUMN_NAMES = {
 _INT16 = np.iinfo(np.int16)
 
 
-class SwcFormatError(ValueError):
+class SwcFormatError(InputError):
     """An SWC file or skeleton that breaks the format.
 
     Attributes
@@ -106,7 +108,7 @@ class SkeletonNodes:
             and self.compartment.shape == (n,)
         )
         if not shapes_ok:
-            raise ValueError(
+            raise InputError(
                 "SkeletonNodes needs node_id, parent_id, radius, compartment of shape (N,) and "
                 f"zyx of shape (N, 3); got {self.node_id.shape}, {self.parent_id.shape}, "
                 f"{self.radius.shape}, {self.compartment.shape} and {self.zyx.shape}")
@@ -141,7 +143,7 @@ def read_swc(path: str | os.PathLike, *, scale: float = 1.0) -> SkeletonNodes:
         the column.
     """
     if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {float(scale):g}")
+        raise InputError(f"scale must be a positive finite number, got {float(scale):g}")
     name = os.fspath(path)
     with open(path, "rb") as stream:
         raw = stream.read()

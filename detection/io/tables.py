@@ -54,6 +54,7 @@ from typing import TextIO
 
 import numpy as np
 
+from detection.errors import InputError
 from detection.io.text import format_number, format_numbers
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ _UINT64_LIMIT = 2**64
 _OTHER_DELIMITERS = (";", "\t", "|")
 
 
-class TableFormatError(ValueError):
+class TableFormatError(InputError):
     """A table file that cannot be read as the requested format.
 
     Attributes
@@ -410,19 +411,19 @@ def _first_duplicate(keys: np.ndarray) -> tuple[int, int] | None:
 def _check_uint64_for_write(value: object, where: str, field: str) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
             or not 0 <= int(value) < _UINT64_LIMIT:
-        raise ValueError(f"{where}, field {field!r}: {format_number(value)} is not an unsigned "
+        raise InputError(f"{where}, field {field!r}: {format_number(value)} is not an unsigned "
                          "64-bit integer")
 
 
 def _check_point_for_write(point: Sequence[float], where: str, field: str) -> None:
     if len(point) != 3 or not all(math.isfinite(float(c)) for c in point):
-        raise ValueError(f"{where}, field {field!r}: {format_numbers(point)} is not a finite "
+        raise InputError(f"{where}, field {field!r}: {format_numbers(point)} is not a finite "
                          "(z, y, x) point")
 
 
 def _check_size_for_write(size: float, where: str, field: str) -> None:
     if not math.isfinite(float(size)) or size < 0:
-        raise ValueError(f"{where}, field {field!r}: {format_number(size)} is not a finite "
+        raise InputError(f"{where}, field {field!r}: {format_number(size)} is not a finite "
                          "size >= 0")
 
 
@@ -685,16 +686,16 @@ def _parse_point_text(table: _Table, text: str, field: str) -> tuple[float, floa
 def _checked_unit(position_unit: str, voxel_size: Sequence[float] | None) -> Point:
     """Per-axis nm factors in file order (x, y, z)."""
     if position_unit not in _POSITION_UNITS:
-        raise ValueError(f"position_unit must be one of {_POSITION_UNITS}, got {position_unit!r}")
+        raise InputError(f"position_unit must be one of {_POSITION_UNITS}, got {position_unit!r}")
     if position_unit == "nm":
         if voxel_size is not None:
-            raise ValueError("voxel_size is only used with position_unit='voxel'")
+            raise InputError("voxel_size is only used with position_unit='voxel'")
         return 1.0, 1.0, 1.0
     if voxel_size is None or len(voxel_size) != 3:
-        raise ValueError("position_unit='voxel' needs voxel_size as (z, y, x) in nm")
+        raise InputError("position_unit='voxel' needs voxel_size as (z, y, x) in nm")
     vz, vy, vx = (float(v) for v in voxel_size)
     if not all(math.isfinite(v) and v > 0 for v in (vz, vy, vx)):
-        raise ValueError("voxel_size must be three positive numbers, got "
+        raise InputError("voxel_size must be three positive numbers, got "
                          f"{format_numbers(voxel_size)}")
     return vx, vy, vz
 
@@ -928,12 +929,12 @@ def write_edges(target: Source, rows: Iterable[EdgeRow]) -> None:
         for count, row in enumerate(rows, start=1):
             kind = row.type.lower()
             if not row.pre.strip() or not row.post.strip():
-                raise ValueError(f"row {count}: cell names must not be empty")
+                raise InputError(f"row {count}: cell names must not be empty")
             if kind not in EDGE_TYPES:
-                raise ValueError(f"row {count}, field 'type': {row.type!r} is not one of "
+                raise InputError(f"row {count}, field 'type': {row.type!r} is not one of "
                                  f"{list(EDGE_TYPES)}")
             if not isinstance(row.synapses, (int, np.integer)) or row.synapses < 1:
-                raise ValueError(f"row {count}, field 'synapses': {format_number(row.synapses)} is not a "
+                raise InputError(f"row {count}, field 'synapses': {format_number(row.synapses)} is not a "
                                  "positive integer")
             writer.writerow((row.pre, row.post, kind, int(row.synapses)))
     logger.debug("wrote %d edges to %s", count, _source_name(target))

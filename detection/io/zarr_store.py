@@ -23,6 +23,7 @@ import numpy as np
 import zarr
 from numcodecs import Blosc
 
+from detection.errors import InputError
 from detection.io.sources import iter_blocks, normalize_box
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def downsample_factors(
         ``[(1, 1, 1), ...]``, each entry 1 or 2 times the previous one per axis.
     """
     if levels is not None and levels < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
+        raise InputError(f"levels must be >= 1, got {levels}")
     factors = [(1, 1, 1)]
     while levels is None or len(factors) < levels:
         current = factors[-1]
@@ -109,7 +110,7 @@ def _check_voxel_size(voxel_size) -> tuple[float, float, float]:
     except TypeError:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"voxel_size must be 3 positive nm values (z, y, x), got {voxel_size!r}")
+        raise InputError(f"voxel_size must be 3 positive nm values (z, y, x), got {voxel_size!r}")
     return values
 
 
@@ -159,19 +160,19 @@ def create_multiscale(
     ``downsample_factors`` (list of [z, y, x] cumulative factors).
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be 3 positive extents (z, y, x), got {shape}")
+        raise InputError(f"shape must be 3 positive extents (z, y, x), got {shape}")
     dtype = np.dtype(dtype)
     if dtype.kind not in "biuf":
-        raise ValueError(f"dtype must be bool, integer or float, got {dtype}")
+        raise InputError(f"dtype must be bool, integer or float, got {dtype}")
     if kind in MODE_KINDS and dtype.kind not in "biu":
-        raise ValueError(f"a {kind} layer needs an integer or bool dtype, got {dtype}")
+        raise InputError(f"a {kind} layer needs an integer or bool dtype, got {dtype}")
     voxel_size = _check_voxel_size(voxel_size)
     chunks = tuple(int(c) for c in chunks)
     if len(chunks) != 3 or min(chunks) < 1:
-        raise ValueError(f"chunks must be 3 positive extents (z, y, x), got {chunks}")
+        raise InputError(f"chunks must be 3 positive extents (z, y, x), got {chunks}")
 
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
@@ -232,11 +233,11 @@ def create_multiscale(
 def _metadata(group: zarr.Group, where: str) -> dict:
     multiscales = group.attrs.get("multiscales")
     if not multiscales:
-        raise ValueError(f"{where}: not a multiscale group (no 'multiscales' attribute)")
+        raise InputError(f"{where}: not a multiscale group (no 'multiscales' attribute)")
     ms = multiscales[0]
     axes = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
     if axes != ["z", "y", "x"]:
-        raise ValueError(f"{where}: expected axes z, y, x, got {axes}")
+        raise InputError(f"{where}: expected axes z, y, x, got {axes}")
     paths = [d["path"] for d in ms["datasets"]]
     scales = []
     for d in ms["datasets"]:
@@ -247,7 +248,7 @@ def _metadata(group: zarr.Group, where: str) -> dict:
     units = [a.get("unit") if isinstance(a, dict) else None for a in ms["axes"]]
     to_nm = {None: 1.0, "nanometer": 1.0, "micrometer": 1e3}
     if any(u not in to_nm for u in units):
-        raise ValueError(f"{where}: unsupported axis units {units}")
+        raise InputError(f"{where}: unsupported axis units {units}")
     voxel_size = tuple(s * to_nm[u] for s, u in zip(scales[0], units))
     factors = group.attrs.get("downsample_factors")
     if factors is None:
@@ -287,12 +288,12 @@ def open_multiscale(path, *, mode: str = "r") -> tuple[zarr.Group, dict]:
         per level), ``level_shapes``.
     """
     if mode not in ("r", "r+"):
-        raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        raise InputError(f"mode must be 'r' or 'r+', got {mode!r}")
     path = os.fspath(path)
     try:
         group = zarr.open_group(path, mode=mode)
     except Exception as exc:  # zarr raises several types for missing/invalid stores
-        raise ValueError(f"{path}: not a zarr group ({exc})") from exc
+        raise InputError(f"{path}: not a zarr group ({exc})") from exc
     return group, _metadata(group, path)
 
 
@@ -309,7 +310,7 @@ def _cast_for(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
             info = np.iinfo(dtype) if dtype.kind != "b" else None
             lo, hi = (0, 1) if info is None else (info.min, info.max)
             if int(data.min()) < lo or int(data.max()) > hi:
-                raise ValueError(
+                raise InputError(
                     f"values {int(data.min())}..{int(data.max())} do not fit in {dtype}"
                 )
         return data.astype(dtype)
@@ -342,7 +343,7 @@ def write_block(group: zarr.Group, box, data) -> None:
     data = np.asarray(data)
     expected = tuple(s.stop - s.start for s in box)
     if data.shape != expected:
-        raise ValueError(f"data shape {data.shape} does not match box shape {expected}")
+        raise InputError(f"data shape {data.shape} does not match box shape {expected}")
     array[box] = _cast_for(data, array.dtype)
 
 
@@ -366,7 +367,7 @@ def _pad_to_multiple(block: np.ndarray, factor: Sequence[int]) -> np.ndarray:
 def _check_factor(factor) -> tuple[int, int, int]:
     factor = tuple(int(f) for f in factor)
     if len(factor) != 3 or any(f not in (1, 2) for f in factor):
-        raise ValueError(f"factor must be 3 entries of 1 or 2, got {factor}")
+        raise InputError(f"factor must be 3 entries of 1 or 2, got {factor}")
     return factor
 
 

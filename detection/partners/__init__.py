@@ -23,6 +23,7 @@ candidates.  :mod:`detection.partners.blocks` runs the first block by block.
 
 from __future__ import annotations
 
+from detection.errors import InputError
 from detection.partners.contact import (
     assign_by_contact,
     contact_choices,
@@ -49,17 +50,17 @@ def assign_partners(method: str, sites, segmentation, *, voxel_size, presynaptic
     """
     if method == "contact":
         if local_scores is None and (interfaces is None or scores is None):
-            raise ValueError("the contact method needs interface scores from an interface "
+            raise InputError("the contact method needs interface scores from an interface "
                              "classifier")
         return assign_by_contact(sites, segmentation, voxel_size=voxel_size,
                                  interfaces=interfaces, scores=scores,
                                  local_scores=local_scores, **options)
     if method in ("vesicle", "diffusion"):
         if presynaptic is None:
-            raise ValueError(f"the {method} method needs a presynaptic (vesicle cloud) map")
+            raise InputError(f"the {method} method needs a presynaptic (vesicle cloud) map")
         function = assign_by_vesicles if method == "vesicle" else assign_by_diffusion
         return function(sites, segmentation, presynaptic, voxel_size=voxel_size, **options)
-    raise ValueError(f"unknown partner-assignment method {method!r}; methods: "
+    raise InputError(f"unknown partner-assignment method {method!r}; methods: "
                      + ", ".join(METHODS))
 
 
@@ -70,7 +71,7 @@ _CHOICES = {"contact": contact_choices, "vesicle": vesicle_choices,
 def partner_choices_function(method: str):
     """The per-candidate step of a method."""
     if method not in _CHOICES:
-        raise ValueError(f"unknown partner-assignment method {method!r}; methods: "
+        raise InputError(f"unknown partner-assignment method {method!r}; methods: "
                          + ", ".join(METHODS))
     return _CHOICES[method]
 
@@ -88,11 +89,11 @@ def partner_choices(method: str, sites, segmentation, *, voxel_size, presynaptic
     if method == "contact":
         if options.get("local_scores") is None and (options.get("interfaces") is None
                                                     or options.get("scores") is None):
-            raise ValueError("the contact method needs interface scores from an interface "
+            raise InputError("the contact method needs interface scores from an interface "
                              "classifier")
         return function(sites, segmentation, voxel_size=voxel_size, offset=offset, **options)
     if presynaptic is None:
-        raise ValueError(f"the {method} method needs a presynaptic (vesicle cloud) map")
+        raise InputError(f"the {method} method needs a presynaptic (vesicle cloud) map")
     return function(sites, segmentation, presynaptic, voxel_size=voxel_size, offset=offset,
                     **options)
 

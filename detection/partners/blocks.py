@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from detection.errors import InputError
 from detection.partners.sites import Box, site_boxes
 
 
@@ -50,7 +51,7 @@ def blockwise_site_boxes(read: Callable[[Box], np.ndarray], shape, block_shape
     shape = tuple(int(n) for n in shape)
     block_shape = tuple(int(b) for b in block_shape)
     if len(shape) != 3 or len(block_shape) != 3 or min(block_shape) < 1:
-        raise ValueError(f"shape {shape} and block_shape {block_shape} must be three sizes")
+        raise InputError(f"shape {shape} and block_shape {block_shape} must be three sizes")
     lo: dict[int, np.ndarray] = {}
     hi: dict[int, np.ndarray] = {}
     for box in grid_boxes(shape, block_shape):
@@ -166,7 +167,7 @@ def assign_blockwise(method: str, sites, segmentation, *, voxel_size, block_shap
     from detection.partners.rows import choice_from_record, choice_record
 
     if method == "contact":
-        raise ValueError("block-wise contact assignment needs site scores per crop")
+        raise InputError("block-wise contact assignment needs site scores per crop")
     shape = tuple(int(n) for n in np.shape(segmentation))
     group = options.pop("group_distance_nm", 300.0)
     boxes = blockwise_site_boxes(lambda box: np.asarray(sites[box]), shape, block_shape)

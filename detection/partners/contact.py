@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from detection.errors import InputError
 from detection.interfaces import (
     InterfaceClassifier,
     InterfaceTable,
@@ -217,7 +218,7 @@ def train_site_classifier(volumes, segmentations, synapse_labels, pre_sides, *, 
             labels.append(local.labels)
             names = local.names
     if not feats:
-        raise ValueError("no synapse site with two touching cells to train on")
+        raise InputError("no synapse site with two touching cells to train on")
     return train_interface_classifier(np.concatenate(feats), np.concatenate(labels),
                                       names=names, voxel_size=voxel_size, spec=spec,
                                       **hgb_params)
@@ -246,7 +247,7 @@ class _DirectedScores:
             return
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(interfaces), 2):
-            raise ValueError(
+            raise InputError(
                 f"scores must be ({len(interfaces)}, 2) for the {len(interfaces)} interfaces, "
                 f"got {scores.shape}")
         for (a, b), (s_ab, s_ba) in zip(interfaces.ids.tolist(), scores.tolist()):
@@ -344,10 +345,10 @@ def contact_choices(sites, segmentation, *, voxel_size, interfaces: InterfaceTab
     """
     sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size)
     if interfaces is None and local_scores is None:
-        raise ValueError("the contact method needs interface scores: site-local ones, or "
+        raise InputError("the contact method needs interface scores: site-local ones, or "
                          "whole-volume interfaces and their scores")
     if interfaces is not None and tuple(interfaces.shape) != seg.shape:
-        raise ValueError(f"interfaces were found on a {interfaces.shape} volume, "
+        raise InputError(f"interfaces were found on a {interfaces.shape} volume, "
                          f"the segmentation is {seg.shape}")
     directed = _DirectedScores(interfaces, scores, local_scores)
     choices = []

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from detection.errors import InputError
 from detection.partners.records import PartnerRow
 from detection.partners.rows import Choice, Post, build_rows
 from detection.partners.sites import check_inputs, site_boxes, site_geometry
@@ -166,7 +167,7 @@ def random_walk(segmentation, starts, start_group, pre_cells, *, voxel_size, n_s
     n_groups = len(pre_cells)
     keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
     if len(keys) != n_groups:
-        raise ValueError(f"{len(keys)} stream keys for {n_groups} groups")
+        raise InputError(f"{len(keys)} stream keys for {n_groups} groups")
     released = np.bincount(group, minlength=n_groups)
     # Each particle's rank within its group: its place in the group's stream.
     order = np.argsort(group, kind="stable")
@@ -318,10 +319,10 @@ def diffusion_choices(
     sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size,
                                   presynaptic=presynaptic)
     if free is not None and np.shape(free) != seg.shape:
-        raise ValueError(f"free-space mask {np.shape(free)} does not match the segmentation "
+        raise InputError(f"free-space mask {np.shape(free)} does not match the segmentation "
                          f"{seg.shape}")
     if particles < 1 or n_steps < 1:
-        raise ValueError("particles and n_steps must be at least 1")
+        raise InputError("particles and n_steps must be at least 1")
     t0 = time.perf_counter()
     offset = np.asarray([int(v) for v in offset], dtype=np.int64)
     boxes = site_boxes(sites)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from detection.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 Box = tuple[slice, slice, slice]
@@ -34,20 +36,20 @@ def check_inputs(sites, segmentation, *, voxel_size, presynaptic=None):
     sites = np.asarray(sites)
     seg = np.asarray(segmentation)
     if seg.ndim != 3:
-        raise ValueError(f"segmentation must be a (Z, Y, X) volume, got shape {seg.shape}")
+        raise InputError(f"segmentation must be a (Z, Y, X) volume, got shape {seg.shape}")
     if not np.issubdtype(seg.dtype, np.integer):
-        raise ValueError(f"segmentation must hold integer ids, got {seg.dtype}")
+        raise InputError(f"segmentation must hold integer ids, got {seg.dtype}")
     if sites.shape != seg.shape:
-        raise ValueError(
+        raise InputError(
             f"site labels {sites.shape} do not match the segmentation {seg.shape}")
     if not (np.issubdtype(sites.dtype, np.integer) or sites.dtype == bool):
-        raise ValueError(f"site labels must be integer ids, got {sites.dtype}")
+        raise InputError(f"site labels must be integer ids, got {sites.dtype}")
     if presynaptic is not None and np.shape(presynaptic) != seg.shape:
-        raise ValueError(
+        raise InputError(
             f"presynaptic map {np.shape(presynaptic)} does not match the segmentation {seg.shape}")
     vs = tuple(float(v) for v in voxel_size)
     if len(vs) != 3 or min(vs) <= 0:
-        raise ValueError(f"voxel_size must be three positive numbers (z, y, x nm), got {voxel_size}")
+        raise InputError(f"voxel_size must be three positive numbers (z, y, x nm), got {voxel_size}")
     return sites, seg, vs
 
 

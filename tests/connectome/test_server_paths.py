@@ -145,6 +145,7 @@ def test_a_superuser_and_the_shell_may_read_outside_the_roots(roots, lab):
     response = _import(_client(users["superuser"]), dataset, outside / "secret.csv", "su")
     assert response.status_code == 201, response.json()
     assert Job.objects.get(pk=response.json()["id"]).reads_any_path
+    assert job_execute(job_id=response.json()["id"]).state == Job.State.DONE
     job = job_run_inline(kind="import_synapses", dataset=dataset,
                          parameters={"source": str(outside / "secret.csv"), "run_name": "shell",
                                      "create_missing_cells": True})
