@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detection.errors import InputError
+from detection.io.text import quote
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def _raise_first_bad(values: Sequence[str], kind: type, name: str, line_numbers:
             reason = f"is not {what}" if number is None else "is outside the int64 range"
             raise SwcFormatError(
                 f"{name} line {line}, field {field!r} ({_COLUMN_NAMES[field]}): "
-                f"{value!r} {reason}", source=name, line=line, field=field)
+                f"{quote(value)} {reason}", source=name, line=line, field=field)
     raise AssertionError("a column failed to convert but no value is bad")
 
 

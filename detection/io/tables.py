@@ -55,7 +55,7 @@ from typing import TextIO
 import numpy as np
 
 from detection.errors import InputError
-from detection.io.text import format_number, format_numbers
+from detection.io.text import format_number, format_numbers, header_text, quote
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ class _Table:
 
     def missing_columns(self, missing: Sequence[str], expected: Sequence[str]) -> TableFormatError:
         message = (f"{self.name}: missing required column(s) {', '.join(missing)}; "
-                   f"found columns {self.header}; expected {list(expected)}")
+                   f"found {header_text(self.header)}; expected {list(expected)}")
         hint = _delimiter_hint(self.header)
         if hint:
             message += f"; {hint}"
@@ -347,16 +347,16 @@ def _parse_uint64(table: _Table, text: str, field: str) -> int:
         value = int(text)
         if value < _UINT64_LIMIT:
             return value
-    raise table.error(f"{text!r} is not an unsigned 64-bit integer", field=field)
+    raise table.error(f"{quote(text)} is not an unsigned 64-bit integer", field=field)
 
 
 def _parse_float(table: _Table, text: str, field: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise table.error(f"{text!r} is not a number", field=field) from None
+        raise table.error(f"{quote(text)} is not a number", field=field) from None
     if not math.isfinite(value):
-        raise table.error(f"{text!r} is not a finite number", field=field)
+        raise table.error(f"{quote(text)} is not a finite number", field=field)
     return value
 
 
@@ -364,7 +364,7 @@ def _parse_size(table: _Table, text: str, field: str) -> int | float:
     # Digits alone make an int; anything else ("+5", "1e3", "2.0") a float.
     value = int(text) if text.isdigit() else _parse_float(table, text, field)
     if value < 0:
-        raise table.error(f"{text!r} is negative; sizes must be >= 0", field=field)
+        raise table.error(f"{quote(text)} is negative; sizes must be >= 0", field=field)
     return value
 
 
@@ -678,7 +678,7 @@ def _parse_point_text(table: _Table, text: str, field: str) -> tuple[float, floa
         inner = inner[1:-1]
     parts = inner.replace(",", " ").split()
     if len(parts) != 3:
-        raise table.error(f"{text!r} is not an [x y z] point", field=field)
+        raise table.error(f"{quote(text)} is not an [x y z] point", field=field)
     x, y, z = (_parse_float(table, part, field) for part in parts)
     return x, y, z
 
@@ -892,11 +892,11 @@ def read_edges(source: Source) -> list[EdgeRow]:
                     raise table.error("cell name is empty", field=field)
             kind = cells[i_type].lower()
             if kind not in EDGE_TYPES:
-                raise table.error(f"{cells[i_type]!r} is not one of {list(EDGE_TYPES)}",
+                raise table.error(f"{quote(cells[i_type])} is not one of {list(EDGE_TYPES)}",
                                   field="type")
             text = cells[i_count]
             if not (text.isascii() and text.isdigit()) or int(text) < 1:
-                raise table.error(f"{text!r} is not a positive integer", field="synapses")
+                raise table.error(f"{quote(text)} is not a positive integer", field="synapses")
             key = (pre, post, kind)
             if key in first_line:
                 raise table.error(f"edge {pre} -> {post} ({kind}) repeats the one on line "
@@ -931,7 +931,7 @@ def write_edges(target: Source, rows: Iterable[EdgeRow]) -> None:
             if not row.pre.strip() or not row.post.strip():
                 raise InputError(f"row {count}: cell names must not be empty")
             if kind not in EDGE_TYPES:
-                raise InputError(f"row {count}, field 'type': {row.type!r} is not one of "
+                raise InputError(f"row {count}, field 'type': {quote(row.type)} is not one of "
                                  f"{list(EDGE_TYPES)}")
             if not isinstance(row.synapses, (int, np.integer)) or row.synapses < 1:
                 raise InputError(f"row {count}, field 'synapses': {format_number(row.synapses)} is not a "
@@ -977,8 +977,8 @@ def sniff_table_format(source: Source) -> str:
         return "cave"
     if all(c in table.index for c in EDGE_COLUMNS):
         return "edges"
-    message = (f"{name}: header matches no known table format; found columns {table.header}; "
-               f"expected cnapse {list(CNAPSE_COLUMNS)}, cave {_cave_expected()} "
+    message = (f"{name}: header matches no known table format; found "
+               f"{header_text(table.header)}; expected cnapse {list(CNAPSE_COLUMNS)}, cave {_cave_expected()} "
                f"or edges {list(EDGE_COLUMNS)}")
     hint = _delimiter_hint(table.header)
     if hint:

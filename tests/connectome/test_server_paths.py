@@ -363,3 +363,24 @@ def test_viewers_see_the_message_and_only_admins_the_traceback(lab):
         else:
             assert body["traceback"] == ""
             assert "on purpose" not in str(body)
+
+
+def test_a_file_that_is_no_table_is_not_copied_into_the_error(lab, monkeypatch,
+                                                             django_capture_on_commit_callbacks):
+    """A superuser may name any file; a wrong one fails without quoting it to the viewers."""
+    dataset, users = lab
+    monkeypatch.setenv("CONNECTOME_PROBE_SECRET", "s3cr3t-value-of-the-environment")
+    client = _client(users["superuser"])
+    for number, path in enumerate(["/proc/self/environ", "/etc/passwd", "/etc/hosts"]):
+        response = _import(client, dataset, path, run_name=f"run {number}")
+        assert response.status_code == 201, response.json()
+        job = job_execute(job_id=response.json()["id"])
+        assert job.state == Job.State.FAILED
+        assert job.error == (   # the stored path is resolved: /proc/<pid>/environ
+            f"{job.parameters['source']}: missing required column(s) pre, post, type, synapses; "
+            "found a first line "
+            "of 1 field(s) that are not column names; expected ['pre', 'post', 'type', "
+            "'synapses']")
+        body = _client(users["viewer"]).get(f"/api/jobs/{job.pk}/").content.decode()
+        for secret in ("s3cr3t", "root:x:0", "localhost", os.environ["PATH"]):
+            assert secret not in body
