@@ -6,13 +6,14 @@ import numpy as np
 from django.db import models
 
 from connectome.common.fields import UInt64Field
+from connectome.common.validators import validate_name
 
 
 class Cell(models.Model):
     dataset = models.ForeignKey("datasets.Dataset", on_delete=models.CASCADE, related_name="cells")
     segment_id = UInt64Field(help_text="id in the segmentation (full uint64 range)")
-    name = models.CharField(max_length=200, blank=True)
-    cell_type = models.CharField(max_length=100, blank=True)
+    name = models.CharField(max_length=200, blank=True, validators=[validate_name])
+    cell_type = models.CharField(max_length=100, blank=True, validators=[validate_name])
     layer = models.ForeignKey(
         "datasets.Layer", null=True, blank=True, on_delete=models.SET_NULL, related_name="cells",
         help_text="segmentation layer the cell was measured in",

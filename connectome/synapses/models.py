@@ -2,6 +2,8 @@
 
 from django.db import models
 
+from connectome.common.validators import validate_name
+
 
 class SynapseRun(models.Model):
     """One batch of synapses: an import of a table or one detection/assignment run.
@@ -12,7 +14,7 @@ class SynapseRun(models.Model):
     dataset = models.ForeignKey(
         "datasets.Dataset", on_delete=models.CASCADE, related_name="synapse_runs"
     )
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[validate_name])
     method = models.CharField(max_length=100, help_text="e.g. import:cnapse, ground_truth")
     parameters = models.JSONField(default=dict, blank=True)
     source_path = models.CharField(max_length=1000, blank=True)

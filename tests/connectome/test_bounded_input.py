@@ -614,3 +614,21 @@ def test_the_migration_names_datasets_whose_voxel_size_it_would_refuse():
     finally:
         MigrationExecutor(connection).migrate(after)
     assert Dataset.objects.get().voxel_size == (40.0, 8.0, 8.0)
+
+
+@pytest.mark.django_db
+def test_cell_and_run_names_saved_through_forms_are_printable():
+    """The admin's forms validate the models: a cell name or type, or a run name, with a
+    control character is refused there too."""
+    dataset = DatasetFactory()
+    cell = Cell(dataset=dataset, segment_id=5, name="AVAL\x1b[31m", cell_type="inter\tneuron")
+    with pytest.raises(ValidationError) as refused:
+        cell.full_clean()
+    assert refused.value.message_dict == {
+        "name": ["name contains a control character (U+001B) at position 5; names must be "
+                 "printable text"],
+        "cell_type": ["name contains a control character (U+0009) at position 6; names must "
+                      "be printable text"]}
+    run = SynapseRun(dataset=dataset, name="run\u202e1", method="import")
+    with pytest.raises(ValidationError, match="text-direction control character"):
+        run.full_clean()
