@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from django.conf import settings
 
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset, Layer
@@ -21,7 +22,8 @@ from detection.segment_stats import SegmentStatistics, SegmentTable
 
 logger = logging.getLogger(__name__)
 
-# Bytes of source data read per block; bounds the importer's memory whatever the volume size.
+# Bytes of source data read per block; bounds the importer's memory whatever the volume size
+# (settings.IMPORT_BLOCK_BYTES).
 BLOCK_BYTES = 64 * 2**20
 
 ALLOWED_DTYPES = {
@@ -43,7 +45,8 @@ def _block_shape(chunks, dtype) -> tuple[int, int, int]:
     """Whole chunks per block, growing y/x then z until a block holds about BLOCK_BYTES."""
     block = list(chunks)
     itemsize = np.dtype(dtype).itemsize
-    while np.prod(block) * itemsize * 2 <= BLOCK_BYTES:
+    limit = getattr(settings, "IMPORT_BLOCK_BYTES", BLOCK_BYTES)
+    while np.prod(block) * itemsize * 2 <= limit:
         axis = 1 if block[1] <= block[2] else 2
         block[axis] *= 2
     return tuple(block)
@@ -92,7 +95,7 @@ def import_volume(
         stated = tuple(voxel_size) if voxel_size is not None else volume.voxel_size
         check_volume_fits(dataset=dataset, shape=volume.shape, voxel_size=stated, source=label)
         stored = _stored_dtype(kind, dtype)
-        staged = staging_path(dataset=dataset)
+        staged = staging_path(dataset=dataset, job=job)
         try:
             group = create_multiscale(
                 staged, shape=volume.shape, dtype=stored, voxel_size=dataset.voxel_size,
