@@ -215,7 +215,8 @@ def block_execute(*, job_id: int, index: int, box=None, task_retries: int = 0) -
             drop_connection()
         return db_retry(lambda: _block_failed(job, block, error, trace),
                         f"job {job_id} block {index}: recording its error")
-    db_retry(lambda: _block_done(job_id, index, summary or {}, time.perf_counter() - started),
+    compute_s = time.perf_counter() - started
+    db_retry(lambda: _block_done(job_id, index, summary or {}, compute_s),
              f"job {job_id} block {index}: marking it done")
     try:
         blocks_recover_stale(job_id=job_id)

@@ -121,7 +121,9 @@ class JobBlock(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "index"], name="unique_job_block")
         ]
-        indexes = [models.Index(fields=["job", "state"], name="job_block_state")]
+        indexes = [models.Index(fields=["job", "state"], name="job_block_state"),
+                   # The sweep's look for silent running blocks (benchmarks/job_sweep.py).
+                   models.Index(fields=["state", "heartbeat_at"], name="job_block_beat")]
 
     def __str__(self):
         return f"block {self.index} of job {self.job_id} ({self.state})"

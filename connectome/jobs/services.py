@@ -265,6 +265,15 @@ def _lost_database(job: Job, attempt: int, exc: BaseException) -> None:
             if locked.step == Job.Step.STORED:
                 _finish(locked, Job.State.DONE, message=STORED_NOTE[:500])
                 return
+            if locked.step == Job.Step.BLOCKS:
+                # The plan is recorded and some block tasks may be out: never plan again
+                # (that would replace what they write); send the blocks that are not done.
+                from connectome.jobs.blocks import blocks_enqueue
+
+                Job.objects.filter(pk=job.pk).update(worker="", heartbeat_at=None)
+                transaction.on_commit(lambda: db_retry(lambda: blocks_enqueue(job_id=job.pk),
+                                                       f"job {job.pk}: sending its blocks"))
+                return
             if locked.retries >= max_retries():
                 _finish(locked, Job.State.FAILED,
                         error=f"lost the database connection, {locked.retries + 1} times: "
