@@ -179,8 +179,8 @@ def test_a_worker_killed_in_the_final_step_is_replaced_by_the_sweep(
     assert job.worker != held.worker
 
 
-def _labels_file(path: Path) -> Path:
-    z, y, x = np.meshgrid(np.arange(32), np.arange(384), np.arange(384), indexing="ij")
+def _labels_file(path: Path, depth: int = 32) -> Path:
+    z, y, x = np.meshgrid(np.arange(depth), np.arange(384), np.arange(384), indexing="ij")
     labels = ((z // 4) * 10000 + (y // 24) * 100 + x // 24 + 1).astype(np.uint32)
     labels[:, :24, :24] = 0
     with h5py.File(path, "w") as f:
@@ -327,7 +327,7 @@ def test_terminated_database_connections_mid_detection_are_retried(
 def test_terminated_database_connections_mid_import_are_retried(
         data_root, tmp_path, start_worker):
     _needs_postgresql()
-    source = _labels_file(tmp_path / "labels.h5")
+    source = _labels_file(tmp_path / "labels.h5", depth=64)   # copies for a few seconds
     reference_layer = import_volume(dataset=DatasetFactory(), **_import_parameters(source, "ref"))
     start_worker("only", JOB_HEARTBEAT_S="0.5", JOB_STALE_S="600", JOB_SWEEP_S="600",
                  IMPORT_BLOCK_BYTES=str(256 * 2**10))
