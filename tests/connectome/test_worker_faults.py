@@ -7,7 +7,7 @@ the tasks' own retries must bring every job to its end within a bounded time, wi
 and volumes of an uninterrupted run, no duplicate rows, nothing left in staging and no stray
 folder in the job's folder.
 
-The workers here beat every 0.5 s and count a silence of 3 s as a lost worker, so that
+The workers here beat every 0.5 s and count a silence of 5 s as a lost worker, so that
 recovery takes seconds, not minutes.
 """
 
@@ -41,7 +41,7 @@ from tests.connectome.test_pipeline_workers import _wait, start_worker  # noqa: 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 logger = logging.getLogger(__name__)
 
-FAST = {"JOB_HEARTBEAT_S": "0.5", "JOB_STALE_S": "3", "JOB_SWEEP_S": "0.5"}
+FAST = {"JOB_HEARTBEAT_S": "0.5", "JOB_STALE_S": "5", "JOB_SWEEP_S": "0.5"}
 #: How long any job here may take, faults and recovery included.
 BOUND_S = 240
 
