@@ -192,10 +192,22 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ROUTES = {"connectome.jobs.tasks.*": {"queue": "cpu"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A worker marks the block it computes alive this often; a running block silent for
-# JOB_BLOCK_STALE_S was lost with its worker and is sent again (connectome/jobs/blocks.py).
-JOB_BLOCK_HEARTBEAT_S = float(os.environ.get("JOB_BLOCK_HEARTBEAT_S", 15))
-JOB_BLOCK_STALE_S = float(os.environ.get("JOB_BLOCK_STALE_S", 4 * JOB_BLOCK_HEARTBEAT_S))
+# Recovery without a person (docs/jobs.md, connectome/jobs/sweep.py). A worker marks the
+# block, handler or final step it runs alive every JOB_HEARTBEAT_S; one silent for JOB_STALE_S
+# was lost with its worker. Every worker sweeps every JOB_SWEEP_S (0: never) for lost work and
+# sends it again, at most JOB_MAX_RETRIES times per job (then the job fails). A lost database
+# connection is tried again JOB_DB_RETRIES times, after JOB_DB_RETRY_BACKOFF_S, twice that ...
+# (the JOB_BLOCK_* names are the older spelling of the first two).
+JOB_HEARTBEAT_S = float(os.environ.get(
+    "JOB_HEARTBEAT_S", os.environ.get("JOB_BLOCK_HEARTBEAT_S", 15)))
+JOB_STALE_S = float(os.environ.get(
+    "JOB_STALE_S", os.environ.get("JOB_BLOCK_STALE_S", 4 * JOB_HEARTBEAT_S)))
+JOB_SWEEP_S = float(os.environ.get("JOB_SWEEP_S", JOB_STALE_S / 2))
+JOB_MAX_RETRIES = int(os.environ.get("JOB_MAX_RETRIES", 3))
+JOB_DB_RETRIES = int(os.environ.get("JOB_DB_RETRIES", 6))
+JOB_DB_RETRY_BACKOFF_S = float(os.environ.get("JOB_DB_RETRY_BACKOFF_S", 0.5))
+# Bytes of source data an import reads per block (connectome/imports/volumes.py).
+IMPORT_BLOCK_BYTES = int(os.environ.get("IMPORT_BLOCK_BYTES", 64 * 2**20))
 
 LOGGING = {
     "version": 1,

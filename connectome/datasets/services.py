@@ -1,5 +1,6 @@
 """Writes on datasets and layers."""
 
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -74,11 +75,42 @@ def layer_storage_path(*, dataset: Dataset, name: str) -> str:
     return f"datasets/{dataset.pk}/layers/{safe}.zarr"
 
 
-def staging_path(*, dataset: Dataset) -> Path:
-    """A fresh directory next to the final layers, so the finished volume moves in with a rename."""
-    path = settings.DATA_ROOT / "datasets" / str(dataset.pk) / "staging" / uuid.uuid4().hex
+def staging_path(*, dataset: Dataset, job=None) -> Path:
+    """A fresh directory next to the final layers, so the finished volume moves in with a rename.
+
+    A job's is named ``job-<id>-a<attempt>-<random>``, so that what a run whose worker died
+    left can be found and removed (:func:`staging_remove`, the job sweep).
+    """
+    name = uuid.uuid4().hex
+    if job is not None and job.pk is not None:
+        name = f"job-{job.pk}-a{job.attempts}-{name[:12]}"
+    path = settings.DATA_ROOT / "datasets" / str(dataset.pk) / "staging" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+_JOB_STAGING = re.compile(r"job-(\d+)-a(\d+)-[0-9a-f]+")
+
+
+def staged_by_jobs(*, job_id: int | None = None) -> list[tuple[Path, int, int]]:
+    """Staging folders that job runs made, as (path, job id, attempt), in every dataset."""
+    root = Path(settings.DATA_ROOT) / "datasets"
+    found = []
+    for staging in root.glob("*/staging") if root.is_dir() else ():
+        for path in staging.iterdir():
+            match = _JOB_STAGING.fullmatch(path.name)
+            if match and (job_id is None or int(match[1]) == job_id):
+                found.append((path, int(match[1]), int(match[2])))
+    return found
+
+
+def staging_remove(*, job_id: int) -> list[Path]:
+    """Remove the staging folders of every run of a job (whose runs are over); returns them."""
+    removed = []
+    for path, _, _ in staged_by_jobs(job_id=job_id):
+        remove_staged(path)
+        removed.append(path)
+    return removed
 
 
 def check_volume_fits(*, dataset: Dataset, shape, voxel_size, source: str) -> None:
@@ -123,6 +155,10 @@ def layer_register(
             if dataset.shape is not None:
                 check_volume_fits(dataset=dataset, shape=metadata["shape"], voxel_size=None,
                                   source=source_path or name)
+            if job is not None:
+                from connectome.jobs.services import job_hold
+
+                job_hold(job, stores=True)  # a run sent again meanwhile stores nothing
             if Layer.objects.filter(dataset=dataset, name=name).exists():
                 raise InputError(f"dataset '{dataset.name}' already has a layer named '{name}'")
             if final.exists():

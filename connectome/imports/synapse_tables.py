@@ -75,6 +75,10 @@ def import_synapses(
         _check_points_inside(name, dataset, rows, labels, table_format)
 
     with transaction.atomic():
+        if job is not None:
+            from connectome.jobs.services import job_hold
+
+            job_hold(job, stores=True)  # a run sent again meanwhile stores nothing
         if replace:
             SynapseRun.objects.filter(dataset=dataset, name=run_name).delete()
         if missing:

@@ -24,7 +24,8 @@ from detection.segment_stats import SegmentStatistics, SegmentTable
 
 logger = logging.getLogger(__name__)
 
-# Bytes of source data read per block; bounds the importer's memory whatever the volume size.
+# Bytes of source data read per block; bounds the importer's memory whatever the volume size
+# (settings.IMPORT_BLOCK_BYTES).
 BLOCK_BYTES = 64 * 2**20
 
 ALLOWED_DTYPES = {
@@ -46,7 +47,8 @@ def _block_shape(chunks, dtype) -> tuple[int, int, int]:
     """Whole chunks per block, growing y/x then z until a block holds about BLOCK_BYTES."""
     block = list(chunks)
     itemsize = np.dtype(dtype).itemsize
-    while np.prod(block) * itemsize * 2 <= BLOCK_BYTES:
+    limit = getattr(settings, "IMPORT_BLOCK_BYTES", BLOCK_BYTES)
+    while np.prod(block) * itemsize * 2 <= limit:
         axis = 1 if block[1] <= block[2] else 2
         block[axis] *= 2
     return tuple(block)
@@ -147,7 +149,7 @@ def import_volume(
         check_source(volume, dataset=dataset, kind=kind, label=label)
         dtype = np.dtype(volume.dtype)
         stored = _stored_dtype(kind, dtype)
-        staged = staging_path(dataset=dataset)
+        staged = staging_path(dataset=dataset, job=job)
         try:
             group = create_multiscale(
                 staged, shape=volume.shape, dtype=stored, voxel_size=dataset.voxel_size,

@@ -61,8 +61,9 @@ class JobAdmin(admin.ModelAdmin):
     actions = ["cancel_jobs", "resume_jobs"]
     readonly_fields = ["kind", "dataset", "parameters_pretty", "state", "progress_bar",
                        "message", "blocks_summary", "result", "error", "traceback",
-                       "cancel_requested", "queue", "block_queue", "task_id", "created_by",
-                       "created_at", "started_at", "finished_at"]
+                       "cancel_requested", "queue", "block_queue", "task_id", "step", "worker",
+                       "heartbeat_at", "attempts", "retries", "created_by", "created_at",
+                       "started_at", "finished_at"]
     exclude = ["parameters", "progress_done", "progress_total"]
 
     def get_form(self, request, obj=None, **kwargs):
@@ -129,7 +130,8 @@ class JobAdmin(admin.ModelAdmin):
         text = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
         return format_html('<a href="{}">{}</a>', link, text)
 
-    @admin.action(description="Resume selected block-wise jobs (re-run unfinished blocks)")
+    @admin.action(description="Resume selected jobs (block-wise: the unfinished blocks; "
+                              "others: from the start)")
     def resume_jobs(self, request, queryset):
         from connectome.jobs.blocks import job_resume
 
@@ -139,8 +141,9 @@ class JobAdmin(admin.ModelAdmin):
             except ValueError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             else:
-                self.message_user(request, f"job {job.pk}: {left} blocks sent again",
-                                  messages.SUCCESS)
+                done = (f"{left} blocks sent again" if job.blocks.exists()
+                        else "sent again to run from the start")
+                self.message_user(request, f"job {job.pk}: {done}", messages.SUCCESS)
 
 
 @admin.register(JobBlock)

@@ -33,8 +33,8 @@ class JobSerializer(serializers.ModelSerializer):
         model = Job
         fields = ["id", "kind", "dataset", "parameters", "state", "progress_done",
                   "progress_total", "fraction_done", "message", "result", "error", "traceback",
-                  "cancel_requested", "created_by", "created_at", "started_at", "finished_at",
-                  "duration_s"]
+                  "cancel_requested", "step", "worker", "heartbeat_at", "attempts", "retries",
+                  "created_by", "created_at", "started_at", "finished_at", "duration_s"]
         read_only_fields = fields
 
     def get_traceback(self, job) -> str:
@@ -95,8 +95,9 @@ class JobViewSet(viewsets.ModelViewSet):
         "job": JobSerializer(), "blocks_sent": serializers.IntegerField()}))
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
-        """Run a block-wise job again from where it stopped (after a crash, failure or
-        cancel): its unfinished blocks are sent again; done blocks are not run again."""
+        """Run a job again from where it stopped (after a crash, failure or cancel): a
+        block-wise job's unfinished blocks are sent again (done blocks are not run again);
+        any other job runs again from the start. Refused while a live worker runs it."""
         job = self.get_object()
         self._require_admin(job.dataset)
         try:

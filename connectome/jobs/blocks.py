@@ -16,36 +16,47 @@ transaction that marks the job done, so a crash leaves either everything or noth
 Errors: a transient error (I/O, a lost database or broker connection) puts the block back to
 ``pending`` and the task retries with exponential back-off; after ``max_attempts`` attempts,
 or at once for any other error, the block and the job fail, naming the block and the error.
+The task's own database steps (claim, done, failed) are tried again on a fresh connection
+when the connection is lost (:func:`~connectome.jobs.liveness.db_retry`); if the database
+stays away, the task itself is retried later.
 
-After a crash (a worker killed mid-block), :func:`job_resume` re-sends the blocks that are not
-done (and the final step when all are); done blocks are never run again.
+Lost workers: a worker computing a block marks it alive every ``JOB_HEARTBEAT_S`` seconds, and
+while it runs the final step it marks the job alive. The sweep (connectome/jobs/sweep.py, in
+every worker) sends again a block or a final step silent for ``JOB_STALE_S``; a block lost
+``max_attempts`` times, or a final step lost ``JOB_MAX_RETRIES`` times, fails the job.
 
-A worker computing a block marks it alive every ``JOB_BLOCK_HEARTBEAT_S`` seconds. A running
-block without a sign of life for ``JOB_BLOCK_STALE_S`` seconds was lost with its worker:
-:func:`blocks_recover_stale` sends it again. Workers call it when they start and after each
-block they finish, so a job whose worker died goes on as soon as any worker is there.
+The final step is taken up by one worker at a time (``Job.attempts`` counts them); it stores
+only while the job is still its own, so a worker that was only stalled, not lost, stores
+nothing when it wakes up.
+
+:func:`job_resume` (a person) runs a job again from where it stopped: the blocks that are not
+done (and the final step when all are); done blocks are never run again. A job that is not
+block-wise runs again from the start.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 import time
 import traceback as traceback_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from connectome.jobs.liveness import (
+    DB_ERRORS, Heartbeat, db_error_text, db_retry, drop_connection, stale_cutoff, task_backoff_s,
+    worker_name,
+)
 from connectome.jobs.models import Job, JobBlock
+from connectome.jobs.progress import JobSuperseded
 from connectome.jobs.registry import get_job_spec
-from connectome.jobs.services import _error_text, _finish, job_enqueue, job_locks_acquire
+from connectome.jobs.services import (
+    _error_text, _finish, _job_beat, job_enqueue, job_locks_acquire, job_worker_lost,
+)
 from detection.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -53,8 +64,7 @@ logger = logging.getLogger(__name__)
 Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 
 #: Errors worth another attempt: the same block may well succeed on the next try.
-TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError, OperationalError, InterfaceError,
-                    MemoryError)
+TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError, *DB_ERRORS, MemoryError)
 BATCH = 2000
 
 
@@ -82,23 +92,6 @@ class Finish:
     discard: Callable[[], None] | None = None  # undo the file work when nothing is stored
 
 
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _backoff_s(attempts: int) -> float:
-    base = float(getattr(settings, "JOB_BLOCK_RETRY_BACKOFF_S", 2.0))
-    return min(300.0, base * 2 ** max(0, attempts - 1))
-
-
-def _heartbeat_s() -> float:
-    return float(getattr(settings, "JOB_BLOCK_HEARTBEAT_S", 15.0))
-
-
-def _stale_s() -> float:
-    return float(getattr(settings, "JOB_BLOCK_STALE_S", 4 * _heartbeat_s()))
-
-
 def _box_slices(box) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(b)) for a, b in zip(box[:3], box[3:]))
 
@@ -106,12 +99,18 @@ def _box_slices(box) -> tuple[slice, slice, slice]:
 # --- planning --------------------------------------------------------------------------------
 
 def blocks_start(*, job: Job, plan: BlockPlan, inline: bool = False) -> None:
-    """Record the plan's blocks and send their tasks when this transaction commits."""
+    """Record the plan's blocks and send their tasks when this transaction commits.
+
+    ``job`` is the row as this run of its handler took it up; a run that is no longer the
+    job's (sent again meanwhile) records nothing (:class:`JobSuperseded`).
+    """
     if not plan.boxes:
         raise InputError(f"job {job.pk}: the plan has no blocks (empty region?)")
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
-        if locked.cancel_requested or locked.state != Job.State.RUNNING:
+        if locked.state != Job.State.RUNNING or locked.attempts != job.attempts:
+            raise JobSuperseded(f"job {job.pk} is no longer run by attempt {job.attempts}")
+        if locked.cancel_requested:
             _finish(locked, Job.State.CANCELLED, message="cancelled")
             return
         rows = [
@@ -125,11 +124,12 @@ def blocks_start(*, job: Job, plan: BlockPlan, inline: bool = False) -> None:
         Job.objects.filter(pk=job.pk).update(
             block_queue=plan.queue, progress_done=0, progress_total=len(rows),
             message=plan.message or f"0 / {len(rows)} blocks",
-            result=_rate_fields(0, len(rows), now, 0, now),
+            result=_rate_fields(0, len(rows), now, 0, now), step=Job.Step.BLOCKS,
             parameters={**locked.parameters, "_max_attempts": int(plan.max_attempts)},
         )
         if not inline:
-            transaction.on_commit(lambda: blocks_enqueue(job_id=job.pk))
+            transaction.on_commit(lambda: db_retry(lambda: blocks_enqueue(job_id=job.pk),
+                                                   f"job {job.pk}: sending its blocks"))
 
 
 def blocks_enqueue(*, job_id: int) -> int:
@@ -175,43 +175,31 @@ def _claim_block(job_id: int, index: int) -> tuple[Job, JobBlock] | None:
             return None
         block.state = JobBlock.State.RUNNING
         block.attempts += 1
-        block.worker = _worker_name()
+        block.worker = worker_name()
         block.started_at = block.heartbeat_at = timezone.now()
         block.save(update_fields=["state", "attempts", "worker", "started_at", "heartbeat_at"])
         return job, block
 
 
-class _Heartbeat:
-    """While its ``with`` body runs, a thread marks the block alive every ``interval`` s."""
-
-    def __init__(self, block_pk: int, interval: float):
-        self.block_pk, self.interval = block_pk, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{block_pk}",
-                                        daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self):
-        try:
-            while not self._stop.wait(self.interval):
-                JobBlock.objects.filter(pk=self.block_pk, state=JobBlock.State.RUNNING).update(
-                    heartbeat_at=timezone.now())
-        except Exception:  # noqa: BLE001 - a missed beat must never break the block itself
-            logger.warning("block %s: heartbeat failed", self.block_pk, exc_info=True)
-        finally:
-            connection.close()  # this thread's own connection
+def _block_beat(block_pk: int) -> bool:
+    JobBlock.objects.filter(pk=block_pk, state=JobBlock.State.RUNNING).update(
+        heartbeat_at=timezone.now())
+    return True
 
 
-def block_execute(*, job_id: int, index: int, box=None) -> BlockOutcome:
-    """Run one block of a job here: claim it, compute it, mark it done (or retry / fail)."""
-    claimed = _claim_block(job_id, index)
+def block_execute(*, job_id: int, index: int, box=None, task_retries: int = 0) -> BlockOutcome:
+    """Run one block of a job here: claim it, compute it, mark it done (or retry / fail).
+
+    A lost database connection is tried again on a fresh one; when the database stays away
+    the outcome is ``retry`` (after ``task_retries`` earlier tries of the task) before the
+    block was claimed, and the error is raised after it (the sweep sends the block again).
+    """
+    try:
+        claimed = db_retry(lambda: _claim_block(job_id, index),
+                           f"job {job_id} block {index}: taking it up")
+    except DB_ERRORS as exc:
+        return BlockOutcome("retry", countdown=task_backoff_s(task_retries + 1),
+                            error=db_error_text(exc))
     if claimed is None:
         return BlockOutcome("skipped")
     job, block = claimed
@@ -220,18 +208,27 @@ def block_execute(*, job_id: int, index: int, box=None) -> BlockOutcome:
     try:
         if box is not None and [int(v) for v in box] != list(block.box):
             raise InputError(f"the task's box {list(box)} is not the recorded {block.box}")
-        with _Heartbeat(block.pk, _heartbeat_s()):
+        with Heartbeat(lambda: _block_beat(block.pk), f"block {index} of job {job_id}"):
             summary = spec.block(job, _box_slices(block.box), dict(job.parameters))
     except Exception as exc:  # noqa: BLE001 - every error is recorded on the block
-        return _block_failed(job, block, exc, traceback_module.format_exc())
-    _block_done(job_id, index, summary or {}, time.perf_counter() - started)
-    blocks_recover_stale(job_id=job_id)
+        error, trace = exc, traceback_module.format_exc()
+        if isinstance(exc, DB_ERRORS):
+            drop_connection()
+        return db_retry(lambda: _block_failed(job, block, error, trace),
+                        f"job {job_id} block {index}: recording its error")
+    compute_s = time.perf_counter() - started
+    db_retry(lambda: _block_done(job_id, index, summary or {}, compute_s),
+             f"job {job_id} block {index}: marking it done")
+    try:
+        blocks_recover_stale(job_id=job_id)
+    except DB_ERRORS:  # the sweep looks again soon
+        drop_connection()
     return BlockOutcome("done")
 
 
 def stale_blocks(*, job_id: int | None = None):
-    """Running blocks of running jobs whose worker gave no sign of life for ``JOB_BLOCK_STALE_S``."""
-    cutoff = timezone.now() - timedelta(seconds=_stale_s())
+    """Running blocks of running jobs whose worker gave no sign of life for ``JOB_STALE_S``."""
+    cutoff = stale_cutoff()
     stale = JobBlock.objects.filter(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff),
         state=JobBlock.State.RUNNING, job__state=Job.State.RUNNING, job__cancel_requested=False,
@@ -244,32 +241,58 @@ def blocks_recover_stale(*, job_id: int | None = None) -> dict[int, list[int]]:
 
     Only blocks of running jobs count. A block wrongly thought lost (a worker stalled, not
     dead) is merely computed twice: block outputs are idempotent and it is marked done once.
+    A block lost as many times as its job allows attempts (``max_attempts``) fails the job.
+    Safe to run in many workers at once: each job is handled under its row lock (the job's
+    row, then its blocks', the order every writer takes them in).
     """
+    jobs = sorted(set(stale_blocks(job_id=job_id).values_list("job_id", flat=True)))
+    recovered: dict[int, list[int]] = {}
+    for stale_job in jobs:
+        indexes = _recover_stale_blocks_of(stale_job)
+        if indexes:
+            recovered[stale_job] = indexes
+    return recovered
+
+
+def _recover_stale_blocks_of(job_id: int) -> list[int]:
     from connectome.jobs.tasks import run_block
 
-    stale = stale_blocks(job_id=job_id)
-    recovered: dict[int, list[int]] = {}
     with transaction.atomic():
-        rows = list(stale.select_for_update(of=("self",)).select_related("job")
-                    .order_by("job_id", "index"))
+        job = (Job.objects.select_for_update(skip_locked=True)
+               .filter(pk=job_id, state=Job.State.RUNNING, cancel_requested=False).first())
+        if job is None:
+            return []   # ended, or another sweep holds it
+        rows = list(stale_blocks(job_id=job_id).select_for_update(of=("self",))
+                    .order_by("index"))
+        limit = int(job.parameters.get("_max_attempts", 3))
+        for block in rows:
+            since = (block.heartbeat_at or block.started_at).isoformat()
+            block.error = f"worker {block.worker} lost: no sign of life since {since}"
+            if block.attempts >= limit:
+                block.state = JobBlock.State.FAILED
+                block.finished_at = timezone.now()
+                block.save(update_fields=["state", "error", "finished_at"])
+                _finish(job, Job.State.FAILED, error=(
+                    f"{block.describe()} failed: its worker was lost in each of its "
+                    f"{block.attempts} attempts (last: {block.error})"))
+                logger.error("job %s %s: %s; no attempt left, the job failed", job_id,
+                             block.describe(), block.error)
+                return []
         for block in rows:
             block.state = JobBlock.State.PENDING
-            block.error = (f"worker {block.worker} lost: no sign of life since "
-                           f"{(block.heartbeat_at or block.started_at).isoformat()}")
             block.save(update_fields=["state", "error"])
-            recovered.setdefault(block.job_id, []).append(block.index)
-            logger.warning("job %s %s: %s; sending it again", block.job_id, block.describe(),
+            logger.warning("job %s %s: %s; sending it again", job_id, block.describe(),
                            block.error)
+        queue = job.block_queue or job.queue
 
         def send():
             for block in rows:
-                run_block.apply_async(args=[block.job_id, block.index, block.box[:3],
-                                            block.box[3:]],
-                                      queue=block.job.block_queue or block.job.queue)
+                run_block.apply_async(args=[job_id, block.index, block.box[:3], block.box[3:]],
+                                      queue=queue)
 
         if rows:
             transaction.on_commit(send)
-    return recovered
+    return [block.index for block in rows]
 
 
 def _block_done(job_id: int, index: int, summary: dict, compute_s: float) -> None:
@@ -292,8 +315,12 @@ def _block_done(job_id: int, index: int, summary: dict, compute_s: float) -> Non
                                 job.result.get("done_at_since", 0), now)
             fields["result"] = rate
             fields["message"] = _rate_message(rate)
+        last = job.state == Job.State.RUNNING and done >= job.progress_total
+        if last:
+            # The final step is sent now: it must show a sign of life within JOB_STALE_S.
+            fields.update(step=Job.Step.FINISH, worker="", heartbeat_at=now)
         Job.objects.filter(pk=job_id).update(**fields)
-        if job.state == Job.State.RUNNING and done >= job.progress_total:
+        if last:
             queue = job.queue
             transaction.on_commit(lambda: run_blocks_finish.apply_async(args=[job_id],
                                                                         queue=queue))
@@ -316,7 +343,7 @@ def _block_failed(job: Job, block: JobBlock, exc: BaseException, trace: str) -> 
         row.finished_at = timezone.now()
         row.save(update_fields=["error", "state", "finished_at"])
         if retry:
-            return BlockOutcome("retry", countdown=_backoff_s(block.attempts), error=error)
+            return BlockOutcome("retry", countdown=task_backoff_s(block.attempts), error=error)
         if locked.state == Job.State.RUNNING:
             tries = f"after {block.attempts} attempts" if transient else "not retried"
             _finish(locked, Job.State.FAILED,
@@ -349,51 +376,106 @@ def _rate_message(rate: dict) -> str:
 
 # --- the final step --------------------------------------------------------------------------
 
-def _say(job_id: int, text: str) -> None:
-    Job.objects.filter(pk=job_id).update(message=text[:500])
+def _say(job_id: int, attempt: int, text: str) -> None:
+    """The final step's progress message; a lost database connection costs the message only."""
+    try:
+        Job.objects.filter(pk=job_id, attempts=attempt).update(message=text[:500])
+    except DB_ERRORS as exc:
+        logger.warning("job %s: message not recorded, database connection lost (%s)", job_id,
+                       db_error_text(exc))
+        drop_connection()
+
+
+def _claim_finish(job_id: int) -> Job | None:
+    """Take up the final step of a running job whose blocks are all done; None if it is not
+    there to run (ended, blocks left, or another worker runs it and is alive)."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.state != Job.State.RUNNING or job.cancel_requested:
+            return None
+        if job.blocks.exclude(state=JobBlock.State.DONE).exists():
+            logger.info("job %s: blocks left, not finishing yet", job_id)
+            return None
+        if job.step == Job.Step.FINISH and job.worker and not job_worker_lost(job):
+            logger.info("job %s: its final step runs on %s already", job_id, job.worker)
+            return None
+        job.step, job.worker, job.heartbeat_at = Job.Step.FINISH, worker_name(), timezone.now()
+        job.attempts += 1
+        job.save(update_fields=["step", "worker", "heartbeat_at", "attempts"])
+        return job
+
+
+def _store(job_id: int, attempt: int, outcome: Finish) -> tuple[bool, int | None]:
+    """Store the final step's rows and mark the job done, if it is still this attempt's;
+    (stored, follow-up job id). Safe to try again: a try whose commit went through but whose
+    answer was lost finds the job done by this attempt."""
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job_id)
+        if locked.state == Job.State.DONE and locked.attempts == attempt:
+            return True, locked.result.get("then_job")
+        if (locked.state != Job.State.RUNNING or locked.cancel_requested
+                or locked.attempts != attempt):
+            logger.info("job %s is %s (attempt %s); final step attempt %s stores nothing",
+                        job_id, locked.state, locked.attempts, attempt)
+            return False, None
+        result = {**_block_statistics(locked), **outcome.result}
+        if outcome.store is not None:
+            result.update(outcome.store() or {})
+        _finish(locked, Job.State.DONE, result=result, message="done",
+                progress_done=locked.progress_total)
+        return True, result.get("then_job")
 
 
 def blocks_finish(*, job_id: int, inline: bool = False) -> Job:
-    """Stitch the blocks of a job whose blocks are all done and mark it done, once."""
-    job = Job.objects.get(pk=job_id)
-    if job.state != Job.State.RUNNING or job.cancel_requested:
-        return job
-    if job.blocks.exclude(state=JobBlock.State.DONE).exists():
-        logger.info("job %s: blocks left, not finishing yet", job_id)
-        return job
+    """Stitch the blocks of a job whose blocks are all done and mark it done, once.
+
+    One worker at a time runs the final step, marking the job alive while it does; a final
+    step that is no longer the job's (its worker was thought lost and the step sent again,
+    or the job was cancelled) stores nothing and removes its files. A lost database
+    connection is tried again on a fresh one; if the database stays away the error is
+    raised (the task retries; the sweep sends the step again once it is silent).
+    """
+    job = db_retry(lambda: _claim_finish(job_id), f"job {job_id}: taking up its final step")
+    if job is None:
+        return Job.objects.get(pk=job_id)
+    attempt = job.attempts
     spec = get_job_spec(job.kind)
     then, outcome, stored = None, None, False
-    try:
-        outcome = spec.finish(job, dict(job.parameters), lambda text: _say(job_id, text))
-        with transaction.atomic():
-            locked = Job.objects.select_for_update().get(pk=job_id)
-            if locked.state != Job.State.RUNNING or locked.cancel_requested:
-                logger.info("job %s is %s; its final step stores nothing", job_id, locked.state)
-                if outcome.discard is not None:
-                    outcome.discard()
-                return locked
-            result = {**_block_statistics(locked), **outcome.result}
-            if outcome.store is not None:
-                result.update(outcome.store() or {})
-            then = result.get("then_job")
-            _finish(locked, Job.State.DONE, result=result, message="done",
-                    progress_done=locked.progress_total)
-            stored = True
-    except Exception as exc:  # noqa: BLE001 - a failed final step fails the job
-        logger.exception("job %s: final step failed", job_id)
+
+    def discard():
         if outcome is not None and outcome.discard is not None and not stored:
             outcome.discard()
-        with transaction.atomic():
-            locked = Job.objects.select_for_update().get(pk=job_id)
-            if locked.state == Job.State.RUNNING:
-                _finish(locked, Job.State.FAILED, error=f"final step: {_error_text(exc)}",
-                        traceback=traceback_module.format_exc())
+
+    with Heartbeat(lambda: _job_beat(job_id, attempt), f"final step of job {job_id}"):
+        try:
+            outcome = db_retry(
+                lambda: spec.finish(job, dict(job.parameters),
+                                    lambda text: _say(job_id, attempt, text)),
+                f"job {job_id}: final step")
+            stored, then = db_retry(lambda: _store(job_id, attempt, outcome),
+                                    f"job {job_id}: storing the final step")
+            discard()
+        except JobSuperseded as exc:
+            logger.warning("job %s: %s; this final step stores nothing", job_id, exc)
+            discard()
+        except DB_ERRORS:
+            logger.exception("job %s: final step lost the database", job_id)
+            discard()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed final step fails the job
+            logger.exception("job %s: final step failed", job_id)
+            discard()
+            error, trace = f"final step: {_error_text(exc)}", traceback_module.format_exc()
+            db_retry(lambda: _finish(job, Job.State.FAILED, attempt=attempt, error=error,
+                                     traceback=trace),
+                     f"job {job_id}: recording the final step's error")
     if then is not None:
         from connectome.jobs.services import job_execute
 
         if inline:
             job_execute(job_id=then, inline_blocks=True)
         else:
+            # Lost if this fails: the sweep sends a queued job that was never sent.
             job_enqueue(job_id=then)
     return Job.objects.get(pk=job_id)
 
@@ -433,30 +515,49 @@ def blocks_run_inline(*, job_id: int, echo=None) -> Job:
 
 
 def job_resume(*, job: Job, enqueue: bool = True) -> int:
-    """Run a block-wise job again from where it stopped; returns the blocks re-sent.
+    """Run a job again from where it stopped (a person asks); returns the blocks sent again.
 
-    Done blocks stay done; running (e.g. on a worker that died), pending and failed ones are
-    sent again. A failed or cancelled job becomes running again (its layer locks permitting).
+    A block-wise job: done blocks stay done; running (e.g. on a worker that died), pending
+    and failed ones are sent again, or the final step when all are done. A job that is not
+    block-wise, or a block-wise one stopped before its blocks were recorded, runs again from
+    the start (its handler's work is all or nothing; what a lost run staged is removed). A
+    failed or cancelled job becomes running again (its layer locks permitting); a queued one
+    is sent again (its task may have been lost with the broker). Refused while a live worker
+    runs its handler or its final step, and for a done job.
     """
+    from connectome.datasets.services import staging_remove
+
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
         if job.state == Job.State.DONE:
             raise InputError(f"job {job.pk} is done; there is nothing to resume")
+        if (job.state == Job.State.RUNNING and job.worker and not job_worker_lost(job)
+                and job.step in (Job.Step.HANDLER, Job.Step.STORED, Job.Step.FINISH)):
+            seen = round((timezone.now() - job.heartbeat_at).total_seconds())
+            what = "final step" if job.step == Job.Step.FINISH else "handler"
+            raise InputError(f"job {job.pk} is running: worker {job.worker} runs its {what} "
+                             f"(last sign of life {seen} s ago); cancel it or let it end")
         spec = get_job_spec(job.kind)
-        if spec.block is None:
-            raise InputError(f"job {job.pk} ({job.kind}) is not block-wise; only block-wise "
-                             "jobs can resume")
         if job.state in (Job.State.FAILED, Job.State.CANCELLED):
             if spec.writes is not None and job.dataset is not None:
                 # Raises JobConflict when another job took the layers meanwhile.
                 job_locks_acquire(job=job, resources=spec.writes(job.dataset, job.parameters))
-        if not job.blocks.exists():
-            # Stopped before its blocks were recorded: plan again.
+        fresh = {"finished_at": None, "error": "", "traceback": "", "cancel_requested": False,
+                 "retries": 0, "worker": ""}
+        if job.state == Job.State.RUNNING and job.step == Job.Step.STORED:
+            raise InputError(f"job {job.pk} stored its output already; its end is recorded "
+                             "soon (the sweep does it if its worker was lost)")
+        if spec.block is None or not job.blocks.exists():
             Job.objects.filter(pk=job.pk).update(
-                state=Job.State.QUEUED, finished_at=None, error="", traceback="",
-                cancel_requested=False, message="resumed: planning again")
+                state=Job.State.QUEUED, step=Job.Step.NONE, heartbeat_at=timezone.now(),
+                task_id="", message="resumed: " + (
+                    "planning again" if spec.block else "running again from the start"),
+                **fresh)
+            job_id = job.pk
             if enqueue:
-                transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
+                transaction.on_commit(lambda: (staging_remove(job_id=job_id),
+                                               job_enqueue(job_id=job_id)))
+            logger.info("job %s resumed: running again from the start", job_id)
             return 0
         JobBlock.objects.filter(job=job, state=JobBlock.State.FAILED).update(
             state=JobBlock.State.PENDING, attempts=0)
@@ -465,10 +566,11 @@ def job_resume(*, job: Job, enqueue: bool = True) -> int:
         done = job.progress_total - left
         rate = _rate_fields(done, job.progress_total, now, done, now)
         Job.objects.filter(pk=job.pk).update(
-            state=Job.State.RUNNING, finished_at=None, error="", traceback="",
-            cancel_requested=False, progress_done=done, result=rate,
+            state=Job.State.RUNNING, progress_done=done, result=rate,
+            step=Job.Step.BLOCKS if left else Job.Step.FINISH,
+            heartbeat_at=None if left else now,
             message=f"resumed: {left} of {job.progress_total} blocks to run",
-            started_at=F("started_at") if job.started_at else now,
+            started_at=F("started_at") if job.started_at else now, **fresh,
         )
         if enqueue:
             transaction.on_commit(lambda: blocks_enqueue(job_id=job.pk))

@@ -14,6 +14,15 @@ class Job(models.Model):
 
     FINISHED_STATES = (State.DONE, State.FAILED, State.CANCELLED)
 
+    class Step(models.TextChoices):
+        """What of a running job runs now (connectome/jobs/sweep.py watches each)."""
+
+        NONE = "", "not started"
+        HANDLER = "handler", "handler"      # its handler (a block-wise kind: the plan)
+        STORED = "stored", "output stored"  # its handler stored its output, ends soon
+        BLOCKS = "blocks", "blocks"         # its block tasks are out
+        FINISH = "finish", "final step"     # its final step is sent or runs
+
     kind = models.CharField(max_length=50, db_index=True)
     dataset = models.ForeignKey(
         "datasets.Dataset", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
@@ -31,10 +40,25 @@ class Job(models.Model):
     block_queue = models.CharField(
         max_length=50, blank=True, help_text="queue of the block tasks of a block-wise job"
     )
-    task_id = models.CharField(max_length=255, blank=True)
+    task_id = models.CharField(
+        max_length=255, blank=True,
+        help_text="the Celery task that runs it; blank when it runs in the process that made it")
+    step = models.CharField(max_length=16, choices=Step.choices, default=Step.NONE, blank=True,
+                            help_text="what of a running job runs now")
+    worker = models.CharField(max_length=255, blank=True,
+                              help_text="worker running the handler or the final step")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="last sign of life of that worker (for a final step not yet taken up: when "
+                  "it was sent)")
     reads_any_path = models.BooleanField(
         default=False, help_text="made by a superuser or at the shell: its source paths need "
                                  "not lie under IMPORT_ROOTS")
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="times a worker took up the handler or the final step")
+    retries = models.PositiveIntegerField(
+        default=0, help_text="times it was sent again after a lost worker or database "
+                             "connection, since it was made or last resumed")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
         related_name="jobs",
@@ -45,7 +69,8 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["dataset", "state"], name="job_dataset_state")]
+        indexes = [models.Index(fields=["dataset", "state"], name="job_dataset_state"),
+                   models.Index(fields=["state", "step"], name="job_state_step")]
 
     def __str__(self):
         return f"{self.kind} job {self.pk} ({self.state})"
@@ -99,7 +124,9 @@ class JobBlock(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "index"], name="unique_job_block")
         ]
-        indexes = [models.Index(fields=["job", "state"], name="job_block_state")]
+        indexes = [models.Index(fields=["job", "state"], name="job_block_state"),
+                   # The sweep's look for silent running blocks (benchmarks/job_sweep.py).
+                   models.Index(fields=["state", "heartbeat_at"], name="job_block_beat")]
 
     def __str__(self):
         return f"block {self.index} of job {self.job_id} ({self.state})"

@@ -17,6 +17,11 @@ task (``block(job, box, parameters) -> dict``, on any worker), and once all are 
 ``finish(job, parameters, say) -> Finish`` stitches them. ``writes(dataset, parameters)``
 names the dataset resources (layer and run names) the job writes, so that two jobs never write
 the same one at once.
+
+A handler's work must be all or nothing (stage, then store in one transaction, as the imports
+do), because a job whose worker died runs again from the start (connectome/jobs/sweep.py). A
+kind for which that is not sound registers with ``rerun=False``: the sweep then fails it, and
+only a person's resume runs it again.
 """
 
 from dataclasses import dataclass
@@ -37,13 +42,14 @@ class JobSpec:
     block: Callable | None = None
     finish: Callable | None = None
     writes: Callable | None = None
+    rerun: bool = True
 
 
 _REGISTRY: dict[str, JobSpec] = {}
 
 
 def register_job(kind: str, *, parameters, queue: str = "cpu", block=None, finish=None,
-                 writes=None):
+                 writes=None, rerun: bool = True):
     if (block is None) != (finish is None):
         raise InputError(f"job kind {kind!r}: a block-wise kind needs both block and finish")
 
@@ -53,7 +59,7 @@ def register_job(kind: str, *, parameters, queue: str = "cpu", block=None, finis
         _REGISTRY[kind] = JobSpec(
             kind=kind, parameters=parameters, handler=handler, queue=queue,
             description=(handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else "",
-            block=block, finish=finish, writes=writes,
+            block=block, finish=finish, writes=writes, rerun=rerun,
         )
         return handler
 

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+from django.db import transaction
 
 from connectome.datasets.models import Dataset, Layer
 from connectome.jobs.blocks import BlockPlan, Finish
 from connectome.jobs.models import Job, JobBlock
-from connectome.jobs.services import JobConflict
+from connectome.jobs.services import JobConflict, job_hold
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.blockwise import with_halo
 from detection.errors import InputError
@@ -120,9 +121,13 @@ def detection_plan(job: Job, parameters: dict) -> BlockPlan:
     folder = settings.DATA_ROOT / job_folder(job)
     folder.mkdir(parents=True, exist_ok=True)
     chunks = tuple(min(b, n) for b, n in zip(block_shape, em.shape))
-    create_multiscale(folder / "probability.zarr", shape=em.shape, dtype=np.uint8,
-                      voxel_size=dataset.voxel_size, chunks=chunks, kind="prediction",
-                      overwrite=True)
+    with transaction.atomic():
+        # Only while this run holds the job: a run whose worker was thought lost (stalled,
+        # and the job sent again) must not wipe what the blocks of the current run wrote.
+        job_hold(job)
+        create_multiscale(folder / "probability.zarr", shape=em.shape, dtype=np.uint8,
+                          voxel_size=dataset.voxel_size, chunks=chunks, kind="prediction",
+                          overwrite=True)
     logger.info("job %s: %d blocks of %s over %s, halo %s", job.pk, len(boxes), block_shape,
                 em.shape, model.halo_voxels())
     return BlockPlan(boxes=boxes, queue=parameters["queue"],
@@ -165,7 +170,13 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
     candidates = stitcher.candidates()
     say(f"writing the instance labels of {len(candidates)} synapses")
     # A folder of its own per attempt: a second final step running at the same time (resumed
-    # meanwhile) never deletes the labels the first one is about to store.
+    # meanwhile) never deletes the labels the first one is about to store. Folders left by
+    # earlier attempts whose worker was lost go, while this attempt holds the job (so never
+    # those of a later attempt, nor the stored one: that attempt ends the job).
+    with transaction.atomic():
+        job_hold(job)
+        for stray in folder.glob("instances-*.zarr"):
+            shutil.rmtree(stray, ignore_errors=True)
     name = f"instances-{uuid.uuid4().hex[:8]}.zarr"
     instances = create_multiscale(folder / name, shape=meta["shape"],
                                   dtype=np.uint32, voxel_size=dataset.voxel_size,

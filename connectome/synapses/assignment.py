@@ -44,9 +44,11 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+from django.db import transaction
 
 from connectome.datasets.models import Dataset, Layer
 from connectome.jobs.blocks import BlockPlan, Finish
+from connectome.jobs.services import job_hold
 from connectome.synapses.models import SynapseRun
 from connectome.synapses.services import synapse_run_store
 from detection import partners
@@ -235,11 +237,15 @@ def assignment_plan(job, parameters: dict, progress) -> BlockPlan:
     if not blocks:
         blocks = {(0, 0, 0): []}  # nothing to assign: one empty block, and an empty run
     folder = settings.DATA_ROOT / job_folder(job)
-    for name in ("sites", "choices"):
-        shutil.rmtree(folder / name, ignore_errors=True)  # left by an earlier plan
-    for index, mine in blocks.items():
-        _write_json(folder / "sites" / f"{_key(index)}.json", [
-            [site, *(s.start for s in box), *(s.stop for s in box)] for site, box in mine])
+    with transaction.atomic():
+        # Only while this run holds the job: a run whose worker was thought lost (stalled,
+        # and the job sent again) must not replace what the current run's blocks read.
+        job_hold(job)
+        for name in ("sites", "choices"):
+            shutil.rmtree(folder / name, ignore_errors=True)  # left by an earlier plan
+        for index, mine in blocks.items():
+            _write_json(folder / "sites" / f"{_key(index)}.json", [
+                [site, *(s.start for s in box), *(s.stop for s in box)] for site, box in mine])
     boxes = []
     for index in blocks:
         box = block_box(index, block_shape, shape)

@@ -143,7 +143,7 @@ def test_a_new_worker_sends_again_the_block_a_dead_worker_left_running(
         em, model_file, start_worker):
     _, path = model_file
     dataset, em_layer = em
-    beats = {"JOB_BLOCK_HEARTBEAT_S": "0.5", "JOB_BLOCK_STALE_S": "2"}
+    beats = {"JOB_HEARTBEAT_S": "0.5", "JOB_STALE_S": "2"}
     first = start_worker("first", **beats)
     job = job_create(kind="detect_synapses", dataset=dataset,
                      parameters=detect_parameters(path, em_layer, "recovered"))
