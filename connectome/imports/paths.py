@@ -116,8 +116,7 @@ def export_file(job) -> Path | None:
     folder = export_folder(job)
     if not folder.is_dir():
         return None
-    files = [p for p in folder.iterdir()
-             if p.is_file() and not p.is_symlink() and not p.name.endswith(".partial")]
+    files = [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
     return files[0] if len(files) == 1 else None
 
 
@@ -134,18 +133,21 @@ def export_remove(job) -> None:
 def export_target(job, name: str):
     """Yield the path to write one export file to; it becomes the job's file on success.
 
-    The job's folder starts empty (what an earlier attempt left goes); the file is written
-    under a ``.partial`` name and renamed at the end; on any error (a cancel included) the
-    folder is removed, so a failed export leaves nothing behind.
+    The file is written in the run's staging folder (``staging/job-<id>-a<attempt>-...``) and
+    moved into the job's export folder at the end, replacing what was there; on any error (a
+    cancel included) the staging goes, so a failed export leaves nothing behind, and what a
+    worker that died left is removed by the job sweep like any staging.
     """
-    folder = export_folder(job)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    final = folder / safe_file_name(name)
-    partial = final.with_name(final.name + ".partial")
+    from connectome.datasets.services import remove_staged, staging_path
+
+    staged = staging_path(dataset=job.dataset, job=job)
+    staged.mkdir()
+    written = staged / safe_file_name(name)
     try:
-        yield partial
-        partial.replace(final)
-    except BaseException:
+        yield written
+        folder = export_folder(job)
         shutil.rmtree(folder, ignore_errors=True)
-        raise
+        folder.mkdir(parents=True)
+        written.replace(folder / written.name)
+    finally:
+        remove_staged(staged)

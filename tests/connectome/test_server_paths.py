@@ -305,6 +305,7 @@ def test_a_failed_or_cancelled_export_leaves_no_file(lab, synapses, data_root):
     Job.objects.filter(pk=job.pk).update(state=Job.State.QUEUED)
     assert job_execute(job_id=job.pk).state == Job.State.CANCELLED
     assert _files_under(data_root) == []
+    assert list((data_root / "datasets" / str(dataset.pk) / "staging").iterdir()) == []
     assert _client(users["viewer"]).get(f"/api/jobs/{failed.pk}/download/").status_code == 404
 
 
