@@ -180,6 +180,13 @@ DATABASES = {
         default=f"sqlite:///{SQLITE_PATH}", conn_max_age=60, conn_health_checks=True
     )
 }
+if (DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+        and _env_bool("DATABASE_PREPARED_STATEMENTS", True)):
+    # Parameters bound by the server and prepared statements: a query that a connection runs
+    # a fifth time is planned once and reused (the partner query plans in about 1 ms and runs in
+    # about as long; docs/benchmarks.md). Off for a pooler that cannot keep prepared statements.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        server_side_binding=True, prepare_threshold=5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the worker are separate processes writing one file: WAL lets readers
     # proceed during a write, IMMEDIATE transactions avoid lock upgrades that deadlock.
@@ -219,7 +226,7 @@ LOGIN_URL = "/admin/login/"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "connectome.common.security.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_RENDERER_CLASSES": [
