@@ -68,7 +68,12 @@ def parse_args():
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 20],
                         help="concurrent clients per phase")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured per phase")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds not measured first")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="seconds not measured at the start of each phase")
+    parser.add_argument("--prewarm", type=float, default=6.0,
+                        help="seconds per endpoint with the most clients before any phase, not "
+                             "measured: every server thread's database connection has then "
+                             "prepared its statements")
     parser.add_argument("--rate", type=float, default=300.0,
                         help="then the largest client count again, paced to this many requests "
                              "per second in all (0: skip); latency counts from the planned send")
@@ -519,6 +524,13 @@ def main():
         server = start_server(gunicorn_command(port, args.gunicorn_options), env, port, Path(scratch) / "gunicorn.log")
         try:
             meter = CpuMeter(server, args.database, admin_url)
+            for endpoint in args.endpoints:
+                make_request, check = requests_for(
+                    endpoint, port=port, dataset_id=dataset.pk, cells=(first, last),
+                    cookies=cookies, auth=args.auth, rng=rng)
+                asyncio.run(drive(port=port, clients=max(args.clients),
+                                  make_request=make_request, check=check,
+                                  duration=args.prewarm, warmup=0, meter=meter))
             phases = [(clients, None) for clients in args.clients]
             if args.rate:
                 phases.append((max(args.clients), args.rate))
