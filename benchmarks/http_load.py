@@ -77,6 +77,8 @@ def parse_args():
     parser.add_argument("--rate", type=float, default=300.0,
                         help="then the largest client count again, paced to this many requests "
                              "per second in all (0: skip); latency counts from the planned send")
+    parser.add_argument("--rate-endpoints", nargs="+", choices=ENDPOINTS, default=["partners"],
+                        help="the endpoints of the paced phase")
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
     parser.add_argument("--auth", choices=["token", "session"], default="token",
                         help="how the viewer's GET requests authenticate (a script's token, or "
@@ -84,6 +86,9 @@ def parse_args():
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="more environment for the server (to compare settings)")
+    parser.add_argument("--app-root", type=Path, default=ROOT,
+                        help="serve the checkout at this path instead of this one (e.g. an "
+                             "earlier version, extracted with git archive, to compare)")
     parser.add_argument("--gunicorn-options", default="",
                         help="replace the compose file's gunicorn options but --bind (to "
                              "compare configurations), e.g. '--workers 4 --threads 2'")
@@ -141,10 +146,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(command: list[str], env: dict, port: int, log: Path) -> subprocess.Popen:
-    logger.info("starting %s", " ".join(command))
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"),
-                              stderr=subprocess.STDOUT)
+def start_server(command: list[str], env: dict, port: int, log: Path,
+                 root: Path = ROOT) -> subprocess.Popen:
+    logger.info("starting %s in %s", " ".join(command), root)
+    server = subprocess.Popen(command, cwd=root, env={**env, "PYTHONPATH": str(root)},
+                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -513,15 +519,17 @@ def main():
 
     port = args.port or free_port()
     result = {"synapses": synapses, "cells": last - first + 1, "database": args.database,
-              "auth": args.auth,
-              "server": " ".join(gunicorn_command(port, args.gunicorn_options)[1:]), "duration_s": args.duration,
+              "auth": args.auth, "app_root": str(args.app_root.resolve()),
+              "server": " ".join(gunicorn_command(port, args.gunicorn_options)[1:]),
+              "duration_s": args.duration,
               "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg(), "http": {},
               "psycopg_partner_sql": []}
     with tempfile.TemporaryDirectory(prefix="http-load-") as scratch:
         env = server_environment(database_url=database_url, secret_key=settings.SECRET_KEY,
                                  var_dir=Path(scratch))
         env.update(item.split("=", 1) for item in args.server_env)
-        server = start_server(gunicorn_command(port, args.gunicorn_options), env, port, Path(scratch) / "gunicorn.log")
+        server = start_server(gunicorn_command(port, args.gunicorn_options), env, port,
+                              Path(scratch) / "gunicorn.log", root=args.app_root.resolve())
         try:
             meter = CpuMeter(server, args.database, admin_url)
             for endpoint in args.endpoints:
@@ -536,6 +544,8 @@ def main():
                 phases.append((max(args.clients), args.rate))
             for clients, rate in phases:
                 for endpoint in args.endpoints:
+                    if rate and endpoint not in args.rate_endpoints:
+                        continue
                     make_request, check = requests_for(
                         endpoint, port=port, dataset_id=dataset.pk, cells=(first, last),
                         cookies=cookies, auth=args.auth, rng=rng)

@@ -11,6 +11,8 @@ Environment variables (all optional for local development):
 ``DEBUG``              ``1``/``0``; on by default for a local checkout.
 ``ALLOWED_HOSTS``      comma-separated host names.
 ``DATA_ROOT``          where chunked volumes live; ``var/data`` by default.
+``DATABASE_PREPARED_STATEMENTS``  ``1`` (default): on PostgreSQL, server-side parameters and
+                       prepared statements.
 
 HTTPS and browser protections (see "Security and deployment" below; all off or lenient by
 default so a checkout works over plain http): ``SECURE_SSL_REDIRECT``, ``SECURE_HSTS_SECONDS``,

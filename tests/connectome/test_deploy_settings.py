@@ -22,7 +22,7 @@ ROOT = Path(django_settings.BASE_DIR)
 COMPOSE = ROOT / "docker" / "compose.yaml"
 # Variables these tests set themselves; everything else of the environment passes through.
 OWN = {"DATABASE_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DEBUG", "DATA_ROOT", "ALLOWED_HOSTS",
-       "IMPORT_ROOTS", "CONNECTOME_VAR_DIR"}
+       "IMPORT_ROOTS", "CONNECTOME_VAR_DIR", "DATABASE_PREPARED_STATEMENTS"}
 SECURITY_VARIABLES = {
     "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD",
     "SECURE_SSL_REDIRECT", "SECURE_PROXY_SSL_HEADER", "SESSION_COOKIE_SECURE",
@@ -144,6 +144,25 @@ def test_a_number_that_is_not_one_is_named(tmp_path):
     result = _settings(tmp_path, SECURE_HSTS_SECONDS="one year")
     assert result.returncode != 0
     assert "SECURE_HSTS_SECONDS must be a whole number; got 'one year'" in result.stderr
+
+
+@pytest.mark.parametrize("url, flag, options", [
+    ("postgres://u@db:5432/c", None, {"server_side_binding": True, "prepare_threshold": 5}),
+    ("postgres://u@db:5432/c", "0", {}),
+    ("", None, None),  # SQLite: its own options, no prepared statements
+])
+def test_prepared_statements_on_postgresql(tmp_path, url, flag, options):
+    code = ("import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', "
+            "'connectome.settings'); django.setup(); from django.conf import settings as s; "
+            "o = s.DATABASES['default'].get('OPTIONS', {}); "
+            "print(repr({k: o[k] for k in ('server_side_binding', 'prepare_threshold') "
+            "if k in o} if 'timeout' not in o else None))")
+    env = {"DATABASE_URL": url} if url else {}
+    if flag is not None:
+        env["DATABASE_PREPARED_STATEMENTS"] = flag
+    result = _run(["-c", code], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert eval(result.stdout) == options  # noqa: S307
 
 
 # --- SECRET_KEY -----------------------------------------------------------------------------
