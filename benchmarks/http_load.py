@@ -24,9 +24,11 @@ default: 10 million synapses among 100,000 cells), this script
    random cells, with one connection and with as many as there are clients: the floor.
 
 Per endpoint and client count it reports requests/s, p50/p95/p99 latency, errors and the CPU
-used meanwhile by the load generator itself (this process), by gunicorn and by the
-PostgreSQL backends of the benchmark's database. The load generator shares the machine's
-cores with the server and the database, so its CPU is part of the picture.
+used meanwhile by the load generator itself (this process), by gunicorn, by the PostgreSQL
+backends of the benchmark's database and by everything else on the machine. The load
+generator shares the machine's cores with the server and the database, so its CPU is part of
+the picture. (The load average says little here: 20 concurrent requests are about 20 runnable
+threads of the benchmark's own.)
 
     .venv/bin/python benchmarks/api_scale.py --keep          # once: loads connectome_bench
     .venv/bin/python benchmarks/http_load.py --json docs/http_load.json
@@ -283,8 +285,11 @@ class CpuMeter:
                 backends.append(psutil.Process(pid))
             except psutil.Error:
                 continue
+        machine = psutil.cpu_times()
         return {"wall": time.perf_counter(), "client": time.process_time(),
-                "server": self._cpu(server), "database": self._cpu(backends)}
+                "server": self._cpu(server), "database": self._cpu(backends),
+                "machine": machine.user + machine.nice + machine.system + machine.irq
+                + machine.softirq}
 
     @staticmethod
     def used(start: dict, end: dict) -> dict:
@@ -294,9 +299,11 @@ class CpuMeter:
             # Processes that started meanwhile count whole; those that ended are lost (few).
             return sum(v - start[kind].get(pid, 0.0) for pid, v in end[kind].items())
 
-        return {name: round(value / wall, 3) for name, value in (
-            ("client_cores", end["client"] - start["client"]),
-            ("server_cores", delta("server")), ("database_cores", delta("database")))}
+        used = {"client_cores": end["client"] - start["client"], "server_cores": delta("server"),
+                "database_cores": delta("database")}
+        # Everything else the machine ran meanwhile (other PostgreSQL backends, other work).
+        used["other_cores"] = max(0.0, end["machine"] - start["machine"] - sum(used.values()))
+        return {name: round(value / wall, 3) for name, value in used.items()}
 
 
 def percentiles(latencies: list[float]) -> dict:
@@ -574,15 +581,15 @@ def main():
 
 def print_table(result: dict):
     rows = [("endpoint", "clients", "offered/s", "req/s", "p50 ms", "p95 ms", "p99 ms",
-             "errors", "client cores", "server cores", "db cores")]
+             "errors", "client cores", "server cores", "db cores", "other cores")]
     for endpoint, runs in result["http"].items():
         for r in runs:
             rows.append((endpoint, r["clients"], r["offered_per_s"] or "max", r["requests_per_s"],
                          r["p50_ms"], r["p95_ms"], r["p99_ms"], r["errors"], r["client_cores"],
-                         r["server_cores"], r["database_cores"]))
+                         r["server_cores"], r["database_cores"], r["other_cores"]))
     for r in result["psycopg_partner_sql"]:
         rows.append(("partner SQL (psycopg)", r["clients"], "max", r["requests_per_s"],
-                     r["p50_ms"], r["p95_ms"], r["p99_ms"], 0, r["client_cores"], "", ""))
+                     r["p50_ms"], r["p95_ms"], r["p99_ms"], 0, r["client_cores"], "", "", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(v).rjust(w) for v, w in zip(row, widths)), file=sys.stderr)
