@@ -6,12 +6,21 @@ Environment variables (all optional for local development):
                        and CI; an SQLite file under ``var/`` when unset.
 ``CELERY_BROKER_URL``  Redis (``redis://host:6379/0``); when unset, kombu's filesystem transport
                        under ``var/broker/``: jobs still run in a separate worker process.
-``SECRET_KEY``         required when ``DEBUG`` is off; the development default is refused then.
+``SECRET_KEY``         required when ``DEBUG`` is off: at least 50 characters, 5 of them different,
+                       never the development default.
 ``DEBUG``              ``1``/``0``; on by default for a local checkout.
 ``ALLOWED_HOSTS``      comma-separated host names.
 ``DATA_ROOT``          where chunked volumes live; ``var/data`` by default.
 ``IMPORT_ROOTS``       folders whose files import jobs of non-superusers may read.
 ``IMPORT_MAX_VOXELS``  the largest volume an import accepts (z * y * x); ``1e12`` by default.
+``DATABASE_PREPARED_STATEMENTS``  ``1`` (default): on PostgreSQL, server-side parameters and
+                       prepared statements.
+
+HTTPS and browser protections (see "Security and deployment" below; all off or lenient by
+default so a checkout works over plain http): ``SECURE_SSL_REDIRECT``, ``SECURE_HSTS_SECONDS``,
+``SECURE_HSTS_INCLUDE_SUBDOMAINS``, ``SECURE_HSTS_PRELOAD``, ``SECURE_PROXY_SSL_HEADER``,
+``SESSION_COOKIE_SECURE``, ``CSRF_COOKIE_SECURE``, ``SECURE_REFERRER_POLICY``,
+``X_FRAME_OPTIONS``, ``CSP_REPORT_ONLY``, ``CSP_REPORT_URI``.
 """
 
 from pathlib import Path
@@ -31,15 +40,34 @@ def _env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number; got '{value}'") from None
+
+
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
+# Django's own rule for a key that `check --deploy` accepts (security.W009).
+SECRET_KEY_MIN_LENGTH = 50
+SECRET_KEY_MIN_DIFFERENT = 5
 
 DEBUG = _env_bool("DEBUG", True)
 SECRET_KEY = os.environ.get("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
-if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
-    raise ImproperlyConfigured(
-        "SECRET_KEY is the development default while DEBUG is off; "
-        "set SECRET_KEY in the environment to a long random value."
-    )
+if not DEBUG:
+    _fix = ("set SECRET_KEY in the environment to a long random value, e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'.")
+    if SECRET_KEY == DEVELOPMENT_SECRET_KEY:
+        raise ImproperlyConfigured(
+            f"SECRET_KEY is the development default while DEBUG is off; {_fix}")
+    if len(SECRET_KEY) < SECRET_KEY_MIN_LENGTH or len(set(SECRET_KEY)) < SECRET_KEY_MIN_DIFFERENT:
+        raise ImproperlyConfigured(
+            f"SECRET_KEY is too weak while DEBUG is off: it has {len(SECRET_KEY)} characters "
+            f"({len(set(SECRET_KEY))} different) and needs at least {SECRET_KEY_MIN_LENGTH} "
+            f"({SECRET_KEY_MIN_DIFFERENT} different); {_fix}")
 
 ALLOWED_HOSTS = [
     h.strip()
@@ -49,6 +77,48 @@ ALLOWED_HOSTS = [
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
+
+# --- security and deployment ---------------------------------------------------------------
+# Off or lenient by default so a checkout works over plain http; docker/compose.yaml turns them
+# on behind its TLS-terminating proxy, where `manage.py check --deploy` is clean.
+# HSTS: browsers then refuse plain http to this host for that many seconds. Start small.
+SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", False)
+# Behind a proxy that terminates TLS: the request header (e.g. X-Forwarded-Proto) by which the
+# proxy says the client spoke https. Only set it when the proxy always sets or strips it.
+_proxy_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
+)
+# Cookies only over https once DEBUG is off, unless said otherwise.
+SESSION_COOKIE_SECURE = _env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = _env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = os.environ.get("SECURE_REFERRER_POLICY", "same-origin")
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# The pages embed the viewer client from this origin (it answers SAMEORIGIN itself); the
+# policy's frame-ancestors follows each response's X-Frame-Options.
+X_FRAME_OPTIONS = os.environ.get("X_FRAME_OPTIONS", "DENY")
+# Content-Security-Policy of every response (connectome.common.security); the embedded
+# Neuroglancer client adds what it needs to its own responses (connectome.viewer.views).
+CSP_REPORT_ONLY = _env_bool("CSP_REPORT_ONLY", False)
+CSP_REPORT_URI = os.environ.get("CSP_REPORT_URI", "").strip()
+CSP_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:", "blob:"],
+    "font-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "worker-src": ["'self'", "blob:"],
+    "frame-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+}
 
 DATA_ROOT = Path(os.environ.get("DATA_ROOT", VAR_DIR / "data")).resolve()
 
@@ -75,6 +145,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that every response (https redirects, static files, errors) has the policy;
+    # it reads the X-Frame-Options header that the clickjacking middleware sets further in.
+    "connectome.common.security.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -111,6 +184,13 @@ DATABASES = {
         default=f"sqlite:///{SQLITE_PATH}", conn_max_age=60, conn_health_checks=True
     )
 }
+if (DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+        and _env_bool("DATABASE_PREPARED_STATEMENTS", True)):
+    # Parameters bound by the server and prepared statements: a query that a connection runs
+    # a fifth time is planned once and reused (the partner query plans in about 1 ms and runs in
+    # about as long; docs/benchmarks.md). Off for a pooler that cannot keep prepared statements.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        server_side_binding=True, prepare_threshold=5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the worker are separate processes writing one file: WAL lets readers
     # proceed during a write, IMMEDIATE transactions avoid lock upgrades that deadlock.
@@ -150,9 +230,14 @@ LOGIN_URL = "/admin/login/"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "connectome.common.security.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        # The browsable API, under the Content-Security-Policy.
+        "connectome.common.security.BrowsableAPIRenderer",
+    ],
     "DEFAULT_PAGINATION_CLASS": "connectome.common.pagination.IdCursorPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "connectome.common.api_errors.json_exception_handler",

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import DefaultRouter
 
 from connectome.cells.apis import CellViewSet, SkeletonViewSet
+from connectome.common.security import csp_update
 from connectome.datasets.apis import DatasetViewSet, LayerViewSet
 from connectome.jobs.apis import JobDownloadView, JobViewSet
 from connectome.review.apis import (
@@ -38,7 +39,9 @@ api = [
     path("jobs/<int:pk>/download/", JobDownloadView.as_view(), name="job-download"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    # Redoc writes its styles into <style> elements as it runs.
+    path("redoc/", csp_update(style_src=["'unsafe-inline'"])(
+        SpectacularRedocView.as_view(url_name="schema")), name="redoc"),
     path("", include(router.urls)),
 ]
 

@@ -89,3 +89,30 @@ class ReviewSkip(models.Model):
 
     def __str__(self):
         return f"synapse {self.synapse_id} skipped by {self.reviewer}"
+
+
+class ReviewableCount(models.Model):
+    """How many synapses the review queue serves (unflagged, both partners set) per dataset,
+    run and review state.
+
+    On PostgreSQL, statement triggers on the synapse table keep the counts as synapses are
+    inserted, changed, deleted or truncated (migration 0003), so the queue's progress is a
+    handful of rows instead of a count over millions of synapses; on SQLite it is not kept
+    and the progress counts the synapses. Plain ids, not foreign keys: the triggers update
+    the rows while Django deletes runs and datasets.
+    """
+
+    dataset_id = models.BigIntegerField()
+    run_id = models.BigIntegerField()
+    review_state = models.CharField(max_length=16)
+    synapses = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dataset_id", "run_id", "review_state"],
+                                    name="unique_reviewable_count")
+        ]
+
+    def __str__(self):
+        return (f"{self.synapses} {self.review_state} synapses of run {self.run_id} "
+                f"(dataset {self.dataset_id})")

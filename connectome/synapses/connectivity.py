@@ -13,10 +13,10 @@ from django.db import connection
 from django.db.models import Count, Q, QuerySet
 
 from connectome.cells.models import Cell
+from connectome.common.fields import int64_to_uint64
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse
 from connectome.synapses.selectors import filter_in_bbox
-from connectome.common.fields import int64_to_uint64
 from connectome.synapses.wiring import DROPPED_VERDICTS, counted_synapses, oriented
 from detection.errors import InputError
 
@@ -82,7 +82,7 @@ class Partner:
 # The conditions are those of wiring.counted_synapses; test_partners_agree_with_the_matrix
 # holds the two together.
 _PARTNER_PART = """
-    SELECT '{direction}' AS direction, s.{partner}_id AS partner_id, count(*) AS n,
+    SELECT {code} AS direction, s.{partner}_id AS partner_id, count(*) AS n,
            sum(s.contact_area_nm2) AS area, sum(s.weight) AS weight,
            sum(s.confidence) AS confidence_sum, count(s.confidence) AS confidence_n
     FROM synapses_synapse s
@@ -94,26 +94,27 @@ _PARTNER_PART = """
 """
 
 
-def cell_partners(
+def partner_query(
     *, cell: Cell, directions=DIRECTIONS, runs=None, min_confidence: float | None = None,
     min_count: int = 1,
-) -> dict[str, list[Partner]]:
-    """The cells upstream of ``cell`` (presynaptic to it) and downstream (postsynaptic to it).
+) -> tuple[str, dict]:
+    """The SQL of :func:`partner_rows` and its parameters (``%(name)s`` style).
 
-    Counted synapses (see the module docstring) that have ``cell`` on the other side, grouped
-    by partner; one parameterised query. A ``wrong_direction`` synapse counts the other way
-    round (:func:`~connectome.synapses.wiring.oriented`): each direction is two GROUP BY parts,
-    the synapses as stored and the reversed ones, each an index-only scan of a covering index
-    (migration 0004), merged here; partner cells are joined after aggregation.
-    ``min_confidence`` applies before aggregation, ``min_count`` after it. Maps each of
-    ``directions`` to its partners, strongest first (synapse count, then segment id).
+    Per direction two GROUP BY parts, the synapses as stored and the reversed
+    ``wrong_direction`` ones, each an index-only scan of a covering index (migration 0004);
+    the parts of a partner are added up (``min_count`` applies to the sum), then the partner
+    cells are joined, one index lookup each. Rows: direction (its index in
+    :data:`DIRECTIONS`: integers group and sort faster than text), partner id, segment id (as
+    stored), name, type, synapses, summed area, summed weight, summed confidence and the
+    number of confidences; per direction strongest first (synapses, then segment id as
+    uint64: the stored negative ones last).
     """
     unknown = [d for d in directions if d not in DIRECTIONS]
     if unknown or not directions:
         raise InputError(f"unknown directions {unknown}; directions: {', '.join(DIRECTIONS)}")
     if int(min_count) < 1:
         raise InputError(f"min_count must be at least 1; got {min_count}")
-    params = {"dataset": cell.dataset_id, "cell": cell.pk,
+    params = {"dataset": cell.dataset_id, "cell": cell.pk, "min_count": int(min_count),
               "wrong_direction": Synapse.ReviewState.WRONG_DIRECTION.value,
               "min_confidence": None if min_confidence is None else float(min_confidence)}
     params.update({f"dropped{i}": str(v) for i, v in enumerate(DROPPED_VERDICTS)})
@@ -131,39 +132,61 @@ def cell_partners(
     for direction in directions:  # checked against DIRECTIONS above: safe to write in the SQL
         own, other = ("post", "pre") if direction == "upstream" else ("pre", "post")
         for on_cell, partner, reversed_ in ((own, other, "<>"), (other, own, "=")):
-            parts.append(_PARTNER_PART.format(direction=direction, partner=partner,
-                                              on_cell=on_cell, reversed=reversed_, **extra))
+            parts.append(_PARTNER_PART.format(code=DIRECTIONS.index(direction),
+                                              partner=partner, on_cell=on_cell,
+                                              reversed=reversed_, **extra))
+    # A partner has at most two parts (as stored, reversed): their float sums add up exactly
+    # as in any order. Counts are cast back from PostgreSQL's numeric sum of bigints.
     sql = (
         "SELECT p.direction, p.partner_id, c.segment_id, c.name, c.cell_type, p.n, p.area,"
         " p.weight, p.confidence_sum, p.confidence_n FROM ("
+        " SELECT u.direction, u.partner_id, CAST(sum(u.n) AS BIGINT) AS n,"
+        " sum(u.area) AS area, sum(u.weight) AS weight,"
+        " sum(u.confidence_sum) AS confidence_sum,"
+        " CAST(sum(u.confidence_n) AS BIGINT) AS confidence_n FROM ("
         + " UNION ALL ".join(parts)
-        + ") p JOIN cells_cell c ON c.id = p.partner_id"
+        + ") u GROUP BY u.direction, u.partner_id HAVING sum(u.n) >= %(min_count)s"
+        ") p JOIN cells_cell c ON c.id = p.partner_id"
+        " ORDER BY p.direction, p.n DESC, c.segment_id < 0, c.segment_id"
     )
-    merged: dict[tuple[str, int], list] = {}
+    return sql, params
+
+
+def partner_rows(
+    *, cell: Cell, directions=DIRECTIONS, runs=None, min_confidence: float | None = None,
+    min_count: int = 1,
+) -> dict[str, list[tuple]]:
+    """:func:`cell_partners` as plain tuples, for callers that shape many of them: per
+    direction ``(cell id, segment id, name, cell type, synapses, contact area, weight, mean
+    confidence)``, strongest first. One query (:func:`partner_query`)."""
+    sql, params = partner_query(cell=cell, directions=directions, runs=runs,
+                                min_confidence=min_confidence, min_count=min_count)
+    partners = {direction: [] for direction in directions}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for direction, partner_id, segment, name, cell_type, *sums in cursor.fetchall():
-            key = (direction, partner_id)
-            if key not in merged:
-                merged[key] = [segment, name, cell_type, *sums]
-                continue
-            into = merged[key]
-            for i, value in enumerate(sums, start=3):
-                if value is not None:
-                    into[i] = value + (into[i] or 0)
-    partners = {direction: [] for direction in directions}
-    for (direction, partner_id), row in merged.items():
-        segment, name, cell_type, n, area, weight, confidence_sum, confidence_n = row
-        if n < int(min_count):
-            continue
-        partners[direction].append(Partner(
-            cell_id=partner_id, segment_id=int64_to_uint64(segment), name=name,
-            cell_type=cell_type, synapses=n, contact_area_nm2=area, weight=weight,
-            mean_confidence=confidence_sum / confidence_n if confidence_n else None,
-        ))
-    for found in partners.values():
-        found.sort(key=lambda p: (-p.synapses, p.segment_id))
+        rows = cursor.fetchall()
+    for code, partner_id, segment, name, cell_type, n, area, weight, c_sum, c_n in rows:
+        partners[DIRECTIONS[code]].append((
+            partner_id, int64_to_uint64(segment), name, cell_type, n, area, weight,
+            c_sum / c_n if c_n else None))
     return partners
+
+
+def cell_partners(
+    *, cell: Cell, directions=DIRECTIONS, runs=None, min_confidence: float | None = None,
+    min_count: int = 1,
+) -> dict[str, list[Partner]]:
+    """The cells upstream of ``cell`` (presynaptic to it) and downstream (postsynaptic to it).
+
+    Counted synapses (see the module docstring) that have ``cell`` on the other side, grouped
+    by partner; one parameterised query (:func:`partner_query`). A ``wrong_direction`` synapse
+    counts the other way round (:func:`~connectome.synapses.wiring.oriented`).
+    ``min_confidence`` applies before aggregation, ``min_count`` after it. Maps each of
+    ``directions`` to its partners, strongest first (synapse count, then segment id).
+    """
+    return {direction: [Partner(*row) for row in rows] for direction, rows in partner_rows(
+        cell=cell, directions=directions, runs=runs, min_confidence=min_confidence,
+        min_count=min_count).items()}
 
 
 def synapses_between(*, a: Cell, b: Cell, both_directions: bool = True) -> QuerySet[Synapse]:

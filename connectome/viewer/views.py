@@ -12,6 +12,7 @@ from django.http import FileResponse, Http404, HttpResponse, JsonResponse, Strea
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET
 
+from connectome.common.security import csp_update
 from connectome.viewer import client, precomputed, selectors, state
 from connectome.viewer.precomputed import SEGMENTATION_KINDS
 
@@ -31,8 +32,13 @@ def _not_found(detail: str) -> JsonResponse:
 # Client
 
 
+# What the built client needs beyond the project's policy, on its own documents and workers
+# only (the pages that frame it keep theirs): it compiles WebAssembly (chunk decoders), builds
+# functions from strings (Function(): the compressed-segmentation encoder, annotation and
+# MessagePack readers) and sets inline styles. Its web workers are files of this view too.
 @require_GET
 @xframe_options_sameorigin
+@csp_update(script_src=["'wasm-unsafe-eval'", "'unsafe-eval'"], style_src=["'unsafe-inline'"])
 def client_file(request, token: str, path: str = ""):
     found = client.client_file(path)
     if found is None:

@@ -25,7 +25,7 @@ def test_production_refuses_the_development_secret_key():
 
 def test_values_come_from_the_environment(tmp_path):
     result = _settings_in_subprocess(
-        DEBUG="0", SECRET_KEY="x" * 50, DATABASE_URL="postgres://u@db.example:5432/c",
+        DEBUG="0", SECRET_KEY="0123456789" * 5, DATABASE_URL="postgres://u@db.example:5432/c",
         CELERY_BROKER_URL="redis://broker:6379/3", DATA_ROOT=str(tmp_path),
         ALLOWED_HOSTS="connectome.lab.org, localhost",
     )

@@ -50,6 +50,11 @@ const Web = (() => {
     return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min`;
   }
 
+  // <select data-autosubmit> submits its form on change (no inline handlers under the CSP).
+  document.addEventListener("change", (event) => {
+    if (event.target.matches("select[data-autosubmit]")) event.target.form.submit();
+  });
+
   return {get: (url) => request("GET", url), post: (url, body) => request("POST", url, body || {}),
           el, fixed, duration};
 })();
