@@ -234,7 +234,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "connectome.common.renderers.JSONRenderer",
         # The browsable API, under the Content-Security-Policy.
         "connectome.common.security.BrowsableAPIRenderer",
     ],
