@@ -24,8 +24,8 @@ from django.conf import settings
 
 from detection.errors import InputError
 
-#: Symbolic links followed inside a folder source before the check gives up (a bound on the
-#: work done for one job, whatever the folder holds).
+#: Entries of a folder source looked at before the check gives up (a bound on the work done
+#: for one job, whatever the folder holds).
 MAX_TREE_ENTRIES = 5_000_000
 
 
