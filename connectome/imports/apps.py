@@ -3,9 +3,9 @@ from django.db.models.signals import post_delete
 
 
 def _remove_export(sender, instance, **kwargs):
-    from connectome.imports.paths import export_remove
+    from connectome.imports.paths import export_remove, is_export
 
-    if instance.dataset_id is not None and instance.kind.startswith("export_"):
+    if instance.dataset_id is not None and is_export(instance.kind):
         export_remove(instance)
 
 

@@ -100,6 +100,14 @@ def check_source_tree(path: Path, *, any_path: bool) -> None:
 
 # --- exports -------------------------------------------------------------------------------------
 
+#: The kinds of the jobs that write one file for download with :func:`export_target`.
+EXPORT_KIND_PREFIX = "export_"
+
+
+def is_export(kind: str) -> bool:
+    return kind.startswith(EXPORT_KIND_PREFIX)
+
+
 def export_folder(job) -> Path:
     """The folder of one export job's file: ``DATA_ROOT/datasets/<id>/exports/job-<id>/``."""
     return Path(settings.DATA_ROOT) / "datasets" / str(job.dataset_id) / "exports" / f"job-{job.pk}"

@@ -14,7 +14,7 @@ from connectome.common.params import int_param
 from connectome.datasets.models import Dataset, Membership
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to, has_role
-from connectome.imports.paths import export_file
+from connectome.imports.paths import export_file, is_export
 from connectome.jobs.blocks import job_resume, stale_blocks
 from connectome.jobs.models import Job, JobBlock
 from connectome.jobs.registry import UnknownJobKind
@@ -146,7 +146,7 @@ class JobDownloadView(APIView):
     def get(self, request, pk):
         job = get_object_or_404(Job.objects.filter(dataset__in=datasets_visible_to(request.user)),
                                 pk=pk)
-        if not job.kind.startswith("export_"):
+        if not is_export(job.kind):
             raise NotFound(f"job {job.pk} is a {job.kind} job; only exports have a download")
         if job.state != Job.State.DONE:
             raise NotFound(f"job {job.pk} is {job.state}; its file is there once it is done")

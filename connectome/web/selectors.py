@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset, Layer, Membership
 from connectome.datasets.selectors import dataset_role, datasets_visible_to, has_role
+from connectome.imports.paths import EXPORT_KIND_PREFIX
 from connectome.jobs.models import Job
 from connectome.review.models import Review
 from connectome.synapses.connectivity import cell_partners
@@ -102,7 +103,7 @@ def dataset_jobs(*, dataset: Dataset, limit: int = 20) -> list[Job]:
 
 def dataset_downloads(*, dataset: Dataset, limit: int = 20) -> list[Job]:
     """The dataset's finished export jobs, newest first: their files are the page's downloads."""
-    return list(Job.objects.filter(dataset=dataset, kind__startswith="export_",
+    return list(Job.objects.filter(dataset=dataset, kind__startswith=EXPORT_KIND_PREFIX,
                                    state=Job.State.DONE).order_by("-pk")[:limit])
 
 
