@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detection_throughput.py --gvoxels 1
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detection_throughput.py --detector cnn
 
-``--detector cnn`` measures the network of :mod:`detection.cnn` instead (trained for a few
+``--detector cnn`` measures the network of :mod:`detection.synapses.cnn` instead (trained for a few
 hundred steps only: its speed does not depend on how well it learnt).
 
 Trains a model on a small phantom, then builds a phantom volume of the requested size in a
@@ -24,14 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from phases import run_phase
 
 from detection.blockwise import iter_probability_blocks
-from detection.classify import (
-    TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier,
+from detection.synapses.classify import (
+    TrainingParameters,
+    clean_targets,
+    labels_to_targets,
+    train_voxel_classifier,
 )
-from detection.model_files import load_synapse_model
-from detection.phantom import make_phantom
-from phases import run_phase
+from detection.synapses.model_files import load_synapse_model
+from detection.synthetic.phantom import make_phantom
 
 VOXEL = (40.0, 8.0, 8.0)
 
@@ -54,7 +57,7 @@ def setup(scratch: Path, gvoxels: float, detector: str) -> None:
     targets = clean_targets(labels_to_targets(train_ph.synapse_labels, convention="binary"),
                             voxel_size=VOXEL, ignore_band_nm=16.0)
     if detector == "cnn":
-        from detection.cnn import CnnParameters, train_cnn
+        from detection.synapses.cnn import CnnParameters, train_cnn
 
         model = train_cnn(train_ph.em, targets, voxel_size=VOXEL,
                           parameters=CnnParameters(iterations=200))

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from detection.partners import assign_by_diffusion, assign_by_vesicles
-from detection.phantom import make_phantom
+from detection.synthetic.phantom import make_phantom
 
 
 def main(argv=None):

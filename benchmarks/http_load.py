@@ -53,7 +53,6 @@ import numpy as np
 import psutil
 import psycopg
 import yaml
-
 from api_scale import VOLUME_NM, setup_django
 
 logger = logging.getLogger("http_load")

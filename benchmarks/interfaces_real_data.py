@@ -3,7 +3,7 @@
     python benchmarks/interfaces_real_data.py [--skip-extraction] [--skip-classification]
                                               [--data DIR] [--spec default|small]
 
-1. Extraction (:func:`detection.interfaces.extract_interfaces`) on
+1. Extraction (:func:`detection.synapses.interfaces.extract_interfaces`) on
    * medulla_fibsem_250.h5 ``neuron_ids``: 250^3 at 10 nm isotropic, dense (segments touch);
    * cortex_seg512.h5 ``neuron_ids``: 512^3 stored (x, y, z), transposed here to (z, y, x) with
      voxels of (40, 16, 16) nm (axis 2 of the file is the 40 nm axis; the in-plane size is 16 nm
@@ -15,7 +15,7 @@
    Printed: interface count, border voxels, time, peak memory of numpy allocations.
 2. Classification on vnc: interfaces labelled synaptic where their border, grown by 20 nm,
    overlaps ``synapse_mask`` (direction unknown there, so labels are -1 and the classifier
-   learns synapticness); features from :mod:`detection.features`; spatial split by the interface
+   learns synapticness); features from :mod:`detection.synapses.features`; spatial split by the interface
    centroid, x < 320 voxels for training and x >= 320 for testing, then the reverse.  Printed:
    interface-level ROC AUC, average precision, precision and recall at score 0.5, and how many
    of the test half's 3-D synapses (``synapse_ids_3d``) have at least one interface detected.
@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detection.interfaces import (  # noqa: E402
+from detection.synapses.interfaces import (  # noqa: E402
     extract_interfaces,
     interface_features,
     label_interfaces,
@@ -94,7 +94,7 @@ def extraction(data: Path) -> None:
 
 
 def _spec(kind: str):
-    from detection.features import FeatureSpec
+    from detection.synapses.features import FeatureSpec
 
     if kind == "small":
         return FeatureSpec(scales_nm=(10.0, 20.0, 40.0),
@@ -110,7 +110,7 @@ def classification(data: Path, spec_kind: str) -> None:
         roc_auc_score,
     )
 
-    from detection.features import compute_features
+    from detection.synapses.features import compute_features
 
     path = data / "vnc_sstem_train.h5"
     raw = _read(path, "volumes/raw")

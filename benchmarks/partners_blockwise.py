@@ -29,7 +29,7 @@ from detection.partners.blocks import (
     blockwise_site_boxes,
     sites_by_block,
 )
-from detection.phantom import make_phantom
+from detection.synthetic.phantom import make_phantom
 
 
 def measured(function):

@@ -31,12 +31,17 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-from detection.classify import TrainingParameters, train_voxel_classifier
-from detection.features import FeatureSpec, compute_features
 from detection.metrics import connection_scores, synapse_partner_scores
-from detection.partners import assign_partners, rows_to_pairs, site_interfaces, site_scores
+from detection.partners import (
+    assign_partners,
+    rows_to_pairs,
+    site_interfaces,
+    site_scores,
+)
 from detection.partners.contact import train_site_classifier
-from detection.phantom import make_phantom
+from detection.synapses.classify import TrainingParameters, train_voxel_classifier
+from detection.synapses.features import FeatureSpec, compute_features
+from detection.synthetic.phantom import make_phantom
 
 logger = logging.getLogger("partners_phantom")
 

@@ -82,11 +82,14 @@ def setup(args, data_root: Path):
 def make_inputs(args, folder: Path):
     from connectome.datasets.services import dataset_create
     from connectome.imports.volumes import import_volume
-    from detection.classify import (
-        TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier,
+    from detection.synapses.classify import (
+        TrainingParameters,
+        clean_targets,
+        labels_to_targets,
+        train_voxel_classifier,
     )
-    from detection.features import FeatureSpec
-    from detection.phantom import make_phantom, write_phantom_h5
+    from detection.synapses.features import FeatureSpec
+    from detection.synthetic.phantom import make_phantom, write_phantom_h5
 
     training = make_phantom((16, 128, 128), voxel_size=VOXEL, n_cells=14, n_synapses=14, seed=1)
     targets = clean_targets(labels_to_targets(training.synapse_labels, convention="binary"),

@@ -21,8 +21,13 @@ import time
 
 import numpy as np
 import psycopg
-
-from api_scale import admin_execute, load_cells, load_synapses, percentiles, setup_django
+from api_scale import (
+    admin_execute,
+    load_cells,
+    load_synapses,
+    percentiles,
+    setup_django,
+)
 
 logger = logging.getLogger("review_queue")
 

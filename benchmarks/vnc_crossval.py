@@ -19,7 +19,7 @@ matching (one-to-one, at least one voxel in common), per fold and pooled.
 
 The probabilities of all held-out slabs (inner and outer) do not depend on the
 post-processing; ``--probabilities`` keeps them in a file so the post-processing can be
-re-run without training again. ``--detector cnn`` trains the network of :mod:`detection.cnn`
+re-run without training again. ``--detector cnn`` trains the network of :mod:`detection.synapses.cnn`
 instead of the boosted trees (features are then not computed). ``--compare`` reads the files
 of finished runs and, per outer fold, takes the one whose inner cross-validation scored best,
 so that the choice between detectors is nested too:
@@ -42,19 +42,30 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from detection.candidates import (
-    COMPACT, CandidateClassifier, candidate_features, candidate_targets, filter_labels,
-)
-from detection.classify import (
-    TrainingParameters, clean_targets, default_context_spec, grid_step_for, labels_to_targets,
-    negative_pool, region_features, sample_training_voxels, train_from_samples,
-)
-from detection.cnn import CnnParameters, train_cnn
-from detection.context import ContextSpec
-from detection.features import FeatureSpec
-from detection.instances import find_instances
 from detection.metrics import DetectionScores, match_by_overlap
-from detection.split import SplitParameters
+from detection.synapses.candidates import (
+    COMPACT,
+    CandidateClassifier,
+    candidate_features,
+    candidate_targets,
+    filter_labels,
+)
+from detection.synapses.classify import (
+    TrainingParameters,
+    clean_targets,
+    default_context_spec,
+    grid_step_for,
+    labels_to_targets,
+    negative_pool,
+    region_features,
+    sample_training_voxels,
+    train_from_samples,
+)
+from detection.synapses.cnn import CnnParameters, train_cnn
+from detection.synapses.context import ContextSpec
+from detection.synapses.features import FeatureSpec
+from detection.synapses.instances import find_instances
+from detection.synapses.split import SplitParameters
 
 DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 GRID = {
@@ -366,7 +377,7 @@ def main() -> None:
                              "instead of the size / score / split grid")
     parser.add_argument("--detector", choices=("trees", "cnn"), default="trees",
                         help="voxel classifier (boosted trees on features and cues) or the 2.5D "
-                             "U-Net of detection.cnn")
+                             "U-Net of detection.synapses.cnn")
     parser.add_argument("--cnn-iterations", type=int, default=CnnParameters.iterations)
     parser.add_argument("--compare", nargs="+", type=_source, metavar="NAME=FILE[+FILE...]",
                         help="instead of training: the --probabilities files of finished runs, "

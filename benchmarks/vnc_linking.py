@@ -6,7 +6,7 @@
 Data: ../shared/data/vnc_sstem_train.h5 (Drosophila larval VNC, 20 x 1024 x 640 voxels of
 50 x 4.6 x 4.6 nm; Gerhard et al. 2013). Its ``neuron_ids_2d`` are per-section connected
 components of the annotated intracellular space, not linked across z; they are linked with
-:func:`detection.section_linking.link_sections` guided by ``membrane_mask``, with the default
+:func:`detection.cells.section_linking.link_sections` guided by ``membrane_mask``, with the default
 parameters, then again with mutual best matches only (no branches) for comparison.
 
 Printed: the link report, the time, how many sections the cells span, and the share of the
@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage.color import hsv2rgb
 
+from detection.cells.section_linking import link_sections
 from detection.overlay import tile_images
-from detection.section_linking import link_sections
 
 DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "vnc_linking.png"

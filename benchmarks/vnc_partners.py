@@ -4,7 +4,7 @@ vnc_sstem_train.h5 (Drosophila larval VNC, 20 x 1024 x 640 voxels of 50 x 4.6 x 
 per-section cell profiles, a membrane mask and synapse masks, but no partner annotation. This
 script
 
-1. links the per-section profiles into 3D cells (:func:`detection.section_linking.link_sections`,
+1. links the per-section profiles into 3D cells (:func:`detection.cells.section_linking.link_sections`,
    guided by the membrane mask);
 2. takes the annotated synapses (``synapse_ids_3d``) as sites.  In this fly tissue the
    annotated masks are the dark presynaptic densities (T-bars) and their clefts, so the mask
@@ -36,9 +36,9 @@ import h5py
 import numpy as np
 from scipy import ndimage as ndi
 
+from detection.cells.section_linking import link_sections
 from detection.overlay import render_assignment, save_png, tile_images
 from detection.partners import assign_by_diffusion, assign_by_vesicles
-from detection.section_linking import link_sections
 
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 VOXEL = (50.0, 4.6, 4.6)

@@ -23,8 +23,8 @@ default so a checkout works over plain http): ``SECURE_SSL_REDIRECT``, ``SECURE_
 ``X_FRAME_OPTIONS``, ``CSP_REPORT_ONLY``, ``CSP_REPORT_URI``.
 """
 
-from pathlib import Path
 import os
+from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured

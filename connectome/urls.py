@@ -1,6 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
 from rest_framework.routers import DefaultRouter
 
 from connectome.cells.apis import CellViewSet, SkeletonViewSet
@@ -8,10 +12,17 @@ from connectome.common.security import csp_update
 from connectome.datasets.apis import DatasetViewSet, LayerViewSet
 from connectome.jobs.apis import JobDownloadView, JobViewSet
 from connectome.review.apis import (
-    ReviewNextView, ReviewSkipView, ReviewSummaryView, ReviewUndoView, ReviewViewSet,
+    ReviewNextView,
+    ReviewSkipView,
+    ReviewSummaryView,
+    ReviewUndoView,
+    ReviewViewSet,
 )
 from connectome.synapses.apis import (
-    CellTypeSummaryView, SynapseRunViewSet, SynapseViewSet, WiringMatrixView,
+    CellTypeSummaryView,
+    SynapseRunViewSet,
+    SynapseViewSet,
+    WiringMatrixView,
 )
 
 router = DefaultRouter()

@@ -73,10 +73,13 @@ def _progress(description: str, unit: str = "block"):
 # --- train -----------------------------------------------------------------------------------
 
 def cmd_train(args) -> None:
-    from detection.classify import (
-        TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier,
+    from detection.synapses.classify import (
+        TrainingParameters,
+        clean_targets,
+        labels_to_targets,
+        train_voxel_classifier,
     )
-    from detection.features import FeatureSpec
+    from detection.synapses.features import FeatureSpec
 
     other = (("--n-estimators", args.n_estimators), ("--scales-nm", args.scales_nm))
     if args.detector == "trees":
@@ -101,7 +104,7 @@ def cmd_train(args) -> None:
     source = {"volume": str(args.volume), "labels": str(args.labels), "roi": args.roi,
               "label_convention": args.label_convention}
     if args.detector == "cnn":
-        from detection.cnn import CnnParameters, train_cnn
+        from detection.synapses.cnn import CnnParameters, train_cnn
 
         given = {"iterations": args.iterations, "pixel_nm": args.pixel_nm, "seed": args.seed}
         parameters = CnnParameters(**{k: v for k, v in given.items() if v is not None})
@@ -153,9 +156,9 @@ def read_candidate_points(path) -> np.ndarray:
 
 def cmd_predict(args) -> None:
     from detection.blockwise import iter_probability_blocks
-    from detection.instances import InstanceStitcher
-    from detection.model_files import load_synapse_model
-    from detection.split import SplitParameters
+    from detection.synapses.instances import InstanceStitcher
+    from detection.synapses.model_files import load_synapse_model
+    from detection.synapses.split import SplitParameters
 
     split = None
     if args.split_min_distance_nm > 0:
@@ -218,7 +221,7 @@ def cmd_evaluate(args) -> None:
             pred = pred_source.read(tuple(slice(0, n) for n in pred_source.shape))
         results["overlap"] = match_by_overlap(pred, gt, min_overlap_voxels=args.min_overlap).to_dict()
     if args.table:
-        from detection.segment_stats import SegmentStatistics
+        from detection.cells.segment_stats import SegmentStatistics
 
         stats = SegmentStatistics()
         stats.add(gt)
@@ -321,8 +324,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from detection.classify import ModelMismatchError
     from detection.io.sources import VolumeFormatError
+    from detection.synapses.classify import ModelMismatchError
 
     try:
         args.func(args)

@@ -35,7 +35,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage, sparse
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
+from scipy.sparse.csgraph import (
+    connected_components,
+    min_weight_full_bipartite_matching,
+)
 from scipy.spatial import cKDTree
 
 from detection.errors import InputError

@@ -11,7 +11,12 @@ from connectome.cells.models import Cell, Skeleton
 from connectome.cells.services import cells_annotate
 from connectome.common.fields import int64_to_uint64
 from connectome.common.params import (
-    MAX_ID, CountField, DatasetQuery, IdListField, SegmentIdListField, parse_query,
+    MAX_ID,
+    CountField,
+    DatasetQuery,
+    IdListField,
+    SegmentIdListField,
+    parse_query,
 )
 from connectome.common.validators import validate_name
 from connectome.datasets.models import Membership

@@ -25,11 +25,11 @@ import secrets
 from functools import cache, wraps
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.signals import setting_changed
 from django.db import connections, router
 from django.db.models.expressions import Col
-from django.core.signals import setting_changed
 from django.dispatch import receiver
-from django.contrib.auth import get_user_model
 from django.utils.translation import gettext as _
 from rest_framework import authentication, exceptions, renderers
 

@@ -19,7 +19,11 @@ from rest_framework import serializers
 
 from detection.errors import InputError
 from detection.io.sources import (
-    VOXEL_SIZE_MAX_NM, VOXEL_SIZE_MIN_NM, VOXEL_SIZE_RULE, format_number, format_numbers,
+    VOXEL_SIZE_MAX_NM,
+    VOXEL_SIZE_MIN_NM,
+    VOXEL_SIZE_RULE,
+    format_number,
+    format_numbers,
     voxel_size_problem,
 )
 

@@ -12,7 +12,11 @@ from connectome.datasets.models import Layer
 from connectome.datasets.services import DatasetMismatchError
 from connectome.imports import parameters as p
 from connectome.imports.paths import export_download, export_target
-from connectome.imports.skeletons import export_skeletons, import_skeletons, skeletonize_layer
+from connectome.imports.skeletons import (
+    export_skeletons,
+    import_skeletons,
+    skeletonize_layer,
+)
 from connectome.imports.synapse_tables import export_synapses, import_synapses
 from connectome.imports.volumes import import_volume, preflight_import_volume
 from connectome.jobs.registry import register_job

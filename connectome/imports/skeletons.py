@@ -9,10 +9,10 @@ from django.db import transaction
 
 from connectome.cells.models import Cell, Skeleton
 from connectome.datasets.models import Dataset, Layer
+from detection.cells.skeletonize import skeletonize_segmentation
 from detection.errors import InputError
 from detection.io.swc import SkeletonNodes, read_swc, swc_text
 from detection.io.zarr_store import open_multiscale
-from detection.skeletonize import skeletonize_segmentation
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from django.db.models import Count, F, Max
 
 from connectome.cells.models import Cell
 from connectome.cells.selectors import cell_ids_by_segment
+from connectome.common.validators import check_name, printable
 from connectome.datasets.models import Dataset
 from connectome.synapses.models import Synapse, SynapseRun
-from connectome.common.validators import check_name, printable
 from detection.errors import InputError
 from detection.io import tables
 from detection.io.text import format_numbers

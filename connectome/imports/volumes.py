@@ -15,12 +15,15 @@ from django.conf import settings
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset, Layer
 from connectome.datasets.services import (
-    check_volume_fits, layer_register, remove_staged, staging_path,
+    check_volume_fits,
+    layer_register,
+    remove_staged,
+    staging_path,
 )
+from detection.cells.segment_stats import SegmentStatistics, SegmentTable
 from detection.errors import InputError
 from detection.io.sources import VolumeFormatError, iter_blocks, open_volume
 from detection.io.zarr_store import build_pyramid, create_multiscale, write_block
-from detection.segment_stats import SegmentStatistics, SegmentTable
 
 logger = logging.getLogger(__name__)
 

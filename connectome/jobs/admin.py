@@ -9,7 +9,11 @@ from django.utils.html import format_html
 from connectome.jobs.models import Job, JobBlock, JobLock
 from connectome.jobs.registry import get_job_spec, job_kinds
 from connectome.jobs.services import (
-    JobParameterError, job_cancel, job_check_conflicts, job_create, job_validate_parameters,
+    JobParameterError,
+    job_cancel,
+    job_check_conflicts,
+    job_create,
+    job_validate_parameters,
 )
 
 

@@ -48,14 +48,25 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from connectome.jobs.liveness import (
-    DB_ERRORS, Heartbeat, db_error_text, db_retry, drop_connection, stale_cutoff, task_backoff_s,
+    DB_ERRORS,
+    Heartbeat,
+    db_error_text,
+    db_retry,
+    drop_connection,
+    stale_cutoff,
+    task_backoff_s,
     worker_name,
 )
 from connectome.jobs.models import Job, JobBlock
 from connectome.jobs.progress import JobSuperseded
 from connectome.jobs.registry import get_job_spec
 from connectome.jobs.services import (
-    _error_text, _finish, _job_beat, job_enqueue, job_locks_acquire, job_worker_lost,
+    _error_text,
+    _finish,
+    _job_beat,
+    job_enqueue,
+    job_locks_acquire,
+    job_worker_lost,
 )
 from detection.errors import InputError
 

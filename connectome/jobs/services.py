@@ -14,7 +14,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from connectome.jobs.liveness import (
-    DB_ERRORS, Heartbeat, db_error_text, db_retry, max_retries, stale_cutoff, task_backoff_s,
+    DB_ERRORS,
+    Heartbeat,
+    db_error_text,
+    db_retry,
+    max_retries,
+    stale_cutoff,
+    task_backoff_s,
     worker_name,
 )
 from connectome.jobs.models import Job, JobLock

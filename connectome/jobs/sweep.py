@@ -42,7 +42,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from connectome.jobs.liveness import (
-    DB_ERRORS, db_error_text, db_retry, drop_connection, max_retries, stale_cutoff,
+    DB_ERRORS,
+    db_error_text,
+    db_retry,
+    drop_connection,
+    max_retries,
+    stale_cutoff,
 )
 from connectome.jobs.models import Job, JobBlock
 from connectome.jobs.registry import UnknownJobKind, get_job_spec

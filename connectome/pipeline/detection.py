@@ -11,7 +11,7 @@ from the EM layer, score its core, write it as ``round(255 * p)`` into the proba
 reach the low threshold.
 
 finish (one task): feed the blocks that hold any voxel above the low threshold, read back from
-the probability, to :class:`~detection.instances.InstanceStitcher` (empty blocks add no
+the probability, to :class:`~detection.synapses.instances.InstanceStitcher` (empty blocks add no
 components and no face contacts), write the instance labels, build both pyramids, then store
 the two layers, the synapse run and its rows in the transaction that marks the job done.
 """
@@ -35,9 +35,14 @@ from connectome.jobs.services import JobConflict, job_hold
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.blockwise import with_halo
 from detection.errors import InputError
-from detection.instances import InstanceStitcher
 from detection.io.sources import read_box
-from detection.io.zarr_store import build_pyramid, create_multiscale, open_multiscale, write_block
+from detection.io.zarr_store import (
+    build_pyramid,
+    create_multiscale,
+    open_multiscale,
+    write_block,
+)
+from detection.synapses.instances import InstanceStitcher
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ def job_folder(job: Job) -> Path:
 
 @lru_cache(maxsize=4)
 def _load_model(path: str, mtime: float, voxel_size: tuple[float, float, float]):
-    from detection.model_files import load_synapse_model
+    from detection.synapses.model_files import load_synapse_model
 
     return load_synapse_model(path, voxel_size=voxel_size)
 

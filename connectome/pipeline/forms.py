@@ -3,7 +3,11 @@
 from django import forms
 
 from connectome.datasets.models import Dataset, Layer
-from connectome.jobs.services import JobParameterError, job_check_conflicts, job_validate_parameters
+from connectome.jobs.services import (
+    JobParameterError,
+    job_check_conflicts,
+    job_validate_parameters,
+)
 
 KINDS = [("detect_synapses", "detect synapses"),
          ("detect_and_assign", "detect synapses, then assign their partners")]

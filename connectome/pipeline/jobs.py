@@ -8,7 +8,10 @@ from connectome.jobs.blocks import Finish
 from connectome.jobs.registry import register_job
 from connectome.jobs.services import JobConflict, job_create
 from connectome.pipeline.detection import (
-    detection_block, detection_finish, detection_plan, detection_writes,
+    detection_block,
+    detection_finish,
+    detection_plan,
+    detection_writes,
 )
 from connectome.synapses.jobs import AssignPartnersParameters
 from connectome.synapses.models import SynapseRun

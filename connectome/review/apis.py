@@ -12,7 +12,12 @@ from rest_framework.views import APIView
 from connectome.cells.models import Cell
 from connectome.common.pagination import NewestFirstPagination
 from connectome.common.params import (
-    MAX_ID, ChoiceListField, DatasetQuery, IdField, IdListField, parse_query,
+    MAX_ID,
+    ChoiceListField,
+    DatasetQuery,
+    IdField,
+    IdListField,
+    parse_query,
 )
 from connectome.datasets.models import Dataset, Membership
 from connectome.datasets.permissions import DatasetRolePermission
@@ -20,7 +25,12 @@ from connectome.datasets.selectors import datasets_visible_to, has_role
 from connectome.review.models import QueueOrder, Review, ReviewClaim
 from connectome.review.selectors import precision_estimate, review_progress
 from connectome.review.services import (
-    ORDERS, VERDICTS, review_create, review_next, review_skip, review_undo,
+    ORDERS,
+    VERDICTS,
+    review_create,
+    review_next,
+    review_skip,
+    review_undo,
 )
 from connectome.synapses.apis import SynapseSerializer
 from connectome.synapses.models import Synapse, SynapseRun

@@ -16,7 +16,13 @@ from django.utils import timezone
 
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset
-from connectome.review.models import VERDICT_CHOICES, QueueOrder, Review, ReviewClaim, ReviewSkip
+from connectome.review.models import (
+    VERDICT_CHOICES,
+    QueueOrder,
+    Review,
+    ReviewClaim,
+    ReviewSkip,
+)
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.errors import InputError
 

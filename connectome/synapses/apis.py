@@ -17,8 +17,15 @@ from rest_framework.views import APIView
 
 from connectome.cells.models import Cell
 from connectome.common.params import (
-    BBoxField, ChoiceListField, CountField, DatasetQuery, IdField, IdListField, NameListField,
-    SegmentIdListField, parse_query,
+    BBoxField,
+    ChoiceListField,
+    CountField,
+    DatasetQuery,
+    IdField,
+    IdListField,
+    NameListField,
+    SegmentIdListField,
+    parse_query,
 )
 from connectome.datasets.models import Dataset
 from connectome.datasets.permissions import DatasetRolePermission

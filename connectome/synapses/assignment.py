@@ -188,7 +188,7 @@ def assignment_writes(dataset: Dataset, parameters: dict) -> list[str]:
 
 @lru_cache(maxsize=4)
 def _classifier(path: str, mtime: float, voxel_size: tuple[float, float, float]):
-    from detection.interfaces import InterfaceClassifier
+    from detection.synapses.interfaces import InterfaceClassifier
 
     return InterfaceClassifier.load(path, voxel_size=voxel_size)
 
@@ -279,7 +279,7 @@ def assignment_block(job, box, parameters: dict) -> dict:
     sites = keep_sites(arrays["sites"], [r[0] for r in mine])
     kwargs = dict(options)
     if method == "contact":
-        from detection.features import FeatureSpec
+        from detection.synapses.features import FeatureSpec
 
         classifier = load_classifier(parameters["interface_model"], voxel_size)
         spec = classifier.metadata.get("feature_spec")

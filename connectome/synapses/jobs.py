@@ -9,7 +9,11 @@ from connectome.imports.paths import export_download, export_target
 from connectome.jobs.registry import register_job
 from connectome.synapses import table_exports
 from connectome.synapses.assignment import (
-    BLOCK_SHAPE, assignment_block, assignment_finish, assignment_plan, assignment_writes,
+    BLOCK_SHAPE,
+    assignment_block,
+    assignment_finish,
+    assignment_plan,
+    assignment_writes,
     check_options,
 )
 from detection.errors import InputError

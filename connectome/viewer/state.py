@@ -1,7 +1,7 @@
 """Neuroglancer viewer states for a dataset, a synapse and a cell.
 
 Positions come in as (z, y, x) nm, our convention everywhere: a point ``p`` lies in voxel
-``round(p / voxel_size)``, whose centre is at ``index * voxel_size`` (detection/phantom.py, the
+``round(p / voxel_size)``, whose centre is at ``index * voxel_size`` (detection/synthetic/phantom.py, the
 importers and the partner methods all use it). Neuroglancer counts voxel ``i`` as the interval
 ``[i, i + 1)``, so its centre is ``i + 0.5``. The state's global dimensions are x, y, z in voxels
 of the dataset (scales in metres), and every position written here is

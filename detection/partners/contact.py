@@ -28,15 +28,15 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from detection.errors import InputError
-from detection.interfaces import (
+from detection.partners.records import PartnerRow
+from detection.partners.rows import Choice, Post, build_rows
+from detection.partners.sites import check_inputs, grow, site_boxes, site_geometry
+from detection.synapses.interfaces import (
     InterfaceClassifier,
     InterfaceTable,
     extract_interfaces,
     interface_features,
 )
-from detection.partners.records import PartnerRow
-from detection.partners.rows import Choice, Post, build_rows
-from detection.partners.sites import check_inputs, grow, site_boxes, site_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ def interface_scores(volume, segmentation, classifier: InterfaceClassifier, *, v
 
     The features are computed the way the classifier was trained (its recorded feature spec,
     distances and cumulative flag).  ``extract_kw`` go to
-    :func:`detection.interfaces.extract_interfaces` (e.g. ``in_plane_only``).
+    :func:`detection.synapses.interfaces.extract_interfaces` (e.g. ``in_plane_only``).
     """
-    from detection.features import FeatureSpec
+    from detection.synapses.features import FeatureSpec
 
     meta = classifier.metadata
     spec = FeatureSpec.from_dict(meta["feature_spec"]) if meta.get("feature_spec") else None
@@ -126,7 +126,7 @@ def site_interfaces(volume, segmentation, sites, *, voxel_size, spec=None,
     segmentation, sites : (Z, Y, X) integer ndarrays
         Cells (0 = background) and site labels (0 elsewhere).
     voxel_size : sequence of 3 float
-    spec : detection.features.FeatureSpec or None
+    spec : detection.synapses.features.FeatureSpec or None
         Filter bank of the texture channels (computed on each crop).
     margin_nm : float
         Crop around each site; it should exceed `near_nm` plus the largest subvolume distance
@@ -141,12 +141,12 @@ def site_interfaces(volume, segmentation, sites, *, voxel_size, spec=None,
         channels are computed from `volume`.
     synapse_labels, pre_side
         For training: synapse ids and ``{synapse id: (pre, post)}``, as in
-        :func:`detection.interfaces.label_interfaces`; fills ``labels``.
+        :func:`detection.synapses.interfaces.label_interfaces`; fills ``labels``.
     extract_kw
-        More options of :func:`detection.interfaces.extract_interfaces`.
+        More options of :func:`detection.synapses.interfaces.extract_interfaces`.
     """
-    from detection.features import FeatureSpec, compute_features
-    from detection.interfaces import label_interfaces
+    from detection.synapses.features import FeatureSpec, compute_features
+    from detection.synapses.interfaces import label_interfaces
 
     sites, seg, vs = check_inputs(sites, segmentation, voxel_size=voxel_size)
     spec = spec or FeatureSpec()
@@ -201,11 +201,11 @@ def train_site_classifier(volumes, segmentations, synapse_labels, pre_sides, *, 
     pre_sides : list of dict
         Per volume, ``{synapse id: (pre cell, post cell)}``.
     voxel_size : sequence of 3 float
-    spec : detection.features.FeatureSpec or None
+    spec : detection.synapses.features.FeatureSpec or None
     hgb_params
-        Passed to :func:`detection.interfaces.train_interface_classifier`.
+        Passed to :func:`detection.synapses.interfaces.train_interface_classifier`.
     """
-    from detection.interfaces import train_interface_classifier
+    from detection.synapses.interfaces import train_interface_classifier
 
     feats, labels, names = [], [], None
     for em, seg, syn, pre in zip(volumes, segmentations, synapse_labels, pre_sides):
@@ -285,7 +285,7 @@ def assign_by_contact(
     voxel_size : sequence of 3 float
         (z, y, x) nm.
     interfaces : InterfaceTable or None
-        Whole-volume interfaces, from :func:`detection.interfaces.extract_interfaces` on
+        Whole-volume interfaces, from :func:`detection.synapses.interfaces.extract_interfaces` on
         `segmentation`.
     scores : (N, 2) array or None
         "Synaptic, A presynaptic" and "synaptic, B presynaptic" per interface of `interfaces`

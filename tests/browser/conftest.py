@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from detection.io.tables import CnapseRow, write_cnapse
-from detection.phantom import Phantom, make_phantom, synapse_table, write_phantom_h5
+from detection.synthetic.phantom import (
+    Phantom,
+    make_phantom,
+    synapse_table,
+    write_phantom_h5,
+)
 
 CHROMIUM = Path(os.environ.get("CONNECTOME_CHROMIUM", "/usr/bin/chromium"))
 # WebGL2 through SwiftShader: the flags that were seen rendering Neuroglancer headless.

@@ -6,7 +6,11 @@ from rest_framework.test import APIClient
 from connectome.datasets.models import Membership
 from connectome.jobs.models import Job
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, MembershipFactory, SynapseFactory, UserFactory,
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    SynapseFactory,
+    UserFactory,
 )
 
 pytestmark = pytest.mark.django_db

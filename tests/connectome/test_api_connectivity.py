@@ -16,7 +16,11 @@ from connectome.jobs.services import job_run_inline
 from connectome.synapses import apis as synapse_apis
 from connectome.synapses.models import Synapse
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, MembershipFactory, SynapseFactory, SynapseRunFactory,
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    SynapseFactory,
+    SynapseRunFactory,
     UserFactory,
 )
 

@@ -16,7 +16,11 @@ from connectome.jobs.services import job_cancel, job_create, job_execute
 from connectome.review.models import Review
 from connectome.synapses.models import Synapse
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, MembershipFactory, SynapseFactory, UserFactory,
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    SynapseFactory,
+    UserFactory,
 )
 
 pytestmark = pytest.mark.django_db

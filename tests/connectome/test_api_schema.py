@@ -8,10 +8,10 @@ locally to search harder.
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from django.contrib.auth.models import Permission
 from django.core import signals
 from django.db import close_old_connections
+from hypothesis import HealthCheck, given, settings
 from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -21,7 +21,11 @@ from connectome.jobs.services import job_create
 from connectome.review.models import Review
 from connectome.wsgi import application
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, MembershipFactory, SynapseFactory, UserFactory,
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    SynapseFactory,
+    UserFactory,
 )
 
 MAX_EXAMPLES = 8

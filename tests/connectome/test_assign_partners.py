@@ -12,7 +12,12 @@ from connectome.jobs.blocks import block_execute, blocks_finish
 from connectome.jobs.models import Job, JobBlock, JobLock
 from connectome.jobs.registry import get_job_spec
 from connectome.jobs.services import (
-    JobConflict, JobParameterError, job_cancel, job_create, job_execute, job_run_inline,
+    JobConflict,
+    JobParameterError,
+    job_cancel,
+    job_create,
+    job_execute,
+    job_run_inline,
 )
 from connectome.synapses.models import Synapse, SynapseRun
 from connectome.synapses.wiring import wiring_matrix
@@ -21,7 +26,7 @@ from detection.metrics import connection_scores
 from detection.partners import assign_partners
 from detection.partners.blocks import sites_by_block
 from detection.partners.sites import site_boxes
-from detection.phantom import make_phantom, write_phantom_h5
+from detection.synthetic.phantom import make_phantom, write_phantom_h5
 from tests.connectome.factories import DatasetFactory
 
 pytestmark = pytest.mark.django_db
@@ -111,9 +116,9 @@ def test_bad_requests_are_refused_with_the_reason(layers):
 
 
 def test_contact_job_uses_an_interface_classifier_file(layers, tmp_path):
-    from detection.features import FeatureSpec
     from detection.partners import site_interfaces, site_scores
     from detection.partners.contact import train_site_classifier
+    from detection.synapses.features import FeatureSpec
 
     phantom, dataset, made = layers
     other = make_phantom((24, 160, 160), voxel_size=(40.0, 8.0, 8.0), n_cells=16,

@@ -28,10 +28,19 @@ from connectome.datasets.services import dataset_create
 from connectome.imports.volumes import VolumeTooLarge, import_volume
 from connectome.jobs.models import Job, JobLock
 from connectome.jobs.services import (
-    JobConflict, JobParameterError, job_create, job_execute, job_run_inline,
+    JobConflict,
+    JobParameterError,
+    job_create,
+    job_execute,
+    job_run_inline,
 )
 from connectome.synapses.models import Synapse, SynapseRun
-from tests.connectome.factories import CellFactory, DatasetFactory, MembershipFactory, UserFactory
+from tests.connectome.factories import (
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -25,7 +25,12 @@ from connectome.datasets.models import Layer, Membership
 from connectome.datasets.services import staged_by_jobs, staging_path
 from connectome.imports.volumes import import_volume
 from connectome.jobs.blocks import (
-    _claim_finish, _store, block_execute, blocks_finish, blocks_recover_stale, blocks_start,
+    _claim_finish,
+    _store,
+    block_execute,
+    blocks_finish,
+    blocks_recover_stale,
+    blocks_start,
     stale_blocks,
 )
 from connectome.jobs.liveness import db_retry
@@ -33,7 +38,12 @@ from connectome.jobs.models import Job, JobBlock, JobLock
 from connectome.jobs.progress import JobSuperseded, Progress
 from connectome.jobs.registry import get_job_spec
 from connectome.jobs.services import (
-    STORED_NOTE, _claim, job_cancel, job_create, job_execute, job_requeue,
+    STORED_NOTE,
+    _claim,
+    job_cancel,
+    job_create,
+    job_execute,
+    job_requeue,
 )
 from connectome.jobs.sweep import BROKER_MARK, jobs_sweep
 from connectome.jobs.sweep import _redis_client as broker_client
@@ -42,7 +52,10 @@ from connectome.synapses.models import Synapse, SynapseRun
 from detection.io.zarr_store import open_multiscale
 from tests.connectome.factories import DatasetFactory, MembershipFactory, UserFactory
 from tests.connectome.test_pipeline import (  # noqa: F401 - fixtures
-    detect_parameters, em, model_file, phantom_file,
+    detect_parameters,
+    em,
+    model_file,
+    phantom_file,
 )
 
 

@@ -14,7 +14,12 @@ from django.db import connection
 from connectome.jobs.models import Job, JobLock
 from connectome.jobs.progress import JobCancelled, Progress
 from connectome.jobs.services import (
-    JobConflict, JobParameterError, job_cancel, job_create, job_execute, job_locks_acquire,
+    JobConflict,
+    JobParameterError,
+    job_cancel,
+    job_create,
+    job_execute,
+    job_locks_acquire,
     job_run_inline,
 )
 from tests.connectome.factories import DatasetFactory

@@ -1,6 +1,7 @@
 """Block-wise detection jobs: blocks, idempotence, stitching, cancel, retry, locks, resume."""
 
 import errno
+
 import numpy as np
 import pytest
 from django.conf import settings
@@ -11,18 +12,26 @@ from connectome.jobs.blocks import block_execute, blocks_finish, job_resume
 from connectome.jobs.models import Job, JobBlock, JobLock
 from connectome.jobs.registry import get_job_spec
 from connectome.jobs.services import (
-    JobConflict, JobParameterError, job_cancel, job_create, job_execute, job_run_inline,
+    JobConflict,
+    JobParameterError,
+    job_cancel,
+    job_create,
+    job_execute,
+    job_run_inline,
 )
 from connectome.pipeline.detection import plan_blocks
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.blockwise import predict_probability
-from detection.classify import (
-    TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier,
-)
-from detection.features import FeatureSpec
-from detection.instances import find_instances
 from detection.io.zarr_store import open_multiscale
-from detection.phantom import make_phantom, write_phantom_h5
+from detection.synapses.classify import (
+    TrainingParameters,
+    clean_targets,
+    labels_to_targets,
+    train_voxel_classifier,
+)
+from detection.synapses.features import FeatureSpec
+from detection.synapses.instances import find_instances
+from detection.synthetic.phantom import make_phantom, write_phantom_h5
 from tests.connectome.factories import DatasetFactory
 
 pytestmark = pytest.mark.django_db
@@ -111,8 +120,8 @@ def test_detection_job_equals_the_single_process_pipeline(em, model_file, phanto
 
 
 def test_a_detection_job_runs_the_network_too(em, phantom_file, tmp_path):
-    from detection.cnn import CnnParameters, train_cnn
     from detection.metrics import match_by_overlap
+    from detection.synapses.cnn import CnnParameters, train_cnn
 
     trained_on = make_phantom((12, 112, 112), voxel_size=VOXEL, n_cells=12, n_synapses=12, seed=31)
     targets = clean_targets(labels_to_targets(trained_on.synapse_labels, convention="binary"),

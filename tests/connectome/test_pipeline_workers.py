@@ -24,7 +24,11 @@ from connectome.jobs.services import job_create, job_run_inline
 from detection.io.zarr_store import open_multiscale
 from tests.connectome.test_jobs import _database_url_for_worker
 from tests.connectome.test_pipeline import (  # noqa: F401 - fixtures
-    detect_parameters, em, model_file, phantom_file, synapse_table,
+    detect_parameters,
+    em,
+    model_file,
+    phantom_file,
+    synapse_table,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

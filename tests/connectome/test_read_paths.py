@@ -17,11 +17,19 @@ from rest_framework.test import APIClient
 from connectome.cells.apis import readable_cell
 from connectome.datasets.models import Membership
 from connectome.datasets.selectors import dataset_role
-from connectome.synapses.apis import SynapseSerializer, synapse_representation, synapse_values
+from connectome.synapses.apis import (
+    SynapseSerializer,
+    synapse_representation,
+    synapse_values,
+)
 from connectome.synapses.connectivity import cell_partners, partner_rows
 from connectome.synapses.models import Synapse
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, MembershipFactory, SynapseFactory, SynapseRunFactory,
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    SynapseFactory,
+    SynapseRunFactory,
     UserFactory,
 )
 

@@ -11,13 +11,24 @@ from rest_framework.test import APIClient
 
 from connectome.datasets.models import Membership
 from connectome.review.models import Review, ReviewClaim, ReviewSkip
-from connectome.review.selectors import precision_estimate, review_progress, wilson_interval
+from connectome.review.selectors import (
+    precision_estimate,
+    review_progress,
+    wilson_interval,
+)
 from connectome.review.services import (
-    review_create, review_next, review_skip, review_undo,
+    review_create,
+    review_next,
+    review_skip,
+    review_undo,
 )
 from connectome.synapses.models import Synapse
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, MembershipFactory, SynapseFactory, SynapseRunFactory,
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    SynapseFactory,
+    SynapseRunFactory,
     UserFactory,
 )
 

@@ -11,7 +11,11 @@ from connectome.review.selectors import review_progress
 from connectome.review.services import review_create, reviewable_synapses
 from connectome.synapses.models import Synapse
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, SynapseFactory, SynapseRunFactory, UserFactory,
+    CellFactory,
+    DatasetFactory,
+    SynapseFactory,
+    SynapseRunFactory,
+    UserFactory,
 )
 
 pytestmark = pytest.mark.skipif(connection.vendor != "postgresql",

@@ -6,11 +6,14 @@ from django.core.management import call_command
 
 from connectome.cells.models import Skeleton
 from connectome.imports.skeletons import (
-    export_skeletons, import_skeletons, skeleton_nodes, skeletonize_layer,
+    export_skeletons,
+    import_skeletons,
+    skeleton_nodes,
+    skeletonize_layer,
 )
 from connectome.imports.volumes import import_volume
 from detection.io.swc import SkeletonNodes, SwcFormatError, read_swc, write_swc
-from detection.phantom import make_phantom, write_phantom_h5
+from detection.synthetic.phantom import make_phantom, write_phantom_h5
 from tests.connectome.factories import CellFactory, DatasetFactory
 
 pytestmark = pytest.mark.django_db

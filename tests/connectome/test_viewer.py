@@ -16,12 +16,21 @@ from connectome.imports.volumes import import_volume
 from connectome.viewer.client import client_root
 from connectome.viewer.precomputed import encode_skeleton
 from connectome.viewer.state import (
-    INPUTS_LAYER, OUTPUTS_LAYER, SYNAPSE_LAYER, cell_state, client_url, dataset_state,
+    INPUTS_LAYER,
+    OUTPUTS_LAYER,
+    SYNAPSE_LAYER,
+    cell_state,
+    client_url,
+    dataset_state,
     synapse_state,
 )
 from detection.io.zarr_store import open_multiscale
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, MembershipFactory, SynapseFactory, UserFactory,
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    SynapseFactory,
+    UserFactory,
 )
 
 pytestmark = pytest.mark.django_db

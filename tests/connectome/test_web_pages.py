@@ -14,9 +14,13 @@ from connectome.review.selectors import wilson_interval
 from connectome.review.services import review_create
 from connectome.synapses.models import Synapse
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, MembershipFactory, SynapseFactory, SynapseRunFactory, UserFactory,
+    CellFactory,
+    DatasetFactory,
+    MembershipFactory,
+    SynapseFactory,
+    SynapseRunFactory,
+    UserFactory,
 )
-
 
 pytestmark = pytest.mark.django_db
 

@@ -16,7 +16,11 @@ from connectome.synapses.exports import export_wiring_csv, export_wiring_graphml
 from connectome.synapses.models import Synapse
 from connectome.synapses.wiring import wiring_matrix
 from tests.connectome.factories import (
-    CellFactory, DatasetFactory, SynapseFactory, SynapseRunFactory, UserFactory,
+    CellFactory,
+    DatasetFactory,
+    SynapseFactory,
+    SynapseRunFactory,
+    UserFactory,
 )
 
 pytestmark = pytest.mark.django_db

@@ -34,7 +34,11 @@ from connectome.synapses.models import Synapse
 from detection.io.zarr_store import open_multiscale
 from tests.connectome.factories import DatasetFactory
 from tests.connectome.test_pipeline import (  # noqa: F401 - fixtures
-    detect_parameters, em, model_file, phantom_file, synapse_table,
+    detect_parameters,
+    em,
+    model_file,
+    phantom_file,
+    synapse_table,
 )
 from tests.connectome.test_pipeline_workers import _wait, start_worker  # noqa: F401
 

@@ -16,7 +16,10 @@ import zarr
 from detection.cli import main as detect_main
 from detection.io import tables
 from detection.io.sources import (
-    VolumeFormatError, open_volume, validate_voxel_size, voxel_size_problem,
+    VolumeFormatError,
+    open_volume,
+    validate_voxel_size,
+    voxel_size_problem,
 )
 from detection.io.swc import SwcFormatError, read_swc
 from detection.io.text import format_number, format_numbers

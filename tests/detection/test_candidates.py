@@ -1,9 +1,13 @@
 import numpy as np
 import pytest
 
-from detection.candidates import (
-    CandidateClassifier, CandidateFeatureSpec, candidate_features, candidate_targets,
-    feature_names, filter_labels,
+from detection.synapses.candidates import (
+    CandidateClassifier,
+    CandidateFeatureSpec,
+    candidate_features,
+    candidate_targets,
+    feature_names,
+    filter_labels,
 )
 
 VOXEL = (50.0, 5.0, 5.0)

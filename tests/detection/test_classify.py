@@ -6,13 +6,19 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from detection.blockwise import predict_probability
-from detection.classify import (
-    ModelMismatchError, TrainingParameters, VoxelClassifier, clean_targets, labels_to_targets,
-    region_features, train_from_samples, train_voxel_classifier,
+from detection.synapses.classify import (
+    ModelMismatchError,
+    TrainingParameters,
+    VoxelClassifier,
+    clean_targets,
+    labels_to_targets,
+    region_features,
+    train_from_samples,
+    train_voxel_classifier,
 )
-from detection.context import ContextSpec, context_features, sheet_normals
-from detection.features import FeatureSpec
-from detection.phantom import make_phantom
+from detection.synapses.context import ContextSpec, context_features, sheet_normals
+from detection.synapses.features import FeatureSpec
+from detection.synthetic.phantom import make_phantom
 
 VOXEL = (40.0, 8.0, 8.0)
 SMALL_SPEC = FeatureSpec(scales_nm=(10.0, 20.0, 40.0))

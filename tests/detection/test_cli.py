@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from detection.cli import main
-from detection.phantom import make_phantom, write_phantom_h5
+from detection.synthetic.phantom import make_phantom, write_phantom_h5
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_predict_with_split_does_not_depend_on_the_blocking(phantom_files, tmp_p
 
 
 def test_train_and_predict_with_the_network(phantom_files, capsys):
-    from detection.cnn import SynapseCnn
+    from detection.synapses.cnn import SynapseCnn
 
     folder, train, test = phantom_files
     model = folder / "synapses.cnn"

@@ -6,15 +6,24 @@ import pytest
 import torch
 
 from detection.blockwise import predict_probability
-from detection.classify import ModelMismatchError, clean_targets, labels_to_targets
-from detection.cnn import (
-    CnnParameters, SynapseCnn, _average, downsample_factor, network_targets, receptive_radius,
+from detection.metrics import match_by_overlap
+from detection.synapses.classify import (
+    ModelMismatchError,
+    clean_targets,
+    labels_to_targets,
+)
+from detection.synapses.cnn import (
+    CnnParameters,
+    SynapseCnn,
+    _average,
+    downsample_factor,
+    network_targets,
+    receptive_radius,
     train_cnn,
 )
-from detection.instances import find_instances
-from detection.metrics import match_by_overlap
-from detection.model_files import load_synapse_model
-from detection.phantom import make_phantom
+from detection.synapses.instances import find_instances
+from detection.synapses.model_files import load_synapse_model
+from detection.synthetic.phantom import make_phantom
 
 SMALL = CnnParameters(width=4, depth=2, context_sections=1)
 

@@ -8,7 +8,8 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from detection.features import (
+from detection.io.sources import iter_blocks
+from detection.synapses.features import (
     CHANNEL_KINDS,
     FeatureSpec,
     compute_features,
@@ -19,7 +20,6 @@ from detection.features import (
     sigma_voxels,
     sym3_eigenvalues,
 )
-from detection.io.sources import iter_blocks
 
 ANISOTROPIC = (50.0, 4.6, 4.6)
 ISOTROPIC = (8.0, 8.0, 8.0)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from detection.instances import InstanceStitcher, find_instances
 from detection.io.sources import iter_blocks
+from detection.synapses.instances import InstanceStitcher, find_instances
 
 
 def _blobs(shape=(20, 60, 70), seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from detection.interfaces import (
+from detection.synapses.interfaces import (
     InterfaceClassifier,
     InterfaceModelMismatchError,
     extract_interfaces,
@@ -342,8 +342,8 @@ TRAIN_KW = {"max_iter": 40, "max_leaf_nodes": 15, "max_bins": 63}
 
 @pytest.fixture(scope="module")
 def phantom_model():
-    from detection.features import FeatureSpec
-    from detection.phantom import make_phantom
+    from detection.synapses.features import FeatureSpec
+    from detection.synthetic.phantom import make_phantom
 
     spec = FeatureSpec(**SPEC_KW)
     sets = []

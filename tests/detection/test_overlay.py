@@ -16,7 +16,7 @@ from detection.overlay import (
     save_png,
     tile_images,
 )
-from detection.phantom import make_phantom
+from detection.synthetic.phantom import make_phantom
 
 GREY = 100
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from detection.interfaces import extract_interfaces
 from detection.metrics import connection_scores
 from detection.partners import (
     FLAGS,
@@ -16,6 +15,7 @@ from detection.partners import (
 )
 from detection.partners.diffusion import random_walk
 from detection.partners.sites import group_sites, site_boxes
+from detection.synapses.interfaces import extract_interfaces
 
 VS = (40.0, 8.0, 8.0)
 
@@ -234,7 +234,7 @@ def test_bad_inputs_are_named():
 
 @pytest.mark.parametrize("voxel_size", [(40.0, 8.0, 8.0), (10.0, 10.0, 10.0)])
 def test_phantom_partners_from_the_true_vesicle_clouds(voxel_size):
-    from detection.phantom import make_phantom
+    from detection.synthetic.phantom import make_phantom
 
     shape = (24, 192, 192) if voxel_size[0] == 40 else (64, 160, 160)
     ph = make_phantom(shape, voxel_size=voxel_size, n_cells=20, n_synapses=30, seed=5)
@@ -254,8 +254,8 @@ def test_phantom_partners_from_the_true_vesicle_clouds(voxel_size):
 
 
 def test_site_interfaces_keep_the_contact_patch_at_the_site_and_label_it():
-    from detection.features import FeatureSpec
     from detection.partners import site_interfaces, site_scores
+    from detection.synapses.features import FeatureSpec
 
     seg, sites, _ = two_cells(shape=(8, 80, 40))
     sites[:] = 0

@@ -17,7 +17,7 @@ from detection.partners.blocks import (
 from detection.partners.diffusion import step_probabilities, walk_reach
 from detection.partners.rows import choice_from_record, choice_record
 from detection.partners.sites import site_boxes
-from detection.phantom import make_phantom
+from detection.synthetic.phantom import make_phantom
 
 VS = (40.0, 8.0, 8.0)
 

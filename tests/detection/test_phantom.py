@@ -1,4 +1,4 @@
-"""Tests for the synthetic EM phantom (detection.phantom)."""
+"""Tests for the synthetic EM phantom (detection.synthetic.phantom)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from detection.phantom import (
+from detection.synthetic.phantom import (
     CELL_TYPES,
     Phantom,
     PhantomSynapse,
@@ -151,7 +151,7 @@ def test_cells_are_isotropic_in_nm_for_anisotropic_voxels():
 
 
 def test_vanished_cells_are_renumbered(caplog):
-    with caplog.at_level(logging.WARNING, logger="detection.phantom"):
+    with caplog.at_level(logging.WARNING, logger="detection.synthetic.phantom"):
         p = make_phantom((6, 24, 24), voxel_size=ISO, n_cells=200, n_synapses=0)
     k = p.params["n_cells_generated"]
     assert 1 < k < 200
@@ -303,7 +303,7 @@ def test_no_polyadic_sites_when_fraction_is_zero():
 
 
 def test_too_many_synapses_logs_warning_and_returns_those_placed(caplog):
-    with caplog.at_level(logging.WARNING, logger="detection.phantom"):
+    with caplog.at_level(logging.WARNING, logger="detection.synthetic.phantom"):
         p = make_phantom((8, 64, 64), voxel_size=ANISO, n_cells=6, n_synapses=200, seed=0)
     assert 0 < len(p.synapses) < 200
     assert "placed %d of 200" % len(p.synapses) in caplog.text

@@ -1,4 +1,4 @@
-"""Tests for linking per-section profiles into 3D cells (detection.section_linking)."""
+"""Tests for linking per-section profiles into 3D cells (detection.cells.section_linking)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from skimage.measure import label as connected_regions
 from skimage.segmentation import expand_labels
 
-from detection.phantom import make_phantom
-from detection.section_linking import link_sections
+from detection.cells.section_linking import link_sections
+from detection.synthetic.phantom import make_phantom
 from tests.conftest import shared_file
 
 VNC = (50.0, 4.6, 4.6)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from detection.segment_stats import SegmentStatistics
+from detection.cells.segment_stats import SegmentStatistics
 
 
 def _labels(shape, seed):

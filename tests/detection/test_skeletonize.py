@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from detection.cells.skeletonize import skeletonize_segmentation
 from detection.io.swc import validate_skeleton
-from detection.skeletonize import skeletonize_segmentation
 
 BIG_ID = 2**64 - 5
 

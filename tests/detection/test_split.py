@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from detection.instances import InstanceStitcher, find_instances
 from detection.io.sources import iter_blocks
-from detection.split import SplitParameters, split_component
+from detection.synapses.instances import InstanceStitcher, find_instances
+from detection.synapses.split import SplitParameters, split_component
 
 VOXEL_SIZES = [(50.0, 4.6, 4.6), (8.0, 8.0, 8.0)]
 

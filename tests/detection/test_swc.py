@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from detection.io.swc import SkeletonNodes, SwcFormatError, read_swc, validate_skeleton, write_swc
+from detection.io.swc import (
+    SkeletonNodes,
+    SwcFormatError,
+    read_swc,
+    validate_skeleton,
+    write_swc,
+)
 
 SIMPLE = """# a neuron
 # n T x y z R P

@@ -17,13 +17,20 @@ from connectome.datasets.services import dataset_create
 from connectome.jobs.models import Job
 from connectome.jobs.services import job_create, job_execute
 from connectome.synapses.wiring import wiring_matrix
-from detection.classify import (
-    TrainingParameters, clean_targets, labels_to_targets, train_voxel_classifier,
-)
-from detection.features import FeatureSpec
 from detection.io.tables import CnapseRow, write_cnapse
-from detection.metrics import connection_scores, match_by_distance, synapse_partner_scores
-from detection.phantom import make_phantom, synapse_table, write_phantom_h5
+from detection.metrics import (
+    connection_scores,
+    match_by_distance,
+    synapse_partner_scores,
+)
+from detection.synapses.classify import (
+    TrainingParameters,
+    clean_targets,
+    labels_to_targets,
+    train_voxel_classifier,
+)
+from detection.synapses.features import FeatureSpec
+from detection.synthetic.phantom import make_phantom, synapse_table, write_phantom_h5
 
 DATASET = "phantom"
 VOXEL_SIZE = (40.0, 8.0, 8.0)

@@ -1,7 +1,11 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from connectome.jobs.command import resolve_dataset
-from connectome.synapses.exports import UNTYPED_NODE, export_wiring_csv, export_wiring_graphml
+from connectome.synapses.exports import (
+    UNTYPED_NODE,
+    export_wiring_csv,
+    export_wiring_graphml,
+)
 from connectome.synapses.models import SynapseRun
 from connectome.synapses.wiring import GROUPINGS, wiring_matrix
 

@@ -1,5 +1,5 @@
-"""Synapse model files of either kind: the voxel classifier (:mod:`detection.classify`) or the
-network (:mod:`detection.cnn`). Both start with a JSON header line naming their format, so a
+"""Synapse model files of either kind: the voxel classifier (:mod:`detection.synapses.classify`) or the
+network (:mod:`detection.synapses.cnn`). Both start with a JSON header line naming their format, so a
 file is read by the right class without the caller knowing which it is."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from detection.classify import MODEL_FORMAT as VOXEL_CLASSIFIER
-from detection.classify import ModelMismatchError
+from detection.synapses.classify import MODEL_FORMAT as VOXEL_CLASSIFIER
+from detection.synapses.classify import ModelMismatchError
 
 NETWORK = "connectome-synapse-cnn"
 
@@ -28,13 +28,13 @@ def model_format(path) -> str:
 
 
 def load_synapse_model(path, *, voxel_size=None, allow_other_voxel_size: bool = False):
-    """A :class:`~detection.classify.VoxelClassifier` or :class:`~detection.cnn.SynapseCnn`,
+    """A :class:`~detection.synapses.classify.VoxelClassifier` or :class:`~detection.synapses.cnn.SynapseCnn`,
     whichever the file holds; both refuse data of another voxel size unless told otherwise."""
     kind = model_format(path)
     if kind == VOXEL_CLASSIFIER:
-        from detection.classify import VoxelClassifier as model_class
+        from detection.synapses.classify import VoxelClassifier as model_class
     elif kind == NETWORK:
-        from detection.cnn import SynapseCnn as model_class
+        from detection.synapses.cnn import SynapseCnn as model_class
     else:
         raise ModelMismatchError(f"{Path(path).name}: unknown model format {kind!r}; expected "
                                  f"{VOXEL_CLASSIFIER!r} or {NETWORK!r}")

@@ -1,6 +1,6 @@
 """Split a synapse component into instances where its probability has separate maxima.
 
-Hysteresis components (:mod:`detection.instances`) join neighbouring synapses whenever the
+Hysteresis components (:mod:`detection.synapses.instances`) join neighbouring synapses whenever the
 probability between them stays above the low threshold, as it does for synapses of adjacent
 sections; raising the threshold to part them breaks other synapses apart. The split works on
 one component at a time:

@@ -1,7 +1,7 @@
 """Object-level rescoring of synapse candidates.
 
 The voxel classifier's probability, thresholded and cut into connected components
-(:mod:`detection.instances`), gives candidates. Many are small false components that no size or
+(:mod:`detection.synapses.instances`), gives candidates. Many are small false components that no size or
 mean-probability threshold tells from small true synapses. This module describes each candidate
 by a few numbers (size and shape, the distribution of the probability inside it and in a shell
 around it, the EM intensity inside and around it: a synapse's cleft and T-bar are dark and sit

@@ -2,7 +2,7 @@
 
 probability -> hysteresis threshold (voxels >= ``low`` that are connected, by faces, to a voxel
 >= ``high``) -> connected components -> size filter -> optional split of each component at
-separate probability maxima (:mod:`detection.split`) -> optional filter on the instance's mean
+separate probability maxima (:mod:`detection.synapses.split`) -> optional filter on the instance's mean
 probability -> one candidate per instance with its centre, size and score.
 
 Blocks are labelled independently; components touching across a block face are joined with a
@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from detection.errors import InputError
-from detection.split import SplitParameters, split_component
+from detection.synapses.split import SplitParameters, split_component
 
 Box = tuple[slice, slice, slice]
 _FACES = ndimage.generate_binary_structure(3, 1)

@@ -8,7 +8,7 @@ its pixels. The network works at about ``pixel_nm`` in-plane: the volume is aver
 of input pixels (as the voxel classifier's grid voxels do).
 
 Training reads the same targets as the voxel classifier (1 synapse, 0 not, -1 ignore, see
-:func:`detection.classify.labels_to_targets`): random patches, half of them centred on a
+:func:`detection.synapses.classify.labels_to_targets`): random patches, half of them centred on a
 synapse voxel, flipped and rotated in-plane, with a binary cross-entropy over the voxels that
 are not ignored.
 
@@ -31,9 +31,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from detection.classify import ModelMismatchError, check_voxel_size
 from detection.errors import InputError
-from detection.model_files import NETWORK as MODEL_FORMAT
+from detection.synapses.calibration import Calibration
+from detection.synapses.classify import ModelMismatchError, check_voxel_size
+from detection.synapses.model_files import NETWORK as MODEL_FORMAT
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,13 @@ class SynapseCnn:
     """A trained synapse network with its voxel size, input normalisation and parameters."""
 
     def __init__(self, *, voxel_size, parameters: CnnParameters, mean: float, std: float,
-                 state: dict | None = None, training: dict | None = None):
+                 state: dict | None = None, training: dict | None = None,
+                 calibration: Calibration | None = None):
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.parameters = parameters
         self.mean, self.std = float(mean), float(std)
         self.training = training or {}
+        self.calibration = calibration
         self.factor = downsample_factor(self.voxel_size, parameters.pixel_nm)
         self.net = _UNet2d(2 * parameters.context_sections + 1, parameters.width, parameters.depth)
         if state is not None:
@@ -235,7 +238,8 @@ class SynapseCnn:
         path = Path(path)
         header = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION,
                   "voxel_size": list(self.voxel_size), "parameters": self.parameters.to_dict(),
-                  "mean": self.mean, "std": self.std, "training": self.training}
+                  "mean": self.mean, "std": self.std, "training": self.training,
+                  "calibration": self.calibration.to_dict() if self.calibration else None}
         buffer = io.BytesIO()
         torch.save(self.net.state_dict(), buffer)
         with open(path, "wb") as f:
@@ -259,7 +263,8 @@ class SynapseCnn:
                                      f"this library reads ({MODEL_FORMAT_VERSION})")
         model = cls(voxel_size=header["voxel_size"],
                     parameters=CnnParameters(**header["parameters"]), mean=header["mean"],
-                    std=header["std"], state=state, training=header["training"])
+                    std=header["std"], state=state, training=header["training"],
+                    calibration=Calibration.from_dict(header.get("calibration")))
         if voxel_size is not None:
             check_voxel_size(model.voxel_size, voxel_size, allow_other=allow_other_voxel_size,
                              source=path.name)

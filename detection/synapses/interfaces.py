@@ -11,7 +11,7 @@ Pipeline
    returns an :class:`InterfaceTable` (border voxels, area, centroid, bounding box).
 2. :func:`interface_subvolumes` cuts, for one interface, the border and the voxels of each side
    within 40, 80 and 160 nm of it (SynEM's distances).
-3. :func:`interface_features` summarises texture channels (:mod:`detection.features`) over these
+3. :func:`interface_features` summarises texture channels (:mod:`detection.synapses.features`) over these
    regions, plus shape measures, into one row per interface whose A and B blocks
    :func:`swap_sides` exchanges.
 4. :func:`train_interface_classifier` fits gradient-boosted trees on the direction-augmented set
@@ -723,12 +723,12 @@ def interface_features(
     ----------
     volume_or_channels : (Z, Y, X) EM volume or (C, Z, Y, X) float32 channels
         A volume is turned into channels with
-        ``detection.features.compute_features(volume, voxel_size=..., spec=spec)``.
+        ``detection.synapses.features.compute_features(volume, voxel_size=..., spec=spec)``.
     interfaces : InterfaceTable
         Found on a segmentation of the same shape.
     voxel_size : sequence of 3 float
         (z, y, x) nm; must equal the table's.
-    spec : detection.features.FeatureSpec or None
+    spec : detection.synapses.features.FeatureSpec or None
         Filter bank (default ``FeatureSpec()``); also names the channels.
     distances_nm : sequence of float
         Subvolume distances (SynEM: 40, 80, 160 nm).
@@ -755,7 +755,7 @@ def interface_features(
     d = _check_distances(distances_nm)
     data = volume_or_channels
     if data.ndim == 3:
-        from detection.features import FeatureSpec, compute_features
+        from detection.synapses.features import FeatureSpec, compute_features
 
         spec = spec if spec is not None else FeatureSpec()
         t0 = time.perf_counter()
@@ -1116,7 +1116,7 @@ def train_interface_classifier(
         Feature names (needed to swap sides).
     voxel_size : sequence of 3 float
         (z, y, x) nm of the training data, recorded in the model.
-    spec : detection.features.FeatureSpec or None
+    spec : detection.synapses.features.FeatureSpec or None
         Recorded (``spec.to_dict()``) so the features can be recomputed the same way.
     distances_nm, cumulative
         As used for the features; recorded.

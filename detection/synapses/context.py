@@ -16,7 +16,7 @@ neighbourhood for every voxel:
 
 Everything is in nm and converted per axis, so anisotropic sections work. Cues are computed on
 a grid of voxels (every ``step`` voxels along each axis, aligned to the volume origin), since
-the classifier scores only those (see :mod:`detection.classify`). All cues at a grid voxel
+the classifier scores only those (see :mod:`detection.synapses.classify`). All cues at a grid voxel
 depend only on data within :meth:`ContextSpec.halo_voxels` of it, so block-wise computation
 with that halo equals whole-volume computation.
 """
@@ -27,7 +27,6 @@ import numpy as np
 from scipy import ndimage
 
 from detection.errors import InputError
-
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Voxel classifier for synapses, after ccboost (Becker et al. 2013).
 
-Boosted trees on feature channels (:mod:`detection.features`) and context cues
-(:mod:`detection.context`), trained from sparse voxel labels, applied block by block to give a
+Boosted trees on feature channels (:mod:`detection.synapses.features`) and context cues
+(:mod:`detection.synapses.context`), trained from sparse voxel labels, applied block by block to give a
 synapse probability volume.
 
 Labels
@@ -43,10 +43,18 @@ import lightgbm as lgb
 import numpy as np
 from scipy import ndimage
 
-from detection.context import ContextSpec, context_features, core_grid_slices, grid_slices
 from detection.errors import InputError
-from detection.features import (
-    FeatureSpec, compute_features_block, compute_features_with_wide_gaussians,
+from detection.synapses.calibration import Calibration
+from detection.synapses.context import (
+    ContextSpec,
+    context_features,
+    core_grid_slices,
+    grid_slices,
+)
+from detection.synapses.features import (
+    FeatureSpec,
+    compute_features_block,
+    compute_features_with_wide_gaussians,
 )
 
 logger = logging.getLogger(__name__)
@@ -153,6 +161,9 @@ class VoxelClassifier:
     grid_step: tuple[int, int, int] = (1, 1, 1)
     training: dict = field(default_factory=dict)
     version: int = MODEL_FORMAT_VERSION
+    #: The post-processing chosen by cross-validation when the model was trained (None for
+    #: models trained without it; detection then needs thresholds given explicitly).
+    calibration: Calibration | None = None
 
     # -- the features this model reads ---------------------------------------------------
     @property
@@ -205,6 +216,7 @@ class VoxelClassifier:
             "context_spec": self.context_spec.to_dict(), "feature_names": self.feature_names,
             "screen_threshold": self.screen_threshold, "grid_step": list(self.grid_step),
             "training": self.training,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
         }
         boosters = {
             "model": self.model.model_to_string(),
@@ -243,6 +255,7 @@ class VoxelClassifier:
             screen=lgb.Booster(model_str=boosters["screen"]) if boosters["screen"] else None,
             screen_threshold=header["screen_threshold"], grid_step=tuple(header["grid_step"]),
             training=header["training"], version=header["version"],
+            calibration=Calibration.from_dict(header.get("calibration")),
         )
         if voxel_size is not None:
             model.check_voxel_size(voxel_size, allow_other=allow_other_voxel_size, source=path.name)
