@@ -122,6 +122,7 @@ class HeldOut:
     voxel_size: tuple
     volume: str
     fold: int
+    em: np.ndarray | None = None  # the part's EM, for the error analysis
 
 
 def _f1(tp, fp, fn):
@@ -257,6 +258,7 @@ def calibrate(parts: list[HeldOut], *, grid: list[PostProcessing] | None = None,
             pick = _best(counts.sum(axis=1))
         nested[here] = counts[pick, here]
         per_fold.append({"fold": fold, "postprocessing": grid[pick].describe(),
+                         "chosen": asdict(grid[pick]),
                          **figures(*counts[pick, here].sum(axis=0))})
     per_volume = {v: figures(*nested[[p.volume == v for p in parts]].sum(axis=0))
                   for v in volumes}
@@ -282,3 +284,52 @@ def score(parts: list[HeldOut], postprocessing: PostProcessing) -> dict:
     """Figures of one post-processing on ``parts``."""
     counts = count_table(parts, [postprocessing])[0].sum(axis=0)
     return figures(*counts)
+
+
+def error_table(parts: list[HeldOut], per_fold: list[dict]) -> list[dict]:
+    """Every annotated site and every predicted instance of the held-out parts, scored with the
+    post-processing its fold was counted with (``figures["per_fold"]``): what was found,
+    missed or false, with size, sections spanned, peak probability and EM contrast (mean
+    intensity in a 100 nm in-plane shell minus inside; synapses are dark)."""
+    from scipy import ndimage
+
+    chosen = {f["fold"]: PostProcessing(**f["chosen"]) for f in per_fold}
+    rows = []
+    for part in parts:
+        post = chosen[part.fold]
+        labels, _ = find_instances(part.probability, voxel_size=part.voxel_size,
+                                   **post.for_voxel_size(part.voxel_size))
+        s = match_by_overlap(labels, part.sites, ignore=part.ignore)
+        matched_pred = {a for a, _ in s.matches}
+        matched_gt = {b for _, b in s.matches}
+        shell = max(1, int(round(100.0 / part.voxel_size[2])))
+        for kind, array, matched in (("site", part.sites, matched_gt),
+                                     ("prediction", labels, matched_pred)):
+            objects = ndimage.find_objects(array.astype(np.int64))
+            for i, box in enumerate(objects, start=1):
+                if box is None:
+                    continue
+                mask = array[box] == i
+                if part.ignore[box][mask].all():
+                    continue
+                row = {"volume": part.volume, "fold": part.fold, "kind": kind,
+                       "outcome": ("found" if kind == "site" else "true") if i in matched else
+                       ("missed" if kind == "site" else "false"),
+                       "voxels": int(mask.sum()),
+                       "nm3": float(mask.sum() * np.prod(part.voxel_size)),
+                       "sections": int(mask.any(axis=(1, 2)).sum()),
+                       "peak_probability": round(float(part.probability[box][mask].max()), 3)}
+                if part.em is not None:
+                    grown = tuple(slice(max(0, b.start - (0 if a == 0 else shell)),
+                                        b.stop + (0 if a == 0 else shell))
+                                  for a, b in enumerate(box))
+                    inside = np.zeros(array.shape, bool)
+                    inside[box] = mask
+                    inside = inside[grown]
+                    around = ndimage.binary_dilation(
+                        inside, structure=np.ones((1, 3, 3), bool), iterations=shell) & ~inside
+                    em = part.em[grown].astype(np.float32)
+                    row["contrast"] = round(float(em[around].mean() - em[inside].mean()), 1) \
+                        if around.any() else 0.0
+                rows.append(row)
+    return rows

@@ -262,12 +262,14 @@ def _predict(model, em: np.ndarray, box) -> np.ndarray:
                                 offset=tuple(s.start for s in outer))
 
 
-def train_detector(volumes, options: DetectorOptions | None = None, progress=None):
+def train_detector(volumes, options: DetectorOptions | None = None, progress=None,
+                   held_out: list | None = None):
     """Train a detector on ``volumes`` with spatial cross-validation and calibration (see the
     module docstring); returns the model, which carries its :class:`Calibration` and figures.
 
     ``progress(done, total, message)`` is called between and within steps; it may raise to
-    cancel.
+    cancel. A list given as ``held_out`` receives the held-out parts (:class:`HeldOut`, with
+    their EM) for an error analysis.
     """
     options = options or DetectorOptions()
     if options.detector not in DETECTORS:
@@ -316,7 +318,8 @@ def train_detector(volumes, options: DetectorOptions | None = None, progress=Non
             if part_sites.size == 0:
                 continue
             parts.append(HeldOut(probability=_predict(model, v.em, slab), sites=part_sites,
-                                 ignore=ignore, voxel_size=voxel_size, volume=v.name, fold=k))
+                                 ignore=ignore, voxel_size=voxel_size, volume=v.name, fold=k,
+                                 em=v.em[slab] if held_out is not None else None))
         done += fit_weight * 0.2
 
     # 2. The post-processing, chosen on them.
@@ -352,6 +355,8 @@ def train_detector(volumes, options: DetectorOptions | None = None, progress=Non
          "fold_axis": "yx"[f.axis - 1], "fold_edges": [int(e) for e in f.edges]}
         for v, f in zip(volumes, folds)]
     model.calibration = calibration
+    if held_out is not None:
+        held_out.extend(parts)
     model.training = {**model.training, "options": options.to_dict(),
                       "cross_validation": calibration.figures,
                       "seconds": round(time.perf_counter() - started, 1)}
