@@ -173,6 +173,10 @@ def training_volume(source: Source):
     sites = None
     if source.convention == "instances":
         targets = (labels != 0).astype(np.int8)
+        if labels.size and int(labels.max()) > np.iinfo(np.uint32).max:
+            # Ids beyond 32 bits (uint64 segmentations): numbered again, 0 staying 0.
+            _, labels = np.unique(labels, return_inverse=True)
+            labels = labels.reshape(targets.shape)
         sites = labels.astype(np.uint32)
     else:
         targets = labels_to_targets(labels, convention=source.convention)

@@ -466,3 +466,24 @@ def test_a_training_that_fails_while_storing_leaves_no_record_and_no_file(
     assert job.error == "No space left on device"
     assert not DetectorModel.objects.exists()
     assert staging_left(dataset) == [] and models_left() == []
+
+
+def test_the_admin_detection_form_offers_detectors_and_leaves_thresholds_to_them(
+        annotated, client, phantom_file, django_capture_on_commit_callbacks):
+    dataset, em, _ = annotated
+    record = detector_record(calibrated_model(phantom_file[0], PostProcessing(high=0.8, low=0.5)),
+                             datasets=[dataset], name="offered")
+    client.force_login(get_user_model().objects.create_superuser("boss", "b@x.org", "pw"))
+    url = "/admin/datasets/dataset/"
+    chosen = {"action": "detect_synapses", "_selected_action": [dataset.pk]}
+    page = client.post(url, chosen)
+    assert page.status_code == 200 and b"offered v1" in page.content
+    form = {**chosen, "apply": "1", "kind": "detect_synapses", "method": "voxel_classifier",
+            "model_id": record.pk, "em_layer": em.pk, "run_name": "from admin",
+            "block_shape": "8 64 64", "queue": "cpu"}
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(url, form)
+    assert response.status_code == 302
+    job = Job.objects.get(kind="detect_synapses")
+    assert job.parameters["model_id"] == record.pk and job.parameters["model"] is None
+    assert job.parameters["high"] is None and job.parameters["min_score"] is None
