@@ -487,3 +487,42 @@ def test_the_admin_detection_form_offers_detectors_and_leaves_thresholds_to_them
     job = Job.objects.get(kind="detect_synapses")
     assert job.parameters["model_id"] == record.pk and job.parameters["model"] is None
     assert job.parameters["high"] is None and job.parameters["min_score"] is None
+
+
+def test_the_jobs_api_refuses_a_training_with_the_source_and_its_reason(annotated):
+    from rest_framework.test import APIClient
+
+    dataset, em, clefts = annotated
+    user = UserFactory()
+    MembershipFactory(dataset=dataset, user=user, role=Membership.Role.ADMIN)
+    client = APIClient()
+    client.force_authenticate(user)
+    response = client.post("/api/jobs/", {
+        "kind": "train_detector", "dataset": dataset.pk,
+        "parameters": train_parameters([source(dataset, em, clefts),
+                                        source(dataset, em, em)])}, format="json")
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert f"layer 'em' of dataset '{dataset.name}' is of kind em" in str(
+        body["detail"]["parameters"]["sources"]["1"])
+    assert (f"parameters.sources[1]: layer 'em' of dataset '{dataset.name}' is of kind em; "
+            "the label layer must be of kind mask, segmentation, synapses") in body["error"]
+    with_source = client.post("/api/jobs/", {
+        "kind": "train_detector", "dataset": dataset.pk,
+        "parameters": train_parameters([source(dataset, em, clefts)])}, format="json")
+    assert with_source.status_code == 201, with_source.content
+    assert with_source.json()["state"] == "queued"
+
+
+@pytest.mark.slow
+def test_a_network_detector_trains_through_the_job_too(annotated):
+    dataset, em, clefts = annotated
+    job = job_execute(job_id=job_create(
+        kind="train_detector", dataset=dataset, enqueue=False,
+        parameters={"name": "net", "detector": "network", "folds": 2, "iterations": 4,
+                    "sources": [source(dataset, em, clefts)]}).pk)
+    assert job.state == Job.State.DONE, job.error
+    record = DetectorModel.objects.get(pk=job.result["detector_id"])
+    assert record.kind == "network" and record.parameters["options"]["network"][
+        "iterations"] == 4
+    assert record.path.is_file() and "pooled" in record.figures
