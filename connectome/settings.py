@@ -140,6 +140,7 @@ INSTALLED_APPS = [
     "connectome.review",
     "connectome.imports",
     "connectome.pipeline",
+    "connectome.detectors",
     "connectome.viewer",
     "connectome.web",
 ]

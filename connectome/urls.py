@@ -10,6 +10,7 @@ from rest_framework.routers import DefaultRouter
 from connectome.cells.apis import CellViewSet, SkeletonViewSet
 from connectome.common.security import csp_update
 from connectome.datasets.apis import DatasetViewSet, LayerViewSet
+from connectome.detectors.apis import DetectorModelViewSet
 from connectome.jobs.apis import JobDownloadView, JobViewSet
 from connectome.review.apis import (
     ReviewNextView,
@@ -34,6 +35,7 @@ router.register("synapse-runs", SynapseRunViewSet, basename="synapserun")
 router.register("synapses", SynapseViewSet, basename="synapse")
 router.register("reviews", ReviewViewSet, basename="review")
 router.register("jobs", JobViewSet, basename="job")
+router.register("detectors", DetectorModelViewSet, basename="detector")
 
 admin.site.site_header = "Connectome administration"
 admin.site.site_title = "Connectome"

@@ -52,7 +52,7 @@ class DatasetAdmin(admin.ModelAdmin):
                               messages.ERROR)
             return None
         if "apply" in request.POST:
-            form = DetectionForm(request.POST, dataset=dataset)
+            form = DetectionForm(request.POST, dataset=dataset, user=request.user)
             if form.is_valid():
                 job = job_create(kind=form.cleaned_data["kind"], dataset=dataset,
                                  parameters=form.cleaned_data["parameters"], user=request.user)
@@ -61,7 +61,7 @@ class DatasetAdmin(admin.ModelAdmin):
                     '{} job <a href="{}">{}</a> queued', job.kind, link, job.pk), messages.SUCCESS)
                 return None
         else:
-            form = DetectionForm(dataset=dataset)
+            form = DetectionForm(dataset=dataset, user=request.user)
         return TemplateResponse(request, "admin/pipeline/detect_synapses.html", {
             **self.admin_site.each_context(request), "title": "Detect synapses",
             "dataset": dataset, "form": form, "selected_name": helpers.ACTION_CHECKBOX_NAME,

@@ -62,7 +62,7 @@ def job_validate_parameters(*, kind: str, parameters: dict, user=None) -> dict:
     if not isinstance(parameters, dict):
         raise JobParameterError(kind, {"parameters": ["expected an object of named values"]})
     serializer = spec.parameters(data=parameters,
-                                 context={"any_path": may_read_any_path(user)})
+                                 context={"any_path": may_read_any_path(user), "user": user})
     if not serializer.is_valid():
         raise JobParameterError(kind, serializer.errors)
     unknown = sorted(set(parameters) - set(serializer.fields))

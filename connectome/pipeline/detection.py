@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from django.db import transaction
 from connectome.datasets.models import Dataset, Layer
 from connectome.jobs.blocks import BlockPlan, Finish
 from connectome.jobs.models import Job, JobBlock
-from connectome.jobs.services import JobConflict, job_hold
+from connectome.jobs.services import JobConflict, JobParameterError, job_hold
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.blockwise import with_halo
 from detection.errors import InputError
@@ -48,6 +49,11 @@ logger = logging.getLogger(__name__)
 
 BATCH = 5000
 METHOD = "voxel_classifier"
+#: The post-processing parameters of a detection job; None takes the model's calibration.
+THRESHOLDS = ("high", "low", "min_size", "min_score")
+#: What thresholds left out mean for a model without a calibration, when others are given.
+LEGACY_THRESHOLDS = {"high": 0.8, "low": 0.5, "min_size_voxels": 1, "min_score": 0.0}
+NO_CALIBRATION = "carries no calibration; give high, low, min_size and min_score or retrain it"
 
 
 def layer_names(parameters: dict) -> tuple[str, str]:
@@ -68,7 +74,71 @@ def detection_writes(dataset: Dataset, parameters: dict) -> list[str]:
     if SynapseRun.objects.filter(dataset=dataset, name=run).exists():
         raise JobConflict("detect_synapses",
                           f"dataset '{dataset.name}' already has a synapse run named '{run}'")
+    # The model, read now: a corrupt or foreign file, a voxel size it cannot be brought to, or
+    # no calibration while thresholds are missing is refused before the job is queued.
+    field = "model_id" if parameters.get("model_id") is not None else "model"
+    try:
+        model = load_model(model_path(parameters), dataset.voxel_size)
+        postprocessing(parameters, model, dataset.voxel_size)
+    except (InputError, OSError) as exc:
+        raise JobParameterError("detect_synapses", {field: [str(exc)]}) from None
     return [f"layer '{probability}'", f"layer '{instances}'", f"synapse run '{run}'"]
+
+
+def model_path(parameters: dict) -> str:
+    """The model file a detection reads: a detector record's file, or the path given."""
+    if parameters.get("model_id") is None:
+        return parameters["model"]
+    from connectome.detectors.models import DetectorModel
+
+    detector = DetectorModel.objects.filter(pk=parameters["model_id"]).first()
+    if detector is None:
+        raise InputError(f"detector {parameters['model_id']} does not exist (any more)")
+    return str(detector.path)
+
+
+def _model_label(parameters: dict) -> str:
+    if parameters.get("model_id") is None:
+        return f"model file {Path(parameters['model']).name}"
+    from connectome.detectors.models import DetectorModel
+
+    detector = DetectorModel.objects.filter(pk=parameters["model_id"]).first()
+    if detector is None:
+        return f"detector {parameters['model_id']}"
+    return f"detector '{detector.name}' version {detector.version} (id {detector.pk})"
+
+
+def postprocessing(parameters: dict, model, voxel_size) -> dict:
+    """Keyword arguments of the :class:`InstanceStitcher` a detection uses.
+
+    All four thresholds given: those, no split (as before models carried a calibration).
+    Some left out (None): those come from the model's calibration at this voxel size, whose
+    split applies too; a model without a calibration is refused when none is given, and
+    otherwise fills the gaps with the defaults of old (high 0.8, low 0.5, 1 voxel, score 0).
+    """
+    given = {k: parameters.get(k) for k in THRESHOLDS}
+    calibration = getattr(model, "calibration", None)
+    if all(v is not None for v in given.values()) or calibration is None:
+        if all(v is None for v in given.values()):
+            raise InputError(f"{_model_label(parameters)} {NO_CALIBRATION}")
+        chosen = {**LEGACY_THRESHOLDS, "split": None}
+    else:
+        chosen = calibration.postprocessing.for_voxel_size(voxel_size)
+    for key, name in (("high", "high"), ("low", "low"), ("min_size", "min_size_voxels"),
+                      ("min_score", "min_score")):
+        if given[key] is not None:
+            chosen[name] = given[key]
+    if chosen["low"] > chosen["high"]:
+        raise InputError(f"the low threshold {chosen['low']} is above the high one "
+                         f"{chosen['high']}")
+    return chosen
+
+
+def postprocessing_record(chosen: dict) -> dict:
+    """The post-processing as the synapse run's parameters keep it (JSON)."""
+    split = chosen["split"]
+    return {"high": chosen["high"], "low": chosen["low"], "min_size": chosen["min_size_voxels"],
+            "min_score": chosen["min_score"], "split": None if split is None else asdict(split)}
 
 
 def job_folder(job: Job) -> Path:
@@ -119,7 +189,7 @@ def plan_blocks(shape, roi, block_shape, step) -> list[tuple[tuple, tuple]]:
 def detection_plan(job: Job, parameters: dict) -> BlockPlan:
     dataset = job.dataset
     em = _em_layer(dataset, parameters["em_layer"])
-    model = load_model(parameters["model"], dataset.voxel_size)
+    model = load_model(model_path(parameters), dataset.voxel_size)
     step = model.grid_step
     block_shape = tuple(-(-int(b) // g) * g for b, g in zip(parameters["block_shape"], step))
     boxes = plan_blocks(em.shape, parameters.get("roi"), block_shape, step)
@@ -144,7 +214,8 @@ def detection_block(job: Job, box, parameters: dict) -> dict:
     """Score one block and write it; returns the block's summary for the final step."""
     dataset = job.dataset
     em = _em_layer(dataset, parameters["em_layer"])
-    model = load_model(parameters["model"], dataset.voxel_size)
+    model = load_model(model_path(parameters), dataset.voxel_size)
+    low = postprocessing(parameters, model, dataset.voxel_size)["low"]
     source = open_multiscale(em.path)[0]["0"]
     outer, core = with_halo(box, model.halo_voxels(), tuple(source.shape))
     region = read_box(source, outer)
@@ -154,7 +225,7 @@ def detection_block(job: Job, box, parameters: dict) -> dict:
                                mode="r+")
     write_block(group, box, stored)
     # The same test the stitcher applies to the values it will read back.
-    above = int(np.count_nonzero(stored / 255.0 >= parameters["low"]))
+    above = int(np.count_nonzero(stored / 255.0 >= low))
     return {"above_low": above, "max": round(float(stored.max()) / 255.0, 4)}
 
 
@@ -163,16 +234,16 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
     folder = settings.DATA_ROOT / job_folder(job)
     probability, meta = open_multiscale(folder / "probability.zarr", mode="r+")
     level0 = probability["0"]
-    stitcher = InstanceStitcher(
-        voxel_size=dataset.voxel_size, high=parameters["high"], low=parameters["low"],
-        min_size_voxels=parameters["min_size"], min_score=parameters["min_score"],
-    )
+    path = model_path(parameters)
+    chosen = postprocessing(parameters, load_model(path, dataset.voxel_size), dataset.voxel_size)
+    stitcher = InstanceStitcher(voxel_size=dataset.voxel_size, **chosen)
     blocks = [JobBlock(index=i, box=b) for i, b, r in job.blocks.order_by("index").values_list(
         "index", "box", "result") if r.get("above_low")]
     say(f"stitching {len(blocks)} blocks with synapse voxels")
     for block in blocks:
         stitcher.add_block(block.slices, level0[block.slices] / 255.0)
-    candidates = stitcher.candidates()
+    # A split reads each kept component's box back, as the blocks gave it.
+    candidates = stitcher.candidates(read_probability=lambda box: level0[box] / 255.0)
     say(f"writing the instance labels of {len(candidates)} synapses")
     # A folder of its own per attempt: a second final step running at the same time (resumed
     # meanwhile) never deletes the labels the first one is about to store. Folders left by
@@ -196,9 +267,17 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
 
     def store() -> dict:
         names = layer_names(parameters)
-        common = {"dataset": dataset, "job": job, "method": METHOD,
-                  "source_path": parameters["model"],
-                  "parameters": {k: v for k, v in parameters.items() if not k.startswith("_")}}
+        recorded = {k: v for k, v in parameters.items() if not k.startswith("_")}
+        recorded.update(postprocessing_record(chosen))
+        recorded["postprocessing"] = postprocessing_record(chosen)
+        if parameters.get("model_id") is not None:
+            from connectome.detectors.models import DetectorModel
+
+            detector = DetectorModel.objects.filter(pk=parameters["model_id"]).first()
+            recorded["model_name"] = detector.name if detector else None
+            recorded["model_version"] = detector.version if detector else None
+        common = {"dataset": dataset, "job": job, "method": METHOD, "source_path": path,
+                  "parameters": recorded}
         layers = [
             _layer_row(name=names[0], kind=Layer.Kind.PREDICTION, meta=meta,
                        path=job_folder(job) / "probability.zarr", **common),
@@ -207,7 +286,7 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
         ]
         run = SynapseRun.objects.create(
             dataset=dataset, name=parameters["run_name"], method=f"detect:{METHOD}",
-            parameters=common["parameters"], source_path=parameters["model"], job=job)
+            parameters=common["parameters"], source_path=path, job=job)
         rows = [_synapse_row(c, run) for c in candidates]
         for first in range(0, len(rows), BATCH):
             Synapse.objects.bulk_create(rows[first:first + BATCH])

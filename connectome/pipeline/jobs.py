@@ -3,11 +3,14 @@
 from rest_framework import serializers
 
 from connectome.common.validators import validate_name
+from connectome.detectors.selectors import detectors_visible_to
 from connectome.imports.parameters import SourcePathField
 from connectome.jobs.blocks import Finish
 from connectome.jobs.registry import register_job
 from connectome.jobs.services import JobConflict, job_create
 from connectome.pipeline.detection import (
+    NO_CALIBRATION,
+    THRESHOLDS,
     detection_block,
     detection_finish,
     detection_plan,
@@ -20,7 +23,12 @@ from detection.errors import InputError
 
 class DetectSynapsesParameters(serializers.Serializer):
     method = serializers.ChoiceField(choices=["voxel_classifier"], default="voxel_classifier")
-    model = SourcePathField(help_text="voxel classifier file (connectome-detect train)")
+    model_id = serializers.IntegerField(
+        required=False, allow_null=True, default=None,
+        help_text="a trained detector (/api/detectors/); or give model")
+    model = SourcePathField(required=False, allow_null=True, default=None,
+                            help_text="a model file on the server (connectome-detect train); "
+                                      "or give model_id")
     em_layer = serializers.IntegerField()
     run_name = serializers.CharField(max_length=200, help_text="synapse run of the detections",
                                      validators=[validate_name])
@@ -38,13 +46,19 @@ class DetectSynapsesParameters(serializers.Serializer):
         child=serializers.IntegerField(min_value=1, max_value=4096), min_length=3,
         max_length=3, default=[32, 256, 256],
         help_text="z, y, x voxels per block (rounded up to the classifier grid)")
-    high = serializers.FloatField(min_value=0, max_value=1, default=0.8,
-                                  help_text="seed threshold of the hysteresis")
-    low = serializers.FloatField(min_value=0, max_value=1, default=0.5,
-                                 help_text="extent threshold of the hysteresis")
-    min_size = serializers.IntegerField(min_value=1, default=1, help_text="voxels")
-    min_score = serializers.FloatField(min_value=0, max_value=1, default=0.0,
-                                       help_text="minimum mean probability of an instance")
+    high = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True,
+                                  default=None, help_text="seed threshold of the hysteresis; "
+                                  "none: the model's calibration")
+    low = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True,
+                                 default=None, help_text="extent threshold of the hysteresis; "
+                                 "none: the model's calibration")
+    min_size = serializers.IntegerField(min_value=1, required=False, allow_null=True,
+                                        default=None,
+                                        help_text="voxels; none: the model's calibration")
+    min_score = serializers.FloatField(min_value=0, max_value=1, required=False,
+                                       allow_null=True, default=None,
+                                       help_text="minimum mean probability of an instance; "
+                                                 "none: the model's calibration")
     queue = serializers.ChoiceField(choices=["cpu", "gpu"], default="cpu",
                                     help_text="queue of the block tasks")
     max_attempts = serializers.IntegerField(
@@ -52,7 +66,22 @@ class DetectSynapsesParameters(serializers.Serializer):
         help_text="attempts per block on transient errors before the job fails")
 
     def validate(self, attrs):
-        if attrs["low"] > attrs["high"]:
+        if (attrs.get("model") is None) == (attrs.get("model_id") is None):
+            raise serializers.ValidationError(
+                {"model_id": ["give exactly one of model_id (a trained detector) and model "
+                              "(a model file)"]})
+        if attrs.get("model_id") is not None:
+            detector = detectors_visible_to(self.context.get("user")).filter(
+                pk=attrs["model_id"]).first()
+            if detector is None:
+                raise serializers.ValidationError(
+                    {"model_id": [f"there is no detector {attrs['model_id']} that you can see"]})
+            if detector.calibration is None and all(attrs.get(k) is None for k in THRESHOLDS):
+                raise serializers.ValidationError({"model_id": [
+                    f"detector '{detector.name}' version {detector.version} (id {detector.pk}) "
+                    f"{NO_CALIBRATION}"]})
+        if attrs.get("low") is not None and attrs.get("high") is not None \
+                and attrs["low"] > attrs["high"]:
             raise serializers.ValidationError(
                 {"low": f"the low threshold {attrs['low']} is above the high one {attrs['high']}"})
         roi = attrs.get("roi")

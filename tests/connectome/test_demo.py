@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 
 from connectome.cells.models import Skeleton
 from connectome.datasets.models import Dataset
+from connectome.detectors.models import DetectorModel
 from connectome.jobs.models import Job
 from connectome.synapses.models import Synapse, SynapseRun
 
@@ -45,8 +46,18 @@ def test_demo_detects_synapses_assigns_partners_and_scores_them(var_dir):
 
     dataset = Dataset.objects.get(name="phantom")
     assert dataset.is_public and dataset.owner == admin
-    assert (var_dir / "demo" / "detector.model").exists()
-    assert "training the detector" in output
+    # The detector: trained by a job on the training phantom, imported as a dataset.
+    training = Job.objects.get(kind="train_detector")
+    assert training.state == Job.State.DONE, training.error
+    assert training.dataset.name == "training phantom"
+    assert set(training.dataset.layers.values_list("name", flat=True)) == {"em", "clefts"}
+    detector = DetectorModel.objects.get(name="demo detector")
+    assert (detector.version, detector.job) == (1, training)
+    assert detector.path.is_file() and detector.calibration is not None
+    pooled = detector.pooled()
+    assert (f"the detector's own estimate, before seeing this phantom: precision "
+            f"{pooled['precision']:.2f}") in output
+    assert f"F1 {pooled['f1']:.2f} ({pooled['f1_interval'][0]:.2f}-" in output
     # Every cell of the phantom's 16 x 192 x 192 volume is large enough to be skeletonized.
     skeletons = Skeleton.objects.filter(cell__dataset=dataset)
     assert skeletons.count() == dataset.cells.count() > 5
@@ -55,11 +66,14 @@ def test_demo_detects_synapses_assigns_partners_and_scores_them(var_dir):
     detect = Job.objects.get(kind="detect_and_assign")
     assert detect.state == Job.State.DONE, detect.error
     assert detect.parameters["assign_method"] == "diffusion"
+    assert detect.parameters["model_id"] == detector.pk and detect.parameters["high"] is None
     assert detect.parameters["presynaptic_layer"] == dataset.layers.get(name="vesicles").pk
     follow = Job.objects.get(pk=detect.result["then_job"])
     assert (follow.kind, follow.state) == ("assign_partners", Job.State.DONE), follow.error
 
     detected = SynapseRun.objects.get(dataset=dataset, name="detected")
+    assert detected.parameters["high"] == detector.calibration["high"]
+    assert detected.parameters["min_score"] == detector.calibration["min_score"]
     n_detected = detected.synapses.count()
     assert n_detected == detect.result["synapses"] > 10
     assert f"run 'detected': {n_detected} synapses" in output
@@ -86,7 +100,7 @@ def test_demo_detects_synapses_assigns_partners_and_scores_them(var_dir):
     jobs = Job.objects.count()
     again = demo()
     assert Job.objects.count() == jobs
-    assert "training the detector" not in again
+    assert "trained before" in again
     assert figures(again, "detected") == detection
 
     # Detected, but the assignment is missing (it failed, say): only the assignment runs again.
@@ -97,19 +111,24 @@ def test_demo_detects_synapses_assigns_partners_and_scores_them(var_dir):
     assert figures(third, "detected partners") == assignment
 
 
-def test_a_failing_job_is_named_with_its_error(var_dir):
-    (var_dir / "demo").mkdir(parents=True)
-    (var_dir / "demo" / "detector.model").write_bytes(b"not a model\n")
-    with pytest.raises(CommandError, match=r"job \d+ \(detect_and_assign detected\) failed: "
-                                           r"detector.model: cannot read model file"):
+def test_a_failing_job_is_named_with_its_error(var_dir, monkeypatch):
+    import detection.synapses.training as training
+    from detection.errors import InputError
+
+    def fail(volumes, options, progress=None):
+        raise InputError(f"{volumes[0].name}: fold 1 leaves no synapse to train on")
+
+    monkeypatch.setattr(training, "train_detector", fail)
+    with pytest.raises(CommandError, match=(
+            r"job \d+ \(train_detector demo detector\) failed: dataset 'training phantom' "
+            r"layer 'clefts': fold 1 leaves no synapse")):
         demo()
-    assert Dataset.objects.get(name="phantom").layers.filter(name="em").exists()
-    assert not SynapseRun.objects.filter(name="detected").exists()
+    assert Dataset.objects.get(name="training phantom").layers.filter(name="clefts").exists()
+    assert not DetectorModel.objects.exists()
+    assert not Dataset.objects.filter(name="phantom").exists()
 
 
 def test_the_demo_stops_waiting_when_its_worker_has_stopped(var_dir):
-    (var_dir / "demo").mkdir(parents=True)
-    (var_dir / "demo" / "detector.model").write_bytes(b"not used\n")
     worker = subprocess.Popen(["true"])
     worker.wait()
     with pytest.raises(CommandError, match=rf"job \d+ \(import_volume\) is queued, but the "

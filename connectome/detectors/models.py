@@ -1,0 +1,67 @@
+"""Trained synapse detectors: the model file, where it came from, and how well it did."""
+
+from django.conf import settings
+from django.db import models
+
+from connectome.common.validators import validate_name, voxel_size_model_validators
+
+
+class DetectorModel(models.Model):
+    """One trained synapse detector (a ``train_detector`` job makes it).
+
+    ``figures`` are the cross-validated precision / recall / F1 with their 95 % intervals,
+    pooled, per volume and leave-one-volume-out; ``calibration`` the post-processing chosen by
+    that cross-validation (hysteresis, size, split, score), which detection jobs use when
+    given no thresholds. The file lives under DATA_ROOT and is never served.
+    """
+
+    class Kind(models.TextChoices):
+        TREES = "trees", "voxel classifier (boosted trees)"
+        NETWORK = "network", "network (2D U-Net)"
+
+    name = models.CharField(max_length=200, validators=[validate_name])
+    version = models.PositiveIntegerField(help_text="1, 2, ... per name")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    voxel_size_z = models.FloatField(validators=voxel_size_model_validators(), help_text="nm")
+    voxel_size_y = models.FloatField(validators=voxel_size_model_validators(), help_text="nm")
+    voxel_size_x = models.FloatField(validators=voxel_size_model_validators(), help_text="nm")
+    sources = models.JSONField(
+        default=list, help_text="per training volume: dataset id and name, EM, label and ignore "
+                                "layers, label convention, region")
+    # The datasets of ``sources``, for visibility: a user sees a detector when they see one
+    # of them.
+    datasets = models.ManyToManyField("datasets.Dataset", related_name="detector_models",
+                                      blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    figures = models.JSONField(default=dict, blank=True,
+                               help_text="cross-validated precision / recall / F1")
+    calibration = models.JSONField(null=True, blank=True,
+                                   help_text="the post-processing chosen by cross-validation")
+    file = models.CharField(max_length=500, unique=True, help_text="relative to DATA_ROOT")
+    size = models.PositiveBigIntegerField(help_text="bytes of the file")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="detector_models")
+    created_at = models.DateTimeField(auto_now_add=True)
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="detector_models", help_text="the training job")
+
+    class Meta:
+        ordering = ["name", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="unique_detector_version"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} v{self.version}"
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        return (self.voxel_size_z, self.voxel_size_y, self.voxel_size_x)
+
+    @property
+    def path(self):
+        return settings.DATA_ROOT / self.file
+
+    def pooled(self) -> dict:
+        """The pooled cross-validated figures ({} when there are none)."""
+        return (self.figures or {}).get("pooled") or {}
