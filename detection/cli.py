@@ -72,14 +72,49 @@ def _progress(description: str, unit: str = "block"):
 
 # --- train -----------------------------------------------------------------------------------
 
+def _training_volume(args, i: int, roi):
+    """The i-th ``--volume`` / ``--labels`` pair as a TrainingVolume."""
+    from detection.synapses.classify import labels_to_targets
+    from detection.synapses.training import TrainingVolume
+
+    def nth(values, what):
+        values = values or [None]
+        if len(values) not in (1, len(args.volume)):
+            raise CliError(f"give {what} once, or once per --volume ({len(args.volume)})")
+        return values[i] if len(values) > 1 else values[0]
+
+    volume_path, labels_path = args.volume[i], nth(args.labels, "--labels")
+    name = f"{Path(volume_path).name}"
+    with _open(volume_path, nth(args.dataset, "--dataset"), args) as source, \
+            _open(labels_path, nth(args.labels_dataset, "--labels-dataset"), args) as labels:
+        if source.shape != labels.shape:
+            raise CliError(f"{name}: volume shape {source.shape} and label shape {labels.shape} "
+                           "differ")
+        voxel_size = _voxel_size(args, source)
+        box = tuple(slice(*r.indices(n)[:2]) for r, n in zip(roi, source.shape))
+        em = source.read(box)
+        raw = labels.read(box)
+        convention = args.label_convention
+        sites = None
+        if convention == "instances":
+            sites, convention = raw.astype(np.uint32), "binary"
+        targets = labels_to_targets(raw, convention=convention)
+        ignore = None
+        ignore_dataset = nth(args.ignore_dataset, "--ignore-dataset")
+        if ignore_dataset:
+            with _open(labels_path, ignore_dataset, args) as mask:
+                ignore = mask.read(box) != 0
+    if args.erode_nm:
+        from detection.synapses.classify import clean_targets
+
+        targets = clean_targets(targets, voxel_size=voxel_size, erode_nm=args.erode_nm)
+    return TrainingVolume(name=name, em=em, voxel_size=voxel_size, targets=targets, sites=sites,
+                          ignore=ignore)
+
+
 def cmd_train(args) -> None:
-    from detection.synapses.classify import (
-        TrainingParameters,
-        clean_targets,
-        labels_to_targets,
-        train_voxel_classifier,
-    )
-    from detection.synapses.features import FeatureSpec
+    from detection.synapses.classify import TrainingParameters
+    from detection.synapses.training import DetectorOptions, describe, train_detector
 
     other = (("--n-estimators", args.n_estimators), ("--scales-nm", args.scales_nm))
     if args.detector == "trees":
@@ -89,44 +124,38 @@ def cmd_train(args) -> None:
         raise CliError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} not used by "
                        f"--detector {args.detector}")
     roi = _roi(args.roi) or (slice(None),) * 3
-    with _open(args.volume, args.dataset, args) as source, \
-            _open(args.labels, args.labels_dataset, args) as labels:
-        if source.shape != labels.shape:
-            raise CliError(f"volume shape {source.shape} and label shape {labels.shape} differ")
-        voxel_size = _voxel_size(args, source)
-        box = tuple(slice(*r.indices(n)[:2]) for r, n in zip(roi, source.shape))
-        volume = source.read(box)
-        targets = labels_to_targets(labels.read(box), convention=args.label_convention)
-    targets = clean_targets(targets, voxel_size=voxel_size, erode_nm=args.erode_nm,
-                            ignore_band_nm=args.ignore_band_nm)
-    logger.info("training on %s voxels: %d positive, %d negative", volume.shape,
-                int((targets == 1).sum()), int((targets == 0).sum()))
-    source = {"volume": str(args.volume), "labels": str(args.labels), "roi": args.roi,
-              "label_convention": args.label_convention}
-    if args.detector == "cnn":
-        from detection.synapses.cnn import CnnParameters, train_cnn
+    volumes = [_training_volume(args, i, roi) for i in range(len(args.volume))]
+    trees = TrainingParameters(**({"n_estimators": args.n_estimators} if args.n_estimators
+                                  else {}))
+    from detection.synapses.features import FeatureSpec
 
-        given = {"iterations": args.iterations, "pixel_nm": args.pixel_nm, "seed": args.seed}
-        parameters = CnnParameters(**{k: v for k, v in given.items() if v is not None})
-        try:
-            model = train_cnn(volume, targets, voxel_size=voxel_size, parameters=parameters,
-                              progress=_progress("train", unit="step"))
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        model.training["source"] = source
-        model.save(args.out)
-        print(f"wrote {args.out}: network of {parameters.iterations} steps at {model.factor} pixel(s) "
-              f"per network pixel, {model.training['positive_pixels']} synapse pixels")
-        return
-    spec = FeatureSpec(scales_nm=tuple(args.scales_nm)) if args.scales_nm else FeatureSpec()
-    rounds = {"n_estimators": args.n_estimators} if args.n_estimators else {}
-    parameters = TrainingParameters(**rounds, seed=args.seed)
-    model = train_voxel_classifier(volume, targets, voxel_size=voxel_size, feature_spec=spec,
-                                   parameters=parameters)
-    model.training["source"] = source
+    features = FeatureSpec(scales_nm=tuple(args.scales_nm)) if args.scales_nm else None
+    network = None
+    if args.detector != "trees":
+        from detection.synapses.cnn import CnnParameters
+
+        given = {"iterations": args.iterations, "pixel_nm": args.pixel_nm}
+        network = CnnParameters(**{k: v for k, v in given.items() if v is not None})
+    options = DetectorOptions(detector="network" if args.detector == "cnn" else args.detector,
+                              folds=args.folds, seed=args.seed, trees=trees, features=features,
+                              network=network,
+                              leave_one_volume_out=not args.no_leave_one_volume_out,
+                              ignore_band_nm=args.ignore_band_nm)
+    progress = _progress("train", unit="step")
+    model = train_detector(volumes, options, progress=lambda done, total, message: progress(
+        done, total))
+    model.training["source"] = [{"volume": str(v), "roi": args.roi,
+                                 "label_convention": args.label_convention}
+                                for v in args.volume]
     model.save(args.out)
-    print(f"wrote {args.out}: {len(model.feature_names)} features, trained on "
-          f"{model.training['n_samples']} voxels ({model.training['n_positive']} positive)")
+    print(f"wrote {args.out}: {options.detector} at {' x '.join(f'{v:g}' for v in model.voxel_size)}"
+          f" nm; {describe(model.calibration)}")
+    for name, figures in model.calibration.figures.get("per_volume", {}).items():
+        print(f"  {name}: precision {figures['precision']:.2f}, recall {figures['recall']:.2f}, "
+              f"F1 {figures['f1']:.2f} ({figures['tp']} / {figures['fp']} / {figures['fn']})")
+    for name, figures in model.calibration.figures.get("leave_one_volume_out", {}).items():
+        print(f"  {name}, trained on the other volumes only: F1 {figures['f1']:.2f} "
+              f"({figures['tp']} / {figures['fp']} / {figures['fn']})")
 
 
 # --- predict ---------------------------------------------------------------------------------
@@ -154,30 +183,61 @@ def read_candidate_points(path) -> np.ndarray:
     return np.array([[float(r["z_nm"]), float(r["y_nm"]), float(r["x_nm"])] for r in rows]).reshape(-1, 3)
 
 
-def cmd_predict(args) -> None:
-    from detection.blockwise import iter_probability_blocks
-    from detection.synapses.instances import InstanceStitcher
-    from detection.synapses.model_files import load_synapse_model
+POSTPROCESSING_FLAGS = (("high", "--high"), ("low", "--low"), ("min_size", "--min-size"),
+                        ("min_score", "--min-score"))
+
+
+def postprocessing(args, model, voxel_size) -> dict:
+    """The stitcher's arguments: the model's calibration, with what the user gave instead."""
     from detection.synapses.split import SplitParameters
 
+    given = {name: getattr(args, name) for name, _ in POSTPROCESSING_FLAGS
+             if getattr(args, name) is not None}
     split = None
-    if args.split_min_distance_nm > 0:
+    if args.split_min_distance_nm is not None and args.split_min_distance_nm > 0:
         split = SplitParameters(smooth_nm=args.split_smooth_nm,
                                 min_distance_nm=args.split_min_distance_nm,
                                 min_depth=args.split_min_depth,
                                 min_piece_voxels=args.split_min_piece)
+    calibration = getattr(model, "calibration", None)
+    if calibration is None:
+        missing = [flag for name, flag in POSTPROCESSING_FLAGS if name not in given]
+        if missing:
+            raise CliError(f"{Path(args.model).name} carries no calibration (it was trained "
+                           "without cross-validation): give " + ", ".join(missing) +
+                           ", or train it again with connectome-detect train")
+        return {"high": given["high"], "low": given["low"], "min_size_voxels": given["min_size"],
+                "min_score": given["min_score"], "split": split}
+    post = calibration.postprocessing.for_voxel_size(voxel_size)
+    if given:
+        logger.info("post-processing: %s given instead of the model's calibration",
+                    ", ".join(sorted(given)))
+    post.update({k: v for k, v in given.items() if k != "min_size"})
+    if "min_size" in given:
+        post["min_size_voxels"] = given["min_size"]
+    if args.split_min_distance_nm is not None:
+        post["split"] = split
+    if post["low"] > post["high"]:
+        raise CliError(f"the low threshold {post['low']} is above the high one {post['high']}")
+    return post
+
+
+def cmd_predict(args) -> None:
+    from detection.blockwise import iter_probability_blocks
+    from detection.synapses.instances import InstanceStitcher
+    from detection.synapses.model_files import load_synapse_model
+
     with _open(args.volume, args.dataset, args) as source:
         voxel_size = _voxel_size(args, source)
         model = load_synapse_model(args.model, voxel_size=voxel_size,
                                    allow_other_voxel_size=args.allow_other_voxel_size)
+        post = postprocessing(args, model, voxel_size)
         shape = tuple(source.shape)
         probability = zarr.open(str(args.out_probability), mode="w", shape=shape,
                                 chunks=(min(shape[0], 16), 256, 256), dtype=np.uint8)
         probability.attrs.update({"voxel_size": list(voxel_size), "scale": "probability * 255",
                                   "model": str(args.model)})
-        stitcher = InstanceStitcher(voxel_size=voxel_size, high=args.high, low=args.low,
-                                    min_size_voxels=args.min_size, split=split,
-                                    min_score=args.min_score)
+        stitcher = InstanceStitcher(voxel_size=voxel_size, **post)
         for box, p in iter_probability_blocks(source, model, block_shape=args.block_shape,
                                               roi=_roi(args.roi), progress=_progress("predict")):
             stored = np.rint(p * 255).astype(np.uint8)
@@ -263,16 +323,32 @@ def build_parser() -> argparse.ArgumentParser:
         voxel_args(p)
         p.add_argument("--roi", help="z0:z1,y0:y1,x0:x1 voxels")
 
-    train = sub.add_parser("train", help="train a synapse detector from labels")
-    volume_args(train)
+    train = sub.add_parser(
+        "train", help="train a synapse detector from labels, with its calibration chosen by "
+                      "spatial cross-validation")
+    train.add_argument("--volume", required=True, action="append",
+                       help="TIFF, HDF5, zarr or precomputed; repeat for several volumes (each "
+                            "with its own --labels, --dataset, ... or one for all)")
+    train.add_argument("--dataset", action="append", help="dataset inside an HDF5/zarr file")
+    voxel_args(train)
+    train.add_argument("--roi", help="z0:z1,y0:y1,x0:x1 voxels")
     train.add_argument("--detector", choices=["trees", "cnn"], default="trees",
                        help="boosted trees on feature channels and context cues (default), or "
                             "the 2.5D U-Net")
-    train.add_argument("--labels", required=True)
-    train.add_argument("--labels-dataset")
-    train.add_argument("--label-convention", choices=["ccboost", "binary", "classes"], default="ccboost")
+    train.add_argument("--labels", required=True, action="append")
+    train.add_argument("--labels-dataset", action="append")
+    train.add_argument("--ignore-dataset", action="append",
+                       help="mask in the labels file of voxels that are neither synapse nor not")
+    train.add_argument("--label-convention", choices=["ccboost", "binary", "instances"],
+                       default="ccboost",
+                       help="ccboost: 255 synapse, 0 not, else ignore; binary: nonzero synapse; "
+                            "instances: nonzero ids, one per synapse (split apart when touching)")
     train.add_argument("--erode-nm", type=float, default=0.0)
-    train.add_argument("--ignore-band-nm", type=float, default=50.0)
+    train.add_argument("--ignore-band-nm", type=float, default=80.0)
+    train.add_argument("--folds", type=int, default=3,
+                       help="spatial cross-validation folds (slabs per volume), 2-10")
+    train.add_argument("--no-leave-one-volume-out", action="store_true",
+                       help="with several volumes, skip holding out each volume whole")
     train.add_argument("--scales-nm", nargs="+", type=float, help="trees: feature scales (nm)")
     train.add_argument("--n-estimators", type=int, help="trees: boosting rounds (default 300)")
     train.add_argument("--iterations", type=int, help="cnn: training steps (default 1200)")
@@ -289,14 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out-probability", required=True, help="zarr array to write (uint8)")
     predict.add_argument("--out-table", help="CSV of candidates")
     predict.add_argument("--out-instances", help="zarr array of instance labels")
-    predict.add_argument("--high", type=float, default=0.8)
-    predict.add_argument("--low", type=float, default=0.5)
-    predict.add_argument("--min-size", type=int, default=100, help="voxels")
-    predict.add_argument("--min-score", type=float, default=0.0,
-                         help="drop instances whose mean probability is lower")
-    predict.add_argument("--split-min-distance-nm", type=float, default=0.0,
+    predict.add_argument("--high", type=float,
+                         help="seed threshold; the model's calibration by default")
+    predict.add_argument("--low", type=float,
+                         help="extent threshold; the model's calibration by default")
+    predict.add_argument("--min-size", type=int,
+                         help="voxels; the model's calibration by default")
+    predict.add_argument("--min-score", type=float,
+                         help="drop instances whose mean probability is lower; the model's "
+                              "calibration by default")
+    predict.add_argument("--split-min-distance-nm", type=float,
                          help="split components at probability maxima at least this far apart "
-                              "(nm); 0: no split")
+                              "(nm); 0: no split; the model's calibration by default")
     predict.add_argument("--split-smooth-nm", type=float, default=50.0,
                          help="Gaussian smoothing (nm) of the probability before the split")
     predict.add_argument("--split-min-depth", type=float, default=0.2,
@@ -324,12 +404,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from detection.io.sources import VolumeFormatError
-    from detection.synapses.classify import ModelMismatchError
+    from detection.errors import InputError
 
     try:
         args.func(args)
-    except (CliError, VolumeFormatError, ModelMismatchError, FileNotFoundError) as exc:
+    except (CliError, InputError, FileNotFoundError) as exc:
         print(f"connectome-detect {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -129,26 +129,31 @@ def _f1(tp, fp, fn):
 
 
 def count_table(parts: list[HeldOut], grid: list[PostProcessing], progress=None) -> np.ndarray:
-    """(len(grid), len(parts), 3) tp / fp / fn of every post-processing on every part."""
+    """(len(grid), len(parts), 3) tp / fp / fn of every post-processing on every part.
+
+    Each hysteresis and split labels a part once; sizes and scores are filtered on the labels.
+    """
     counts = np.zeros((len(grid), len(parts), 3), np.int64)
-    keys = sorted({(g.high, g.low, _split_key(g.split)) for g in grid})
+    keys = list(dict.fromkeys((g.high, g.low, _split_key(g.split)) for g in grid))
+    rows = {key: [i for i, g in enumerate(grid) if (g.high, g.low, _split_key(g.split)) == key]
+            for key in keys}
     done, total = 0, len(keys) * len(parts)
     for p, part in enumerate(parts):
         volume_nm3 = float(np.prod(part.voxel_size))
+        wholes = {}
         for high, low, split_key in keys:
-            split = dict(split_key) if split_key else None
-            whole, _ = find_instances(part.probability, voxel_size=part.voxel_size, high=high,
-                                      low=low)
-            labels = whole
-            if split is not None:
-                kwargs = PostProcessing(high, low, split=split).for_voxel_size(part.voxel_size)
+            if (high, low) not in wholes:
+                wholes[high, low] = find_instances(part.probability, voxel_size=part.voxel_size,
+                                                   high=high, low=low)[0]
+            whole = labels = wholes[high, low]
+            if split_key is not None:
+                kwargs = PostProcessing(high, low, split=dict(split_key)).for_voxel_size(
+                    part.voxel_size)
                 labels, _ = find_instances(part.probability, voxel_size=part.voxel_size,
                                            high=high, low=low, split=kwargs["split"])
             scorer = _Scorer(labels, whole, part)
-            for i, g in enumerate(grid):
-                if (g.high, g.low, _split_key(g.split)) != (high, low, split_key):
-                    continue
-                counts[i, p] = scorer.counts(g.min_size_nm3 / volume_nm3, g.min_score)
+            for i in rows[high, low, split_key]:
+                counts[i, p] = scorer.counts(grid[i].min_size_nm3 / volume_nm3, grid[i].min_score)
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -202,7 +207,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+    return [round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4)]
 
 
 def f1_interval(tp: int, fp: int, fn: int, *, n_boot: int = 4000, seed: int = 0) -> list[float]:
@@ -220,9 +225,9 @@ def f1_interval(tp: int, fp: int, fn: int, *, n_boot: int = 4000, seed: int = 0)
 
 def figures(tp: int, fp: int, fn: int) -> dict:
     return {"tp": int(tp), "fp": int(fp), "fn": int(fn),
-            "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
-            "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0,
-            "f1": round(_f1(tp, fp, fn), 4),
+            "precision": round(float(tp / (tp + fp)), 4) if tp + fp else 0.0,
+            "recall": round(float(tp / (tp + fn)), 4) if tp + fn else 0.0,
+            "f1": round(float(_f1(tp, fp, fn)), 4),
             "precision_interval": wilson(tp, tp + fp), "recall_interval": wilson(tp, tp + fn),
             "f1_interval": f1_interval(tp, fp, fn)}
 

@@ -55,6 +55,13 @@ def common_voxel_size(voxel_sizes, *, names=None) -> tuple[float, float, float]:
     names = list(names) if names is not None else [f"volume {i + 1}" for i in range(len(sizes))]
     if not sizes:
         raise InputError("no volumes to train on")
+    thin = min(range(len(sizes)), key=lambda i: sizes[i][0])
+    thick = max(range(len(sizes)), key=lambda i: sizes[i][0])
+    if sizes[thick][0] - sizes[thin][0] > Z_TOLERANCE * sizes[thick][0]:
+        raise InputError(
+            f"{names[thin]} has sections of {sizes[thin][0]:g} nm and {names[thick]} of "
+            f"{sizes[thick][0]:g} nm: sections cannot be resampled (they may differ by "
+            f"{Z_TOLERANCE:.0%}), so these volumes cannot be brought to one voxel size")
     common = (float(np.mean([s[0] for s in sizes])),
               max(s[1] for s in sizes), max(s[2] for s in sizes))
     for size, name in zip(sizes, names):

@@ -28,12 +28,22 @@ def test_train_predict_evaluate(phantom_files, capsys):
                  "--labels", str(train), "--labels-dataset", "volumes/labels/clefts",
                  "--label-convention", "binary", "--scales-nm", "10", "20", "40",
                  "--n-estimators", "60", "--out", str(model)]) == 0
-    assert "positive" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # Training reports the cross-validated figures of the calibration it stores.
+    assert "trees at 40 x 8 x 8 nm" in out and "cross-validated precision" in out
+    cv_f1 = float(out.split("F1 ")[1].split()[0])
+    assert 0.5 < cv_f1 <= 1.0, out
+    from detection.synapses.model_files import load_synapse_model
 
+    stored = load_synapse_model(model)
+    assert stored.calibration is not None
+    assert stored.calibration.figures["pooled"]["f1"] == pytest.approx(cv_f1, abs=0.005)
+    assert stored.calibration.figures["folds"] == 3
+
+    # No threshold given: predict uses the stored calibration.
     assert main(["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model", str(model),
                  "--out-probability", str(folder / "prob.zarr"), "--out-table", str(folder / "c.csv"),
-                 "--out-instances", str(folder / "inst.zarr"), "--high", "0.7", "--low", "0.4",
-                 "--min-size", "20"]) == 0
+                 "--out-instances", str(folder / "inst.zarr")]) == 0
     probability = zarr.open(str(folder / "prob.zarr"), "r")
     assert probability.shape == (16, 128, 128) and probability.dtype == np.uint8
     with open(folder / "c.csv") as f:
@@ -57,7 +67,28 @@ def test_predict_refuses_another_voxel_size(phantom_files, capsys, tmp_path):
     code = main(["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model", str(model),
                  "--voxel-size", "50", "4.6", "4.6", "--out-probability", str(tmp_path / "p.zarr")])
     assert code == 2
-    assert "trained on voxels of (40.0, 8.0, 8.0) nm" in capsys.readouterr().err
+    assert ("has sections of 50 nm and the model 40 nm; sections cannot be resampled"
+            in capsys.readouterr().err)
+
+
+def test_a_model_without_calibration_needs_thresholds(phantom_files, capsys, tmp_path):
+    from detection.synapses.classify import TrainingParameters, train_voxel_classifier
+    from detection.synapses.features import FeatureSpec
+
+    folder, train, test = phantom_files
+    with h5py.File(train, "r") as f:
+        em, labels = f["volumes/raw"][:], f["volumes/labels/clefts"][:]
+    model = train_voxel_classifier(em, (labels > 0).astype(np.int8), voxel_size=(40, 8, 8),
+                                   feature_spec=FeatureSpec(scales_nm=(10.0, 20.0)),
+                                   parameters=TrainingParameters(n_estimators=10))
+    path = model.save(tmp_path / "old.model")
+    base = ["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model", str(path),
+            "--out-probability", str(tmp_path / "p.zarr")]
+    assert main(base + ["--high", "0.8"]) == 2
+    assert ("old.model carries no calibration (it was trained without cross-validation): give "
+            "--low, --min-size, --min-score, or train it again" in capsys.readouterr().err)
+    assert main(base + ["--high", "0.8", "--low", "0.5", "--min-size", "20",
+                        "--min-score", "0"]) == 0
 
 
 def test_missing_dataset_is_a_clear_error(phantom_files, capsys, tmp_path):
@@ -117,7 +148,8 @@ def test_train_and_predict_with_the_network(phantom_files, capsys):
     assert main(["train", "--detector", "cnn", "--volume", str(train), "--dataset", "volumes/raw",
                  "--labels", str(train), "--labels-dataset", "volumes/labels/clefts",
                  "--label-convention", "binary", "--iterations", "6", "--out", str(model)]) == 0
-    assert "network of 6 steps at 1 pixel(s) per network pixel" in capsys.readouterr().out
+    assert "wrote" in capsys.readouterr().out
+    assert SynapseCnn.load(model).calibration is not None
     assert main(["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model", str(model),
                  "--out-probability", str(folder / "cnn-p.zarr"), "--block-shape", "8", "64", "96",
                  "--min-size", "20"]) == 0

@@ -28,6 +28,7 @@ from detection.synapses.cnn import (
 )
 from detection.synapses.instances import find_instances
 from detection.synapses.model_files import load_synapse_model
+from detection.synapses.resample import ResampledModel
 from detection.synthetic.phantom import make_phantom
 
 SMALL = CnnParameters(width=4, depth=2, context_sections=1)
@@ -240,8 +241,11 @@ def test_model_file_round_trip_and_refusals(trained, phantoms, tmp_path):
     assert loaded.parameters == trained.parameters and loaded.training == trained.training
     crop = test.em[:4, :64, :64]
     assert np.array_equal(loaded.predict_region(crop), trained.predict_region(crop))
-    with pytest.raises(ModelMismatchError, match=r"trained on voxels of \(40.0, 8.0, 8.0\) nm"):
+    with pytest.raises(ModelMismatchError, match=r"has sections of 50 nm and the model 40 nm"):
         load_synapse_model(path, voxel_size=(50.0, 4.6, 4.6))
+    # Data of another pixel but the same sections is resampled to the model's pixel.
+    resampled = load_synapse_model(path, voxel_size=(40.0, 6.0, 6.0))
+    assert isinstance(resampled, ResampledModel) and resampled.model_voxel_size == (40, 8, 8)
     assert load_synapse_model(path, voxel_size=(50.0, 4.6, 4.6), allow_other_voxel_size=True)
     broken = tmp_path / "broken.cnn"
     header, weights = path.read_bytes().split(b"\n", 1)
