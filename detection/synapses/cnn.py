@@ -38,7 +38,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -773,7 +772,9 @@ def train_cnn(volume: np.ndarray, targets: np.ndarray, *, voxel_size,
                          "3-D shape")
     if region is not None:
         targets = np.where(region, targets, -1).astype(np.int8)
-    one = SimpleNamespace(name="training volume", em=volume, voxel_size=tuple(voxel_size),
-                          targets=targets, aux={}, sites=None, ignore=None)
+    from detection.synapses.training import TrainingVolume
+
+    one = TrainingVolume(name="training volume", em=volume, voxel_size=tuple(voxel_size),
+                         targets=targets)
     return train_network([one], voxel_size=voxel_size, parameters=parameters,
                          progress=progress, device=device)

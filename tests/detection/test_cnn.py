@@ -1,8 +1,6 @@
 """The synapse network: receptive field, tiles and blocks against the whole volume, training on a
 phantom, model files."""
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 import torch
@@ -29,6 +27,7 @@ from detection.synapses.cnn import (
 from detection.synapses.instances import find_instances
 from detection.synapses.model_files import load_synapse_model
 from detection.synapses.resample import ResampledModel
+from detection.synapses.training import TrainingVolume
 from detection.synthetic.phantom import make_phantom
 
 SMALL = CnnParameters(width=4, depth=2, context_sections=1)
@@ -122,28 +121,15 @@ def phantoms():
             make_phantom((12, 112, 112), n_cells=12, n_synapses=12, n_mitochondria=8, seed=32))
 
 
-@dataclass
-class Volume:
-    """The fields of detection.synapses.training.TrainingVolume that the network reads."""
-
-    name: str
-    em: np.ndarray
-    voxel_size: tuple
-    targets: np.ndarray
-    sites: np.ndarray | None = None
-    ignore: np.ndarray | None = None
-    aux: dict = field(default_factory=dict)
-
-
-def phantom_volume(phantom, name, box=(slice(None),) * 3, *, vesicles=True) -> Volume:
+def phantom_volume(phantom, name, box=(slice(None),) * 3, *, vesicles=True) -> TrainingVolume:
     targets = clean_targets(labels_to_targets(phantom.synapse_labels[box], convention="binary"),
                             voxel_size=phantom.voxel_size, ignore_band_nm=30.0)
     aux = {"mitochondria": phantom.mitochondria[box].astype(np.int8),
            "membrane": (phantom.segmentation[box] == 0).astype(np.int8)}
     if vesicles:
         aux["vesicles"] = phantom.vesicles[box].astype(np.int8)
-    return Volume(name=name, em=phantom.em[box], voxel_size=phantom.voxel_size, targets=targets,
-                  sites=phantom.synapse_labels[box], aux=aux)
+    return TrainingVolume(name=name, em=phantom.em[box], voxel_size=phantom.voxel_size,
+                          targets=targets, sites=phantom.synapse_labels[box], aux=aux)
 
 
 @pytest.fixture(scope="module")
@@ -267,21 +253,21 @@ def test_training_volumes_are_checked(training_volumes):
     voxel = (40.0, 8.0, 8.0)
     with pytest.raises(ValueError, match="at least one volume"):
         train_network([], voxel_size=voxel, parameters=SMALL)
-    other = Volume(name="dataset 'b' layer 'labels'", em=second.em, voxel_size=(50.0, 8.0, 8.0),
-                   targets=second.targets)
+    other = TrainingVolume(name="dataset 'b' layer 'labels'", em=second.em,
+                           voxel_size=(50.0, 8.0, 8.0), targets=second.targets)
     with pytest.raises(ValueError, match=r"dataset 'b' layer 'labels': voxel size \(50.0, 8.0, "
                                          r"8.0\) nm differs from the common"):
         train_network([first, other], voxel_size=voxel, parameters=SMALL)
-    bad = Volume(name="crop", em=second.em, voxel_size=voxel, targets=second.targets,
-                 aux={"axons": second.targets})
+    bad = TrainingVolume(name="crop", em=second.em, voxel_size=voxel, targets=second.targets,
+                         aux={"axons": second.targets})
     with pytest.raises(ValueError, match="crop: aux map 'axons' is not a head"):
         train_network([bad], voxel_size=voxel, parameters=SMALL)
     bad.aux = {"membrane": second.targets[:, :10]}
     with pytest.raises(ValueError, match=r"crop: aux map 'membrane' \(8, 10, 112\) must have"):
         train_network([bad], voxel_size=voxel, parameters=SMALL)
     # A head that no volume labels is left out of the network.
-    plain = Volume(name="plain", em=second.em, voxel_size=voxel, targets=second.targets,
-                   aux={"membrane": second.aux["membrane"]})
+    plain = TrainingVolume(name="plain", em=second.em, voxel_size=voxel,
+                           targets=second.targets, aux={"membrane": second.aux["membrane"]})
     model = train_network([plain], voxel_size=voxel,
                           parameters=CnnParameters(**{**SMALL.to_dict(), "iterations": 2,
                                                       "patch": 32}))
