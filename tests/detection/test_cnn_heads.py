@@ -24,6 +24,7 @@ from detection.synapses.cnn import (
     select_device,
 )
 from detection.synapses.model_files import load_synapse_model
+from detection.synapses.resample import ResampledModel
 
 SMALL = CnnParameters(width=4, depth=2, context_sections=1)
 
@@ -285,3 +286,19 @@ def test_prediction_runs_the_trained_function():
     assert fast.shape == (3, 4, 96, 80)
     assert np.abs(fast - plain.numpy()).max() < 1e-5
     assert plain.numpy().std() > 0.01
+
+
+def test_maps_at_another_pixel_follow_the_probability():
+    """A network applied to data of another pixel (ResampledModel) gives every head's map the
+    way it gives the probability, block by block."""
+    model = _untrained(voxel_size=(40.0, 8.0, 8.0))
+    wrapped = ResampledModel(model, (40.0, 7.0, 7.0))
+    volume = np.random.default_rng(9).integers(0, 256, size=(4, 120, 100)).astype(np.uint8)
+    whole = wrapped.predict_maps(volume)
+    assert list(whole) == list(HEADS)
+    np.testing.assert_array_equal(whole["synapse"], wrapped.predict_region(volume))
+    outputs = {h: np.zeros(volume.shape, np.float32) for h in ("vesicles", "membrane")}
+    predict_map_layers(volume, wrapped, outputs=outputs, block_shape=(2, 48, 40))
+    for head, out in outputs.items():
+        assert np.abs(out - whole[head]).max() < 1e-5, head
+        assert whole[head].std() > 0.01
