@@ -1,6 +1,7 @@
 """The synapse network: receptive field, tiles and blocks against the whole volume, training on a
 phantom, model files."""
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -29,6 +30,7 @@ from detection.synapses.model_files import load_synapse_model
 from detection.synapses.resample import ResampledModel
 from detection.synapses.training import TrainingVolume
 from detection.synthetic.phantom import make_phantom
+from tests.conftest import shared_file
 
 SMALL = CnnParameters(width=4, depth=2, context_sections=1)
 
@@ -274,3 +276,32 @@ def test_training_volumes_are_checked(training_volumes):
     assert model.heads == ("synapse", "membrane")
     assert model.training["heads_without_labels"] == ["vesicles", "mitochondria"]
     assert model.net.head.out_channels == 2
+
+
+def test_real_volume_trains_the_heads_it_has_maps_for():
+    """The VNC volume has synapse, mitochondria and membrane masks and no vesicle labels: the
+    network gets three heads, and after 200 steps on x < 320 each ranks the held-out half."""
+    with h5py.File(shared_file("vnc_sstem_train.h5"), "r") as f:
+        raw = f["volumes/raw"][:]
+        voxel_size = tuple(float(v) for v in f["volumes/raw"].attrs["resolution"])
+        masks = {k: f[f"volumes/labels/{k}"][:] > 0
+                 for k in ("synapse_mask", "mitochondria_mask", "membrane_mask")}
+        sites = f["volumes/labels/synapse_ids_3d"][:]
+    targets = clean_targets(masks["synapse_mask"].astype(np.int8), voxel_size=voxel_size,
+                            ignore_band_nm=80.0)
+    left = (slice(None), slice(None), slice(0, 320))
+    volume = TrainingVolume(
+        name="vnc x < 320", em=raw[left], voxel_size=voxel_size, targets=targets[left],
+        sites=sites[left], aux={"mitochondria": masks["mitochondria_mask"][left].astype(np.int8),
+                                "membrane": masks["membrane_mask"][left].astype(np.int8)})
+    model = train_network([volume], voxel_size=voxel_size, parameters=CnnParameters(
+        width=8, depth=2, patch=64, batch=6, iterations=200, learning_rate=3e-3, seed=1))
+    assert model.heads == ("synapse", "mitochondria", "membrane")
+    assert model.training["heads_without_labels"] == ["vesicles"]
+    # The held-out half, read with the halo the blocks would have.
+    maps = model.predict_maps(raw[:, :, 192:], core=(slice(None), slice(None), slice(128, 448)),
+                              offset=(0, 0, 192))
+    right = (slice(None), slice(None), slice(320, 640))
+    aucs = {h: _auc(maps[h], masks[f"{h}_mask"][right]) for h in model.heads}
+    assert aucs["synapse"] > 0.95 and aucs["membrane"] > 0.85, aucs
+    assert aucs["mitochondria"] > 0.75, aucs
