@@ -29,9 +29,11 @@ from detection.synapses.resample import ResampledModel
 SMALL = CnnParameters(width=4, depth=2, context_sections=1)
 
 
-def _untrained(voxel_size=(40.0, 5.0, 5.0), parameters=SMALL, seed=3, device="cpu"):
+def _untrained(voxel_size=(40.0, 5.0, 5.0), parameters=SMALL, seed=3, device="cpu",
+               spread=50.0):
     """Random weights and batch-norm statistics that are not the identity, so every layer's
-    arithmetic shows in the output."""
+    arithmetic shows in the output; the last layer's weights are multiplied by ``spread`` to
+    spread the probabilities over (0, 1)."""
     torch.manual_seed(seed)
     model = SynapseCnn(voxel_size=voxel_size, parameters=parameters, mean=120.0, std=40.0,
                        device=device)
@@ -40,7 +42,7 @@ def _untrained(voxel_size=(40.0, 5.0, 5.0), parameters=SMALL, seed=3, device="cp
             module.running_mean.uniform_(-0.01, 0.01)
             module.running_var.uniform_(0.8, 1.2)
     with torch.no_grad():
-        model.net.head.weight.mul_(50.0)
+        model.net.head.weight.mul_(spread)
     model.net.eval()
     return model
 
@@ -213,7 +215,10 @@ CUDA_TOLERANCE = 1e-4
                     reason="CUDA is absent: the CPU / CUDA comparison needs a GPU and a CUDA "
                            "build of torch")
 def test_cuda_gives_the_cpu_probabilities(tmp_path):
-    model = _untrained(voxel_size=(50.0, 4.6, 4.6), parameters=CnnParameters(width=8, depth=3))
+    # Logits of a few units, as a trained network's: a spread of 50 would magnify float
+    # rounding 50 times.
+    model = _untrained(voxel_size=(50.0, 4.6, 4.6), parameters=CnnParameters(width=8, depth=3),
+                       spread=5.0)
     path = model.save(tmp_path / "m.cnn")
     on_gpu = SynapseCnn.load(path, device="cuda")
     assert next(on_gpu.net.parameters()).is_cuda
