@@ -65,6 +65,66 @@ def iter_probability_blocks(
             progress(i + 1, len(boxes))
 
 
+def _check_heads(model, heads) -> tuple[str, ...]:
+    have = tuple(getattr(model, "heads", ("synapse",)))
+    for head in heads:
+        if head not in have:
+            kind = "network" if hasattr(model, "heads") else "voxel classifier"
+            raise InputError(f"the model ({kind} with heads {have}) has no {head!r} head: use a "
+                             f"network trained with {head.rstrip('s')} labels")
+    return tuple(heads)
+
+
+def _maps(model, region, core, offset, heads) -> dict[str, np.ndarray]:
+    if heads == ("synapse",):
+        return {"synapse": model.predict_region(region, core=core, offset=offset)}
+    maps = model.predict_maps(region, core=core, offset=offset)
+    return {head: maps[head] for head in heads}
+
+
+def block_maps(source, model, box: Box, *, heads=("synapse", "vesicles")) -> dict[str, np.ndarray]:
+    """The maps of ``heads`` (see :meth:`detection.synapses.cnn.SynapseCnn.predict_maps`) over
+    one block of ``source``, read with the model's halo, each stored as uint8 ``round(255 * p)``
+    as the synapse probability layer is; by head, in the order asked.
+
+    A detection job writes each to its own layer (the vesicle map next to the probability, for
+    the vesicle method of partner assignment). Raises InputError when the model has no such head.
+    """
+    heads = _check_heads(model, heads)
+    outer, core = with_halo(box, model.halo_voxels(), tuple(int(n) for n in source.shape))
+    maps = _maps(model, read_box(source, outer), core, tuple(s.start for s in outer), heads)
+    return {head: np.rint(maps[head] * 255).astype(np.uint8) for head in heads}
+
+
+def predict_map_layers(source, model, *, outputs: dict, block_shape=None, roi=None,
+                       progress=None) -> dict:
+    """Write the map of every head named in ``outputs`` (head -> array-like of the source's
+    shape, e.g. ``{"synapse": zarr_a, "vesicles": zarr_b}``) block by block, as
+    :func:`predict_probability` writes the synapse probability: uint8 outputs get
+    ``round(255 * p)``, others the probability. Returns ``outputs``."""
+    heads = _check_heads(model, tuple(outputs))
+    shape = tuple(int(n) for n in source.shape)
+    halo, step = model.halo_voxels(), model.grid_step
+    block_shape = tuple(block_shape or default_block_shape(shape, halo, step=step))
+    if any(b % g for b, g in zip(block_shape, step)):
+        raise InputError(f"block shape {block_shape} must be a multiple of the grid step {step}")
+    if roi:
+        roi = tuple(slice(((s.start or 0) // g) * g, s.stop) for s, g in zip(roi, step))
+    offset = tuple(s.start or 0 for s in roi) if roi else (0, 0, 0)
+    extent = tuple((s.stop or n) - (s.start or 0) for s, n in zip(roi, shape)) if roi else shape
+    boxes = [tuple(slice(o + b.start, o + b.stop) for o, b in zip(offset, box))
+             for box in iter_blocks(extent, block_shape)]
+    for i, box in enumerate(boxes):
+        outer, core = with_halo(box, halo, shape)
+        maps = _maps(model, read_box(source, outer), core, tuple(s.start for s in outer), heads)
+        for head, out in outputs.items():
+            quantised = np.dtype(out.dtype) == np.uint8
+            out[box] = np.rint(maps[head] * 255).astype(np.uint8) if quantised else maps[head]
+        if progress is not None:
+            progress(i + 1, len(boxes))
+    return outputs
+
+
 def predict_probability(source, model, *, out=None, block_shape=None, roi=None, progress=None):
     """Synapse probability of every voxel of ``source``.
 

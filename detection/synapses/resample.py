@@ -144,6 +144,17 @@ class ResampledModel:
         return tuple(halo)
 
     def predict_region(self, volume: np.ndarray, *, core=None, offset=(0, 0, 0)) -> np.ndarray:
+        return self._resampled(volume, core, offset, maps=False)
+
+    def predict_maps(self, volume: np.ndarray, *, core=None, offset=(0, 0, 0)) -> dict:
+        """Every head's map of a network (see ``SynapseCnn.predict_maps``), in the data's
+        voxels as :meth:`predict_region` gives the probability."""
+        if not callable(getattr(type(self.model), "predict_maps", None)):
+            raise InputError(f"the {type(self.model).__name__} gives a synapse probability only, "
+                             "no other maps")
+        return self._resampled(volume, core, offset, maps=True)
+
+    def _resampled(self, volume: np.ndarray, core, offset, *, maps: bool):
         core = tuple(core) if core is not None else tuple(slice(0, n) for n in volume.shape)
         offset = tuple(int(o) for o in offset)
         step = self.model.grid_step
@@ -164,9 +175,14 @@ class ResampledModel:
                                    count=count, offset=offset)
         inner_core = (core[0], slice(lo[0] - region_lo[0], hi[0] - region_lo[0]),
                       slice(lo[1] - region_lo[1], hi[1] - region_lo[1]))
-        probability = self.model.predict_region(
-            sampled, core=inner_core, offset=(offset[0], region_lo[0], region_lo[1]))
-        # Back to the data's voxels: linear interpolation between model pixels.
+        predict = self.model.predict_maps if maps else self.model.predict_region
+        result = predict(sampled, core=inner_core, offset=(offset[0], region_lo[0], region_lo[1]))
+        if maps:
+            return {head: self._to_data(m, core, offset, lo) for head, m in result.items()}
+        return self._to_data(result, core, offset, lo)
+
+    def _to_data(self, probability: np.ndarray, core, offset, lo) -> np.ndarray:
+        """Back to the data's voxels: linear interpolation between model pixels."""
         axes = [np.arange(probability.shape[0], dtype=np.float64)]
         for k, axis in enumerate((1, 2)):
             r = self.ratio[axis]

@@ -1,9 +1,11 @@
 """The synapse network: receptive field, tiles and blocks against the whole volume, training on a
 phantom, model files."""
 
+import h5py
 import numpy as np
 import pytest
 import torch
+from scipy.stats import rankdata
 
 from detection.blockwise import predict_probability
 from detection.metrics import match_by_overlap
@@ -13,6 +15,7 @@ from detection.synapses.classify import (
     labels_to_targets,
 )
 from detection.synapses.cnn import (
+    HEADS,
     CnnParameters,
     SynapseCnn,
     _average,
@@ -20,11 +23,14 @@ from detection.synapses.cnn import (
     network_targets,
     receptive_radius,
     train_cnn,
+    train_network,
 )
 from detection.synapses.instances import find_instances
 from detection.synapses.model_files import load_synapse_model
 from detection.synapses.resample import ResampledModel
+from detection.synapses.training import TrainingVolume
 from detection.synthetic.phantom import make_phantom
+from tests.conftest import shared_file
 
 SMALL = CnnParameters(width=4, depth=2, context_sections=1)
 
@@ -52,7 +58,7 @@ def test_receptive_radius_bounds_what_an_output_pixel_reads():
     poked = sections.copy()
     poked[0, 1, 48, 48] += 5.0
     with torch.inference_mode():
-        a, b = (model.net(torch.from_numpy(s))[0].numpy() for s in (sections, poked))
+        a, b = (model.net(torch.from_numpy(s))[0, 0].numpy() for s in (sections, poked))
     changed = np.argwhere(np.abs(a - b) > 1e-6)
     reach = np.abs(changed - 48).max()
     # Two 3x3 convolutions per level down (1, 2, 4 pixels wide) and up (2, 1), plus pooling.
@@ -113,18 +119,48 @@ def test_pixels_and_targets_at_the_network_resolution():
 
 @pytest.fixture(scope="module")
 def phantoms():
-    return (make_phantom((12, 112, 112), n_cells=12, n_synapses=12, seed=31),
-            make_phantom((12, 112, 112), n_cells=12, n_synapses=12, seed=32))
+    return (make_phantom((12, 112, 112), n_cells=12, n_synapses=12, n_mitochondria=8, seed=31),
+            make_phantom((12, 112, 112), n_cells=12, n_synapses=12, n_mitochondria=8, seed=32))
+
+
+def phantom_volume(phantom, name, box=(slice(None),) * 3, *, vesicles=True) -> TrainingVolume:
+    targets = clean_targets(labels_to_targets(phantom.synapse_labels[box], convention="binary"),
+                            voxel_size=phantom.voxel_size, ignore_band_nm=30.0)
+    aux = {"mitochondria": phantom.mitochondria[box].astype(np.int8),
+           "membrane": (phantom.segmentation[box] == 0).astype(np.int8)}
+    if vesicles:
+        aux["vesicles"] = phantom.vesicles[box].astype(np.int8)
+    return TrainingVolume(name=name, em=phantom.em[box], voxel_size=phantom.voxel_size,
+                          targets=targets, sites=phantom.synapse_labels[box], aux=aux)
 
 
 @pytest.fixture(scope="module")
-def trained(phantoms):
+def training_volumes(phantoms):
+    """Two phantom crops of different shapes; the second has no vesicle map, as real volumes
+    have none."""
     train, _ = phantoms
-    targets = clean_targets(labels_to_targets(train.synapse_labels, convention="binary"),
-                            voxel_size=train.voxel_size, ignore_band_nm=30.0)
+    other = make_phantom((10, 96, 128), n_cells=10, n_synapses=10, n_mitochondria=8, seed=33)
+    return [phantom_volume(train, "phantom 31"),
+            phantom_volume(other, "phantom 33 crop", (slice(1, 9), slice(0, 96), slice(8, 120)),
+                           vesicles=False)]
+
+
+@pytest.fixture(scope="module")
+def trained(training_volumes):
     parameters = CnnParameters(width=8, depth=2, patch=48, batch=6, iterations=300,
                                learning_rate=3e-3, seed=1)
-    return train_cnn(train.em, targets, voxel_size=train.voxel_size, parameters=parameters)
+    return train_network(training_volumes, voxel_size=(40.0, 8.0, 8.0), parameters=parameters)
+
+
+def test_training_reads_volumes_of_different_shapes(trained, training_volumes):
+    summary = trained.training["volumes"]
+    assert [v["shape"] for v in summary] == [[12, 112, 112], [8, 96, 112]]
+    labelled = [int((v.targets >= 0).sum()) for v in training_volumes]  # factor 1 at 8 nm
+    assert [v["labelled_pixels"] for v in summary] == labelled
+    assert summary[0]["share"] == pytest.approx(labelled[0] / sum(labelled), abs=1e-4)
+    assert summary[0]["heads"] == list(HEADS)
+    assert summary[1]["heads"] == ["synapse", "mitochondria", "membrane"]
+    assert trained.heads == HEADS and trained.training["heads_without_labels"] == []
 
 
 def test_training_finds_the_synapses_of_another_phantom(trained, phantoms):
@@ -137,6 +173,31 @@ def test_training_finds_the_synapses_of_another_phantom(trained, phantoms):
                                min_size_voxels=20)
     scores = match_by_overlap(labels, test.synapse_labels)
     assert scores.f1 > 0.7, scores
+
+
+def _auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the ROC curve: the chance that a true pixel outscores a false one."""
+    ranks = rankdata(scores.ravel())
+    truth = truth.ravel()
+    n_true, n_false = int(truth.sum()), int((~truth).sum())
+    return float((ranks[truth].sum() - n_true * (n_true + 1) / 2) / (n_true * n_false))
+
+
+def test_every_head_learns_its_map(trained, phantoms):
+    _, test = phantoms
+    maps = trained.predict_maps(test.em)
+    assert set(maps) == set(HEADS)
+    np.testing.assert_array_equal(maps["synapse"], trained.predict_region(test.em))
+    aucs = {"synapse": _auc(maps["synapse"], test.synapse_labels > 0),
+            "vesicles": _auc(maps["vesicles"], test.vesicles),
+            "mitochondria": _auc(maps["mitochondria"], test.mitochondria),
+            "membrane": _auc(maps["membrane"], test.segmentation == 0)}
+    # 300 steps on two small phantoms: the synapse and membrane maps are good, the vesicle and
+    # mitochondrion maps (a few percent of the pixels, rarely in the patches) better than chance.
+    assert aucs["synapse"] > 0.98 and aucs["membrane"] > 0.95, aucs
+    assert aucs["vesicles"] > 0.8 and aucs["mitochondria"] > 0.6, aucs
+    # The heads are not copies of one map.
+    assert _auc(maps["vesicles"], test.segmentation == 0) < aucs["membrane"] - 0.1
 
 
 def test_training_is_repeatable(trained, phantoms):
@@ -187,3 +248,60 @@ def test_model_file_round_trip_and_refusals(trained, phantoms, tmp_path):
     with pytest.raises(ModelMismatchError,
                        match=r"other.model: cannot read model file \(no synapse model header"):
         load_synapse_model(other)
+
+
+def test_training_volumes_are_checked(training_volumes):
+    first, second = training_volumes
+    voxel = (40.0, 8.0, 8.0)
+    with pytest.raises(ValueError, match="at least one volume"):
+        train_network([], voxel_size=voxel, parameters=SMALL)
+    other = TrainingVolume(name="dataset 'b' layer 'labels'", em=second.em,
+                           voxel_size=(50.0, 8.0, 8.0), targets=second.targets)
+    with pytest.raises(ValueError, match=r"dataset 'b' layer 'labels': voxel size \(50.0, 8.0, "
+                                         r"8.0\) nm differs from the common"):
+        train_network([first, other], voxel_size=voxel, parameters=SMALL)
+    bad = TrainingVolume(name="crop", em=second.em, voxel_size=voxel, targets=second.targets,
+                         aux={"axons": second.targets})
+    with pytest.raises(ValueError, match="crop: aux map 'axons' is not a head"):
+        train_network([bad], voxel_size=voxel, parameters=SMALL)
+    bad.aux = {"membrane": second.targets[:, :10]}
+    with pytest.raises(ValueError, match=r"crop: aux map 'membrane' \(8, 10, 112\) must have"):
+        train_network([bad], voxel_size=voxel, parameters=SMALL)
+    # A head that no volume labels is left out of the network.
+    plain = TrainingVolume(name="plain", em=second.em, voxel_size=voxel,
+                           targets=second.targets, aux={"membrane": second.aux["membrane"]})
+    model = train_network([plain], voxel_size=voxel,
+                          parameters=CnnParameters(**{**SMALL.to_dict(), "iterations": 2,
+                                                      "patch": 32}))
+    assert model.heads == ("synapse", "membrane")
+    assert model.training["heads_without_labels"] == ["vesicles", "mitochondria"]
+    assert model.net.head.out_channels == 2
+
+
+def test_real_volume_trains_the_heads_it_has_maps_for():
+    """The VNC volume has synapse, mitochondria and membrane masks and no vesicle labels: the
+    network gets three heads, and after 200 steps on x < 320 each ranks the held-out half."""
+    with h5py.File(shared_file("vnc_sstem_train.h5"), "r") as f:
+        raw = f["volumes/raw"][:]
+        voxel_size = tuple(float(v) for v in f["volumes/raw"].attrs["resolution"])
+        masks = {k: f[f"volumes/labels/{k}"][:] > 0
+                 for k in ("synapse_mask", "mitochondria_mask", "membrane_mask")}
+        sites = f["volumes/labels/synapse_ids_3d"][:]
+    targets = clean_targets(masks["synapse_mask"].astype(np.int8), voxel_size=voxel_size,
+                            ignore_band_nm=80.0)
+    left = (slice(None), slice(None), slice(0, 320))
+    volume = TrainingVolume(
+        name="vnc x < 320", em=raw[left], voxel_size=voxel_size, targets=targets[left],
+        sites=sites[left], aux={"mitochondria": masks["mitochondria_mask"][left].astype(np.int8),
+                                "membrane": masks["membrane_mask"][left].astype(np.int8)})
+    model = train_network([volume], voxel_size=voxel_size, parameters=CnnParameters(
+        width=8, depth=2, patch=64, batch=6, iterations=200, learning_rate=3e-3, seed=1))
+    assert model.heads == ("synapse", "mitochondria", "membrane")
+    assert model.training["heads_without_labels"] == ["vesicles"]
+    # The held-out half, read with the halo the blocks would have.
+    maps = model.predict_maps(raw[:, :, 192:], core=(slice(None), slice(None), slice(128, 448)),
+                              offset=(0, 0, 192))
+    right = (slice(None), slice(None), slice(320, 640))
+    aucs = {h: _auc(maps[h], masks[f"{h}_mask"][right]) for h in model.heads}
+    assert aucs["synapse"] > 0.95 and aucs["membrane"] > 0.85, aucs
+    assert aucs["mitochondria"] > 0.75, aucs
