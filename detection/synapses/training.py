@@ -211,6 +211,12 @@ def _fold_masks(volume: TrainingVolume, sites: np.ndarray, folds: Folds, k: int)
     return train, slab, part_sites, ignore
 
 
+def _held_out(targets: np.ndarray, slab) -> np.ndarray:
+    out = np.array(targets, dtype=np.int8, copy=True)
+    out[slab] = -1
+    return out
+
+
 # --- training ----------------------------------------------------------------------------------
 
 def _fit(detector: str, volumes: list[TrainingVolume], targets: list[np.ndarray], voxel_size,
@@ -310,7 +316,10 @@ def train_detector(volumes, options: DetectorOptions | None = None, progress=Non
         say(0, message)
         if not any((m[0] == 1).any() for m in masks):
             raise InputError(f"fold {k + 1} leaves no synapse to train on; use fewer folds")
-        model = _fit(options.detector, volumes, [m[0] for m in masks], voxel_size, options,
+        # The other heads' labels of the held-out slab are not trained on either.
+        without = [replace(v, aux={name: _held_out(a, m[1]) for name, a in v.aux.items()})
+                   for v, m in zip(volumes, masks)]
+        model = _fit(options.detector, without, [m[0] for m in masks], voxel_size, options,
                      progress=callback)
         done += fit_weight * 0.8
         say(0, f"cross-validation: scoring fold {k + 1} of {k_all}")
