@@ -500,3 +500,32 @@ def test_the_vesicle_method_without_a_layer_needs_a_model_with_a_vesicle_head(em
     # The contact method needs no vesicle map.
     job_create(kind="detect_and_assign", dataset=dataset, enqueue=False, parameters={
         **parameters, "assign_method": "contact", "interface_model": str(path)})
+
+
+def test_a_cancelled_job_stores_no_vesicle_layer_and_its_resume_does(em, vesicle_network):
+    _, path = vesicle_network
+    dataset, em_layer = em
+    job = job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                     parameters=detect_parameters(path, em_layer, run_name="net"))
+    assert "layer 'net vesicles'" in set(JobLock.objects.filter(job=job).values_list(
+        "resource", flat=True))
+    job_execute(job_id=job.pk)
+    assert block_execute(job_id=job.pk, index=0).status == "done"
+    job = job_cancel(job=Job.objects.get(pk=job.pk))
+    assert blocks_finish(job_id=job.pk).state == Job.State.CANCELLED
+    assert not Layer.objects.filter(job=job).exists() and not JobLock.objects.exists()
+    folder = settings.DATA_ROOT / "datasets" / str(dataset.pk) / "jobs" / str(job.pk)
+    written = open_multiscale(folder / "vesicles.zarr")[0]["0"][0:8, 0:64, 0:64]
+    assert written.std() > 1  # written by block 0
+    assert job_resume(job=job, enqueue=False) == 17
+    for index in range(1, 18):
+        block_execute(job_id=job.pk, index=index)
+    job = blocks_finish(job_id=job.pk)
+    assert job.state == Job.State.DONE, job.error
+    vesicles = Layer.objects.get(pk=job.result["vesicles_layer"])
+    # The block written before the cancel is kept, not run again.
+    np.testing.assert_array_equal(open_multiscale(vesicles.path)[0]["0"][0:8, 0:64, 0:64],
+                                  written)
+    assert JobBlock.objects.get(job=job, index=0).attempts == 1
+    assert sorted(Layer.objects.filter(job=job).values_list("name", flat=True)) == [
+        "net probability", "net synapses", "net vesicles"]
