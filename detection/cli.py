@@ -4,7 +4,7 @@
         --labels vnc.h5 --labels-dataset volumes/labels/synapse_mask --label-convention binary \\
         [--detector cnn] --out synapses.model
     connectome-detect predict --volume vnc.h5 --dataset volumes/raw --model synapses.model \\
-        --out-probability prob.zarr --out-table candidates.csv
+        --out-probability prob.zarr --out-table candidates.csv [--out-vesicles vesicles.zarr]
     connectome-detect evaluate --table candidates.csv --instances instances.zarr \\
         --gt vnc.h5 --gt-dataset volumes/labels/synapse_ids_3d
 """
@@ -222,8 +222,31 @@ def postprocessing(args, model, voxel_size) -> dict:
     return post
 
 
+class _Tee:
+    """A uint8 output of :func:`~detection.blockwise.predict_map_layers` that stores each block
+    and hands it on (to the stitcher) as it comes."""
+
+    dtype = np.uint8
+
+    def __init__(self, array, on_block=None):
+        self.array, self.on_block = array, on_block
+
+    def __setitem__(self, box, values):
+        self.array[box] = values
+        if self.on_block is not None:
+            self.on_block(box, values)
+
+
+def _map_array(path, shape, voxel_size, model_path, chunks=None):
+    array = zarr.open(str(path), mode="w", shape=shape,
+                      chunks=chunks or (min(shape[0], 16), 256, 256), dtype=np.uint8)
+    array.attrs.update({"voxel_size": list(voxel_size), "scale": "probability * 255",
+                        "model": str(model_path)})
+    return array
+
+
 def cmd_predict(args) -> None:
-    from detection.blockwise import iter_probability_blocks
+    from detection.blockwise import iter_probability_blocks, predict_map_layers
     from detection.synapses.instances import InstanceStitcher
     from detection.synapses.model_files import load_synapse_model
 
@@ -231,18 +254,31 @@ def cmd_predict(args) -> None:
         voxel_size = _voxel_size(args, source)
         model = load_synapse_model(args.model, voxel_size=voxel_size,
                                    allow_other_voxel_size=args.allow_other_voxel_size)
+        heads = tuple(getattr(model, "heads", ("synapse",)))
+        if args.out_vesicles and "vesicles" not in heads:
+            raise CliError(f"--out-vesicles: {Path(args.model).name} has no vesicle head (its "
+                           f"heads: {', '.join(heads)}); use a network trained with vesicle "
+                           "labels")
         post = postprocessing(args, model, voxel_size)
         shape = tuple(source.shape)
-        probability = zarr.open(str(args.out_probability), mode="w", shape=shape,
-                                chunks=(min(shape[0], 16), 256, 256), dtype=np.uint8)
-        probability.attrs.update({"voxel_size": list(voxel_size), "scale": "probability * 255",
-                                  "model": str(args.model)})
+        probability = _map_array(args.out_probability, shape, voxel_size, args.model)
         stitcher = InstanceStitcher(voxel_size=voxel_size, **post)
-        for box, p in iter_probability_blocks(source, model, block_shape=args.block_shape,
-                                              roi=_roi(args.roi), progress=_progress("predict")):
-            stored = np.rint(p * 255).astype(np.uint8)
-            probability[box] = stored
-            stitcher.add_block(box, stored / 255.0)
+        if args.out_vesicles:
+            # One pass of the network per block gives both maps (the synapse one as alone).
+            vesicles = _map_array(args.out_vesicles, shape, voxel_size, args.model,
+                                  chunks=probability.chunks)
+            predict_map_layers(
+                source, model, block_shape=args.block_shape, roi=_roi(args.roi),
+                progress=_progress("predict"),
+                outputs={"synapse": _Tee(probability, lambda box, stored: stitcher.add_block(
+                    box, stored / 255.0)), "vesicles": _Tee(vesicles)})
+        else:
+            for box, p in iter_probability_blocks(source, model, block_shape=args.block_shape,
+                                                  roi=_roi(args.roi),
+                                                  progress=_progress("predict")):
+                stored = np.rint(p * 255).astype(np.uint8)
+                probability[box] = stored
+                stitcher.add_block(box, stored / 255.0)
         # The split reads each component's bounding box back from the stored probability.
         candidates = stitcher.candidates(read_probability=lambda box: probability[box] / 255.0)
     if args.out_table:
@@ -262,6 +298,7 @@ def cmd_predict(args) -> None:
             if instances._chunk_key(index) not in instances.store:
                 instances[box] = 0
     print(f"{len(candidates)} synapse candidates; probability in {args.out_probability}"
+          + (f", vesicle map in {args.out_vesicles}" if args.out_vesicles else "")
           + (f", table in {args.out_table}" if args.out_table else ""))
 
 
@@ -363,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True)
     predict.add_argument("--allow-other-voxel-size", action="store_true")
     predict.add_argument("--out-probability", required=True, help="zarr array to write (uint8)")
+    predict.add_argument("--out-vesicles",
+                         help="zarr array to write the vesicle map to (uint8, 255 * p, as the "
+                              "probability); needs a network with a vesicle head")
     predict.add_argument("--out-table", help="CSV of candidates")
     predict.add_argument("--out-instances", help="zarr array of instance labels")
     predict.add_argument("--high", type=float,

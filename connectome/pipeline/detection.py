@@ -10,6 +10,13 @@ from the EM layer, score its core, write it as ``round(255 * p)`` into the proba
 (a repeat overwrites the same chunk with the same values) and return how many of its voxels
 reach the low threshold.
 
+A network with a vesicle head (``model.heads``) gives a second map from the same pass: each
+block writes it, also as ``round(255 * p)``, into a vesicle group with the probability's chunks,
+the final step builds its pyramid and stores it as a third layer (kind prediction) with the
+others; the low-threshold count still comes from the synapse map. Like the probability it stays
+in the job's folder when the job fails or is cancelled (a resume reuses the blocks written),
+and no layer row is stored for it.
+
 finish (one task): feed the blocks that hold any voxel above the low threshold, read back from
 the probability, to :class:`~detection.synapses.instances.InstanceStitcher` (empty blocks add no
 components and no face contacts), write the instance labels, build both pyramids, then store
@@ -34,7 +41,7 @@ from connectome.jobs.blocks import BlockPlan, Finish
 from connectome.jobs.models import Job, JobBlock
 from connectome.jobs.services import JobConflict, JobParameterError, job_hold
 from connectome.synapses.models import Synapse, SynapseRun
-from detection.blockwise import with_halo
+from detection.blockwise import block_maps, with_halo
 from detection.errors import InputError
 from detection.io.sources import read_box
 from detection.io.zarr_store import (
@@ -63,13 +70,30 @@ def layer_names(parameters: dict) -> tuple[str, str]:
             parameters.get("instances_layer") or f"{run} synapses")
 
 
+def vesicles_layer_name(parameters: dict) -> str:
+    """Name of the vesicle map layer a detection writes when its model has a vesicle head."""
+    return parameters.get("vesicles_layer") or f"{parameters['run_name']} vesicles"
+
+
+def has_vesicle_head(model) -> bool:
+    """Whether ``model`` (a network, a voxel classifier, or either resampled) maps vesicles."""
+    return "vesicles" in tuple(getattr(model, "heads", ("synapse",)))
+
+
+def _refuse_existing_layer(dataset: Dataset, name: str) -> None:
+    if Layer.objects.filter(dataset=dataset, name=name).exists():
+        raise JobConflict("detect_synapses",
+                          f"dataset '{dataset.name}' already has a layer named '{name}'")
+
+
 def detection_writes(dataset: Dataset, parameters: dict) -> list[str]:
-    """The resources a detection job locks; refuses names that exist already."""
+    """The resources a detection job locks; refuses names that exist already.
+
+    A model with a vesicle head adds the vesicle map layer to them.
+    """
     probability, instances = layer_names(parameters)
     for name in (probability, instances):
-        if Layer.objects.filter(dataset=dataset, name=name).exists():
-            raise JobConflict("detect_synapses",
-                              f"dataset '{dataset.name}' already has a layer named '{name}'")
+        _refuse_existing_layer(dataset, name)
     run = parameters["run_name"]
     if SynapseRun.objects.filter(dataset=dataset, name=run).exists():
         raise JobConflict("detect_synapses",
@@ -82,7 +106,23 @@ def detection_writes(dataset: Dataset, parameters: dict) -> list[str]:
         postprocessing(parameters, model, dataset.voxel_size)
     except (InputError, OSError) as exc:
         raise JobParameterError("detect_synapses", {field: [str(exc)]}) from None
-    return [f"layer '{probability}'", f"layer '{instances}'", f"synapse run '{run}'"]
+    writes = [f"layer '{probability}'", f"layer '{instances}'", f"synapse run '{run}'"]
+    if has_vesicle_head(model):
+        vesicles = vesicles_layer_name(parameters)
+        if vesicles in (probability, instances):
+            raise JobParameterError("detect_synapses", {"vesicles_layer": [
+                f"'{vesicles}' is also the name of the probability or instance layer"]})
+        _refuse_existing_layer(dataset, vesicles)
+        writes.insert(2, f"layer '{vesicles}'")
+    return writes
+
+
+def model_vesicle_refusal(parameters: dict, voxel_size) -> str | None:
+    """Why the detection's own vesicle map cannot stand in for a presynaptic layer (the
+    model named has no vesicle head), or None when it can."""
+    if has_vesicle_head(load_model(model_path(parameters), voxel_size)):
+        return None
+    return f"{_model_label(parameters)} has no vesicle head; give presynaptic_layer"
 
 
 def model_path(parameters: dict) -> str:
@@ -196,13 +236,15 @@ def detection_plan(job: Job, parameters: dict) -> BlockPlan:
     folder = settings.DATA_ROOT / job_folder(job)
     folder.mkdir(parents=True, exist_ok=True)
     chunks = tuple(min(b, n) for b, n in zip(block_shape, em.shape))
+    groups = ["probability.zarr"] + (["vesicles.zarr"] if has_vesicle_head(model) else [])
     with transaction.atomic():
         # Only while this run holds the job: a run whose worker was thought lost (stalled,
         # and the job sent again) must not wipe what the blocks of the current run wrote.
         job_hold(job)
-        create_multiscale(folder / "probability.zarr", shape=em.shape, dtype=np.uint8,
-                          voxel_size=dataset.voxel_size, chunks=chunks, kind="prediction",
-                          overwrite=True)
+        for group in groups:
+            create_multiscale(folder / group, shape=em.shape, dtype=np.uint8,
+                              voxel_size=dataset.voxel_size, chunks=chunks, kind="prediction",
+                              overwrite=True)
     logger.info("job %s: %d blocks of %s over %s, halo %s", job.pk, len(boxes), block_shape,
                 em.shape, model.halo_voxels())
     return BlockPlan(boxes=boxes, queue=parameters["queue"],
@@ -217,13 +259,20 @@ def detection_block(job: Job, box, parameters: dict) -> dict:
     model = load_model(model_path(parameters), dataset.voxel_size)
     low = postprocessing(parameters, model, dataset.voxel_size)["low"]
     source = open_multiscale(em.path)[0]["0"]
-    outer, core = with_halo(box, model.halo_voxels(), tuple(source.shape))
-    region = read_box(source, outer)
-    probability = model.predict_region(region, core=core, offset=tuple(s.start for s in outer))
-    stored = np.rint(probability * 255).astype(np.uint8)
-    group, _ = open_multiscale(settings.DATA_ROOT / job_folder(job) / "probability.zarr",
-                               mode="r+")
-    write_block(group, box, stored)
+    folder = settings.DATA_ROOT / job_folder(job)
+    if has_vesicle_head(model):
+        # One pass of the network gives both maps (the synapse one bit for bit as alone).
+        maps = block_maps(source, model, box, heads=("synapse", "vesicles"))
+        stored = maps["synapse"]
+        write_block(open_multiscale(folder / "vesicles.zarr", mode="r+")[0], box,
+                    maps["vesicles"])
+    else:
+        outer, core = with_halo(box, model.halo_voxels(), tuple(source.shape))
+        region = read_box(source, outer)
+        probability = model.predict_region(region, core=core,
+                                           offset=tuple(s.start for s in outer))
+        stored = np.rint(probability * 255).astype(np.uint8)
+    write_block(open_multiscale(folder / "probability.zarr", mode="r+")[0], box, stored)
     # The same test the stitcher applies to the values it will read back.
     above = int(np.count_nonzero(stored / 255.0 >= low))
     return {"above_low": above, "max": round(float(stored.max()) / 255.0, 4)}
@@ -235,7 +284,11 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
     probability, meta = open_multiscale(folder / "probability.zarr", mode="r+")
     level0 = probability["0"]
     path = model_path(parameters)
-    chosen = postprocessing(parameters, load_model(path, dataset.voxel_size), dataset.voxel_size)
+    model = load_model(path, dataset.voxel_size)
+    chosen = postprocessing(parameters, model, dataset.voxel_size)
+    # The plan made the vesicle group when the model has the head (the same file since).
+    vesicles = (open_multiscale(folder / "vesicles.zarr", mode="r+")
+                if has_vesicle_head(model) else None)
     stitcher = InstanceStitcher(voxel_size=dataset.voxel_size, **chosen)
     blocks = [JobBlock(index=i, box=b) for i, b, r in job.blocks.order_by("index").values_list(
         "index", "box", "result") if r.get("above_low")]
@@ -263,6 +316,8 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
     say("building pyramids")
     build_pyramid(probability)
     build_pyramid(instances)
+    if vesicles is not None:
+        build_pyramid(vesicles[0])
     instance_meta = open_multiscale(folder / name)[1]
 
     def store() -> dict:
@@ -284,14 +339,21 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
             _layer_row(name=names[1], kind=Layer.Kind.SYNAPSES, meta=instance_meta,
                        path=job_folder(job) / name, **common),
         ]
+        if vesicles is not None:
+            layers.append(_layer_row(name=vesicles_layer_name(parameters),
+                                     kind=Layer.Kind.PREDICTION, meta=vesicles[1],
+                                     path=job_folder(job) / "vesicles.zarr", **common))
         run = SynapseRun.objects.create(
             dataset=dataset, name=parameters["run_name"], method=f"detect:{METHOD}",
             parameters=common["parameters"], source_path=path, job=job)
         rows = [_synapse_row(c, run) for c in candidates]
         for first in range(0, len(rows), BATCH):
             Synapse.objects.bulk_create(rows[first:first + BATCH])
-        return {"probability_layer": layers[0].pk, "instances_layer": layers[1].pk,
-                "run_id": run.pk, "synapses": len(rows)}
+        stored = {"probability_layer": layers[0].pk, "instances_layer": layers[1].pk,
+                  "run_id": run.pk, "synapses": len(rows)}
+        if vesicles is not None:
+            stored["vesicles_layer"] = layers[2].pk
+        return stored
 
     return Finish(result={"blocks_with_synapse_voxels": len(blocks)}, store=store,
                   discard=lambda: shutil.rmtree(folder / name, ignore_errors=True))

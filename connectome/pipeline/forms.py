@@ -55,8 +55,10 @@ class DetectionForm(forms.Form):
                                  ("contact", "contact")],
         help_text="detect then assign: the partner-assignment method")
     segmentation_layer = forms.ModelChoiceField(queryset=Layer.objects.none(), required=False)
-    presynaptic_layer = forms.ModelChoiceField(queryset=Layer.objects.none(), required=False,
-                                               help_text="vesicle and diffusion methods")
+    presynaptic_layer = forms.ModelChoiceField(
+        queryset=Layer.objects.none(), required=False,
+        help_text="vesicle and diffusion methods; none: the detection's own vesicle map (a "
+                  "network with a vesicle head)")
     interface_model = forms.CharField(required=False, help_text="contact method")
 
     def __init__(self, *args, dataset: Dataset, user=None, **kwargs):

@@ -7,7 +7,7 @@ from connectome.detectors.selectors import detectors_visible_to
 from connectome.imports.parameters import SourcePathField
 from connectome.jobs.blocks import Finish
 from connectome.jobs.registry import register_job
-from connectome.jobs.services import JobConflict, job_create
+from connectome.jobs.services import JobConflict, JobParameterError, job_create
 from connectome.pipeline.detection import (
     NO_CALIBRATION,
     THRESHOLDS,
@@ -15,6 +15,7 @@ from connectome.pipeline.detection import (
     detection_finish,
     detection_plan,
     detection_writes,
+    model_vesicle_refusal,
 )
 from connectome.synapses.jobs import AssignPartnersParameters
 from connectome.synapses.models import SynapseRun
@@ -38,6 +39,10 @@ class DetectSynapsesParameters(serializers.Serializer):
     instances_layer = serializers.CharField(
         max_length=200, required=False, default="", allow_blank=True, validators=[validate_name],
         help_text="name of the new instance layer; '<run name> synapses' by default")
+    vesicles_layer = serializers.CharField(
+        max_length=200, required=False, default="", allow_blank=True, validators=[validate_name],
+        help_text="name of the new vesicle map layer, written when the model has a vesicle "
+                  "head; '<run name> vesicles' by default")
     roi = serializers.ListField(
         child=serializers.IntegerField(min_value=0), min_length=6, max_length=6,
         required=False, allow_null=True, default=None,
@@ -104,7 +109,8 @@ class DetectAndAssignParameters(DetectSynapsesParameters):
     segmentation_layer = serializers.IntegerField()
     presynaptic_layer = serializers.IntegerField(
         required=False, allow_null=True, default=None,
-        help_text="vesicle / presynaptic density map; vesicle and diffusion methods")
+        help_text="vesicle / presynaptic density map; vesicle and diffusion methods (none: the "
+                  "vesicle map of the detection, from a model with a vesicle head)")
     interface_model = SourcePathField(required=False, allow_null=True, default=None,
                                       help_text="interface classifier file; contact method")
     free_layer = serializers.IntegerField(required=False, allow_null=True, default=None)
@@ -123,16 +129,27 @@ class DetectAndAssignParameters(DetectSynapsesParameters):
         return attrs
 
 
-def assign_parameters(params: dict, *, sites_layer: int) -> dict:
-    """The parameters of the assign_partners job that follows a detection."""
+def assign_parameters(params: dict, *, sites_layer: int, vesicles_layer: int | None = None) -> dict:
+    """The parameters of the assign_partners job that follows a detection.
+
+    The vesicle and diffusion methods read ``presynaptic_layer`` when one is given, else the
+    detection's own vesicle map (``vesicles_layer``, from a model with a vesicle head).
+    """
+    presynaptic = params.get("presynaptic_layer")
+    if presynaptic is None and needs_presynaptic(params):
+        presynaptic = vesicles_layer
     return {
         "method": params["assign_method"], "sites_layer": sites_layer,
         "segmentation_layer": params["segmentation_layer"],
         "run_name": assignment_run_name(params),
-        "presynaptic_layer": params.get("presynaptic_layer"), "em_layer": params["em_layer"],
+        "presynaptic_layer": presynaptic, "em_layer": params["em_layer"],
         "interface_model": params.get("interface_model"), "free_layer": params.get("free_layer"),
         "options": params.get("assign_options") or {},
     }
+
+
+def needs_presynaptic(params: dict) -> bool:
+    return params["assign_method"] in ("vesicle", "diffusion")
 
 
 def assignment_run_name(params: dict) -> str:
@@ -144,7 +161,13 @@ def _detect_and_assign_writes(dataset, params):
     if SynapseRun.objects.filter(dataset=dataset, name=name).exists():
         raise JobConflict("detect_and_assign",
                           f"dataset '{dataset.name}' already has a synapse run named '{name}'")
-    return detection_writes(dataset, params) + [f"synapse run '{name}'"]
+    writes = detection_writes(dataset, params)
+    if needs_presynaptic(params) and params.get("presynaptic_layer") is None:
+        # detection_writes has read the model (refusing one that cannot be read).
+        refusal = model_vesicle_refusal(params, dataset.voxel_size)
+        if refusal is not None:
+            raise JobParameterError("detect_and_assign", {"presynaptic_layer": [refusal]})
+    return writes + [f"synapse run '{name}'"]
 
 
 def _detect_and_assign_finish(job, params, say):
@@ -154,7 +177,8 @@ def _detect_and_assign_finish(job, params, say):
         result = detected.store()
         follow = job_create(kind="assign_partners", dataset=job.dataset, user=job.created_by,
                             parameters=assign_parameters(
-                                params, sites_layer=result["instances_layer"]),
+                                params, sites_layer=result["instances_layer"],
+                                vesicles_layer=result.get("vesicles_layer")),
                             enqueue=False, parent=job)
         return {**result, "then_job": follow.pk}
 

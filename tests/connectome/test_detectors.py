@@ -346,6 +346,25 @@ def test_a_detector_without_calibration_and_no_thresholds_is_refused(annotated, 
     assert not Job.objects.filter(kind="detect_synapses").exists()
 
 
+def test_detect_and_assign_by_vesicles_needs_a_detector_with_a_vesicle_head(annotated,
+                                                                           trees_model):
+    dataset, em, clefts = annotated
+    record = detector_record(trees_model, datasets=[dataset], name="plain")
+    parameters = {"em_layer": em.pk, "run_name": "found", "block_shape": BLOCK,
+                  "model_id": record.pk, "high": 0.8, "low": 0.5, "min_size": 20,
+                  "min_score": 0.0, "assign_method": "vesicle", "segmentation_layer": clefts.pk}
+    with pytest.raises(JobParameterError, match=(
+            rf"presynaptic_layer: detector 'plain' version 1 \(id {record.pk}\) has no vesicle "
+            "head; give presynaptic_layer")):
+        job_create(kind="detect_and_assign", dataset=dataset, enqueue=False,
+                   parameters=parameters)
+    assert not Job.objects.exists()
+    # A presynaptic layer of one's own keeps the method open to any detector.
+    job = job_create(kind="detect_and_assign", dataset=dataset, enqueue=False,
+                     parameters={**parameters, "presynaptic_layer": clefts.pk})
+    assert job.parameters["presynaptic_layer"] == clefts.pk
+
+
 def test_a_corrupt_detector_file_or_one_the_user_cannot_see_is_refused(annotated, trees_model):
     dataset, em, _ = annotated
     record = detector_record(trees_model, datasets=[dataset], name="broken")

@@ -117,6 +117,11 @@ def test_detection_job_equals_the_single_process_pipeline(em, model_file, phanto
     np.testing.assert_allclose([r[1:4] for r in rows], [c.center for c in candidates])
     assert [r[4] for r in rows] == [c.size_voxels for c in candidates]
     np.testing.assert_allclose([r[6] for r in rows], [c.score for c in candidates])
+    # A model without a vesicle head writes no vesicle map.
+    assert "vesicles_layer" not in job.result
+    assert not Layer.objects.filter(name="detected vesicles").exists()
+    assert not (settings.DATA_ROOT / "datasets" / str(dataset.pk) / "jobs" / str(job.pk)
+                / "vesicles.zarr").exists()
 
 
 def test_a_detection_job_runs_the_network_too(em, phantom_file, tmp_path):
@@ -402,3 +407,125 @@ def test_the_jobs_api_starts_a_detection_job_and_refuses_a_second_on_the_same_la
     assert (shown["progress_done"], shown["progress_total"]) == (1, 18)
     assert shown["message"].startswith("1 / 18 blocks")
     assert shown["result"]["blocks_done"] == 1 and shown["result"]["blocks_per_s"] > 0
+
+
+# --- the network's vesicle map feeds the vesicle method ----------------------------------------
+
+@pytest.fixture(scope="module")
+def vesicle_network(tmp_path_factory):
+    """A small network with a synapse and a vesicle head, trained on a phantom."""
+    from detection.synapses.cnn import CnnParameters, train_network
+    from detection.synapses.training import TrainingVolume
+
+    phantom = make_phantom((12, 112, 112), voxel_size=VOXEL, n_cells=12, n_synapses=12, seed=31)
+    targets = clean_targets(labels_to_targets(phantom.synapse_labels, convention="binary"),
+                            voxel_size=VOXEL, ignore_band_nm=30.0)
+    volume = TrainingVolume(name="phantom 31", em=phantom.em, voxel_size=VOXEL, targets=targets,
+                            sites=phantom.synapse_labels,
+                            aux={"vesicles": phantom.vesicles.astype(np.int8)})
+    network = train_network([volume], voxel_size=VOXEL, parameters=CnnParameters(
+        width=8, depth=2, patch=48, batch=6, iterations=200, learning_rate=3e-3, seed=1))
+    assert network.heads == ("synapse", "vesicles")
+    return network, network.save(tmp_path_factory.mktemp("network") / "synapses.cnn")
+
+
+def test_detect_and_assign_reads_the_vesicle_map_of_the_network(em, vesicle_network,
+                                                                 phantom_file):
+    (network, path), (phantom, h5) = vesicle_network, phantom_file
+    dataset, em_layer = em
+    cells = import_volume(dataset=dataset, source=str(h5), name="cells", kind="segmentation",
+                          dataset_path="volumes/labels/neuron_ids")
+    parameters = {**detect_parameters(path, em_layer, run_name="net"),
+                  "assign_method": "vesicle", "segmentation_layer": cells.pk}
+    job = job_run_inline(kind="detect_and_assign", dataset=dataset, parameters=parameters)
+    assert job.state == Job.State.DONE, job.error
+
+    vesicles = Layer.objects.get(pk=job.result["vesicles_layer"])
+    probability = Layer.objects.get(pk=job.result["probability_layer"])
+    assert (vesicles.name, vesicles.kind, vesicles.job_id) == ("net vesicles", "prediction", job.pk)
+    assert (vesicles.shape, vesicles.chunks) == (probability.shape, probability.chunks)
+    assert vesicles.downsample_factors == probability.downsample_factors
+    # The blocks give the whole volume's maps (uint8), the synapse one as without the head.
+    maps = network.predict_maps(phantom.em)
+    stored = open_multiscale(vesicles.path)[0]
+    assert np.abs(stored["0"][...].astype(int) - np.rint(maps["vesicles"] * 255)).max() <= 1
+    level0 = open_multiscale(probability.path)[0]["0"][...]
+    assert np.abs(level0.astype(int) - np.rint(network.predict_region(phantom.em) * 255)).max() <= 1
+    # The map tells vesicle clouds from the rest (ROC AUC; 0.5 would be chance).
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(phantom.vesicles.ravel(), stored["0"][...].ravel()) > 0.8
+
+    follow = Job.objects.get(pk=job.result["then_job"])
+    assert follow.state == Job.State.DONE, follow.error
+    assert follow.parameters["method"] == "vesicle"
+    assert str(follow.parameters["presynaptic_layer"]) == str(vesicles.pk)
+    run = SynapseRun.objects.get(name="net partners")
+    truth = {(s.pre_id, s.post_id) for s in phantom.synapses}
+    found = set(run.synapses.filter(flag="").values_list("pre__segment_id", "post__segment_id"))
+    assert len(found) >= 5 and len(found & truth) >= len(found) // 2, (found, truth)
+
+
+def test_the_vesicle_layer_name_is_locked_and_refused_when_taken(em, vesicle_network,
+                                                                 phantom_file):
+    _, path = vesicle_network
+    dataset, em_layer = em
+    first = job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                       parameters=detect_parameters(path, em_layer, run_name="a",
+                                                    vesicles_layer="maps"))
+    assert "layer 'maps'" in set(JobLock.objects.filter(job=first).values_list("resource",
+                                                                                 flat=True))
+    with pytest.raises(JobConflict, match="layer 'maps'"):
+        job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                   parameters=detect_parameters(path, em_layer, run_name="b",
+                                                vesicles_layer="maps"))
+    import_volume(dataset=dataset, source=str(phantom_file[1]), name="net vesicles",
+                  kind="mask", dataset_path="volumes/labels/vesicles")
+    with pytest.raises(JobConflict, match="already has a layer named 'net vesicles'"):
+        job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                   parameters=detect_parameters(path, em_layer, run_name="net"))
+
+
+def test_the_vesicle_method_without_a_layer_needs_a_model_with_a_vesicle_head(em, model_file):
+    _, path = model_file
+    dataset, em_layer = em
+    parameters = {**detect_parameters(path, em_layer), "assign_method": "diffusion",
+                  "segmentation_layer": em_layer.pk}
+    with pytest.raises(JobParameterError,
+                       match="model file synapses.model has no vesicle head; give "
+                             "presynaptic_layer") as refused:
+        job_create(kind="detect_and_assign", dataset=dataset, parameters=parameters)
+    assert "presynaptic_layer" in refused.value.errors
+    assert not Job.objects.exists() and not JobLock.objects.exists()
+    # The contact method needs no vesicle map.
+    job_create(kind="detect_and_assign", dataset=dataset, enqueue=False, parameters={
+        **parameters, "assign_method": "contact", "interface_model": str(path)})
+
+
+def test_a_cancelled_job_stores_no_vesicle_layer_and_its_resume_does(em, vesicle_network):
+    _, path = vesicle_network
+    dataset, em_layer = em
+    job = job_create(kind="detect_synapses", dataset=dataset, enqueue=False,
+                     parameters=detect_parameters(path, em_layer, run_name="net"))
+    assert "layer 'net vesicles'" in set(JobLock.objects.filter(job=job).values_list(
+        "resource", flat=True))
+    job_execute(job_id=job.pk)
+    assert block_execute(job_id=job.pk, index=0).status == "done"
+    job = job_cancel(job=Job.objects.get(pk=job.pk))
+    assert blocks_finish(job_id=job.pk).state == Job.State.CANCELLED
+    assert not Layer.objects.filter(job=job).exists() and not JobLock.objects.exists()
+    folder = settings.DATA_ROOT / "datasets" / str(dataset.pk) / "jobs" / str(job.pk)
+    written = open_multiscale(folder / "vesicles.zarr")[0]["0"][0:8, 0:64, 0:64]
+    assert written.std() > 1  # written by block 0
+    assert job_resume(job=job, enqueue=False) == 17
+    for index in range(1, 18):
+        block_execute(job_id=job.pk, index=index)
+    job = blocks_finish(job_id=job.pk)
+    assert job.state == Job.State.DONE, job.error
+    vesicles = Layer.objects.get(pk=job.result["vesicles_layer"])
+    # The block written before the cancel is kept, not run again.
+    np.testing.assert_array_equal(open_multiscale(vesicles.path)[0]["0"][0:8, 0:64, 0:64],
+                                  written)
+    assert JobBlock.objects.get(job=job, index=0).attempts == 1
+    assert sorted(Layer.objects.filter(job=job).values_list("name", flat=True)) == [
+        "net probability", "net synapses", "net vesicles"]

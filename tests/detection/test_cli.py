@@ -172,3 +172,55 @@ def test_options_of_the_other_detector_are_refused(phantom_files, capsys, tmp_pa
     assert ("--n-estimators and --scales-nm are not used by --detector cnn"
             in capsys.readouterr().err)
     assert not (tmp_path / "m.model").exists()
+
+
+def test_predict_writes_the_vesicle_map_of_a_network_with_a_vesicle_head(phantom_files, capsys,
+                                                                          tmp_path):
+    from detection.synapses.classify import clean_targets, labels_to_targets
+    from detection.synapses.cnn import CnnParameters, train_cnn, train_network
+    from detection.synapses.training import TrainingVolume
+
+    folder, train, test = phantom_files
+    with h5py.File(train, "r") as f:
+        em, clefts = f["volumes/raw"][:], f["volumes/labels/clefts"][:]
+        vesicles = f["volumes/labels/vesicles"][:].astype(np.int8)
+    targets = clean_targets(labels_to_targets(clefts, convention="binary"),
+                            voxel_size=(40.0, 8.0, 8.0), ignore_band_nm=30.0)
+    parameters = CnnParameters(width=8, depth=2, patch=48, batch=4, iterations=40, seed=1)
+    network = train_network([TrainingVolume(name="train", em=em, voxel_size=(40.0, 8.0, 8.0),
+                                            targets=targets, aux={"vesicles": vesicles})],
+                            voxel_size=(40.0, 8.0, 8.0), parameters=parameters)
+    assert network.heads == ("synapse", "vesicles")
+    path = network.save(tmp_path / "heads.cnn")
+    base = ["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model", str(path),
+            "--block-shape", "8", "64", "96", "--high", "0.6", "--low", "0.4", "--min-size", "20",
+            "--min-score", "0"]
+    assert main(base + ["--out-probability", str(tmp_path / "p.zarr"),
+                        "--out-vesicles", str(tmp_path / "v.zarr"),
+                        "--out-table", str(tmp_path / "both.csv")]) == 0
+    assert f"vesicle map in {tmp_path / 'v.zarr'}" in capsys.readouterr().out
+    with h5py.File(test, "r") as f:
+        maps = network.predict_maps(f["volumes/raw"][:])
+    stored = zarr.open(str(tmp_path / "v.zarr"), "r")
+    assert stored.dtype == np.uint8 and stored.attrs["scale"] == "probability * 255"
+    # Blocks give the whole volume's vesicle map.
+    assert np.abs(stored[:].astype(int) - np.rint(maps["vesicles"] * 255)).max() <= 1
+    assert stored[:].std() > 1
+    # The synapse probability and the candidates are those of a run without the flag.
+    assert main(base + ["--out-probability", str(tmp_path / "alone.zarr"),
+                        "--out-table", str(tmp_path / "alone.csv")]) == 0
+    np.testing.assert_array_equal(zarr.open(str(tmp_path / "p.zarr"), "r")[:],
+                                  zarr.open(str(tmp_path / "alone.zarr"), "r")[:])
+    assert (tmp_path / "both.csv").read_text() == (tmp_path / "alone.csv").read_text()
+    assert len((tmp_path / "alone.csv").read_text().splitlines()) > 1  # some candidates
+
+    plain = train_cnn(em, targets, voxel_size=(40.0, 8.0, 8.0), parameters=CnnParameters(
+        width=8, depth=2, patch=48, batch=4, iterations=2, seed=1)).save(tmp_path / "plain.cnn")
+    capsys.readouterr()
+    assert main(["predict", "--volume", str(test), "--dataset", "volumes/raw", "--model",
+                 str(plain), "--min-size", "20", "--high", "0.8", "--low", "0.5", "--min-score",
+                 "0", "--out-probability", str(tmp_path / "p2.zarr"),
+                 "--out-vesicles", str(tmp_path / "v2.zarr")]) == 2
+    assert ("--out-vesicles: plain.cnn has no vesicle head (its heads: synapse); use a network "
+            "trained with vesicle labels" in capsys.readouterr().err)
+    assert not (tmp_path / "p2.zarr").exists() and not (tmp_path / "v2.zarr").exists()
