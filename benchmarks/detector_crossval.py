@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -86,8 +87,8 @@ def print_errors(rows: list[dict]) -> None:
                                               (">= 5", lambda x: x >= 5)])
     if rows and "contrast" in rows[0]:
         table("by contrast (shell minus inside, grey levels)", "contrast",
-              [("< 10", lambda x: x < 10), ("10 - 25", lambda x: 10 <= x < 25),
-               ("25 - 40", lambda x: 25 <= x < 40), (">= 40", lambda x: x >= 40)])
+              [("< 40", lambda x: x < 40), ("40 - 60", lambda x: 40 <= x < 60),
+               ("60 - 80", lambda x: 60 <= x < 80), (">= 80", lambda x: x >= 80)])
     table("by peak probability", "peak_probability",
           [("< 0.7", lambda x: x < 0.7), ("0.7 - 0.9", lambda x: 0.7 <= x < 0.9),
            (">= 0.9", lambda x: x >= 0.9)])
@@ -99,6 +100,9 @@ def main(argv=None) -> int:
     parser.add_argument("--volumes", nargs="+", default=["vnc", "cardona"], choices=list(FILES))
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--iterations", type=int, help="network: training steps")
+    parser.add_argument("--site-balance", type=float,
+                        help="trees: TrainingParameters.site_balance (small synapses' positives "
+                             "drawn more often)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--errors", action="store_true",
                         help="also print the misses and false positives of the held-out slabs")
@@ -110,6 +114,8 @@ def main(argv=None) -> int:
         return 0
     volumes = [load(v) for v in args.volumes]
     options = DetectorOptions(detector=args.detector, folds=args.folds)
+    if args.site_balance is not None:
+        options.trees = replace(options.trees, site_balance=args.site_balance)
     if args.iterations:
         from detection.synapses.cnn import CnnParameters
 

@@ -142,6 +142,8 @@ class TrainingParameters:
     hard_negative_rounds: int = 0
     hard_negatives_per_positive: float = 2.0
     hard_negative_pool: int = 1_000_000
+    # Positives of small synapses drawn more often (see sample_training_voxels); 0: uniform.
+    site_balance: float = 0.0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -393,13 +395,29 @@ def _grid_targets(targets: np.ndarray, step) -> np.ndarray:
 
 def sample_training_voxels(targets: np.ndarray, *, negatives_per_positive: float,
                            max_samples: int, rng: np.random.Generator,
-                           step=(1, 1, 1)) -> np.ndarray:
-    """Flat indices of grid voxels to train on: positives plus a random share of negatives."""
+                           step=(1, 1, 1), site_balance: float = 0.0) -> np.ndarray:
+    """Flat indices of grid voxels to train on: positives plus a random share of negatives.
+
+    With ``site_balance`` > 0, positives of small synapses (3D components of the positive
+    voxels) are drawn more often: each voxel with weight ``(median size / its synapse's
+    size) ** site_balance``, between 1 and 8, so that at 1 every synapse up to 8 times below
+    the median contributes as many samples as a median one (larger ones keep their share per
+    voxel); positives may then repeat.
+    """
     flat = _grid_targets(targets, step)
     positives = np.flatnonzero(flat == 1)
     negatives = np.flatnonzero(flat == 0)
     n_pos = min(len(positives), int(max_samples / (1 + negatives_per_positive)))
-    positives = rng.choice(positives, size=n_pos, replace=False) if n_pos < len(positives) else positives
+    if site_balance > 0 and len(positives):
+        sites, _ = ndimage.label(targets == 1, structure=ndimage.generate_binary_structure(3, 1))
+        of = sites.ravel()[positives]
+        sizes = np.bincount(of)
+        weight = np.clip((np.median(sizes[sizes > 0]) / sizes[of]) ** site_balance, 1.0, 8.0)
+        positives = np.sort(rng.choice(positives, size=max(n_pos, len(positives)), replace=True,
+                                       p=weight / weight.sum()))
+        n_pos = len(positives)
+    elif n_pos < len(positives):
+        positives = rng.choice(positives, size=n_pos, replace=False)
     n_neg = min(len(negatives), int(max(n_pos, 1) * negatives_per_positive))
     negatives = rng.choice(negatives, size=n_neg, replace=False)
     return np.sort(np.concatenate([positives, negatives]))
@@ -435,6 +453,7 @@ def train_voxel_classifier(
         chosen = sample_training_voxels(
             target, negatives_per_positive=parameters.negatives_per_positive,
             max_samples=parameters.max_samples // len(volumes), rng=rng, step=step,
+            site_balance=parameters.site_balance,
         )
         if chosen.size == 0:
             continue
