@@ -38,22 +38,22 @@ import time
 
 STARTED = time.perf_counter()  # the prediction's start-up (imports, model load) counts
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import zarr  # noqa: E402
-from phases import run_phase  # noqa: E402
+import numpy as np
+import zarr
+from phases import run_phase
 
-import detection  # noqa: E402
-from detection.blockwise import iter_probability_blocks  # noqa: E402
-from detection.synapses.classify import (  # noqa: E402
+import detection
+from detection.blockwise import iter_probability_blocks
+from detection.synapses.classify import (
     TrainingParameters,
     clean_targets,
     labels_to_targets,
     train_voxel_classifier,
 )
-from detection.synapses.model_files import load_synapse_model  # noqa: E402
-from detection.synthetic.phantom import make_phantom  # noqa: E402
+from detection.synapses.model_files import load_synapse_model
+from detection.synthetic.phantom import make_phantom
 
 VOXEL = (40.0, 8.0, 8.0)
 DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
