@@ -187,3 +187,28 @@ def test_hard_negatives_teach_what_random_negatives_miss():
     assert 1000 <= boosted.training["n_hard_negatives"] <= 2400
     assert np.median(boosted.predict_proba(test_hard)) < 0.1
     assert np.median(boosted.predict_proba(test_positive)) > 0.8
+
+
+def test_the_screen_passes_a_minority_of_real_voxels_and_keeps_the_synapses():
+    """On real ssTEM data the screen must leave most voxels to its own score (at the main
+    model's learning rate its 12 trees passed every voxel of this volume to the full model),
+    while passing the synapses' voxels."""
+    import h5py
+
+    from tests.conftest import shared_file
+
+    with h5py.File(shared_file("vnc_sstem_train.h5"), "r") as f:
+        em = f["volumes/raw"][:, :512, :320]
+        voxel = tuple(float(v) for v in f["volumes/raw"].attrs["resolution"])
+        mask = f["volumes/labels/synapse_mask"][:, :512, :320]
+    targets = clean_targets(labels_to_targets(mask, convention="binary"), voxel_size=voxel,
+                            ignore_band_nm=16.0)
+    model = train_voxel_classifier(em, targets, voxel_size=voxel,
+                                   parameters=TrainingParameters(n_estimators=20))
+    feats = region_features(em, voxel_size=voxel, feature_spec=model.feature_spec,
+                            context_spec=model.context_spec, step=model.grid_step)
+    samples = np.ascontiguousarray(feats.reshape(feats.shape[0], -1).T)
+    passed = model.screen.predict(samples) >= model.screen_threshold
+    assert passed.mean() < 0.5, passed.mean()
+    on_grid = targets[tuple(slice(0, None, g) for g in model.grid_step)].ravel()
+    assert passed[on_grid == 1].mean() > 0.95, passed[on_grid == 1].mean()
