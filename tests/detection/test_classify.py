@@ -212,3 +212,22 @@ def test_the_screen_passes_a_minority_of_real_voxels_and_keeps_the_synapses():
     assert passed.mean() < 0.5, passed.mean()
     on_grid = targets[tuple(slice(0, None, g) for g in model.grid_step)].ravel()
     assert passed[on_grid == 1].mean() > 0.95, passed[on_grid == 1].mean()
+
+
+def test_site_balance_draws_small_synapses_more_often():
+    from detection.synapses.classify import sample_training_voxels
+
+    targets = np.zeros((4, 64, 64), np.int8)
+    targets[1:3, 4:36, 4:36] = 1          # a large synapse: 2048 voxels
+    targets[1, 50:54, 50:54] = 1          # a small one: 16 voxels (128 times smaller)
+    targets[1:3, 40:44, 4:36] = 1         # a median-sized one: 256 voxels
+    small = np.zeros(targets.shape, bool)
+    small[1, 50:54, 50:54] = True
+    rng = np.random.default_rng(0)
+    plain = sample_training_voxels(targets, negatives_per_positive=1, max_samples=100_000, rng=rng)
+    balanced = sample_training_voxels(targets, negatives_per_positive=1, max_samples=100_000,
+                                      rng=rng, site_balance=1.0)
+    share = lambda chosen: small.ravel()[chosen].sum() / (targets.ravel()[chosen] == 1).sum()
+    assert share(plain) == pytest.approx(16 / 2320)
+    # Median 256 voxels: the small synapse's voxels weigh 8 (the bound), the others 1.
+    assert share(balanced) == pytest.approx(16 * 8 / (16 * 8 + 2304), rel=0.25)
