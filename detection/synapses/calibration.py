@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from detection.errors import InputError
-from detection.metrics import match_by_overlap
+from detection.metrics import DetectionScores, match_by_overlap
 from detection.synapses.instances import find_instances
 from detection.synapses.split import SplitParameters
 
@@ -125,10 +125,6 @@ class HeldOut:
     em: np.ndarray | None = None  # the part's EM, for the error analysis
 
 
-def _f1(tp, fp, fn):
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
 def count_table(parts: list[HeldOut], grid: list[PostProcessing], progress=None) -> np.ndarray:
     """(len(grid), len(parts), 3) tp / fp / fn of every post-processing on every part.
 
@@ -216,7 +212,7 @@ def f1_interval(tp: int, fp: int, fn: int, *, n_boot: int = 4000, seed: int = 0)
     drawn again with replacement."""
     n = tp + fp + fn
     if n == 0:
-        return [0.0, 0.0]
+        return [1.0, 1.0]  # nothing to find and nothing found: F1 1 by convention
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(n, np.array([tp, fp, fn]) / n, size=n_boot)
     f1 = np.where(draws[:, 0] > 0, 2 * draws[:, 0] / (2 * draws[:, 0] + draws[:, 1] + draws[:, 2]),
@@ -225,10 +221,11 @@ def f1_interval(tp: int, fp: int, fn: int, *, n_boot: int = 4000, seed: int = 0)
 
 
 def figures(tp: int, fp: int, fn: int) -> dict:
-    return {"tp": int(tp), "fp": int(fp), "fn": int(fn),
-            "precision": round(float(tp / (tp + fp)), 4) if tp + fp else 0.0,
-            "recall": round(float(tp / (tp + fn)), 4) if tp + fn else 0.0,
-            "f1": round(float(_f1(tp, fp, fn)), 4),
+    """Counts, ratios (the conventions of :class:`~detection.metrics.DetectionScores`) and
+    their 95 % intervals."""
+    s = DetectionScores.from_counts(tp, fp, fn)
+    return {"tp": s.tp, "fp": s.fp, "fn": s.fn, "precision": round(s.precision, 4),
+            "recall": round(s.recall, 4), "f1": round(s.f1, 4),
             "precision_interval": wilson(tp, tp + fp), "recall_interval": wilson(tp, tp + fn),
             "f1_interval": f1_interval(tp, fp, fn)}
 

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from detection.errors import InputError
+from detection.io.sources import validate_voxel_size
 from detection.synapses.calibration import (
     Calibration,
     HeldOut,
@@ -118,10 +119,7 @@ def check_training_volumes(volumes) -> tuple[float, float, float]:
             if array is not None and np.shape(array) != em.shape:
                 raise InputError(f"{v.name}: the {what} are {tuple(np.shape(array))} voxels but "
                                  f"the EM is {em.shape}")
-        size = [float(s) for s in v.voxel_size]
-        if len(size) != 3 or not all(1e-6 <= s <= 1e6 for s in size):
-            raise InputError(f"{v.name}: voxel size {tuple(v.voxel_size)} is not three sizes "
-                             "in nm")
+        validate_voxel_size(v.voxel_size, what=f"{v.name}: voxel size")
         targets = np.asarray(v.targets)
         if v.ignore is not None:
             targets = np.where(v.ignore, -1, targets)
