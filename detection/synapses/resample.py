@@ -105,11 +105,17 @@ def to_model_lattice(volume: np.ndarray, ratio, *, start=(0, 0, 0), count=None,
         if order == 0:
             position = np.floor(position + 0.5)
         axes.append(np.clip(position, 0, n - 1))
+    out = _sample_grid(source, axes, order=order)
+    return out.astype(volume.dtype) if order == 0 else out.astype(np.float32)
+
+
+def _sample_grid(array: np.ndarray, axes, *, order: int) -> np.ndarray:
+    """``array`` sampled at the outer product of per-axis coordinates (spline ``order`` 0 or 1,
+    edges repeated)."""
     grid = np.meshgrid(*axes, indexing="ij", sparse=True)
     coordinates = np.stack([np.broadcast_to(g, tuple(len(a) for a in axes)) for g in grid])
-    out = ndimage.map_coordinates(source, coordinates, order=order, mode="nearest",
-                                  prefilter=False)
-    return out.astype(volume.dtype) if order == 0 else out.astype(np.float32)
+    return ndimage.map_coordinates(array, coordinates, order=order, mode="nearest",
+                                   prefilter=False)
 
 
 class ResampledModel:
@@ -188,7 +194,4 @@ class ResampledModel:
             r = self.ratio[axis]
             voxels = np.arange(core[axis].start, core[axis].stop) + offset[axis]
             axes.append(np.clip(voxels / r - lo[k], 0, probability.shape[axis] - 1))
-        grid = np.meshgrid(*axes, indexing="ij", sparse=True)
-        coordinates = np.stack([np.broadcast_to(g, tuple(len(a) for a in axes)) for g in grid])
-        return ndimage.map_coordinates(probability.astype(np.float32), coordinates, order=1,
-                                       mode="nearest", prefilter=False)
+        return _sample_grid(probability.astype(np.float32), axes, order=1)
