@@ -13,6 +13,7 @@ from connectome.datasets.apis import DatasetViewSet, LayerViewSet
 from connectome.detectors.apis import DetectorModelViewSet
 from connectome.jobs.apis import JobDownloadView, JobViewSet
 from connectome.review.apis import (
+    ReviewBatchViewSet,
     ReviewNextView,
     ReviewSkipView,
     ReviewSummaryView,
@@ -34,6 +35,7 @@ router.register("skeletons", SkeletonViewSet, basename="skeleton")
 router.register("synapse-runs", SynapseRunViewSet, basename="synapserun")
 router.register("synapses", SynapseViewSet, basename="synapse")
 router.register("reviews", ReviewViewSet, basename="review")
+router.register("review-batches", ReviewBatchViewSet, basename="reviewbatch")
 router.register("jobs", JobViewSet, basename="job")
 router.register("detectors", DetectorModelViewSet, basename="detector")
 

@@ -1,6 +1,8 @@
-"""Reviews over the API: viewers read them, reviewers (and admins) post verdicts and work
-through a dataset's review queue (next, skip, undo); viewers read its summary."""
+"""Reviews over the API: viewers read them, reviewers (and admins) post verdicts (with a note
+and tags) and work through a dataset's review queue (next, skip, undo); viewers read its
+summary. Dataset admins hand review batches to reviewers."""
 
+from django.contrib.auth import get_user_model
 from django.db.models import F
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
@@ -13,55 +15,89 @@ from connectome.cells.models import Cell
 from connectome.common.pagination import NewestFirstPagination
 from connectome.common.params import (
     MAX_ID,
+    BBoxField,
     ChoiceListField,
     DatasetQuery,
     IdField,
     IdListField,
+    NameListField,
     parse_query,
 )
+from connectome.common.validators import NameField
 from connectome.datasets.models import Dataset, Membership
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to, has_role
-from connectome.review.models import QueueOrder, Review, ReviewClaim
-from connectome.review.selectors import precision_estimate, review_progress
+from connectome.review.models import QueueOrder, Review, ReviewBatch, ReviewClaim
+from connectome.review.selectors import (
+    batch_progress,
+    precision_estimate,
+    review_batches,
+    review_progress,
+    review_tag_choices,
+    reviewer_batch_of,
+)
 from connectome.review.services import (
+    MAX_BATCH_SYNAPSES,
+    MAX_TAGS,
+    NOTE_MAX_LENGTH,
     ORDERS,
     VERDICTS,
+    BatchInputError,
+    review_batch_create,
     review_create,
     review_next,
+    review_note_clean,
     review_skip,
-    review_undo,
+    review_tags_clean,
+    review_undo_last,
 )
 from connectome.synapses.apis import SynapseSerializer
 from connectome.synapses.models import Synapse, SynapseRun
+from detection.errors import InputError
 
 
 class ReviewSerializer(serializers.ModelSerializer):
     dataset = serializers.IntegerField(source="synapse.dataset_id", read_only=True)
     reviewer = serializers.CharField(source="reviewer.username", read_only=True, allow_null=True)
     synapse_review_state = serializers.CharField(source="synapse.review_state", read_only=True)
+    tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
 
     class Meta:
         model = Review
         fields = ["id", "synapse", "dataset", "reviewer", "verdict", "corrected_pre",
-                  "corrected_post", "note", "order", "created_at", "synapse_review_state"]
+                  "corrected_post", "note", "tags", "order", "created_at",
+                  "synapse_review_state"]
         read_only_fields = ["order"]
 
 
 class ReviewCreateSerializer(serializers.Serializer):
     synapse = IdField()
     verdict = serializers.ChoiceField(choices=VERDICTS)
-    note = serializers.CharField(allow_blank=True, required=False, default="")
+    note = serializers.CharField(
+        allow_blank=True, required=False, default="", max_length=NOTE_MAX_LENGTH,
+        help_text=f"free text, at most {NOTE_MAX_LENGTH} printable characters (line breaks allowed)")
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, default=list,
+        max_length=MAX_TAGS,
+        help_text="tags: lowercase letters, digits, '-' and '_' (the dataset's tag set when it "
+                  "has one)")
     corrected_pre = IdField(required=False, allow_null=True,
                                              help_text="cell id of the right presynaptic cell")
     corrected_post = serializers.ListField(child=IdField(),
                                            required=False, default=list,
                                            help_text="cell ids of the right postsynaptic cells")
 
+    def validate_note(self, value):
+        try:
+            return review_note_clean(value)
+        except InputError as error:
+            raise serializers.ValidationError(str(error)) from None
+
 
 class ReviewQuery(DatasetQuery):
     synapse = IdListField(required=False, help_text="synapse ids, comma-separated")
     verdict = ChoiceListField(choices=VERDICTS, required=False)
+    tag = NameListField(required=False, help_text="reviews with any of these tags, comma-separated")
 
 
 class ReviewViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
@@ -76,7 +112,7 @@ class ReviewViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         reviews = Review.objects.filter(
             synapse__dataset__in=datasets_visible_to(self.request.user)
-        ).select_related("synapse", "reviewer").prefetch_related("corrected_post")
+        ).select_related("synapse", "reviewer").prefetch_related("corrected_post", "tags")
         if self.action == "list":
             query = parse_query(ReviewQuery, self.request)
             if "dataset" in query:
@@ -85,6 +121,10 @@ class ReviewViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                 reviews = reviews.filter(synapse_id__in=query["synapse"])
             if "verdict" in query:
                 reviews = reviews.filter(verdict__in=query["verdict"])
+            if "tag" in query:
+                tags = [tag.lower() for tag in query["tag"]]
+                reviews = reviews.filter(pk__in=Review.objects.filter(tags__name__in=tags)
+                                         .values("pk"))
         return reviews.order_by("-id")
 
     @extend_schema(parameters=[ReviewQuery])
@@ -116,9 +156,13 @@ class ReviewViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         if missing:
             raise serializers.ValidationError(
                 {"corrected_post": f"no cells {sorted(missing)} in the synapse's dataset"})
+        try:
+            tags = review_tags_clean(dataset=synapse.dataset, tags=data["tags"])
+        except InputError as error:
+            raise serializers.ValidationError({"tags": str(error)}) from None
         review = review_create(
             synapse=synapse, reviewer=request.user, verdict=data["verdict"], note=data["note"],
-            corrected_pre=corrected_pre, corrected_post=corrected_post,
+            tags=tags, corrected_pre=corrected_pre, corrected_post=corrected_post,
         )
         return Response(ReviewSerializer(review).data, status=status.HTTP_201_CREATED)
 
@@ -151,10 +195,25 @@ class ReviewPrecisionSerializer(serializers.Serializer):
     connection = ReviewProportionSerializer(help_text="confirmed / decided, Wilson score interval")
 
 
+class BatchProgressSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    reviewed = serializers.IntegerField(help_text="synapses of the batch with a verdict")
+    total = serializers.IntegerField()
+
+
 class ReviewQueueItemSerializer(serializers.Serializer):
     synapse = SynapseSerializer(allow_null=True)
     claim_expires_at = serializers.DateTimeField(allow_null=True)
     progress = ReviewProgressSerializer()
+    batch = BatchProgressSerializer(
+        allow_null=True, help_text="your batch the synapse is in (the one asked for when "
+                                   "given), with its progress; null when none")
+
+
+class ReviewUndoneSerializer(ReviewQueueItemSerializer):
+    undone = serializers.ChoiceField(choices=["verdict", "skip"], allow_null=True,
+                                     help_text="what was taken back; null when nothing was")
 
 
 class ReviewSkippedSerializer(serializers.Serializer):
@@ -162,9 +221,16 @@ class ReviewSkippedSerializer(serializers.Serializer):
     progress = ReviewProgressSerializer()
 
 
+class ReviewTagChoicesSerializer(serializers.Serializer):
+    tag_set = serializers.BooleanField(help_text="the dataset has a tag set: only its tags")
+    tags = serializers.ListField(child=serializers.CharField(),
+                                 help_text="the tag set, or the free tags most used")
+
+
 class ReviewSummarySerializer(serializers.Serializer):
     progress = ReviewProgressSerializer()
     precision = ReviewPrecisionSerializer()
+    tags = ReviewTagChoicesSerializer()
 
 
 class ReviewRunField(IdField):
@@ -179,6 +245,15 @@ class ReviewNextBody(serializers.Serializer):
     order = serializers.ChoiceField(choices=ORDERS, default=QueueOrder.CONFIDENCE)
     seed = serializers.IntegerField(min_value=0, max_value=MAX_ID, default=0,
                                     help_text="random order: the same seed, the same sequence")
+    batch = IdField(required=False, allow_null=True,
+                    help_text="one of your batches: only its synapses, whatever their run "
+                              "(progress stays of run); by default your batches come first")
+
+
+class ReviewUndoBody(serializers.Serializer):
+    run = ReviewRunField()
+    batch = IdField(required=False, allow_null=True,
+                    help_text="the batch the page shows (its progress comes back)")
 
 
 class ReviewSkipBody(serializers.Serializer):
@@ -216,16 +291,31 @@ class _QueueView(APIView):
         return run
 
     @staticmethod
-    def item(dataset: Dataset, reviewer, synapse, run) -> Response:
+    def batch(dataset: Dataset, reviewer, batch_id) -> ReviewBatch | None:
+        if batch_id is None:
+            return None
+        batch = ReviewBatch.objects.filter(dataset=dataset, reviewer=reviewer,
+                                           pk=batch_id).first()
+        if batch is None:
+            raise serializers.ValidationError(
+                {"batch": f"batch {batch_id} is not one of your batches in dataset "
+                          f"'{dataset.name}'"})
+        return batch
+
+    @staticmethod
+    def item(dataset: Dataset, reviewer, synapse, run, batch=None, **extra) -> Response:
         claim = None
         if synapse is not None:
             synapse = Synapse.objects.annotate(
                 pre_segment_id=F("pre__segment_id"), post_segment_id=F("post__segment_id"),
             ).get(pk=synapse.pk)
             claim = ReviewClaim.objects.filter(synapse=synapse, reviewer=reviewer).first()
-        return Response(ReviewQueueItemSerializer({
+            batch = batch or reviewer_batch_of(synapse=synapse, reviewer=reviewer)
+        serializer = ReviewUndoneSerializer if extra else ReviewQueueItemSerializer
+        return Response(serializer({
             "synapse": synapse, "claim_expires_at": claim and claim.expires_at,
             "progress": review_progress(dataset=dataset, run=run),
+            "batch": batch and batch_progress(batch), **extra,
         }).data)
 
 
@@ -239,11 +329,14 @@ class ReviewNextView(_QueueView):
         dataset = self.dataset(request, pk)
         body = ReviewNextBody(data=request.data)
         body.is_valid(raise_exception=True)
+        batch = self.batch(dataset, request.user, body.validated_data.get("batch"))
+        # The progress stays of the run the page shows, even while a batch is served.
         run = self.run(dataset, body.validated_data.get("run"))
-        synapse = review_next(dataset=dataset, reviewer=request.user, run=run,
+        synapse = review_next(dataset=dataset, reviewer=request.user,
+                              run=None if batch else run,
                               order=body.validated_data["order"],
-                              seed=body.validated_data["seed"])
-        return self.item(dataset, request.user, synapse, run)
+                              seed=body.validated_data["seed"], batch=batch)
+        return self.item(dataset, request.user, synapse, run, batch)
 
 
 class ReviewSkipView(_QueueView):
@@ -262,15 +355,22 @@ class ReviewSkipView(_QueueView):
 
 
 class ReviewUndoView(_QueueView):
-    """Take back your latest verdict in the dataset: the synapse's review state goes back to
-    the verdict before it and the synapse is yours to review again; ``synapse`` null when you
-    have no verdict to take back."""
+    """Take back your latest verdict or skip in the dataset, whichever came last: after a
+    verdict the synapse's review state goes back to the verdict before it, after a skip the
+    queue offers the synapse to you again; either way it is yours to review again.
+    ``synapse`` null when you have nothing to take back. ``progress`` is of ``run`` when given
+    (as the page shows it), else of the dataset."""
 
-    @extend_schema(request=None, responses=ReviewQueueItemSerializer)
+    @extend_schema(request=ReviewUndoBody, responses=ReviewUndoneSerializer)
     def post(self, request, pk):
         dataset = self.dataset(request, pk)
-        synapse = review_undo(dataset=dataset, reviewer=request.user)
-        return self.item(dataset, request.user, synapse, None)
+        body = ReviewUndoBody(data=request.data)
+        body.is_valid(raise_exception=True)
+        batch = self.batch(dataset, request.user, body.validated_data.get("batch"))
+        run = self.run(dataset, body.validated_data.get("run"))
+        undone = review_undo_last(dataset=dataset, reviewer=request.user)
+        return self.item(dataset, request.user, undone and undone.synapse, run, batch,
+                         undone=undone and undone.what)
 
 
 class ReviewSummaryView(_QueueView):
@@ -285,4 +385,99 @@ class ReviewSummaryView(_QueueView):
             "progress": review_progress(dataset=dataset, run=run),
             "precision": precision_estimate(dataset=dataset, run=run,
                                             confidence=query["confidence"]),
+            "tags": review_tag_choices(dataset=dataset),
         }).data)
+
+
+# --- review batches ------------------------------------------------------------------------------
+
+class ReviewBatchSerializer(serializers.ModelSerializer):
+    reviewer = serializers.CharField(source="reviewer.username", read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True,
+                                       allow_null=True, default=None)
+    total = serializers.IntegerField(source="n_synapses", read_only=True)
+    reviewed = serializers.IntegerField(source="n_reviewed", read_only=True)
+
+    class Meta:
+        model = ReviewBatch
+        fields = ["id", "dataset", "name", "reviewer", "created_by", "selection", "total",
+                  "reviewed", "created_at"]
+
+
+class ReviewBatchCreateSerializer(serializers.Serializer):
+    dataset = IdField()
+    name = NameField()
+    reviewer = serializers.CharField(max_length=150, help_text="username of the reviewer")
+    run = IdField(required=False, allow_null=True,
+                  help_text="with count: the run's lowest-confidence unreviewed synapses")
+    count = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                     max_value=MAX_BATCH_SYNAPSES)
+    bbox = BBoxField(required=False, allow_null=True,
+                     help_text="z0,y0,x0,z1,y1,x1 in nm, inclusive: synapses centred in it")
+    synapses = serializers.ListField(child=IdField(), required=False, allow_null=True,
+                                     max_length=MAX_BATCH_SYNAPSES, help_text="synapse ids")
+
+
+class ReviewBatchQuery(DatasetQuery):
+    reviewer = serializers.CharField(required=False, max_length=150,
+                                     help_text="username; 'me' for yours")
+
+
+class ReviewBatchViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin,
+                         viewsets.ReadOnlyModelViewSet):
+    """Review batches: synapses a dataset admin hands to one reviewer, with their progress
+    (``reviewed`` of ``total``). Viewers read them; creating and deleting one needs the admin
+    role on its dataset. The reviewer's queue serves their batches first."""
+
+    serializer_class = ReviewBatchSerializer
+    permission_classes = [DatasetRolePermission]
+    pagination_class = NewestFirstPagination
+
+    def get_queryset(self):
+        datasets = datasets_visible_to(self.request.user)
+        if self.action != "list":
+            return review_batches(datasets=datasets)
+        query = parse_query(ReviewBatchQuery, self.request)
+        batches = review_batches(datasets=datasets)
+        if "dataset" in query:
+            batches = batches.filter(dataset_id=query["dataset"])
+        if "reviewer" in query:
+            if query["reviewer"] == "me":
+                batches = batches.filter(reviewer_id=getattr(self.request.user, "pk", None))
+            else:
+                batches = batches.filter(reviewer__username=query["reviewer"])
+        return batches.order_by("-id")
+
+    @extend_schema(parameters=[ReviewBatchQuery])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=ReviewBatchCreateSerializer, responses={201: ReviewBatchSerializer})
+    def create(self, request, *args, **kwargs):
+        body = ReviewBatchCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        dataset = datasets_visible_to(request.user).filter(pk=data["dataset"]).first()
+        if dataset is None:
+            raise NotFound(f"no dataset {data['dataset']}")
+        if not has_role(dataset=dataset, user=request.user, role=Membership.Role.ADMIN):
+            raise PermissionDenied(
+                f"review batches of dataset '{dataset.name}' need the admin role")
+        reviewer = get_user_model().objects.filter(username=data["reviewer"]).first()
+        if reviewer is None:
+            raise serializers.ValidationError({"reviewer": f"no user '{data['reviewer']}'"})
+        run = None
+        if data.get("run") is not None:
+            run = SynapseRun.objects.filter(dataset=dataset, pk=data["run"]).first()
+            if run is None:
+                raise serializers.ValidationError(
+                    {"run": f"dataset '{dataset.name}' has no synapse run {data['run']}"})
+        try:
+            batch = review_batch_create(
+                dataset=dataset, name=data["name"], reviewer=reviewer, created_by=request.user,
+                run=run, count=data.get("count"), bbox=data.get("bbox"),
+                synapse_ids=data.get("synapses"))
+        except BatchInputError as error:
+            raise serializers.ValidationError({error.field: error.message}) from None
+        batch = review_batches(dataset=dataset).get(pk=batch.pk)
+        return Response(ReviewBatchSerializer(batch).data, status=status.HTTP_201_CREATED)

@@ -31,7 +31,7 @@ class Review(models.Model):
         "cells.Cell", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     corrected_post = models.ManyToManyField("cells.Cell", blank=True, related_name="+")
-    note = models.TextField(blank=True)
+    note = models.TextField(blank=True, max_length=2000)
     # The queue order the synapse was served in; blank when it was reviewed outside the queue.
     order = models.CharField(max_length=16, choices=QueueOrder.choices, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -116,3 +116,82 @@ class ReviewableCount(models.Model):
     def __str__(self):
         return (f"{self.synapses} {self.review_state} synapses of run {self.run_id} "
                 f"(dataset {self.dataset_id})")
+
+
+class ReviewTag(models.Model):
+    """A tag on a review (``"membrane"``, ``"blurry"``...): short, lowercase, one row per tag,
+    so reviews and synapses filter by tag with a plain join on PostgreSQL and SQLite alike."""
+
+    review = models.ForeignKey(Review, on_delete=models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=32)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["review", "name"], name="unique_review_tag")
+        ]
+        indexes = [models.Index(fields=["name"], name="review_tag_name")]
+
+    def __str__(self):
+        return self.name
+
+
+class DatasetReviewTag(models.Model):
+    """One tag of a dataset's tag set. A dataset with a tag set takes only those tags on its
+    reviews; a dataset without one takes free tags (validated the same way)."""
+
+    dataset = models.ForeignKey("datasets.Dataset", on_delete=models.CASCADE,
+                                related_name="review_tags")
+    name = models.CharField(max_length=32)
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "name"], name="unique_dataset_review_tag")
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class ReviewBatch(models.Model):
+    """A set of synapses a dataset admin hands to one reviewer: the reviewer's queue serves it
+    before anything else (or alone, when the reviewer chooses it), and other reviewers' queues
+    leave it out. Claims still keep two reviewers apart within it."""
+
+    dataset = models.ForeignKey("datasets.Dataset", on_delete=models.CASCADE,
+                                related_name="review_batches")
+    name = models.CharField(max_length=200)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="review_batches"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    # How the synapses were chosen, for the reader: "run 3, 50 lowest confidence", a box, ids.
+    selection = models.CharField(max_length=200, blank=True)
+    synapses = models.ManyToManyField("synapses.Synapse", through="ReviewBatchItem",
+                                      related_name="review_batches")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["dataset", "reviewer"], name="review_batch_reviewer")]
+
+    def __str__(self):
+        return f"{self.name} for {self.reviewer}"
+
+
+class ReviewBatchItem(models.Model):
+    batch = models.ForeignKey(ReviewBatch, on_delete=models.CASCADE, related_name="items")
+    synapse = models.ForeignKey("synapses.Synapse", on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "synapse"], name="unique_review_batch_item")
+        ]
+        indexes = [models.Index(fields=["synapse"], name="review_batch_item_synapse")]
+
+    def __str__(self):
+        return f"synapse {self.synapse_id} in batch {self.batch_id}"

@@ -5,10 +5,20 @@ from statistics import NormalDist
 
 from django.db import connection
 from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from connectome.datasets.models import Dataset
-from connectome.review.models import QueueOrder, Review, ReviewableCount, ReviewClaim
+from connectome.review.models import (
+    DatasetReviewTag,
+    QueueOrder,
+    Review,
+    ReviewableCount,
+    ReviewBatch,
+    ReviewBatchItem,
+    ReviewClaim,
+    ReviewTag,
+)
 from connectome.review.services import VERDICTS, reviewable_synapses
 from connectome.synapses.models import Synapse
 from detection.errors import InputError
@@ -95,3 +105,53 @@ def precision_estimate(*, dataset: Dataset, run=None, confidence: float = 0.95) 
         "synapse": wilson_interval(counts["real"], n, confidence=confidence),
         "connection": wilson_interval(counts["confirmed"], n, confidence=confidence),
     }
+
+
+# --- batches and tags ------------------------------------------------------------------------
+
+def review_batches(*, dataset: Dataset | None = None, reviewer=None, datasets=None):
+    """Review batches (of ``dataset``, of ``reviewer``, among ``datasets`` when given), oldest
+    first, each with ``n_synapses`` and ``n_reviewed`` (its synapses with a verdict, by
+    anyone): one query, the counts as subqueries over the batch's items."""
+    batches = ReviewBatch.objects.all()
+    if dataset is not None:
+        batches = batches.filter(dataset=dataset)
+    if datasets is not None:
+        batches = batches.filter(dataset__in=datasets)
+    if reviewer is not None:
+        batches = batches.filter(reviewer=reviewer)
+    items = ReviewBatchItem.objects.filter(batch=OuterRef("pk")).order_by().values("batch")
+    count = items.annotate(n=Count("id")).values("n")[:1]
+    reviewed = items.exclude(synapse__review_state=State.UNREVIEWED).annotate(
+        n=Count("id")).values("n")[:1]
+    return (batches.select_related("reviewer", "dataset")
+            .annotate(n_synapses=Coalesce(Subquery(count), 0),
+                      n_reviewed=Coalesce(Subquery(reviewed), 0))
+            .order_by("created_at", "id"))
+
+
+def batch_progress(batch: ReviewBatch) -> dict:
+    """``{"id", "name", "reviewed", "total"}`` of one batch (two counts over its items)."""
+    items = ReviewBatchItem.objects.filter(batch=batch)
+    return {"id": batch.pk, "name": batch.name, "total": items.count(),
+            "reviewed": items.exclude(synapse__review_state=State.UNREVIEWED).count()}
+
+
+def reviewer_batch_of(*, synapse: Synapse, reviewer) -> ReviewBatch | None:
+    """The reviewer's (oldest) batch that holds ``synapse``, or None."""
+    if reviewer is None or not reviewer.is_authenticated:
+        return None
+    return ReviewBatch.objects.filter(reviewer=reviewer, items__synapse=synapse).order_by(
+        "created_at", "id").first()
+
+
+def review_tag_choices(*, dataset: Dataset, limit: int = 20) -> dict:
+    """The tags a reviewer may pick on this dataset: ``{"tag_set": bool, "tags": [names]}``,
+    the dataset's tag set when it has one (only those are accepted), else the free tags most
+    used on its reviews (any valid tag is accepted)."""
+    tag_set = list(DatasetReviewTag.objects.filter(dataset=dataset).values_list("name", flat=True))
+    if tag_set:
+        return {"tag_set": True, "tags": tag_set}
+    used = (ReviewTag.objects.filter(review__synapse__dataset=dataset).values("name")
+            .annotate(n=Count("id")).order_by("-n", "name").values_list("name", flat=True))
+    return {"tag_set": False, "tags": list(used[:limit])}

@@ -382,7 +382,9 @@ def test_queue_permissions(queue, role, public):
                 f"the review queue of dataset '{dataset.name}' needs the reviewer role")
     if role in ("reviewer", "admin"):
         assert responses["next"].json()["synapse"]["id"] == s[2].pk
-        assert ReviewSkip.objects.filter(reviewer=user).count() == 1
+        # The undo took the skip back.
+        assert responses["undo"].json()["undone"] == "skip"
+        assert not ReviewSkip.objects.filter(reviewer=user).exists()
     else:
         assert not ReviewClaim.objects.exists() and not ReviewSkip.objects.exists()
 
@@ -415,8 +417,12 @@ def test_queue_over_the_api(queue):
     assert body["progress"]["verdicts"]["wrong_partner"] == 1
     skipped = client.post(f"{base}/skip/", {"synapse": s[4].pk}, format="json").json()
     assert skipped["skipped"] == s[4].pk and skipped["progress"]["claimed"] == 0
+    # Undo takes back the latest first: the skip, then the verdict.
     undone = client.post(f"{base}/undo/", format="json").json()
-    assert undone["synapse"]["id"] == s[2].pk
+    assert undone["undone"] == "skip" and undone["synapse"]["id"] == s[4].pk
+    assert not ReviewSkip.objects.exists()
+    undone = client.post(f"{base}/undo/", format="json").json()
+    assert undone["undone"] == "verdict" and undone["synapse"]["id"] == s[2].pk
     assert undone["synapse"]["review_state"] == "unreviewed" and undone["claim_expires_at"]
     assert client.post(f"{base}/next/", {}, format="json").json()["synapse"]["id"] == s[2].pk
     summary = client.get(f"{base}/summary/?run={run.pk}&confidence=0.9").json()
@@ -427,6 +433,7 @@ def test_queue_over_the_api(queue):
                                                "low": pytest.approx(0.2699, abs=5e-4)}
     nothing = client.post(f"{base}/undo/", format="json").json()
     assert nothing["synapse"] is None and nothing["claim_expires_at"] is None
+    assert nothing["undone"] is None
 
 
 def test_queue_api_refuses_bad_input(queue):
