@@ -159,7 +159,7 @@ class ReviewViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         try:
             tags = review_tags_clean(dataset=synapse.dataset, tags=data["tags"])
         except InputError as error:
-            raise serializers.ValidationError({"tags": str(error)}) from None
+            raise serializers.ValidationError({"tags": [str(error)]}) from None
         review = review_create(
             synapse=synapse, reviewer=request.user, verdict=data["verdict"], note=data["note"],
             tags=tags, corrected_pre=corrected_pre, corrected_post=corrected_post,
@@ -478,6 +478,6 @@ class ReviewBatchViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin,
                 run=run, count=data.get("count"), bbox=data.get("bbox"),
                 synapse_ids=data.get("synapses"))
         except BatchInputError as error:
-            raise serializers.ValidationError({error.field: error.message}) from None
+            raise serializers.ValidationError({error.field: [error.message]}) from None
         batch = review_batches(dataset=dataset).get(pk=batch.pk)
         return Response(ReviewBatchSerializer(batch).data, status=status.HTTP_201_CREATED)

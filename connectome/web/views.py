@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from connectome.datasets.selectors import datasets_visible_to
 from connectome.jobs.models import Job
-from connectome.review.selectors import precision_estimate, review_progress
+from connectome.review.selectors import precision_estimate, review_batches, review_progress
 from connectome.web import selectors
 
 #: The token of the embedded viewer client (one client serves every page).
@@ -56,6 +56,7 @@ def dataset_detail(request, pk):
         jobs=selectors.dataset_jobs(dataset=dataset),
         downloads=selectors.dataset_downloads(dataset=dataset),
         progress=review_progress(dataset=dataset),
+        batches=review_batches(dataset=dataset),
         precision=precision, precision_rows=_precision_rows(precision),
         viewer_state=_viewer_state_url(request, "dataset", dataset.pk),
     ))
