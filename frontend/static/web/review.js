@@ -14,9 +14,8 @@
   const LABELS = {confirmed: "confirmed", not_synapse: "not a synapse",
                   wrong_partner: "wrong partner", wrong_direction: "wrong direction",
                   unsure: "unsure"};
-  const KEYS = {c: ["verdict", "confirmed"], x: ["verdict", "not_synapse"],
-                d: ["verdict", "wrong_direction"], u: ["verdict", "unsure"],
-                p: ["pick", "post"], P: ["pick", "pre"], s: ["skip"], z: ["undo"]};
+  // The one key table (review_tools.js): the keys dispatched here and listed by `?`.
+  const KEYS = ReviewTools.bindings();
 
   const timings = window.reviewTimings = {
     clientLoadedMs: null, firstItemMs: null, firstSynapseMs: null, firstSynapseId: null,
@@ -131,6 +130,7 @@
     const run = $("run").value;
     const summary = await Web.get(`${api}summary/${run ? `?run=${run}` : ""}`);
     showProgress(summary.progress);
+    ReviewTools.summary(summary);  // review tools: the tag chips
     const p = summary.precision.synapse;
     $("precision").textContent = p.n ?
       `${p.n} reviewed; precision ${Web.fixed(p.estimate)} [${Web.fixed(p.low)}, ${Web.fixed(p.high)}]` :
@@ -141,13 +141,15 @@
 
   function queueBody() {
     const run = $("run").value;
-    return {order: $("order").value, run: run ? Number(run) : null, seed: 0};
+    return {order: $("order").value, run: run ? Number(run) : null, seed: 0,
+            ...ReviewTools.queueOptions()};  // review tools: the batch chosen
   }
 
   async function next() {
     const item = await Web.post(`${api}next/`, queueBody());
     if (timings.firstItemMs === null) timings.firstItemMs = performance.now();
     showProgress(item.progress);
+    ReviewTools.item(item);  // review tools: the batch's progress
     await show(item.synapse);
   }
 
@@ -171,7 +173,10 @@
   const verdict = (value, corrections = {}, note = "") => act(async () => {
     if (!current) return;
     const synapse = current;
-    await Web.post("/api/reviews/", {synapse: synapse.id, verdict: value, ...corrections});
+    // review tools: the note and tags go with the verdict, and are cleared once it is stored.
+    await Web.post("/api/reviews/", {synapse: synapse.id, verdict: value, ...corrections,
+                                     ...ReviewTools.annotations()});
+    ReviewTools.cleared();
     status(`Synapse ${synapse.id}: ${LABELS[value]}${note}.`);
     flash();
     await next();
@@ -182,18 +187,23 @@
     if (!current) return;
     const synapse = current;
     await Web.post(`${api}skip/`, {synapse: synapse.id});
+    ReviewTools.cleared();  // review tools
     status(`Synapse ${synapse.id} skipped.`);
     await next();
   });
 
   const undo = () => act(async () => {
-    const item = await Web.post(`${api}undo/`);
+    // With the page's run (and batch), so the progress is the one on screen.
+    const item = await Web.post(`${api}undo/`, queueBody());
     if (!item.synapse) {
-      status("No verdict of yours to take back.");
+      status("No verdict or skip of yours to take back.");
       return;
     }
     showProgress(item.progress);
-    status(`Verdict on synapse ${item.synapse.id} taken back; review it again.`);
+    ReviewTools.item(item);  // review tools
+    status(item.undone === "skip" ?
+      `Skip of synapse ${item.synapse.id} taken back; review it now.` :
+      `Verdict on synapse ${item.synapse.id} taken back; review it again.`);
     await show(item.synapse);
     refreshSummary().catch((error) => status(error.message, true));
   });
@@ -247,10 +257,12 @@
     const target = event.target;
     if (target && (["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName) ||
                    target.isContentEditable)) return false;
+    if (ReviewTools.onKey(event)) return true;  // review tools: the help overlay is open
     if (pick) {
-      if (event.key === "Escape") { stopPick(); return true; }
-      if (event.key === "Enter") { pickSegment(frame.hoveredSegment()); return true; }
-      if (event.key === "Tab") { startPick(pick.side === "post" ? "pre" : "post"); return true; }
+      const pickAction = ReviewTools.pickAction(event.key);
+      if (pickAction === "cancel") { stopPick(); return true; }
+      if (pickAction === "choose") { pickSegment(frame.hoveredSegment()); return true; }
+      if (pickAction === "switch") { startPick(pick.side === "post" ? "pre" : "post"); return true; }
     }
     // Caps lock or shift still mean the verdict keys; only p and P differ.
     const key = event.key === "P" ? "P" : event.key.toLowerCase();
@@ -262,6 +274,7 @@
     else if (action === "pick") startPick(argument);
     else if (action === "skip") skip();
     else if (action === "undo") undo();
+    else ReviewTools.run(action);  // review tools: "help", "note"
     return true;
   }
 
@@ -313,6 +326,13 @@
 
   async function start() {
     frame.loaded.then(() => { timings.clientLoadedMs = performance.now(); });
+    if (config.can_review) {
+      // review tools: the note box, and the reviewer's batches before the first queue call
+      await ReviewTools.init({dataset: config.dataset, onQueueChange: () => act(async () => {
+        await next();
+        await refreshSummary();
+      })});
+    }
     if (config.synapse) {
       const synapse = await Web.get(`/api/synapses/${config.synapse}/`);
       // The run selector and the summary follow the synapse opened by its link.
