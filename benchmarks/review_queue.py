@@ -62,6 +62,7 @@ def measure(*, dataset, repeats: int) -> dict:
             times.append(time.perf_counter() - t0)
             review_create(synapse=synapse, reviewer=reviewer, verdict="confirmed")
         figures[f"review_next_{order}"] = percentiles(times)
+    figures.update(measure_batches(dataset=dataset, reviewer=reviewer, repeats=repeats))
     for name, call in (("review_progress", review_progress),
                        ("precision_estimate", precision_estimate)):
         times = []
@@ -70,6 +71,41 @@ def measure(*, dataset, repeats: int) -> dict:
             call(dataset=dataset)
             times.append(time.perf_counter() - t0)
         figures[name] = percentiles(times)
+    return figures
+
+
+def measure_batches(*, dataset, reviewer, repeats: int) -> dict:
+    """``review_next`` (lowest confidence first) with review batches: another reviewer's batch
+    of 5,000 synapses that the queue leaves out, and the reviewer's own of 1,000 that it serves
+    first (``batches_first``) or alone (``one_batch``)."""
+    from django.contrib.auth import get_user_model
+
+    from connectome.datasets.models import Membership
+    from connectome.review.services import (
+        review_batch_create,
+        review_create,
+        review_next,
+    )
+    from connectome.synapses.models import SynapseRun
+
+    other = get_user_model().objects.create_user("bench-other")
+    for user in (reviewer, other):
+        Membership.objects.get_or_create(dataset=dataset, user=user,
+                                         defaults={"role": Membership.Role.REVIEWER})
+    run = SynapseRun.objects.get(dataset=dataset)
+    t0 = time.perf_counter()
+    review_batch_create(dataset=dataset, name="others", reviewer=other, run=run, count=5_000)
+    mine = review_batch_create(dataset=dataset, name="mine", reviewer=reviewer, run=run,
+                               count=1_000)
+    figures = {"review_batch_create_6000_s": round(time.perf_counter() - t0, 3)}
+    for name, batch in (("batches_first", None), ("one_batch", mine)):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            synapse = review_next(dataset=dataset, reviewer=reviewer, batch=batch)
+            times.append(time.perf_counter() - t0)
+            review_create(synapse=synapse, reviewer=reviewer, verdict="confirmed")
+        figures[f"review_next_confidence_{name}"] = percentiles(times)
     return figures
 
 

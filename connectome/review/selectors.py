@@ -4,7 +4,7 @@ from math import sqrt
 from statistics import NormalDist
 
 from django.db import connection
-from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -155,3 +155,10 @@ def review_tag_choices(*, dataset: Dataset, limit: int = 20) -> dict:
     used = (ReviewTag.objects.filter(review__synapse__dataset=dataset).values("name")
             .annotate(n=Count("id")).order_by("-n", "name").values_list("name", flat=True))
     return {"tag_set": False, "tags": list(used[:limit])}
+
+
+def synapses_tagged(*, tags) -> QuerySet:
+    """Ids of the synapses with a review that carries any of ``tags`` (lowercased): a subquery
+    for ``pk__in``."""
+    return (ReviewTag.objects.filter(name__in=[str(tag).lower() for tag in tags])
+            .values("review__synapse_id"))

@@ -30,6 +30,7 @@ from connectome.common.params import (
 from connectome.datasets.models import Dataset
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
+from connectome.review.selectors import synapses_tagged
 from connectome.synapses import connectivity
 from connectome.synapses.exports import CELL_COLUMNS, CELL_TYPE_COLUMNS
 from connectome.synapses.models import Synapse, SynapseRun
@@ -115,6 +116,8 @@ class SynapseQuery(ThresholdQuery):
     method = NameListField(required=False, help_text="run methods, comma-separated")
     review_state = ChoiceListField(choices=Synapse.ReviewState.values, required=False,
                                    help_text="review states, comma-separated")
+    tag = NameListField(required=False, help_text="synapses with a review tagged with any of "
+                                                  "these tags, comma-separated")
 
     def validate(self, attrs):
         needs = [name for name in ("pre_segment_id", "post_segment_id", "bbox") if name in attrs]
@@ -137,6 +140,8 @@ def filtered_synapses(request, query: dict):
     if "dataset" in query:
         dataset = get_object_or_404(datasets_visible_to(request.user), pk=query["dataset"])
         synapses = synapses.filter(dataset=dataset)
+    if "tag" in query:
+        synapses = synapses.filter(pk__in=synapses_tagged(tags=query["tag"]))
     return connectivity.synapses_filtered(
         synapses=synapses, dataset=dataset, pre=query.get("pre"), post=query.get("post"),
         pre_segment_ids=query.get("pre_segment_id"),

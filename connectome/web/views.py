@@ -12,7 +12,11 @@ from django.urls import reverse
 
 from connectome.datasets.selectors import datasets_visible_to
 from connectome.jobs.models import Job
-from connectome.review.selectors import precision_estimate, review_batches, review_progress
+from connectome.review.selectors import (
+    precision_estimate,
+    review_batches,
+    review_progress,
+)
 from connectome.web import selectors
 
 #: The token of the embedded viewer client (one client serves every page).

@@ -98,6 +98,9 @@ def test_note_and_tags_are_stored_shown_and_filtered(queue):
     assert ids(f"/api/reviews/?dataset={dataset.pk}&tag=membrane") == [s[0].pk]
     assert ids(f"/api/reviews/?dataset={dataset.pk}&tag=clear,blurry") == [s[0].pk, s[1].pk]
     assert ids(f"/api/reviews/?dataset={dataset.pk}&tag=none-such") == []
+    synapses = client.get(f"/api/synapses/?dataset={dataset.pk}&tag=Clear,blurry").json()
+    assert sorted(r["id"] for r in synapses["results"]) == [s[0].pk, s[1].pk]
+    assert client.get("/api/synapses/?tag=clear&review_state=unsure").json()["results"] == []
     listed = client.get(f"/api/reviews/?synapse={s[2].pk}").json()["results"]
     assert listed[0]["tags"] == [] and listed[0]["note"] == ""
     # The summary offers the tags in use, most used first.
