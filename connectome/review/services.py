@@ -165,24 +165,28 @@ def _live(claims: QuerySet, now) -> QuerySet:
     return claims.filter(expires_at__gt=now)
 
 
-def _in_batches(batches: QuerySet) -> Exists:
-    return Exists(ReviewBatchItem.objects.filter(synapse=OuterRef("pk"), batch__in=batches))
+def _in_batches(batch_ids: list[int]) -> Exists:
+    return Exists(ReviewBatchItem.objects.filter(synapse=OuterRef("pk"), batch_id__in=batch_ids))
 
 
 def _queue(*, dataset, reviewer, run, order: str, seed: int, now,
-           batches: QuerySet | None = None) -> QuerySet[Synapse]:
-    """The reviewer's queue: in ``batches`` when given (any run), else of ``run``; synapses
-    in another reviewer's batch are never in it."""
+           batch_ids: list[int] | None = None) -> QuerySet[Synapse]:
+    """The reviewer's queue: in the batches ``batch_ids`` when given (any run), else of
+    ``run``; synapses in another reviewer's batch are never in it. The batch conditions are
+    left out where there are no batches, so a dataset without any pays nothing for them."""
     taken = _live(ReviewClaim.objects.filter(synapse=OuterRef("pk")), now)
     skipped = ReviewSkip.objects.filter(synapse=OuterRef("pk"), reviewer=reviewer)
-    others = ReviewBatch.objects.filter(dataset=dataset).exclude(reviewer=reviewer)
     synapses = (
         reviewable_synapses(dataset=dataset, run=run)
         .filter(review_state=Synapse.ReviewState.UNREVIEWED)
-        .exclude(Exists(taken)).exclude(Exists(skipped)).exclude(_in_batches(others))
+        .exclude(Exists(taken)).exclude(Exists(skipped))
     )
-    if batches is not None:
-        synapses = synapses.filter(_in_batches(batches))
+    others = list(ReviewBatch.objects.filter(dataset=dataset).exclude(reviewer=reviewer)
+                  .values_list("pk", flat=True))
+    if others:
+        synapses = synapses.exclude(_in_batches(others))
+    if batch_ids is not None:
+        synapses = synapses.filter(_in_batches(batch_ids))
     if order == QueueOrder.CONFIDENCE:
         return synapses.order_by(F("confidence").asc(nulls_last=True), "id")
     return synapses.alias(rank=random_rank(seed)).order_by("rank", "id")
@@ -281,11 +285,12 @@ def review_next(
     _release_other_claims(dataset=dataset, reviewer=reviewer)
     common = {"dataset": dataset, "reviewer": reviewer, "order": order, "seed": seed, "now": now}
     if batch is not None:
-        queue = _queue(**common, run=None, batches=ReviewBatch.objects.filter(pk=batch.pk))
+        queue = _queue(**common, run=None, batch_ids=[batch.pk])
         return _claim_first(queue, reviewer=reviewer, order=order, now=now)
-    own = ReviewBatch.objects.filter(dataset=dataset, reviewer=reviewer)
-    if own.exists():
-        synapse = _claim_first(_queue(**common, run=run, batches=own),
+    own = list(ReviewBatch.objects.filter(dataset=dataset, reviewer=reviewer)
+               .values_list("pk", flat=True))
+    if own:
+        synapse = _claim_first(_queue(**common, run=run, batch_ids=own),
                                reviewer=reviewer, order=order, now=now)
         if synapse is not None:
             return synapse
