@@ -207,6 +207,13 @@ const ReviewTools = (() => {
     }
     const close = $("help-close");
     if (close) close.addEventListener("click", () => toggleHelp(false));
+    const overlay = $("help-overlay");
+    if (overlay) {
+      // A click beside the panel closes the help too.
+      overlay.addEventListener("click", (event) => {
+        if (event.target === overlay) toggleHelp(false);
+      });
+    }
     const select = $("batch");
     if (select) {
       select.addEventListener("change", () => {
