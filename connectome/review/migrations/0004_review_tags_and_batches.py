@@ -7,10 +7,12 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
 
+    # The oldest migrations that have the models referred to: a later migration of datasets
+    # or synapses taken back and reapplied (as a test does) leaves these tables alone.
     dependencies = [
-        ('datasets', '0004_voxel_size_bounds_and_names'),
+        ('datasets', '0003_alter_layer_kind'),
         ('review', '0003_reviewable_counts'),
-        ('synapses', '0008_printable_names'),
+        ('synapses', '0007_drop_redundant_indexes'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
