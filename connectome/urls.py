@@ -19,6 +19,7 @@ from connectome.review.apis import (
     ReviewUndoView,
     ReviewViewSet,
 )
+from connectome.search.apis import SearchView
 from connectome.synapses.apis import (
     CellTypeSummaryView,
     SynapseRunViewSet,
@@ -49,6 +50,7 @@ api = [
     path("datasets/<int:pk>/review/undo/", ReviewUndoView.as_view(), name="dataset-review-undo"),
     path("datasets/<int:pk>/review/summary/", ReviewSummaryView.as_view(),
          name="dataset-review-summary"),
+    path("search/", SearchView.as_view(), name="search"),
     path("jobs/<int:pk>/download/", JobDownloadView.as_view(), name="job-download"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

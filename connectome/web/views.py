@@ -105,8 +105,13 @@ def wiring(request, pk):
 
 def cell_list(request, pk):
     dataset = selectors.visible_dataset(user=request.user, pk=pk)
+    cells = selectors.dataset_cells(dataset=dataset)
+    # ?cell_type=<type> (from a search) lists the cells of one type.
+    cell_type = request.GET.get("cell_type")
+    if cell_type is not None:
+        cells = cells.filter(cell_type=cell_type.replace("\x00", ""))
     return render(request, "web/cells.html", _page(
-        request, dataset, cells=selectors.dataset_cells(dataset=dataset)))
+        request, dataset, cells=cells, cell_type=cell_type))
 
 
 def cell_detail(request, pk, cell_id):
