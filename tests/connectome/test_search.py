@@ -18,6 +18,8 @@ from tests.connectome.factories import (
 
 pytestmark = pytest.mark.django_db
 SEARCH = "/api/search/"
+# Segment ids no database id reaches, and the factories' own segment ids do not either.
+SEG = 10**12
 
 
 @pytest.fixture(autouse=True)
@@ -32,16 +34,18 @@ def world():
     fly = DatasetFactory(name="fly", is_public=True, description="the public one")
     cells = {
         "kc": CellFactory(dataset=fly, segment_id=2**64 - 5, name="kc", cell_type="KC"),
-        "KC-alpha": CellFactory(dataset=fly, segment_id=101, name="KC-alpha", cell_type="KC"),
-        "MBON-kc": CellFactory(dataset=fly, segment_id=102, name="MBON-kc", cell_type="MBON"),
-        "pn 7": CellFactory(dataset=fly, segment_id=103, name="pn 7", cell_type="PN"),
-        "unnamed": CellFactory(dataset=fly, segment_id=104, name="", cell_type="KC"),
+        "KC-alpha": CellFactory(dataset=fly, segment_id=SEG + 101, name="KC-alpha",
+                                cell_type="KC"),
+        "MBON-kc": CellFactory(dataset=fly, segment_id=SEG + 102, name="MBON-kc",
+                               cell_type="MBON"),
+        "pn 7": CellFactory(dataset=fly, segment_id=SEG + 103, name="pn 7", cell_type="PN"),
+        "unnamed": CellFactory(dataset=fly, segment_id=SEG + 104, name="", cell_type="KC"),
     }
     run = SynapseRunFactory(dataset=fly, name="truth")
     synapse = SynapseFactory(run=run, pre=cells["kc"], post=cells["MBON-kc"])
     secret = DatasetFactory(name="secret fly", is_public=False)
-    hidden_cells = [CellFactory(dataset=secret, segment_id=101, name="KC-secret",
-                                cell_type="KC") for _ in range(1)]
+    hidden_cells = [CellFactory(dataset=secret, segment_id=SEG + 101, name="KC-secret",
+                                cell_type="KC")]
     hidden_synapse = SynapseFactory(run=SynapseRunFactory(dataset=secret),
                                     pre=hidden_cells[0], post=CellFactory(dataset=secret))
     return {"fly": fly, "cells": cells, "run": run, "synapse": synapse, "secret": secret,
@@ -86,10 +90,10 @@ def test_text_finds_datasets_cell_types_and_cells_exact_then_prefix_then_contain
 
 def test_a_number_is_a_segment_id_a_synapse_id_and_a_cell_id_not_a_name(world):
     cells, synapse = world["cells"], world["synapse"]
-    body = _get(APIClient(), q="101")
-    assert body["number"] == "101"
-    # Segment 101 of fly (the private dataset's segment 101 stays hidden). No synapse or cell
-    # has id 101 here.
+    body = _get(APIClient(), q=str(SEG + 101))
+    assert body["number"] == str(SEG + 101)
+    # The segment of fly (the private dataset's cell with the same segment id stays hidden);
+    # no synapse or cell has an id that large.
     assert _kinds(body) == [("segment", cells["KC-alpha"].pk)]
 
     body = _get(APIClient(), q=str(synapse.pk))
@@ -97,19 +101,19 @@ def test_a_number_is_a_segment_id_a_synapse_id_and_a_cell_id_not_a_name(world):
     assert ("synapse", synapse.pk) in _kinds(body)
     hit = body["results"][kinds.index("synapse")]
     assert (hit["pre"], hit["post"]) == (cells["kc"].pk, cells["MBON-kc"].pk)
-    assert hit["pre_segment_id"] == str(2**64 - 5) and hit["post_segment_id"] == "102"
+    assert hit["pre_segment_id"] == str(2**64 - 5) and hit["post_segment_id"] == str(SEG + 102)
     assert hit["url"] == f"/datasets/{world['fly'].pk}/synapses/{synapse.pk}/"
     assert hit["run_name"] == "truth"
 
     # A number is an id, never a part of a name.
-    named = CellFactory(dataset=world["fly"], name="pn 987654", cell_type="PN")
+    named = CellFactory(dataset=world["fly"], segment_id=SEG + 200, name="pn 987654",
+                        cell_type="PN")
     assert named.pk != 987654
     assert _get(APIClient(), q="987654")["results"] == []
     assert _kinds(_get(APIClient(), q="pn 987654")) == [("cell", named.pk)]
 
     # Both kinds when one number is a segment id and a synapse id.
-    both = CellFactory(dataset=world["fly"], segment_id=synapse.pk + 10_000)
-    other = SynapseFactory(run=world["run"], pre=both, post=cells["kc"])
+    other = SynapseFactory(run=world["run"], pre=cells["pn 7"], post=cells["kc"])
     twin = CellFactory(dataset=world["fly"], segment_id=other.pk)
     assert {("segment", twin.pk), ("synapse", other.pk)} <= set(
         _kinds(_get(APIClient(), q=str(other.pk))))
@@ -136,7 +140,7 @@ def test_private_datasets_never_leak(world, role):
         {(world["fly"].pk, 3), (secret.pk, 1)} if sees else {(world["fly"].pk, 3)})
     assert (("cell", hidden.pk) in _kinds(_get(client, q="secret"))) == sees
     assert (("dataset", secret.pk) in _kinds(_get(client, q="secret"))) == sees
-    assert (("segment", hidden.pk) in _kinds(_get(client, q="101"))) == sees
+    assert (("segment", hidden.pk) in _kinds(_get(client, q=str(SEG + 101)))) == sees
     synapse = world["hidden_synapse"]
     assert (("synapse", synapse.pk) in _kinds(_get(client, q=str(synapse.pk)))) == sees
     assert (("cell", hidden.pk) in _kinds(_get(client, q=str(hidden.pk)))) == sees
