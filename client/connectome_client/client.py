@@ -38,6 +38,8 @@ _DATASET_COLUMNS = ["id", "name", "description", "voxel_size", "shape", "is_publ
                     "created_at", "updated_at"]
 _CELL_COLUMNS = ["id", "dataset", "segment_id", "name", "cell_type", "layer", "size_voxels",
                  "bbox", "centroid_z", "centroid_y", "centroid_x"]
+_RUN_COLUMNS = ["id", "dataset", "name", "method", "parameters", "source_path", "job",
+                "created_at"]
 _PARTNER_COLUMNS = ["direction", "cell", "segment_id", "name", "cell_type", "synapses",
                     "contact_area_nm2", "weight", "mean_confidence"]
 _SYNAPSE_COLUMNS = ["id", "dataset", "run", "kind", "pre", "post", "pre_segment_id",
@@ -185,6 +187,11 @@ class Client:
         params = {"dataset": dataset, "segment_id": _listed(segment_ids),
                   "cell_type": cell_type}
         return _frame(list(self._pages("api/cells/", params)), _CELL_COLUMNS, "cells")
+
+    def runs(self, dataset: int | None = None) -> pd.DataFrame:
+        """The synapse runs (imports, detections) of a dataset, or of all you can see."""
+        return _frame(list(self._pages("api/synapse-runs/", {"dataset": dataset})),
+                      _RUN_COLUMNS, "runs")
 
     def partners(self, cell: int, direction: str = "both", *,
                  run: int | Iterable[int] | None = None, kind: str | None = None,

@@ -94,6 +94,13 @@ def test_cells_uint64_segment_ids_and_paging(live_server, world):
     assert sorted(by_segment["name"]) == ["KC-1", "PN-1"]
 
 
+def test_runs(live_server, world):
+    runs = Client(live_server.url).runs(world["fly"].pk)
+    assert sorted(runs["name"]) == ["other", "truth"]
+    assert runs["id"].dtype == np.int64 and set(runs["dataset"]) == {world["fly"].pk}
+    assert str(runs["job"].dtype) == "Int64" and runs["job"].isna().all()
+
+
 def test_partners(live_server, world):
     a, b, c = world["cells"]
     partners = Client(live_server.url).partners(a.pk)
