@@ -24,7 +24,7 @@ from connectome.datasets.models import Dataset
 from connectome.datasets.selectors import datasets_visible_to
 from connectome.synapses.models import Synapse
 
-#: The kinds of result, in the order a search lists them.
+#: The kinds of result.
 KINDS = ("dataset", "cell_type", "cell", "segment", "synapse")
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

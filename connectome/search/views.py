@@ -6,8 +6,8 @@ from connectome.search.selectors import MAX_QUERY_LENGTH, search
 from connectome.web import selectors
 
 #: The kinds of result as the page heads them.
-HEADINGS = {"dataset": "Datasets", "cell_type": "Cell types", "cell": "Cells",
-            "segment": "Cells by segment id", "synapse": "Synapses"}
+HEADINGS = {"dataset": "Datasets", "cell_type": "Cell types", "segment": "Cells by segment id",
+            "synapse": "Synapses", "cell": "Cells"}
 
 
 def search_page(request):
