@@ -221,3 +221,21 @@ def test_cells_page_of_one_type(world):
                         ).content.decode()
     assert "Cells of type KC" in page and "KC-alpha" in page and "MBON-kc" not in page
     assert '<span class="muted">· 3</span>' in page
+
+
+def test_trigram_indexes_on_postgresql():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the trigram indexes are PostgreSQL's (pg_trgm); other databases scan")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = "
+                       "'cells_cell' AND indexname LIKE '%%trgm' ORDER BY 1")
+        indexes = dict(cursor.fetchall())
+    assert sorted(indexes) == ["cell_name_trgm", "cell_type_trgm"]
+    assert "gin (upper((name)::text) gin_trgm_ops)" in indexes["cell_name_trgm"]
+    # The lookups the search makes are the indexed expression.
+    from connectome.cells.models import Cell
+
+    sql = str(Cell.objects.filter(name__icontains="kc").query)
+    assert 'UPPER("cells_cell"."name"::text) LIKE UPPER(' in sql
