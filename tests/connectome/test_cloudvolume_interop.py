@@ -21,6 +21,19 @@ VOXEL = (40.0, 8.0, 8.0)
 SHAPE = (12, 300, 280)
 
 
+@pytest.fixture(autouse=True)
+def close_connections():
+    """CloudVolume keeps its HTTP connections open; each holds a live-server thread and its
+    database connection, which would keep the test database in use. Close them at the end."""
+    yield
+    from cloudfiles.interfaces import HttpInterface
+
+    from tests.browser.conftest import _wait_for_request_threads
+
+    HttpInterface.adaptor.close()
+    _wait_for_request_threads()
+
+
 @pytest.fixture
 def phantom_layers(data_root, tmp_path):
     phantom = make_phantom(SHAPE, voxel_size=VOXEL, n_cells=10, n_synapses=4, seed=9)
