@@ -315,3 +315,28 @@ def test_the_cell_and_synapse_states_show_the_meshes_in_3d(segmentation):
     seg = next(item for item in state["layers"] if item["name"] == "segmentation")
     assert seg["source"]["subsources"]["mesh"] is True
     assert set(seg["segments"]) == {str(c.segment_id) for c in cells}
+
+
+def test_a_downsampled_level_is_meshed_at_its_own_voxel_size(client, data_root, tmp_path):
+    import h5py
+
+    labels = np.zeros((6, 300, 260), dtype=np.uint32)
+    labels[1:5, 40:200, 60:180] = 9
+    path = tmp_path / "box.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("labels", data=labels)
+    dataset = DatasetFactory(is_public=True, voxel_size_z=VOXEL[0], voxel_size_y=VOXEL[1],
+                             voxel_size_x=VOXEL[2])
+    layer = import_volume(dataset=dataset, source=str(path), name="segmentation",
+                          kind="segmentation", dataset_path="labels", chunks=(4, 64, 64))
+    assert layer.downsample_factors[1] == [1, 2, 2]
+    job = job_run_inline(kind="mesh_segmentation", dataset=dataset,
+                         parameters=_parameters(layer, level=1, block_shape=[4, 64, 64],
+                                                simplification_factor=0))
+    assert job.state == Job.State.DONE, job.error
+    assert job.progress_total == 2 * 3 * 3     # level 1 is 6 x 150 x 130
+    vertices, faces, _ = _served_mesh(client, layer, 9)
+    # The same box in nm as at level 0: x 60-180, y 40-200 voxels of 8 nm, z 1-5 of 40 nm.
+    np.testing.assert_allclose(vertices.min(axis=0), [60 * 8, 40 * 8, 1 * 40])
+    np.testing.assert_allclose(vertices.max(axis=0), [180 * 8, 200 * 8, 5 * 40])
+    assert 0.9 < mesh_area(vertices, faces) / (2 * (120 * 8 * 160 * 8 + 4 * 40 * (120 + 160) * 8)) < 1
