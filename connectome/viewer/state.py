@@ -85,6 +85,10 @@ def _data_layer(layer: Layer, *, base_url: str, segments: Iterable[int] | None) 
         "name": layer.name,
         "source": layer_source(layer, base_url=base_url),
     }
+    if state["type"] == "segmentation" and selectors.layer_has_meshes(layer):
+        # The selected cells' meshes show in the 3D panel (Neuroglancer loads the mesh named
+        # by the layer's info; said here so that a state never leaves it out).
+        state["source"] = {"url": state["source"], "subsources": {"default": True, "mesh": True}}
     if state["type"] == "segmentation" and segments:
         state["segments"] = list(dict.fromkeys(str(int(s)) for s in segments))
     if layer.kind not in VISIBLE_KINDS:

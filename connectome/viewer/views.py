@@ -21,6 +21,7 @@ from django.views.decorators.http import require_GET
 from connectome.common.security import csp_update
 from connectome.viewer import client, precomputed, selectors, state
 from connectome.viewer.precomputed import SEGMENTATION_KINDS
+from detection.cells.meshes import MESH_INFO
 
 _SEGMENT_ID = re.compile(r"\d{1,20}")
 UINT64_MAX = 2**64 - 1
@@ -84,6 +85,8 @@ def layer_data(request, layer_id: int, path: str):
     head, _, name = path.partition("/")
     if head == "skeletons" and segmentation:
         return _skeleton(request, layer, name)
+    if head == "mesh" and segmentation:
+        return _mesh(request, layer, name)
     return _chunk(request, layer, head, name)
 
 
@@ -118,6 +121,7 @@ def _layer_info(layer) -> dict:
                                        itemsize=_itemsize(layer)),
         segment_properties=segmentation and selectors.layer_cells(layer).exists(),
         skeletons=segmentation and selectors.layer_has_skeletons(layer),
+        mesh=segmentation and selectors.layer_has_meshes(layer),
     )
 
 
@@ -139,6 +143,22 @@ def _skeleton(request, layer, name: str):
         node_id=nodes["node_id"], parent_id=nodes["parent_id"], zyx=nodes["zyx"],
         radius=nodes["radius"],
     ), cache=INFO_CACHE)
+
+
+def _mesh(request, layer, name: str):
+    if name == "info":
+        if not selectors.layer_has_meshes(layer):
+            return _not_found(f"layer {layer.pk} has no meshes")
+        return _json(request, MESH_INFO)
+    found = selectors.mesh_file(layer, name)
+    if found is None:
+        return _not_found(f"layer {layer.pk} has no mesh file {name!r}")
+    path, what = found
+    if what == "manifest":
+        # A manifest changes when the meshes are made again; its fragments' names then change.
+        return _binary(request, path.read_bytes(), cache=INFO_CACHE,
+                       content_type="application/json")
+    return _binary(request, path.read_bytes())
 
 
 def _json(request, data: dict) -> HttpResponse:
