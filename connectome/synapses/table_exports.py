@@ -3,23 +3,36 @@
 The ``export_synapse_table`` job writes one into its export folder and the API serves it for
 download (``connectome/imports/paths.py``). Segment ids are written as unsigned 64-bit numbers
 (Parquet ``uint64``).
+
+:func:`synapse_table_chunks` gives the same Parquet table, or a Cnapse or CAVE-style CSV
+(the formats of :mod:`detection.io.tables`, which the imports read back), as pieces for a
+streamed download: one batch of rows in memory at a time.
 """
 
 import csv
+import dataclasses
+import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectome.datasets.models import Dataset
+from connectome.synapses.exports import StreamSink
 from connectome.synapses.models import Synapse
 from detection.errors import InputError
+from detection.io import tables
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "parquet")
+#: Formats of a downloaded synapse table.
+DOWNLOAD_FORMATS = ("cnapse", "cave", "parquet")
 BATCH = 100_000
+#: Synapses (model objects with their cells) per batch of a Cnapse or CAVE download.
+OBJECT_BATCH = 10_000
 
 #: (column, queryset field, Arrow type)
 COLUMNS = [
@@ -63,6 +76,11 @@ def _batches(synapses):
         last = rows[-1][0]
 
 
+def _arrow_table(rows) -> pa.Table:
+    arrays = [pa.array(values, type=kind) for values, (_, _, kind) in zip(zip(*rows), COLUMNS)]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
 def export_synapse_table(
     *, dataset: Dataset, target, table_format: str, runs=None, progress=None,
 ) -> int:
@@ -91,11 +109,80 @@ def export_synapse_table(
     else:
         with pq.ParquetWriter(target, SCHEMA, compression="zstd") as writer:
             for rows in _batches(synapses):
-                arrays = [pa.array(values, type=kind)
-                          for values, (_, _, kind) in zip(zip(*rows), COLUMNS)]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
+                writer.write_table(_arrow_table(rows))
                 written += len(rows)
                 if progress is not None:
                     progress.advance(len(rows))
     logger.info("exported %d synapses of %s to %s", written, dataset.name, target)
     return written
+
+
+def synapses_without_position(synapses) -> int | None:
+    """The id of one of ``synapses`` without a centre (an imported edge table has none), or
+    None: Cnapse and CAVE tables need the centre of every row."""
+    return synapses.filter(ctr_z__isnull=True).values_list("id", flat=True).first()
+
+
+def synapse_table_chunks(
+    synapses, table_format: str, *, position_unit: str = "nm", voxel_size=None,
+) -> Iterator[bytes | str]:
+    """``synapses`` (any order; written in id order) as a table in pieces, one batch at a time.
+
+    ``cnapse``: the Cnapse CSV of :func:`detection.io.tables.write_cnapse`; ``cave``: the
+    CAVE-style CSV of :func:`detection.io.tables.write_cave` (``id`` is the synapse's id here,
+    root ids are segment ids, positions in ``position_unit``: ``nm`` or ``voxel`` of
+    ``voxel_size``); ``parquet``: the :data:`COLUMNS` of the ``export_synapse_table`` job.
+    Rows are shaped as ``export_synapses`` shapes them; check
+    :func:`synapses_without_position` first for the two CSV formats.
+    """
+    if table_format not in DOWNLOAD_FORMATS:
+        raise InputError(f"unknown table format {table_format!r}; "
+                         f"formats: {', '.join(DOWNLOAD_FORMATS)}")
+    if table_format == "parquet":
+        sink = StreamSink()
+        with pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer:
+            for rows in _batches(synapses):
+                writer.write_table(_arrow_table(rows))
+                yield sink.drain()
+        yield sink.drain()
+        return
+    from connectome.imports.synapse_tables import _cave_row, _cnapse_row
+
+    first = True
+    for batch in _object_batches(synapses):
+        buffer = io.StringIO()
+        if table_format == "cnapse":
+            tables.write_cnapse(buffer, [_cnapse_row(s) for s in batch])
+        else:
+            tables.write_cave(buffer, [dataclasses.replace(_cave_row(s), id=s.pk) for s in batch],
+                              position_unit=position_unit,
+                              voxel_size=voxel_size if position_unit == "voxel" else None)
+        text = buffer.getvalue()
+        yield text if first else text.split("\n", 1)[1]  # the header once
+        first = False
+    if first:  # no rows: the header alone
+        buffer = io.StringIO()
+        if table_format == "cnapse":
+            tables.write_cnapse(buffer, [])
+        else:
+            buffer.write(_cave_header())
+        yield buffer.getvalue()
+
+
+def _cave_header() -> str:
+    header = ["id", "pre_pt_root_id", "post_pt_root_id"]
+    for names in tables.CAVE_POINT_COLUMNS.values():
+        header += [f"{names[0]}_{axis}" for axis in ("x", "y", "z")]
+    return ",".join([*header, "size"]) + "\n"
+
+
+def _object_batches(synapses) -> Iterator[list[Synapse]]:
+    """Synapses with their cells in id order, :data:`OBJECT_BATCH` at a time, by keyset."""
+    last = 0
+    while True:
+        batch = list(synapses.filter(id__gt=last).select_related("pre", "post")
+                     .order_by("id")[:OBJECT_BATCH])
+        if not batch:
+            return
+        yield batch
+        last = batch[-1].pk

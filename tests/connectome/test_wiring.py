@@ -228,7 +228,7 @@ def test_csv_per_cell_pair(net, tmp_path):
     assert export_wiring_csv(wiring_matrix(dataset=dataset, runs=[detect]), target) == 5
     assert target.read_text().splitlines()[0] == (
         "pre_segment_id,post_segment_id,pre_name,post_name,pre_type,post_type,synapses,"
-        "contact_area_nm2,weight,mean_confidence")
+        "contact_area_nm2,weight,mean_confidence,kind")
     rows = _read_csv(target)
     assert [(r["pre_segment_id"], r["post_segment_id"], r["synapses"]) for r in rows] == [
         ("10", "20", "3"), ("10", "30", "1"), ("20", "10", "1"), ("30", "10", "1"),
@@ -248,8 +248,9 @@ def test_csv_per_cell_type_pair(net, tmp_path):
     matrix = wiring_matrix(dataset=dataset, runs=[detect], group_by="cell_type")
     assert export_wiring_csv(matrix, target) == 4
     lines = target.read_text().splitlines()
-    assert lines[0] == "pre_type,post_type,synapses,contact_area_nm2,weight,mean_confidence"
-    assert lines[1] == "exc,,1,70.0,,0.95"
+    assert lines[0] == ("pre_type,post_type,synapses,contact_area_nm2,weight,mean_confidence,"
+                        "kind")
+    assert lines[1] == "exc,,1,70.0,,0.95,chemical"
     assert [line.split(",")[:4] for line in lines[2:]] == [
         ["exc", "exc", "2", "55.0"], ["exc", "inh", "3", "310.0"], ["inh", "exc", "1", "30.0"]]
 
@@ -268,8 +269,8 @@ def test_graphml_reads_back_with_uint64_ids_as_strings(net, tmp_path):
     assert edge["synapses"] == 3 and edge["contact_area_nm2"] == 310.0
     assert edge["weight"] == pytest.approx(2.6)
     assert edge["mean_confidence"] == pytest.approx(1.9 / 3)
-    assert graph.edges["30", str(BIG)] == {"synapses": 1, "contact_area_nm2": 70.0,
-                                           "mean_confidence": 0.95}
+    assert graph.edges["30", str(BIG)] == {"kind": "chemical", "synapses": 1,
+                                           "contact_area_nm2": 70.0, "mean_confidence": 0.95}
 
 
 def test_graphml_per_cell_type(net, tmp_path):
