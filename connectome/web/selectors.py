@@ -2,7 +2,7 @@
 
 from dataclasses import asdict, dataclass
 
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 
@@ -160,12 +160,17 @@ def dataset_downloads(*, dataset: Dataset, limit: int = 20) -> list[Job]:
 
 def _synapses_of_cell(side: str, runs, kind: str):
     """A subquery counting the synapse rows of ``runs`` (all when None) and ``kind`` that have
-    the outer cell on ``side`` (``pre`` or ``post``); 0 when there are none."""
-    synapses = Synapse.objects.filter(**{side: OuterRef("pk")}, kind=kind)
+    the outer cell on ``side`` (``pre``, ``post``, or ``either``: each row once); 0 when there
+    are none."""
+    if side == "either":
+        on_cell = Q(pre=OuterRef("pk")) | Q(post=OuterRef("pk"))
+    else:
+        on_cell = Q(**{side: OuterRef("pk")})
+    synapses = Synapse.objects.filter(on_cell, kind=kind)
     if runs is not None:
         synapses = synapses.filter(run__in=runs)
-    return Coalesce(Subquery(synapses.order_by().values(side).annotate(n=Count("id"))
-                             .values("n")[:1]), 0)
+    return Coalesce(Subquery(synapses.order_by().annotate(one=Value(1)).values("one")
+                             .annotate(n=Count("id")).values("n")[:1]), 0)
 
 
 def dataset_cells(*, dataset: Dataset, runs=None) -> QuerySet[Cell]:
@@ -176,8 +181,7 @@ def dataset_cells(*, dataset: Dataset, runs=None) -> QuerySet[Cell]:
     return Cell.objects.filter(dataset=dataset).annotate(
         n_outgoing=_synapses_of_cell("pre", runs, chemical),
         n_incoming=_synapses_of_cell("post", runs, chemical),
-        n_electrical=(_synapses_of_cell("pre", runs, electrical)
-                      + _synapses_of_cell("post", runs, electrical)),
+        n_electrical=_synapses_of_cell("either", runs, electrical),
     ).order_by("segment_id")
 
 

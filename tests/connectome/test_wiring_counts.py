@@ -155,7 +155,7 @@ def test_api_counts_one_run_by_default(twice):
 
 
 def test_the_current_run_changes_what_is_counted(twice):
-    dataset, truth, _, c2, c36 = twice
+    dataset, truth, _, _c2, _c36 = twice
     dataset.current_run = truth
     dataset.save()
     body = APIClient().get(f"/api/datasets/{dataset.pk}/wiring/").json()
@@ -186,7 +186,7 @@ def gaps():
 
 
 def test_matrix_keeps_kinds_apart_and_electrical_undirected(gaps):
-    dataset, run, (a, b, c) = gaps
+    dataset, _run, (a, b, c) = gaps
     chemical = wiring_matrix(dataset=dataset)
     assert [(p.pre_cell_id, p.post_cell_id, p.synapses, p.kind) for p in chemical.pairs] == [
         (a.pk, b.pk, 2, "chemical")]
@@ -281,7 +281,7 @@ def test_witvliet_adult_counts_chemical_and_electrical_apart():
 # --- downloads ----------------------------------------------------------------------------------
 
 def test_synapse_table_downloads_are_streamed_and_read_back(twice, tmp_path):
-    dataset, truth, detected, c2, c36 = twice
+    dataset, truth, detected, _c2, _c36 = twice
     client = APIClient()
     url = f"/api/datasets/{dataset.pk}/synapse-table/"
     response = client.get(url)
@@ -356,7 +356,7 @@ def test_downloads_are_for_viewers_of_the_dataset_only():
 
 
 def test_wiring_downloads_match_the_json_matrix(gaps):
-    dataset, _, (a, b, c) = gaps
+    dataset, _, (_a, _b, _c) = gaps
     client = APIClient()
     url = f"/api/datasets/{dataset.pk}/wiring/"
     for kind in ("chemical", "electrical", "all"):
@@ -376,7 +376,7 @@ def test_wiring_downloads_match_the_json_matrix(gaps):
 @pytest.mark.parametrize("kind,graph_class", [
     ("chemical", nx.DiGraph), ("electrical", nx.Graph), ("all", nx.MultiDiGraph)])
 def test_networkx_reads_the_served_graphml(gaps, tmp_path, kind, graph_class):
-    dataset, _, (a, b, c) = gaps
+    dataset, _, (_a, _b, _c) = gaps
     client = APIClient()
     url = f"/api/datasets/{dataset.pk}/wiring/"
     rows = client.get(url, {"kind": kind}).json()["rows"]
@@ -396,3 +396,48 @@ def test_networkx_reads_the_served_graphml(gaps, tmp_path, kind, graph_class):
         key = (r["kind"], *ends) if r["kind"] == "chemical" else (r["kind"], *sorted(ends))
         expected[key] = (r["synapses"], r["weight"])
     assert edges == expected
+
+
+# --- pages --------------------------------------------------------------------------------------
+
+def test_dataset_page_and_review_queue_count_the_same_run(twice):
+    """The dataset page said '18 / 160' where the queue said '/ 80': both now count the default
+    run, with the queue's own progress selector."""
+    from django.test import Client
+    from django.urls import reverse
+
+    from connectome.review.services import review_create
+
+    dataset, _truth, detected, _c2, _c36 = twice
+    review_create(synapse=detected.synapses.first(), reviewer=None, verdict="confirmed")
+    client = Client()
+    page = client.get(reverse("web:dataset", args=[dataset.pk]))
+    queue = client.get(reverse("web:review", args=[dataset.pk]))
+    assert queue.context["selected_run"] == detected.pk
+    assert page.context["progress"] == queue.context["progress"]
+    assert (page.context["progress"]["reviewed"], page.context["progress"]["total"]) == (1, 2)
+    assert (page.context["counts"].chemical_synapses, page.context["counts"].synapses) == (2, 2)
+    everything = client.get(reverse("web:dataset", args=[dataset.pk]), {"run": "all"})
+    assert everything.context["progress"]["total"] == 5
+    html = page.content.decode()
+    api = f"/api/datasets/{dataset.pk}"
+    for link in (f"{api}/synapse-table/?output=cnapse&amp;run={detected.pk}",
+                 f"{api}/wiring/?output=graphml&amp;kind=all&amp;run={detected.pk}"):
+        assert link in html
+
+
+def test_cell_pages_show_electrical_partners_apart(gaps):
+    from django.test import Client
+    from django.urls import reverse
+
+    dataset, _, (a, b, c) = gaps
+    client = Client()
+    cells = client.get(reverse("web:cells", args=[dataset.pk]))
+    counts = {cell.name: (cell.n_outgoing, cell.n_incoming, cell.n_electrical)
+              for cell in cells.context["cells"]}
+    # Rows, not counted connections: a's junction with itself is one of a's rows.
+    assert counts == {"a": (2, 0, 3), "b": (0, 2, 5), "c": (0, 0, 3)}
+    page = client.get(reverse("web:cell", args=[dataset.pk, b.pk]))
+    assert [(p["cell_id"], p["synapses"]) for p in page.context["electrical"]] == [
+        (c.pk, 3), (a.pk, 2)]
+    assert [(p["cell_id"], p["synapses"]) for p in page.context["upstream"]] == [(a.pk, 2)]
