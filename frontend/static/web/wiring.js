@@ -30,12 +30,16 @@
     return params;
   }
 
+  let loads = 0;  // a response to an older request (controls changed since) is dropped
+
   async function load() {
+    const ticket = ++loads;
     const params = query();
     for (const output of ["csv", "parquet", "graphml"]) {
       $(output).href = `/api/datasets/${config.dataset}/wiring/?${query({output})}`;
     }
     const body = await Web.get(`/api/datasets/${config.dataset}/wiring/?${params}`);
+    if (ticket !== loads) return;
     const groupBy = body.group_by;
     const electrical = body.kind === "electrical";
     const axis = new Map();
@@ -57,7 +61,7 @@
       if (electrical) cells.set(pairKey(post, pre), row);  // no direction: both squares
     }
     if (data && (data.groupBy !== groupBy || data.kind !== body.kind)) clearPair();
-    data = {groupBy, kind: body.kind, rows: body.rows, cells, axis: [...axis.values()],
+    data = {groupBy, kind: body.kind, runs: body.runs, rows: body.rows, cells, axis: [...axis.values()],
             synapses: body.synapses, pairs: body.pairs};
     const max = Math.max(1, ...body.rows.map((row) => row.synapses));
     if ($("min-count").value === "1") $("min-count").max = Math.max(2, max);
