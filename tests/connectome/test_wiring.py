@@ -314,6 +314,25 @@ def test_command_by_cell_type_shows_the_strongest_pairs(net):
     ]
 
 
+def test_command_counts_the_default_run_unless_told(net):
+    dataset, detect, truth, (a, b, *_) = net
+    out = StringIO()
+    call_command("wiring_matrix", "net", stdout=out)  # truth is the newest run: the default
+    assert out.getvalue().splitlines()[0] == (
+        "wiring matrix of dataset 'net' by cell (truth): 1 pairs, 1 synapses")
+    out = StringIO()
+    call_command("wiring_matrix", "net", "--run", "all", stdout=out)
+    assert out.getvalue().splitlines()[0] == (
+        "wiring matrix of dataset 'net' by cell (all runs): 5 pairs, 8 synapses")
+    SynapseFactory(run=detect, pre=a, post=b, kind=Synapse.Kind.ELECTRICAL)
+    SynapseFactory(run=detect, pre=b, post=a, kind=Synapse.Kind.ELECTRICAL)
+    out = StringIO()
+    call_command("wiring_matrix", "net", "--run", "detect", "--kind", "electrical", stdout=out)
+    assert out.getvalue().splitlines() == [
+        "wiring matrix of dataset 'net' by cell (detect): 1 electrical pairs, 2 synapses",
+        "  A <-> B: 2"]
+
+
 def test_command_refuses_unknown_dataset_and_run(net):
     with pytest.raises(CommandError, match="no dataset with id or name 'nowhere'"):
         call_command("wiring_matrix", "nowhere")
