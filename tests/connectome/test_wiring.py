@@ -345,7 +345,7 @@ def test_command_refuses_unknown_dataset_and_run(net):
 
 def test_partners_agree_with_the_matrix():
     """A cell's partners (their own SQL) count exactly what the matrix counts, under every
-    verdict, flag, missing partner, run and confidence threshold."""
+    verdict, flag, missing partner, run, kind and confidence threshold."""
     import random
 
     from connectome.synapses.connectivity import cell_partners
@@ -363,13 +363,27 @@ def test_partners_agree_with_the_matrix():
             review_state=rng.choice(states), flag=rng.choice(flags + [""] * 4),
             confidence=rng.choice([None, rng.random()]),
             contact_area_nm2=rng.choice([None, rng.uniform(100, 1000)]),
-            weight=rng.choice([None, rng.random()]))
+            weight=rng.choice([None, rng.random()]),
+            kind=rng.choice([Synapse.Kind.CHEMICAL] * 3 + [Synapse.Kind.ELECTRICAL]))
     for selection in [{}, {"runs": [runs[0].pk]}, {"min_confidence": 0.5},
                       {"runs": runs, "min_confidence": 0.2}]:
         matrix = wiring_matrix(dataset=dataset, **selection)
         assert matrix.synapses > 10
+        gaps = wiring_matrix(dataset=dataset, kind="electrical", **selection)
+        assert gaps.synapses > 2
         for cell in cells:
-            found = cell_partners(cell=cell, **selection)
+            found = cell_partners(cell=cell, directions=("upstream", "downstream", "electrical"),
+                                  **selection)
+            expected = {}
+            for pair in gaps.pairs:  # an unordered pair: the cell on either side
+                if cell.pk in (pair.pre_cell_id, pair.post_cell_id):
+                    other = pair.post_cell_id if pair.pre_cell_id == cell.pk else pair.pre_cell_id
+                    expected[other] = pair
+            got = {p.cell_id: p for p in found["electrical"]}
+            assert {k: p.synapses for k, p in got.items()} == {
+                k: p.synapses for k, p in expected.items()}, (selection, cell)
+            for cell_id, partner in got.items():
+                assert partner.weight == pytest.approx(expected[cell_id].weight)
             for direction, mine, theirs in (("downstream", "pre_cell_id", "post_cell_id"),
                                              ("upstream", "post_cell_id", "pre_cell_id")):
                 expected = {getattr(p, theirs): p for p in matrix.pairs
