@@ -22,13 +22,12 @@ from connectome.common.validators import validate_name
 from connectome.datasets.models import Membership
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
-from connectome.synapses.apis import DEFAULT_RUN_HELP, RunsField
+from connectome.synapses.apis import DEFAULT_RUN_HELP, RunsField, runs_of
 from connectome.synapses.connectivity import (
     CHEMICAL_DIRECTIONS,
     DIRECTIONS,
     partner_rows,
 )
-from connectome.synapses.selectors import selected_runs
 
 
 class CellSerializer(serializers.ModelSerializer):
@@ -181,7 +180,7 @@ class CellViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
             query["direction"], [query["direction"]])
         partners = partner_rows(
             cell=cell, directions=directions,
-            runs=selected_runs(dataset=cell.dataset_id, run=query.get("run")),
+            runs=runs_of(cell.dataset_id, query.get("run")),
             min_confidence=query.get("min_confidence"), min_count=query["min_count"],
         )
         body = {"cell": cell.pk, "segment_id": str(cell.segment_id)}

@@ -119,6 +119,21 @@ class RunsField(IdListField):
         return super().to_internal_value(data)
 
 
+def runs_of(dataset, run) -> list[SynapseRun] | None:
+    """The runs a read counts for the ``run`` parameter (:func:`selected_runs`: the default run
+    when None, every run for ``all``); a run id the dataset lacks is a 400 naming ``run``.
+    ``dataset``: a dataset or its id."""
+    runs = selected_runs(dataset=dataset, run=run)
+    if run not in (None, ALL_RUNS):
+        missing = sorted(set(run) - {r.pk for r in runs})
+        if missing:
+            name = getattr(dataset, "name", None)
+            which = f"dataset '{name}'" if name else f"dataset {getattr(dataset, 'pk', dataset)}"
+            raise serializers.ValidationError(
+                {"run": f"{which} has no synapse run {', '.join(map(str, missing))}"})
+    return runs
+
+
 DEFAULT_RUN_HELP = ("synapse run ids, comma-separated, or 'all' (every run, summed); by "
                     "default the dataset's default run: its current run, else its newest "
                     "detection, else its newest run")
@@ -220,7 +235,7 @@ class SynapseViewSet(viewsets.ReadOnlyModelViewSet):
             synapses=connectivity.synapses_between(
                 a=a, b=b, both_directions=query["direction"] == "both"),
             min_confidence=query.get("min_confidence"),
-            runs=selected_runs(dataset=a.dataset_id, run=query.get("run")),
+            runs=runs_of(a.dataset_id, query.get("run")),
             review_states=query.get("review_state"), kinds=query.get("kind"),
         )
         page = self.paginate_queryset(synapse_values(_with_segment_ids(synapses).order_by("id")))
@@ -374,7 +389,7 @@ class WiringMatrixView(APIView):
 
     def _matrix(self, request, pk, query):
         dataset = visible_dataset(request, pk)
-        runs = selected_runs(dataset=dataset, run=query.get("run"))
+        runs = runs_of(dataset, query.get("run"))
         matrix = wiring_matrix(
             dataset=dataset, runs=runs, min_confidence=query.get("min_confidence"),
             min_count=query["min_count"], cells=_cells_of(dataset, query),
@@ -432,7 +447,7 @@ class CellTypeSummaryView(APIView):
         query = parse_query(ThresholdQuery, request)
         dataset = visible_dataset(request, pk)
         rows = connectivity.cell_type_summary(
-            dataset=dataset, runs=selected_runs(dataset=dataset, run=query.get("run")),
+            dataset=dataset, runs=runs_of(dataset, query.get("run")),
             min_confidence=query.get("min_confidence"),
         )
         return Response(CellTypeSummarySerializer(rows, many=True).data)
@@ -461,7 +476,7 @@ class SynapseTableView(APIView):
     def get(self, request, pk):
         query = parse_query(SynapseTableQuery, request)
         dataset = visible_dataset(request, pk)
-        runs = selected_runs(dataset=dataset, run=query.get("run"))
+        runs = runs_of(dataset, query.get("run"))
         synapses = connectivity.synapses_filtered(
             synapses=Synapse.objects.filter(dataset=dataset), runs=runs,
             min_confidence=query.get("min_confidence"), kinds=query.get("kind"),

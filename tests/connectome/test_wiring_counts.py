@@ -152,6 +152,12 @@ def test_api_counts_one_run_by_default(twice):
     between = client.get("/api/synapses/between/", {"a": c2.pk, "b": c36.pk, "run": "all"})
     assert len(between.json()["results"]) == 5
     assert client.get(url, {"run": "all,3"}).status_code == 400
+    elsewhere = SynapseRunFactory()
+    for endpoint in (url, f"/api/cells/{c2.pk}/partners/",
+                     f"/api/datasets/{dataset.pk}/synapse-table/"):
+        response = client.get(endpoint, {"run": f"{truth.pk},{elsewhere.pk}"})
+        assert response.status_code == 400, endpoint
+        assert f"has no synapse run {elsewhere.pk}" in response.json()["error"]
 
 
 def test_the_current_run_changes_what_is_counted(twice):
