@@ -1,7 +1,17 @@
 """Reads on synapses."""
 
 from django.db import connection
-from django.db.models import Case, IntegerField, Q, QuerySet, Subquery, Value, When
+from django.db.models import (
+    Case,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
 
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.errors import InputError
@@ -56,6 +66,21 @@ def detection_runs(*, dataset) -> QuerySet[SynapseRun]:
         Q(method__startswith=DETECTION_PREFIX) | Q(method__in=ASSIGNMENT_METHODS))
 
 
+def _rank(current):
+    """Order of preference of a dataset's runs (lowest first; newest first within a rank):
+    the dataset's current run (``current``: its id, or an expression giving it), partner
+    assignments, detections, anything else."""
+    chosen = [] if current is None else [When(pk=current, then=Value(0))]
+    return Case(
+        *chosen, When(method__in=ASSIGNMENT_METHODS, then=Value(1)),
+        When(method__startswith=DETECTION_PREFIX, then=Value(2)),
+        default=Value(3), output_field=IntegerField(),
+    )
+
+
+_NEWEST = ("rank", "-created_at", "-pk")
+
+
 def default_run(*, dataset) -> SynapseRun | None:
     """The run the pages and the API show when no run is asked for (``dataset``: a dataset
     or its id). One query.
@@ -73,14 +98,20 @@ def default_run(*, dataset) -> SynapseRun | None:
 
         dataset_id = int(dataset)
         current = Subquery(Dataset.objects.filter(pk=dataset_id).values("current_run_id")[:1])
-    chosen = [] if current is None else [When(pk=current, then=Value(0))]
-    rank = Case(
-        *chosen, When(method__in=ASSIGNMENT_METHODS, then=Value(1)),
-        When(method__startswith=DETECTION_PREFIX, then=Value(2)),
-        default=Value(3), output_field=IntegerField(),
+    return (SynapseRun.objects.filter(dataset_id=dataset_id).alias(rank=_rank(current))
+            .order_by(*_NEWEST).first())
+
+
+def default_run_id() -> Coalesce:
+    """:func:`default_run`'s id as an expression on a query of datasets, for lists of
+    datasets: one query for them all. The dataset's current run (when it is one of its runs),
+    else the best-ranked run (the outer references stay in WHERE clauses: SQLite cannot see
+    them from a subquery's ORDER BY)."""
+    runs = SynapseRun.objects.filter(dataset_id=OuterRef("pk"))
+    return Coalesce(
+        Subquery(runs.filter(pk=OuterRef("current_run_id")).values("pk")[:1]),
+        Subquery(runs.alias(rank=_rank(None)).order_by(*_NEWEST).values("pk")[:1]),
     )
-    return (SynapseRun.objects.filter(dataset_id=dataset_id).alias(rank=rank)
-            .order_by("rank", "-created_at", "-pk").first())
 
 
 def selected_runs(*, dataset, run=None) -> list[SynapseRun] | None:

@@ -14,7 +14,7 @@ from connectome.jobs.models import Job
 from connectome.review.models import Review
 from connectome.synapses.connectivity import DIRECTIONS, cell_partners
 from connectome.synapses.models import Synapse, SynapseRun
-from connectome.synapses.selectors import ALL_RUNS, default_run
+from connectome.synapses.selectors import ALL_RUNS, default_run, default_run_id
 
 
 def _count_of(model, **match):
@@ -27,14 +27,22 @@ def _count_of(model, **match):
     ), 0)
 
 
-def datasets_with_counts(*, user) -> QuerySet[Dataset]:
-    """The datasets ``user`` can see, with ``n_cells`` and ``n_synapses`` and their layers."""
-    return (
+def datasets_with_counts(*, user) -> list[Dataset]:
+    """The datasets ``user`` can see, with their layers, ``n_cells``, ``default_run_id`` and
+    ``n_synapses``: the synapse rows of each dataset's default run
+    (:func:`connectome.synapses.selectors.default_run`). Three queries however many datasets:
+    theirs with their default runs, their layers, the synapses per default run."""
+    datasets = list(
         datasets_visible_to(user)
-        .annotate(n_cells=_count_of(Cell, dataset="pk"),
-                  n_synapses=_count_of(Synapse, dataset="pk"))
+        .annotate(n_cells=_count_of(Cell, dataset="pk"), default_run_id=default_run_id())
         .prefetch_related("layers")
     )
+    runs = [d.default_run_id for d in datasets if d.default_run_id is not None]
+    counts = dict(Synapse.objects.filter(run_id__in=runs).order_by().values_list("run_id")
+                  .annotate(n=Count("id")).values_list("run_id", "n"))
+    for dataset in datasets:
+        dataset.n_synapses = counts.get(dataset.default_run_id, 0)
+    return datasets
 
 
 def visible_dataset(*, user, pk: int) -> Dataset:

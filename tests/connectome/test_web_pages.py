@@ -90,7 +90,8 @@ def test_home_links_the_datasets_one_can_see(world):
     dataset = world["dataset"]
     assert f'href="{reverse("web:dataset", args=[dataset.pk])}"' in response.content.decode()
     assert "secret" not in _text(response)
-    assert "fly 40.0 × 8.0 × 8.0 20 × 64 × 48 em (em), labels (segmentation) 3 5" in (
+    # Synapses of the default run (the newest, "detected"), not of both runs summed.
+    assert "fly 40.0 × 8.0 × 8.0 20 × 64 × 48 em (em), labels (segmentation) 3 2" in (
         _text(response))
 
 

@@ -69,6 +69,29 @@ def test_default_run_prefers_current_then_assignment_then_detection_then_newest(
     assert selected_runs(dataset=dataset, run=[detected.pk, other.pk]) == [detected]
 
 
+def test_default_run_of_many_datasets_in_one_query_follows_the_same_rule():
+    from django.contrib.auth.models import AnonymousUser
+
+    from connectome.web.selectors import datasets_with_counts
+
+    empty = DatasetFactory(is_public=True)
+    imported = DatasetFactory(is_public=True)
+    SynapseRunFactory(dataset=imported, method="ground_truth")
+    detected = DatasetFactory(is_public=True)
+    SynapseRunFactory(dataset=detected, method="contact")
+    SynapseRunFactory(dataset=detected, method="ground_truth")
+    chosen = DatasetFactory(is_public=True)
+    chosen.current_run = SynapseRunFactory(dataset=chosen, method="ground_truth")
+    chosen.save()
+    SynapseRunFactory(dataset=chosen, method="detect:x")
+    SynapseFactory(run=chosen.current_run)
+    rows = {d.pk: d for d in datasets_with_counts(user=AnonymousUser())}
+    for dataset in (empty, imported, detected, chosen):
+        expected = default_run(dataset=dataset)
+        assert rows[dataset.pk].default_run_id == (expected and expected.pk), dataset
+    assert rows[chosen.pk].n_synapses == 1 and rows[empty.pk].n_synapses == 0
+
+
 def test_current_run_must_belong_to_the_dataset():
     dataset = DatasetFactory()
     foreign = SynapseRunFactory()
