@@ -124,14 +124,24 @@ def test_dataset_admins_set_the_current_run_over_the_api():
 
 
 def test_admin_form_offers_only_the_datasets_runs():
+    from django.test import Client
+
     dataset = DatasetFactory()
-    own = SynapseRunFactory(dataset=dataset)
-    SynapseRunFactory()
+    own = SynapseRunFactory(dataset=dataset, name="own run")
+    foreign = SynapseRunFactory(name="foreign run")
     request = RequestFactory().get("/")
     request.user = UserFactory(is_staff=True, is_superuser=True)
     model_admin = admin_site._registry[Dataset]
     form = model_admin.get_form(request, dataset)
     assert list(form.base_fields["current_run"].queryset) == [own]
+    client = Client()
+    request.user.save()  # the factory sets the password without saving it; sessions check it
+    client.force_login(request.user)
+    response = client.get(f"/admin/datasets/dataset/{dataset.pk}/change/")
+    assert response.status_code == 200, response
+    page = response.content.decode()
+    assert 'name="current_run"' in page and "own run" in page and "foreign run" not in page
+    assert foreign.pk != own.pk
 
 
 @pytest.fixture
