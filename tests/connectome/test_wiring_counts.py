@@ -283,13 +283,17 @@ def _witvliet(path):
 
 
 @pytest.mark.slow
-def test_witvliet_adult_counts_chemical_and_electrical_apart():
-    source = shared_file("celegans_witvliet2021/witvliet_2020_7_adult.csv")
+@pytest.mark.parametrize("table", [  # the eight stages, L1 to adult
+    "witvliet_2020_1_L1.csv", "witvliet_2020_2_L1.csv", "witvliet_2020_3_L1.csv",
+    "witvliet_2020_4_L1.csv", "witvliet_2020_5_L2.csv", "witvliet_2020_6_L3.csv",
+    "witvliet_2020_7_adult.csv", "witvliet_2020_8_adult.csv"])
+def test_witvliet_counts_chemical_and_electrical_apart(table):
+    source = shared_file(f"celegans_witvliet2021/{table}")
     rows, chemical, electrical = _witvliet(source)
-    dataset = DatasetFactory(name="celegans-adult", is_public=True, voxel_size_z=1,
+    dataset = DatasetFactory(name="celegans", is_public=True, voxel_size_z=1,
                              voxel_size_y=1, voxel_size_x=1)
     job = job_run_inline(kind="import_synapses", dataset=dataset, parameters={
-        "source": str(source), "run_name": "witvliet 2021 adult", "table_format": "edges",
+        "source": str(source), "run_name": "witvliet 2021", "table_format": "edges",
         "create_missing_cells": True})
     assert job.state == Job.State.DONE, job.error
 
