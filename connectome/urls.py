@@ -23,6 +23,7 @@ from connectome.search.apis import SearchView
 from connectome.synapses.apis import (
     CellTypeSummaryView,
     SynapseRunViewSet,
+    SynapseTableView,
     SynapseViewSet,
     WiringMatrixView,
 )
@@ -45,6 +46,8 @@ api = [
     path("datasets/<int:pk>/wiring/", WiringMatrixView.as_view(), name="dataset-wiring"),
     path("datasets/<int:pk>/cell-types/", CellTypeSummaryView.as_view(),
          name="dataset-cell-types"),
+    path("datasets/<int:pk>/synapse-table/", SynapseTableView.as_view(),
+         name="dataset-synapse-table"),
     path("datasets/<int:pk>/review/next/", ReviewNextView.as_view(), name="dataset-review-next"),
     path("datasets/<int:pk>/review/skip/", ReviewSkipView.as_view(), name="dataset-review-skip"),
     path("datasets/<int:pk>/review/undo/", ReviewUndoView.as_view(), name="dataset-review-undo"),
