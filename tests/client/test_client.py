@@ -41,6 +41,9 @@ def world():
     c = CellFactory(dataset=fly, segment_id=13, name="PN-1", cell_type="PN")
     truth = SynapseRunFactory(dataset=fly, name="truth")
     other = SynapseRunFactory(dataset=fly, name="other")
+    # The pages' and the API's default run is the dataset's current run.
+    fly.current_run = truth
+    fly.save(update_fields=["current_run"])
     synapses = [
         SynapseFactory(run=truth, pre=a, post=b, confidence=0.9, ctr_z=100.0, ctr_y=200.0,
                        ctr_x=300.5, contact_area_nm2=10.0, weight=1.0),
