@@ -13,6 +13,7 @@ from django.urls import reverse
 from connectome.datasets.selectors import datasets_visible_to
 from connectome.jobs.models import Job
 from connectome.review.selectors import precision_estimate, review_progress
+from connectome.viewer.state import PALETTE
 from connectome.web import selectors
 
 #: The token of the embedded viewer client (one client serves every page).
@@ -78,6 +79,8 @@ def review_queue(request, pk):
         # ?run=<id> chooses the run (from the dataset page); else the browser's last choice.
         "run": int(run) if run.isdigit() and int(run) in {r.pk for r in runs} else None,
         "can_review": access.can_review,
+        # The viewer states' colours, for the panel's labels and legend.
+        "palette": PALETTE,
     }
     # Without a choice, the newest run: reviewers judge what a detection found.
     selected_run = config["run"] or (runs[-1].pk if runs else None)
