@@ -13,14 +13,17 @@ Writes ``pages_*.png`` and prints the time from navigation start until the viewe
 the first synapse of the queue (``window.reviewTimings.firstSynapseMs``), for fresh browser
 contexts (nothing cached) and for reloads (the reviewer's claimed synapse each time). With
 ``--skips N`` it also times N next synapses after a skip; skips are for good (the queue does
-not offer those synapses to this reviewer again), so they use up the reviewer's queue.
+not offer those synapses to this reviewer again), so they use up the reviewer's queue. Each
+next synapse is timed in the page, from the key press to the page's record that the synapse
+it brought is drawn, after the reviewer has looked at the drawn one for ``--think-ms``.
 
 With ``--review N`` it first works through N synapses of a run in the random queue order with
 the keyboard, as a reviewer who knows the phantom's ground truth would: a detected synapse
 with a true synapse of the same pre and post cells within ``--tolerance`` nm is confirmed,
 one of the reverse pair is a wrong direction, one near a true synapse of other cells a wrong
 partner (right cell not picked), one near none not a synapse. Those are real verdicts in the
-database; without ``--review`` the script only looks (skips are the reviewer's own).
+database, each timed as above; ``--undos N`` then takes the last one back N times (timed) and
+gives it again. Without ``--review`` the script only looks (skips are the reviewer's own).
 """
 
 import argparse
