@@ -358,6 +358,7 @@
 
   // Switch the layout, remember it in this browser, and show the current synapse in it.
   async function toggleLayout() {
+    if (busy) return;  // a synapse is being handed out; the next press switches
     layout = layout === "xy" ? "4panel" : "xy";
     localStorage.setItem("review:layout", layout);
     showLayout();

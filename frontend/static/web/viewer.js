@@ -12,6 +12,7 @@ class ViewerFrame {
   constructor(iframe) {
     this.iframe = iframe;
     this.shown = null;  // the skeleton (layers without their volatile keys) last restored
+    this.volatile = new Map();  // layer name -> JSON of its volatile keys, as last shown
     this.infos = new Map();  // precomputed source URL -> Promise of its info
     this.loaded = new Promise((resolve) => {
       const poll = () => {
@@ -35,6 +36,7 @@ class ViewerFrame {
     if (viewer.mouseState.active) viewer.mouseState.setActive(false);
     viewer.state.restoreState(state);
     this.shown = ViewerFrame.skeleton(state);
+    this.volatile = ViewerFrame.volatile(state);
   }
 
   // Show `state`: when its layers are those on screen (same names, types, sources, settings),
@@ -58,7 +60,11 @@ class ViewerFrame {
     const layers = (state.layers || []).map(
       (spec) => [spec, viewer.layerManager.getLayerByName(spec.name)]);
     if (layers.some(([, managed]) => !managed || !managed.layer)) return false;
+    const volatile = ViewerFrame.volatile(state);
     for (const [spec, managed] of layers) {
+      // Only layers whose segments, colours or annotations differ (a layer of every synapse
+      // of a run stays as it is).
+      if (this.volatile.get(spec.name) === volatile.get(spec.name)) continue;
       const layer = managed.layer;
       if (spec.type === "segmentation") {
         const group = layer.displayState.segmentationGroupState.value;
@@ -80,6 +86,7 @@ class ViewerFrame {
         trackable.restoreState(state[key]);
       }
     }
+    this.volatile = volatile;
     return true;
   }
 
@@ -104,9 +111,12 @@ class ViewerFrame {
   // then waits for no server. `panel` is the xy panel's size in CSS pixels. Resolves to the
   // number of files fetched.
   async warm(state, panel) {
+    // A source is a URL, or an object with one.
+    const url = (layer) => (typeof layer.source === "string" ? layer.source :
+      (layer.source && typeof layer.source.url === "string" ? layer.source.url : ""));
     const sources = (state.layers || []).filter(
-      (layer) => layer.visible !== false && typeof layer.source === "string" &&
-        layer.source.startsWith("precomputed://") && layer.type !== "annotation");
+      (layer) => layer.visible !== false && layer.type !== "annotation" &&
+        url(layer).startsWith("precomputed://"));
     const [x, y, z] = state.position;
     const voxel = ["x", "y", "z"].map((axis) => state.dimensions[axis][0] * 1e9);  // nm
     // crossSectionScale: canonical voxels (the smallest edge) per screen pixel.
@@ -115,7 +125,7 @@ class ViewerFrame {
     const half = [panel.width / 2 * pixelNm, panel.height / 2 * pixelNm];
     const urls = [];
     for (const layer of sources) {
-      const base = layer.source.slice("precomputed://".length);
+      const base = url(layer).slice("precomputed://".length);
       const info = await this.info(base);
       // The coarsest scale still at least as fine as a screen pixel (level 0 at worst).
       let first = 0;
@@ -205,6 +215,10 @@ function chunkUrls(base, scale, centre, half) {
   }
   return urls;
 }
+
+// Layer name -> what of it changes between synapses, as a string to compare.
+ViewerFrame.volatile = (state) => new Map((state.layers || []).map((layer) => [
+  layer.name, JSON.stringify(VOLATILE_LAYER_KEYS.map((key) => layer[key] ?? null))]));
 
 // A state's layers without what changes between synapses, as a string to compare.
 ViewerFrame.skeleton = (state) => JSON.stringify((state.layers || []).map((layer) => {
