@@ -318,6 +318,8 @@ def test_skeleton_round_trips_through_the_precomputed_encoding(client, volumes):
 
     response = client.get(_url(seg_layer, "skeletons/3000"))
     assert response["Content-Type"] == "application/octet-stream"
+    # Cached a minute: the review page fetches the next synapse's skeletons ahead.
+    assert response["Cache-Control"] == "private, max-age=60"
     positions, edges, got_radius = _decode_skeleton(response.content)
     np.testing.assert_allclose(positions, zyx[:, ::-1])
     assert sorted(map(tuple, edges.tolist())) == [(1, 0), (2, 1), (3, 1)]
