@@ -14,7 +14,8 @@ from django.contrib.auth import get_user_model
 
 from connectome.datasets.models import Membership
 from connectome.imports.volumes import import_volume
-from connectome.review.models import Review
+from connectome.review.models import Review, ReviewClaim
+from connectome.review.services import review_next
 from connectome.synapses.models import Synapse
 from connectome.viewer.state import PALETTE
 from tests.browser.conftest import browser_missing, hover, log_in, report
@@ -159,3 +160,25 @@ def test_pick_line_names_the_cell_under_the_mouse(reviewing):
             assert line == f"segment {segment}", (seen, line)
             checked += 1
     assert checked >= 2, "the mouse never was over a cell"
+
+
+def test_someone_else_takes_the_synapse_loaded_ahead(reviewing, phantom_dataset):
+    page, user, _ = reviewing
+    current = page.evaluate("window.reviewQueue.current.id")
+    upcoming = page.evaluate("window.reviewQueue.upcoming.map((s) => s.id)")
+    page.wait_for_function(
+        f"() => performance.getEntriesByType('resource').some((e) =>"
+        f" e.name.includes('/viewer/state/synapses/{upcoming[0]}/') && e.responseEnd > 0)",
+        timeout=30_000)
+    # Another reviewer claims the synapse the page loaded ahead (the first one nobody holds).
+    other = get_user_model().objects.create_user("otto", password="unused")
+    assert review_next(dataset=phantom_dataset, reviewer=other).pk == upcoming[0]
+    page.keyboard.press("c")
+    page.wait_for_function(
+        f"() => ![{current}, {upcoming[0]}].includes(window.reviewQueue.current.id)"
+        f" && ({DRAWN})()", timeout=60_000)
+    # The page showed the guess, then the one the queue handed out instead.
+    assert page.evaluate("window.reviewQueue.current.id") == upcoming[1]
+    assert ReviewClaim.objects.get(synapse_id=upcoming[1]).reviewer == user
+    assert ReviewClaim.objects.get(synapse_id=upcoming[0]).reviewer == other
+    assert Review.objects.get(reviewer=user).synapse_id == current
