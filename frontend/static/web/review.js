@@ -46,7 +46,7 @@
   let lastDrawn = Promise.resolve();  // resolves once the synapse on screen is drawn
   const judged = [];       // synapses judged on this page, oldest first (for undo)
   const cells = new Map(); // cell id -> Promise of the cell
-  const states = new Map(); // "<synapse id>:<layout>" -> {promise, ahead}
+  const states = new Map(); // "<synapse id>:<layout>" -> {promise, ahead, state once loaded}
   const remembered = `review:${config.dataset}:`;
   let layout = localStorage.getItem("review:layout");
   if (!LAYOUTS.includes(layout)) layout = LAYOUTS[0];
