@@ -31,9 +31,13 @@ from connectome.review.services import (
     review_next,
     review_skip,
     review_undo,
+    review_upcoming,
 )
 from connectome.synapses.apis import SynapseSerializer
 from connectome.synapses.models import Synapse, SynapseRun
+
+#: The most synapses ``next`` lists ahead of the claimed one.
+MAX_LOOKAHEAD = 10
 
 
 class ReviewSerializer(serializers.ModelSerializer):
@@ -155,6 +159,9 @@ class ReviewQueueItemSerializer(serializers.Serializer):
     synapse = SynapseSerializer(allow_null=True)
     claim_expires_at = serializers.DateTimeField(allow_null=True)
     progress = ReviewProgressSerializer()
+    upcoming = SynapseSerializer(
+        many=True, required=False,
+        help_text="with `lookahead`: the synapses that follow in your queue, not claimed")
 
 
 class ReviewSkippedSerializer(serializers.Serializer):
@@ -179,6 +186,10 @@ class ReviewNextBody(serializers.Serializer):
     order = serializers.ChoiceField(choices=ORDERS, default=QueueOrder.CONFIDENCE)
     seed = serializers.IntegerField(min_value=0, max_value=MAX_ID, default=0,
                                     help_text="random order: the same seed, the same sequence")
+    lookahead = serializers.IntegerField(
+        min_value=0, max_value=MAX_LOOKAHEAD, default=0,
+        help_text="also list this many synapses that follow in the queue (`upcoming`), "
+                  "unclaimed, so a page can load them ahead")
 
 
 class ReviewSkipBody(serializers.Serializer):
@@ -216,17 +227,25 @@ class _QueueView(APIView):
         return run
 
     @staticmethod
-    def item(dataset: Dataset, reviewer, synapse, run) -> Response:
+    def item(dataset: Dataset, reviewer, synapse, run, upcoming=None) -> Response:
         claim = None
         if synapse is not None:
-            synapse = Synapse.objects.annotate(
-                pre_segment_id=F("pre__segment_id"), post_segment_id=F("post__segment_id"),
-            ).get(pk=synapse.pk)
+            synapse = _with_segments(Synapse.objects.filter(pk=synapse.pk)).get()
             claim = ReviewClaim.objects.filter(synapse=synapse, reviewer=reviewer).first()
-        return Response(ReviewQueueItemSerializer({
+        item = {
             "synapse": synapse, "claim_expires_at": claim and claim.expires_at,
             "progress": review_progress(dataset=dataset, run=run),
-        }).data)
+        }
+        if upcoming is not None:
+            ids = [s.pk for s in upcoming]
+            found = _with_segments(Synapse.objects.filter(pk__in=ids)).in_bulk()
+            item["upcoming"] = [found[pk] for pk in ids if pk in found]
+        return Response(ReviewQueueItemSerializer(item).data)
+
+
+def _with_segments(synapses):
+    return synapses.annotate(pre_segment_id=F("pre__segment_id"),
+                             post_segment_id=F("post__segment_id"))
 
 
 class ReviewNextView(_QueueView):
@@ -240,10 +259,14 @@ class ReviewNextView(_QueueView):
         body = ReviewNextBody(data=request.data)
         body.is_valid(raise_exception=True)
         run = self.run(dataset, body.validated_data.get("run"))
-        synapse = review_next(dataset=dataset, reviewer=request.user, run=run,
-                              order=body.validated_data["order"],
-                              seed=body.validated_data["seed"])
-        return self.item(dataset, request.user, synapse, run)
+        query = {"order": body.validated_data["order"], "seed": body.validated_data["seed"]}
+        synapse = review_next(dataset=dataset, reviewer=request.user, run=run, **query)
+        lookahead = body.validated_data["lookahead"]
+        upcoming = None
+        if lookahead:
+            upcoming = review_upcoming(dataset=dataset, reviewer=request.user, run=run,
+                                       limit=lookahead, **query)
+        return self.item(dataset, request.user, synapse, run, upcoming)
 
 
 class ReviewSkipView(_QueueView):

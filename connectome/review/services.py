@@ -201,6 +201,21 @@ def review_next(
         # Every candidate was claimed meanwhile; the next read leaves those out.
 
 
+def review_upcoming(
+    *, dataset: Dataset, reviewer, run: SynapseRun | int | None = None,
+    order: str = QueueOrder.CONFIDENCE, seed: int = 0, limit: int = 1,
+) -> list[Synapse]:
+    """The ``limit`` synapses the queue would hand this reviewer after their claim, in order;
+    not claimed (another reviewer may still get one first), so a page can load them ahead."""
+    if order not in ORDERS:
+        raise InputError(f"unknown order {order!r}; orders: {', '.join(ORDERS)}")
+    if limit <= 0:
+        return []
+    queue = _queue(dataset=dataset, reviewer=reviewer, run=run, order=order, seed=seed,
+                   now=timezone.now())
+    return list(queue[:limit])
+
+
 @transaction.atomic
 def review_skip(*, synapse: Synapse, reviewer) -> None:
     """Release the reviewer's claim on ``synapse`` and never offer it to them again (others

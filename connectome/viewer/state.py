@@ -39,6 +39,21 @@ INPUTS_LAYER = "input synapses"
 OUTPUTS_LAYER = "output synapses"
 INPUT_COLOR = "#00c8ff"
 OUTPUT_COLOR = "#ff3c3c"
+# The one palette of a synapse, in the viewer and in the pages beside it (the review page gets
+# it in its config): the presynaptic cell, the postsynaptic cell, the detected clefts, any
+# other cell, and the pre -> post arrow drawn over them.
+PALETTE = {
+    "pre": "#ff5a36",
+    "post": "#2f8bff",
+    "cleft": "#ffd21f",
+    "other": "#9a9a9a",
+    "arrow": "#ffffff",
+}
+# Layouts of the synapse state: one xy panel, or xy, xz, yz and 3D.
+SYNAPSE_LAYOUTS = ("xy", "4panel")
+# The pre -> post arrow is drawn at least this fraction of the field of view long (300 nm of a
+# 2 um field, about 90 px of the review page's panel), stretched about its middle.
+ARROW_MIN_FRACTION = 0.15
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,6 +106,9 @@ def _data_layer(layer: Layer, *, base_url: str, segments: Iterable[int] | None) 
         state["source"] = {"url": state["source"], "subsources": {"default": True, "mesh": True}}
     if state["type"] == "segmentation" and segments:
         state["segments"] = list(dict.fromkeys(str(int(s)) for s in segments))
+    if layer.kind == Layer.Kind.SYNAPSES:
+        # Every cleft in one colour, never the random colours that can match a partner's.
+        state["segmentDefaultColor"] = PALETTE["cleft"]
     if layer.kind not in VISIBLE_KINDS:
         state["visible"] = False
     return state
@@ -187,13 +205,57 @@ def dataset_state(
     return state
 
 
+def _rgb(colour: str) -> str:
+    """A ``#rrggbb`` colour as a GLSL ``vec4``."""
+    r, g, b = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return f"vec4({r:.3f}, {g:.3f}, {b:.3f}, 1.0)"
+
+
+# The arrow: a thick line in the arrow colour, a small marker in the pre colour at its start
+# and a large one in the post colour at its end.
+ARROW_SHADER = f"""void main() {{
+  setLineColor({_rgb(PALETTE["arrow"])});
+  setLineWidth(4.0);
+  setEndpointMarkerColor({_rgb(PALETTE["pre"])}, {_rgb(PALETTE["post"])});
+  setEndpointMarkerSize(7.0, 15.0);
+  setEndpointMarkerBorderColor({_rgb(PALETTE["arrow"])});
+  setEndpointMarkerBorderWidth(1.5);
+}}
+"""
+
+
+def arrow_points(start: Sequence[float], end: Sequence[float], *,
+                 min_length_nm: float) -> tuple[tuple, tuple]:
+    """The pre -> post arrow as drawn: both (z, y, x) nm points in the section of their middle,
+    stretched about the middle to at least ``min_length_nm`` in y/x.
+
+    A line across sections shows only where it crosses the section on screen (a stub of a few
+    pixels); in one section it shows whole. Points that coincide in y/x stay as they are.
+    """
+    mid = [(a + b) / 2 for a, b in zip(start, end)]
+    dy, dx = end[1] - start[1], end[2] - start[2]
+    length = (dy * dy + dx * dx) ** 0.5
+    half = max(length, min_length_nm) / 2
+    if length == 0:
+        return (mid[0], start[1], start[2]), (mid[0], end[1], end[2])
+    uy, ux = dy / length, dx / length
+    return ((mid[0], mid[1] - uy * half, mid[2] - ux * half),
+            (mid[0], mid[1] + uy * half, mid[2] + ux * half))
+
+
 def synapse_state(synapse: Synapse, *, base_url: str, field_nm: float = SYNAPSE_FIELD_NM,
                   layout: str = "xy") -> dict:
-    """Centred on the synapse, its pre and post cells selected, a line from pre to post.
+    """Centred on the synapse, its cells selected in :data:`PALETTE`'s colours, an arrow from
+    pre to post.
 
-    The line runs from the presynaptic point to the postsynaptic point, each falling back to
-    the centre; its ``segments`` are ``[[pre id], [post id]]`` and its id is the synapse's.
+    The arrow is a line annotation from the presynaptic point to the postsynaptic point (each
+    falling back to the centre), put in the centre's section and stretched to at least
+    :data:`ARROW_MIN_FRACTION` of the field (:func:`arrow_points`); its ``segments`` are
+    ``[[pre id], [post id]]`` and its id is the synapse's. ``layout`` is one of
+    :data:`SYNAPSE_LAYOUTS`.
     """
+    if layout not in SYNAPSE_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(SYNAPSE_LAYOUTS)}")
     dataset = synapse.dataset
     centre, pre, post = (_point(synapse, p) for p in ("ctr", "pre", "post"))
     if centre is None and pre is not None and post is not None:
@@ -203,23 +265,42 @@ def synapse_state(synapse: Synapse, *, base_url: str, field_nm: float = SYNAPSE_
     segmentation = selectors.segmentation_layer(dataset, cell=cells[0] if cells else None)
     annotations = []
     if centre is not None:
+        start, end = arrow_points(pre or centre, post or centre,
+                                  min_length_nm=ARROW_MIN_FRACTION * field_nm)
         line = {
             "type": "line", "id": str(synapse.pk),
-            "pointA": voxel_position(pre or centre, dataset.voxel_size),
-            "pointB": voxel_position(post or centre, dataset.voxel_size),
+            "pointA": voxel_position((centre[0], *start[1:]), dataset.voxel_size),
+            "pointB": voxel_position((centre[0], *end[1:]), dataset.voxel_size),
             "description": f"synapse {synapse.pk}",
         }
         if cells and segmentation is not None:
             line["segments"] = _synapse_segments(synapse)
-        annotations.append(annotation_layer(
+        layer = annotation_layer(
             SYNAPSE_LAYER, [line], voxel_size=dataset.voxel_size,
             segmentation=segmentation.name if segmentation is not None else None,
-        ))
-    return dataset_state(
+            color=PALETTE["arrow"],
+        )
+        layer["shader"] = ARROW_SHADER
+        annotations.append(layer)
+    state = dataset_state(
         dataset, base_url=base_url, position_nm=centre,
         selected=[c.segment_id for c in cells], annotations=annotations,
         field_nm=field_nm, layout=layout, segmentation_layer=segmentation,
     )
+    colours = {}
+    if synapse.pre is not None:
+        colours[str(synapse.pre.segment_id)] = PALETTE["pre"]
+    if synapse.post is not None:
+        colours.setdefault(str(synapse.post.segment_id), PALETTE["post"])
+    for layer in state["layers"]:
+        if segmentation is not None and layer["name"] == segmentation.name:
+            layer["segmentColors"] = colours
+            layer["segmentDefaultColor"] = PALETTE["other"]
+            if layout == "xy":
+                # No 3D panel: skeletons would only be dots and strokes across the section,
+                # and the viewer would load each cell's skeleton before it counts as drawn.
+                layer["objectAlpha"] = 0
+    return state
 
 
 def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,

@@ -29,6 +29,9 @@ UINT64_MAX = 2**64 - 1
 CHUNK_CACHE = "private, max-age=86400"
 # Segment properties and skeleton lists change as cells are annotated.
 INFO_CACHE = "private, no-cache"
+# A skeleton changes when its cell is skeletonized again; a minute old is recent enough, and
+# lets the review page fetch the next synapse's skeletons ahead.
+SKELETON_CACHE = "private, max-age=60"
 
 
 def _not_found(detail: str) -> JsonResponse:
@@ -142,7 +145,7 @@ def _skeleton(request, layer, name: str):
     return _binary(request, precomputed.encode_skeleton(
         node_id=nodes["node_id"], parent_id=nodes["parent_id"], zyx=nodes["zyx"],
         radius=nodes["radius"],
-    ), cache=INFO_CACHE)
+    ), cache=SKELETON_CACHE)
 
 
 def _mesh(request, layer, name: str):
@@ -200,7 +203,13 @@ def synapse_state(request, synapse_id: int):
     synapse = selectors.visible_synapse(synapse_id=synapse_id, user=request.user)
     if synapse is None:
         return _not_found(f"no synapse {synapse_id}")
-    return JsonResponse(state.synapse_state(synapse, base_url=_base_url(request)))
+    layout = request.GET.get("layout", "xy")
+    if layout not in state.SYNAPSE_LAYOUTS:
+        return JsonResponse({"layout": [
+            f"unknown layout {layout!r}; layouts: {', '.join(state.SYNAPSE_LAYOUTS)}"]},
+            status=400)
+    return JsonResponse(state.synapse_state(synapse, base_url=_base_url(request),
+                                            layout=layout))
 
 
 @require_GET

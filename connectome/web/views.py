@@ -16,6 +16,7 @@ from connectome.review.selectors import precision_estimate, review_progress
 from connectome.synapses.models import Synapse
 from connectome.synapses.selectors import default_run
 from connectome.synapses.wiring import KINDS
+from connectome.viewer.state import PALETTE
 from connectome.web import selectors
 
 #: The token of the embedded viewer client (one client serves every page).
@@ -84,6 +85,8 @@ def review_queue(request, pk):
         # ?run=<id> chooses the run (from the dataset page); else the browser's last choice.
         "run": int(run) if run.isdigit() and int(run) in {r.pk for r in runs} else None,
         "can_review": access.can_review,
+        # The viewer states' colours, for the panel's labels and legend.
+        "palette": PALETTE,
     }
     # Without a choice, the dataset's default run (the one its pages count): reviewers judge
     # what a detection found.
