@@ -9,7 +9,7 @@ from django.db.models import Q, QuerySet
 from connectome.cells.models import Cell, Skeleton
 from connectome.datasets.models import Dataset, Layer
 from connectome.datasets.selectors import datasets_visible_to
-from connectome.synapses.models import Synapse
+from connectome.synapses.models import Synapse, SynapseRun
 
 
 def visible_dataset(*, dataset_id: int, user) -> Dataset | None:
@@ -34,7 +34,7 @@ def visible_cell(*, cell_id: int, user) -> Cell | None:
 
 def visible_synapse(*, synapse_id: int, user) -> Synapse | None:
     return (
-        Synapse.objects.select_related("dataset", "pre", "post", "pre__layer")
+        Synapse.objects.select_related("dataset", "run", "pre", "post", "pre__layer")
         .filter(pk=synapse_id, dataset__in=datasets_visible_to(user))
         .first()
     )
@@ -75,3 +75,16 @@ def cell_synapses(cell: Cell, *, limit: int) -> list[Synapse]:
         .select_related("pre", "post")
         .order_by("id")[:limit]
     )
+
+
+def visible_run(*, run_id: int, user) -> SynapseRun | None:
+    return (
+        SynapseRun.objects.select_related("dataset")
+        .filter(pk=run_id, dataset__in=datasets_visible_to(user))
+        .first()
+    )
+
+
+def newest_run(dataset: Dataset) -> SynapseRun | None:
+    """The dataset's newest synapse run (the review page's default too)."""
+    return dataset.synapse_runs.order_by("-created_at", "-pk").first()
