@@ -346,3 +346,20 @@ def test_dataset_state_view_takes_the_run(client, run):
     assert any(layer.get("source", "").endswith(f"/runs/{run.pk}") for layer in state["layers"])
     response = client.get(url, {"run": "nope"})
     assert response.status_code == 400 and response.json()["detail"].startswith("run:")
+
+
+def test_storing_a_large_run_asks_for_its_job(data_root, monkeypatch,
+                                              django_capture_on_commit_callbacks):
+    monkeypatch.setattr(annotations, "INLINE_MAX", 3)
+    dataset = DatasetFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        small = SynapseRunFactory(dataset=dataset)
+        Synapse.objects.bulk_create([Synapse(dataset=dataset, run=small, ctr_z=0, ctr_y=0,
+                                             ctr_x=0) for _ in range(3)])
+    with django_capture_on_commit_callbacks(execute=True):
+        large = SynapseRunFactory(dataset=dataset)
+        Synapse.objects.bulk_create([Synapse(dataset=dataset, run=large, ctr_z=0, ctr_y=0,
+                                             ctr_x=0) for _ in range(4)])
+    jobs = Job.objects.filter(kind="build_annotation_layer")
+    assert [job.parameters for job in jobs] == [{"run": large.pk}]
+    assert jobs[0].dataset == dataset and jobs[0].state == Job.State.QUEUED
