@@ -151,7 +151,7 @@ class Rows:
     def from_columns(cls, cols: list[np.ndarray]) -> Rows:
         n = len(cols[0])
         records = np.zeros(n, RECORD)
-        geometry = np.stack([(c.astype(np.float64) + 0.0) for c in cols[1:7]], axis=1)
+        geometry = np.stack([c.astype(np.float64) for c in cols[1:7]], axis=1)
         records["geometry"] = geometry
         records["confidence"] = cols[7]
         for i, name in enumerate(("kind", "review_state", "flag")):
