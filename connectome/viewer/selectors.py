@@ -12,7 +12,7 @@ from connectome.cells.models import Cell, Skeleton
 from connectome.cells.selectors import layer_mesh_path
 from connectome.datasets.models import Dataset, Layer
 from connectome.datasets.selectors import datasets_visible_to
-from connectome.synapses.models import Synapse
+from connectome.synapses.models import Synapse, SynapseRun
 from detection.cells.meshes import FRAGMENT_NAME, MANIFEST_NAME
 
 
@@ -38,7 +38,7 @@ def visible_cell(*, cell_id: int, user) -> Cell | None:
 
 def visible_synapse(*, synapse_id: int, user) -> Synapse | None:
     return (
-        Synapse.objects.select_related("dataset", "pre", "post", "pre__layer")
+        Synapse.objects.select_related("dataset", "run", "pre", "post", "pre__layer")
         .filter(pk=synapse_id, dataset__in=datasets_visible_to(user))
         .first()
     )
@@ -99,3 +99,11 @@ def mesh_file(layer: Layer, name: str) -> tuple[Path, str] | None:
         return None
     path = folder / name
     return (path, what) if path.is_file() else None
+
+
+def visible_run(*, run_id: int, user) -> SynapseRun | None:
+    return (
+        SynapseRun.objects.select_related("dataset")
+        .filter(pk=run_id, dataset__in=datasets_visible_to(user))
+        .first()
+    )

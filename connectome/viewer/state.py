@@ -20,7 +20,8 @@ from django.urls import reverse
 
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset, Layer
-from connectome.synapses.models import Synapse
+from connectome.synapses.models import Synapse, SynapseRun
+from connectome.synapses.selectors import default_run
 from connectome.viewer import selectors
 from connectome.viewer.precomputed import volume_type
 
@@ -54,6 +55,9 @@ SYNAPSE_LAYOUTS = ("xy", "4panel")
 # The pre -> post arrow is drawn at least this fraction of the field of view long (300 nm of a
 # 2 um field, about 90 px of the review page's panel), stretched about its middle.
 ARROW_MIN_FRACTION = 0.15
+RUN_LAYER_PREFIX = "run "
+# A run's synapses are clefts: the palette's cleft colour.
+RUN_COLOR = PALETTE["cleft"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +140,24 @@ def annotation_layer(name: str, annotations: list[dict], *, voxel_size: Sequence
     return layer
 
 
+def run_synapses_layer(run: SynapseRun, *, base_url: str, segmentation: str | None = None,
+                       visible: bool = True) -> dict:
+    """Every synapse of ``run`` as lines pre -> post, from the run's precomputed annotations
+    (``connectome/viewer/annotations.py``), linked to ``segmentation`` (a layer name)."""
+    info = reverse("viewer:run-annotations", kwargs={"run_id": run.pk, "path": "info"})
+    layer = {
+        "type": "annotation",
+        "name": f"{RUN_LAYER_PREFIX}{run.name}",
+        "source": f"precomputed://{base_url.rstrip('/')}{info.removesuffix('/info')}",
+        "annotationColor": RUN_COLOR,
+    }
+    if segmentation is not None:
+        layer["linkedSegmentationLayer"] = {r: segmentation for r in RELATIONSHIPS}
+    if not visible:
+        layer["visible"] = False
+    return layer
+
+
 def _synapse_segments(synapse: Synapse) -> list[list[str]]:
     return [[str(c.segment_id)] if c is not None else [] for c in (synapse.pre, synapse.post)]
 
@@ -148,7 +170,8 @@ def dataset_state(
     dataset: Dataset, *, base_url: str, position_nm: Sequence[float] | None = None,
     selected: Iterable[int] | None = None, annotations: list[dict] | None = None,
     field_nm: float | None = None, layout: str = "4panel",
-    segmentation_layer: Layer | None = None,
+    segmentation_layer: Layer | None = None, synapse_run: SynapseRun | None = None,
+    show_run: bool = True,
 ) -> dict:
     """Every layer of ``dataset``: EM as images, label layers as segmentations.
 
@@ -169,6 +192,11 @@ def dataset_state(
         Neuroglancer layout: "4panel", "xy", "xy-3d", ...
     segmentation_layer : Layer, optional
         Layer that gets ``selected``; the dataset's first segmentation layer by default.
+    synapse_run : SynapseRun, optional
+        Run whose synapses are added as one annotation layer (:func:`run_synapses_layer`);
+        the dataset's default run (`default_run`) by default.
+    show_run : bool
+        Whether that layer starts visible.
     """
     voxel_size = dataset.voxel_size
     shape = dataset.shape or (1, 1, 1)
@@ -186,6 +214,11 @@ def dataset_state(
             extra = {**extra, "name": f"{extra['name']} (annotations)"}
         names.add(extra["name"])
         state_layers.append(extra)
+    run = synapse_run or default_run(dataset=dataset)
+    if run is not None:
+        state_layers.append(run_synapses_layer(
+            run, base_url=base_url, visible=show_run,
+            segmentation=segmentation_layer.name if segmentation_layer is not None else None))
     if position_nm is None:
         position = [shape[2] / 2, shape[1] / 2, shape[0] / 2]
     else:
@@ -286,6 +319,7 @@ def synapse_state(synapse: Synapse, *, base_url: str, field_nm: float = SYNAPSE_
         dataset, base_url=base_url, position_nm=centre,
         selected=[c.segment_id for c in cells], annotations=annotations,
         field_nm=field_nm, layout=layout, segmentation_layer=segmentation,
+        synapse_run=synapse.run, show_run=False,
     )
     colours = {}
     if synapse.pre is not None:
@@ -318,7 +352,7 @@ def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
     position = _point(cell, "centroid")
     field_nm = None
     if bbox is not None:
-        (lo_z, lo_y, lo_x), (hi_z, hi_y, hi_x) = bbox
+        (_, lo_y, lo_x), (_, hi_y, hi_x) = bbox
         if position is None:
             position = tuple((lo + hi - 1) / 2 * v
                              for lo, hi, v in zip(bbox[0], bbox[1], voxel_size))
@@ -345,7 +379,7 @@ def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
     state = dataset_state(
         dataset, base_url=base_url, position_nm=position, selected=[cell.segment_id],
         annotations=annotations, field_nm=field_nm, layout=layout,
-        segmentation_layer=segmentation,
+        segmentation_layer=segmentation, show_run=False,
     )
     # The 3D view shows the skeleton and the synapses, not the opaque sections in front.
     state["showSlices"] = False

@@ -19,9 +19,10 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET
 
 from connectome.common.security import csp_update
-from connectome.viewer import client, precomputed, selectors, state
+from connectome.viewer import annotations, client, precomputed, selectors, state
 from connectome.viewer.precomputed import SEGMENTATION_KINDS
 from detection.cells.meshes import MESH_INFO
+from detection.errors import InputError
 
 _SEGMENT_ID = re.compile(r"\d{1,20}")
 UINT64_MAX = 2**64 - 1
@@ -183,6 +184,43 @@ def _binary(request, data: bytes, *, cache: str = CHUNK_CACHE,
 
 
 # --------------------------------------------------------------------------------------------
+# Annotation layers of synapse runs
+
+
+@require_GET
+def run_annotations(request, run_id: int, path: str):
+    run = selectors.visible_run(run_id=run_id, user=request.user)
+    if run is None:
+        return _not_found(f"no synapse run {run_id}")
+    head, _, name = path.partition("/")
+    try:
+        if path == "info":
+            return _json(request, annotations.ensure_built(run))
+        if head == "by_id" and _SEGMENT_ID.fullmatch(name) and int(name) <= UINT64_MAX:
+            data = annotations.encode_by_id(run, int(name))
+            if data is None:
+                return _not_found(f"run {run_id} has no synapse {name}")
+            return _binary(request, data, cache=INFO_CACHE)
+        relationship = head.removeprefix("rel_")
+        if head.startswith("rel_") and relationship in annotations.RELATIONSHIPS:
+            if not _SEGMENT_ID.fullmatch(name) or int(name) > UINT64_MAX:
+                return JsonResponse({"detail": f"segment id: {name!r} is not a uint64"},
+                                    status=400)
+            return _binary(request, annotations.encode_related(run, relationship, int(name)),
+                           cache=INFO_CACHE)
+        if head.startswith("spatial") and name:
+            data = annotations.read_spatial_chunk(run.pk, head, name)
+            if data is not None:
+                # A run's geometry never changes (a replaced run is a new id).
+                return _binary(request, data)
+    except annotations.LayerNotBuilt as exc:
+        return _not_found(str(exc))
+    except InputError as exc:
+        return JsonResponse({"detail": str(exc)}, status=400)
+    return _not_found(f"run {run_id} has no annotation data {path!r}")
+
+
+# --------------------------------------------------------------------------------------------
 # Viewer states
 
 
@@ -195,7 +233,16 @@ def dataset_state(request, dataset_id: int):
     dataset = selectors.visible_dataset(dataset_id=dataset_id, user=request.user)
     if dataset is None:
         return _not_found(f"no dataset {dataset_id}")
-    return JsonResponse(state.dataset_state(dataset, base_url=_base_url(request)))
+    run = None
+    if "run" in request.GET:
+        # ?run=<id>: the run whose synapses are shown; the newest by default.
+        raw = request.GET["run"]
+        run = dataset.synapse_runs.filter(pk=int(raw)).first() if raw.isdigit() else None
+        if run is None:
+            return JsonResponse(
+                {"detail": f"run: dataset {dataset_id} has no synapse run {raw!r}"}, status=400)
+    return JsonResponse(state.dataset_state(dataset, base_url=_base_url(request),
+                                            synapse_run=run))
 
 
 @require_GET
