@@ -288,9 +288,18 @@ def main(argv=None) -> int:
         page.goto(f"{url}/datasets/{dataset}/cells/")
         shot("cells")
 
+        # The pre cell's page: its mesh in the 3D panel (the demo meshes every cell).
         page.goto(f"{url}/datasets/{dataset}/cells/{pair[0]}/")
         settle(page, 1500)
         shot("cell")
+
+        # Search from the header box on the dataset page: the pre cell's type.
+        cell = api(page, f"/api/cells/{pair[0]}/")
+        page.goto(f"{url}/datasets/{dataset}/")
+        page.fill("#search-box", cell["cell_type"] or cell["name"] or str(cell["segment_id"]))
+        page.keyboard.press("Enter")
+        page.wait_for_load_state()
+        shot("search", full_page=True)
 
         page.goto(f"{url}/datasets/{dataset}/synapses/{synapse['id']}/")
         page.evaluate("window.synapseShown")  # the synapse's state restored and drawn
