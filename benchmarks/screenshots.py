@@ -13,14 +13,17 @@ Writes ``pages_*.png`` and prints the time from navigation start until the viewe
 the first synapse of the queue (``window.reviewTimings.firstSynapseMs``), for fresh browser
 contexts (nothing cached) and for reloads (the reviewer's claimed synapse each time). With
 ``--skips N`` it also times N next synapses after a skip; skips are for good (the queue does
-not offer those synapses to this reviewer again), so they use up the reviewer's queue.
+not offer those synapses to this reviewer again), so they use up the reviewer's queue. Each
+next synapse is timed in the page, from the key press to the page's record that the synapse
+it brought is drawn, after the reviewer has looked at the drawn one for ``--think-ms``.
 
 With ``--review N`` it first works through N synapses of a run in the random queue order with
 the keyboard, as a reviewer who knows the phantom's ground truth would: a detected synapse
 with a true synapse of the same pre and post cells within ``--tolerance`` nm is confirmed,
 one of the reverse pair is a wrong direction, one near a true synapse of other cells a wrong
 partner (right cell not picked), one near none not a synapse. Those are real verdicts in the
-database; without ``--review`` the script only looks (skips are the reviewer's own).
+database, each timed as above; ``--undos N`` then takes the last one back N times (timed) and
+gives it again. Without ``--review`` the script only looks (skips are the reviewer's own).
 """
 
 import argparse
@@ -29,7 +32,6 @@ import logging
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
@@ -121,21 +123,72 @@ def review_with_truth(page, url, dataset, args):
     page.select_option("#order", "random")
     page.select_option("#run", str(by_name[args.review_run]))
     counts = {}
+    steps, undos = [], []
+    given = []  # (synapse, key) in order
     for _ in range(args.review):
-        page.wait_for_function("() => !window.reviewQueue.busy && (window.reviewQueue.current"
-                               " !== null || document.getElementById('empty').hidden === false)")
-        synapse = page.evaluate("window.reviewQueue.current")
+        synapse = wait_idle(page, args.think_ms)
         if synapse is None:
             break
         key = oracle_verdict(synapse, truth, args.tolerance)
         counts[key] = counts.get(key, 0) + 1
-        page.keyboard.press(key)
-        if key == "p":
-            page.click("#pick-none")
-        page.wait_for_function(
-            f"() => !window.reviewQueue.current || window.reviewQueue.current.id !== "
-            f"{synapse['id']}", timeout=60_000)
+        steps.append(timed_step(page, key))
+        given.append((synapse, key))
     logger.info("verdicts given by key: %s", counts)
+    # Undo the last verdict (its synapse comes back), then give it again: both timed.
+    for _ in range(min(args.undos, len(given))):
+        synapse, key = given[-1]
+        if wait_idle(page, args.think_ms) is None:
+            break
+        undos.append(timed_step(page, "z"))
+        back = wait_idle(page, args.think_ms)
+        if back is None or back["id"] != synapse["id"]:
+            raise SystemExit(f"undo brought back {back and back['id']}, not {synapse['id']}")
+        timed_step(page, key)
+    return {"next_after_verdict_ms": steps, "undo_ms": undos}
+
+
+def wait_idle(page, think_ms: int = 0):
+    """The synapse on screen once the page takes keys again and has drawn it, after
+    ``think_ms`` more (the reviewer looking at it); None when the queue is empty."""
+    page.wait_for_function(
+        "() => { const q = window.reviewQueue; if (q.busy) return false;"
+        " if (document.getElementById('empty').hidden === false) return true;"
+        " return q.current !== null && window.reviewTimings.renderedSynapseId === q.current.id; }",
+        timeout=60_000)
+    page.wait_for_timeout(think_ms)
+    return page.evaluate("window.reviewQueue.current")
+
+
+# In the page: when the last key or click came (capture phase, before the page's handlers) and
+# when the page last recorded a synapse as drawn (its push to reviewTimings.perSynapseMs).
+STOPWATCH = """() => {
+  if (window.__stopwatch) return;
+  window.__stopwatch = {keyAt: null, drawnAt: null};
+  for (const type of ["keydown", "click"]) {
+    document.addEventListener(type, () => { window.__stopwatch.keyAt = performance.now(); }, true);
+  }
+  const drawn = window.reviewTimings.perSynapseMs;
+  drawn.push = function (...values) {
+    window.__stopwatch.drawnAt = performance.now();
+    return Array.prototype.push.apply(this, values);
+  };
+}"""
+
+
+def timed_step(page, key: str) -> float:
+    """Press ``key`` (``p`` then "right cell unknown") and wait until the synapse it brings is
+    drawn; milliseconds from the key press (the button for ``p``), measured in the page."""
+    page.evaluate(STOPWATCH)
+    before = page.evaluate("window.reviewTimings.perSynapseMs.length")
+    page.keyboard.press(key)
+    if key == "p":
+        page.click("#pick-none")
+    page.wait_for_function(
+        f"() => window.reviewTimings.perSynapseMs.length > {before}"
+        " || document.getElementById('empty').hidden === false", timeout=60_000)
+    if page.evaluate(QUEUE_EMPTY):
+        raise SystemExit("the review queue ran empty while timing")
+    return round(page.evaluate("window.__stopwatch.drawnAt - window.__stopwatch.keyAt"))
 
 
 def central_synapse(page, dataset, run_name: str) -> dict:
@@ -165,6 +218,11 @@ def main(argv=None) -> int:
                         help="next synapses to time after a skip (uses up the queue)")
     parser.add_argument("--review", type=int, default=0,
                         help="verdicts to give first, from the ground truth")
+    parser.add_argument("--undos", type=int, default=0,
+                        help="after --review: undo the last verdict and give it again, "
+                             "this many times, timing the undo")
+    parser.add_argument("--think-ms", type=int, default=1000,
+                        help="how long the reviewer looks at a drawn synapse before the key")
     parser.add_argument("--review-run", default="detected partners")
     parser.add_argument("--truth-run", default="ground truth")
     parser.add_argument("--tolerance", type=float, default=200.0, help="nm, between centres")
@@ -185,8 +243,9 @@ def main(argv=None) -> int:
             logger.error("no dataset %r at %s (run manage.py demo first)", args.dataset, url)
             return 1
         dataset = found[0]["id"]
+        reviewed = {"next_after_verdict_ms": [], "undo_ms": []}
         if args.review:
-            review_with_truth(page, url, dataset, args)
+            reviewed = review_with_truth(page, url, dataset, args)
 
         def shot(name: str, full_page: bool = False):
             path = args.out / f"pages_{name}.png"
@@ -229,9 +288,18 @@ def main(argv=None) -> int:
         page.goto(f"{url}/datasets/{dataset}/cells/")
         shot("cells")
 
+        # The pre cell's page: its mesh in the 3D panel (the demo meshes every cell).
         page.goto(f"{url}/datasets/{dataset}/cells/{pair[0]}/")
         settle(page, 1500)
         shot("cell")
+
+        # Search from the header box on the dataset page: the pre cell's type.
+        cell = api(page, f"/api/cells/{pair[0]}/")
+        page.goto(f"{url}/datasets/{dataset}/")
+        page.fill("#search-box", cell["cell_type"] or cell["name"] or str(cell["segment_id"]))
+        page.keyboard.press("Enter")
+        page.wait_for_load_state()
+        shot("search", full_page=True)
 
         page.goto(f"{url}/datasets/{dataset}/synapses/{synapse['id']}/")
         page.evaluate("window.synapseShown")  # the synapse's state restored and drawn
@@ -259,13 +327,9 @@ def main(argv=None) -> int:
             page.goto(f"{url}/datasets/{dataset}/review/")
             first_synapse(page)
         for _ in range(args.skips):
-            before = page.evaluate("window.reviewTimings.perSynapseMs.length")
-            started = time.perf_counter()
-            page.keyboard.press("s")
-            page.wait_for_function(
-                f"() => window.reviewTimings.perSynapseMs.length > {before}"
-                " || document.getElementById('empty').hidden === false", timeout=60_000)
-            steps.append((time.perf_counter() - started) * 1000)
+            if wait_idle(page, args.think_ms) is None:
+                break
+            steps.append(timed_step(page, "s"))
         context.close()
 
         timings = review_timings(browser, url, dataset, args)
@@ -275,15 +339,19 @@ def main(argv=None) -> int:
         "first_synapse_cold_ms": timings["cold_ms"],
         "first_synapse_reload_ms": timings["reload_ms"],
         "next_synapse_after_skip_ms": [round(s) for s in steps],
+        **reviewed,
     }
     print(json.dumps(figures, indent=1))
     line = (f"time to first rendered synapse: fresh browser median "
             f"{statistics.median(timings['cold_ms']):.0f} ms (n={len(timings['cold_ms'])}), "
             f"reload median {statistics.median(timings['reload_ms']):.0f} ms "
             f"(n={len(timings['reload_ms'])})")
-    if steps:
-        line += f"; next synapse after a skip median {statistics.median(steps):.0f} ms " \
-                f"(n={len(steps)})"
+    for name, values in (("next synapse after a skip", steps),
+                         ("next synapse after a verdict", reviewed["next_after_verdict_ms"]),
+                         ("undo", reviewed["undo_ms"])):
+        if values:
+            line += (f"; {name} median {statistics.median(values):.0f} ms "
+                     f"({min(values):.0f}-{max(values):.0f}, n={len(values)})")
     print(line)
     return 0
 

@@ -20,9 +20,11 @@ from connectome.review.apis import (
     ReviewUndoView,
     ReviewViewSet,
 )
+from connectome.search.apis import SearchView
 from connectome.synapses.apis import (
     CellTypeSummaryView,
     SynapseRunViewSet,
+    SynapseTableView,
     SynapseViewSet,
     WiringMatrixView,
 )
@@ -46,11 +48,14 @@ api = [
     path("datasets/<int:pk>/wiring/", WiringMatrixView.as_view(), name="dataset-wiring"),
     path("datasets/<int:pk>/cell-types/", CellTypeSummaryView.as_view(),
          name="dataset-cell-types"),
+    path("datasets/<int:pk>/synapse-table/", SynapseTableView.as_view(),
+         name="dataset-synapse-table"),
     path("datasets/<int:pk>/review/next/", ReviewNextView.as_view(), name="dataset-review-next"),
     path("datasets/<int:pk>/review/skip/", ReviewSkipView.as_view(), name="dataset-review-skip"),
     path("datasets/<int:pk>/review/undo/", ReviewUndoView.as_view(), name="dataset-review-undo"),
     path("datasets/<int:pk>/review/summary/", ReviewSummaryView.as_view(),
          name="dataset-review-summary"),
+    path("search/", SearchView.as_view(), name="search"),
     path("jobs/<int:pk>/download/", JobDownloadView.as_view(), name="job-download"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

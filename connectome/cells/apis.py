@@ -22,7 +22,12 @@ from connectome.common.validators import validate_name
 from connectome.datasets.models import Membership
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
-from connectome.synapses.connectivity import DIRECTIONS, partner_rows
+from connectome.synapses.apis import DEFAULT_RUN_HELP, RunsField, runs_of
+from connectome.synapses.connectivity import (
+    CHEMICAL_DIRECTIONS,
+    DIRECTIONS,
+    partner_rows,
+)
 
 
 class CellSerializer(serializers.ModelSerializer):
@@ -50,8 +55,11 @@ class CellQuery(DatasetQuery):
 
 
 class PartnerQuery(serializers.Serializer):
-    direction = serializers.ChoiceField(choices=["both", *DIRECTIONS], default="both")
-    run = IdListField(required=False, help_text="synapse run ids; all runs by default")
+    direction = serializers.ChoiceField(
+        choices=["all", "both", *DIRECTIONS], default="all",
+        help_text="all: upstream, downstream (chemical) and electrical; both: upstream and "
+                  "downstream")
+    run = RunsField(required=False, help_text=DEFAULT_RUN_HELP)
     min_confidence = serializers.FloatField(required=False)
     min_count = CountField(default=1)
 
@@ -72,6 +80,7 @@ class PartnersSerializer(serializers.Serializer):
     segment_id = serializers.CharField()
     upstream = PartnerSerializer(many=True, required=False)
     downstream = PartnerSerializer(many=True, required=False)
+    electrical = PartnerSerializer(many=True, required=False)
 
 
 _READABLE_CELL = """
@@ -161,13 +170,17 @@ class CellViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
     @extend_schema(parameters=[PartnerQuery], responses=PartnersSerializer)
     @action(detail=True, methods=["get"])
     def partners(self, request, pk=None):
-        """Upstream (presynaptic) and downstream (postsynaptic) partner cells, strongest first,
-        with synapse count, summed contact area and weight, and mean confidence."""
+        """Upstream (presynaptic) and downstream (postsynaptic) partner cells through chemical
+        synapses, and the partners through electrical synapses (no direction), strongest
+        first, with synapse count, summed contact area and weight, and mean confidence; of
+        the dataset's default run unless ``run`` says otherwise."""
         cell = self.readable_cell()
         query = parse_query(PartnerQuery, request)
+        directions = {"all": DIRECTIONS, "both": CHEMICAL_DIRECTIONS}.get(
+            query["direction"], [query["direction"]])
         partners = partner_rows(
-            cell=cell, directions=DIRECTIONS if query["direction"] == "both" else
-            [query["direction"]], runs=query.get("run"),
+            cell=cell, directions=directions,
+            runs=runs_of(cell.dataset_id, query.get("run")),
             min_confidence=query.get("min_confidence"), min_count=query["min_count"],
         )
         body = {"cell": cell.pk, "segment_id": str(cell.segment_id)}

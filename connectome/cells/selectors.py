@@ -1,5 +1,9 @@
 """Reads on cells."""
 
+from pathlib import Path
+
+from django.conf import settings
+
 from connectome.cells.models import Cell
 
 BATCH = 5000
@@ -19,3 +23,15 @@ def cell_ids_by_segment(*, dataset, segment_ids) -> tuple[dict[int, int], list[i
             ).values_list("id", "segment_id")
         )
     return found, [s for s in wanted if s not in found]
+
+
+MESH_FORMAT = "neuroglancer_legacy_mesh"
+
+
+def layer_mesh_path(layer) -> Path | None:
+    """The folder of a layer's meshes (a mesh_segmentation job recorded it), or None."""
+    record = (layer.parameters or {}).get("mesh")
+    if not record or record.get("format") != MESH_FORMAT:
+        return None
+    path = settings.DATA_ROOT / record["path"]
+    return path if path.is_dir() else None

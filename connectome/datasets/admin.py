@@ -38,6 +38,21 @@ class DatasetAdmin(admin.ModelAdmin):
     inlines = [MembershipInline, LayerInline]
     actions = ["detect_synapses"]
 
+    def get_form(self, request, obj=None, **kwargs):
+        # The current run is chosen among this dataset's runs (the request carries which:
+        # the admin object is shared by every request).
+        request.dataset_being_edited = obj
+        return super().get_form(request, obj, **kwargs)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "current_run":
+            from connectome.synapses.models import SynapseRun
+
+            dataset = getattr(request, "dataset_being_edited", None)
+            kwargs["queryset"] = (SynapseRun.objects.none() if dataset is None
+                                  else SynapseRun.objects.filter(dataset=dataset))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     @admin.action(description="Detect synapses (block-wise job on the workers)")
     def detect_synapses(self, request, queryset):
         from connectome.pipeline.forms import DetectionForm

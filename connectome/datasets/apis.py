@@ -4,7 +4,7 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
-from connectome.common.params import DatasetQuery, parse_query
+from connectome.common.params import DatasetQuery, IdField, parse_query
 from connectome.common.validators import NameField, VoxelSizeSerializerField
 from connectome.datasets.models import Dataset, Layer
 from connectome.datasets.permissions import DatasetRolePermission
@@ -19,7 +19,7 @@ class DatasetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = ["id", "name", "description", "voxel_size", "shape", "is_public",
-                  "created_at", "updated_at"]
+                  "current_run", "created_at", "updated_at"]
 
 
 class DatasetCreateSerializer(serializers.Serializer):
@@ -33,6 +33,9 @@ class DatasetUpdateSerializer(serializers.Serializer):
     name = NameField(max_length=200, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
     is_public = serializers.BooleanField(required=False)
+    current_run = IdField(required=False, allow_null=True,
+                          help_text="id of a synapse run of the dataset, shown by default; "
+                                    "null: the newest detection run")
 
 
 class LayerUpdateSerializer(serializers.Serializer):
@@ -55,7 +58,8 @@ class LayerSerializer(serializers.ModelSerializer):
 
 class DatasetViewSet(viewsets.ModelViewSet):
     """Datasets you can see. POST creates one (users allowed to add datasets; the creator
-    becomes its admin); PATCH changes its name, description or public flag (its admins).
+    becomes its admin); PATCH changes its name, description, public flag or current run
+    (its admins: the run shown by default, see ``docs/api.md``).
     Volumes, cells and synapses come in by import jobs (``POST /api/jobs/``)."""
 
     serializer_class = DatasetSerializer

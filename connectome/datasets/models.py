@@ -1,6 +1,7 @@
 """Datasets, who may see them, and the volumes (layers) they hold."""
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from connectome.common.validators import validate_name, voxel_size_model_validators
@@ -32,6 +33,12 @@ class Dataset(models.Model):
         settings.AUTH_USER_MODEL, through="Membership", related_name="datasets", blank=True
     )
     is_public = models.BooleanField(default=False)
+    # The run the pages and the API show by default (connectome.synapses.selectors.default_run).
+    current_run = models.ForeignKey(
+        "synapses.SynapseRun", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="the synapse run shown by default; empty: the newest detection run",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -50,6 +57,13 @@ class Dataset(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        super().clean()
+        if self.current_run_id is not None and (
+                self.pk is None or self.current_run.dataset_id != self.pk):
+            raise ValidationError(
+                {"current_run": f"run {self.current_run_id} is not a run of this dataset"})
 
     @property
     def voxel_size(self) -> tuple[float, float, float]:

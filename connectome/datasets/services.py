@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from connectome.common.validators import check_name
@@ -38,16 +39,26 @@ def dataset_create(
 
 #: What may change on a dataset once it exists (its voxel size and shape stay: volumes and
 #: positions were stored against them).
-DATASET_EDITABLE = ("name", "description", "is_public")
+DATASET_EDITABLE = ("name", "description", "is_public", "current_run")
 
 
 @transaction.atomic
 def dataset_update(*, dataset: Dataset, **changes) -> Dataset:
-    """Change a dataset's name, description or public flag; anything else is refused."""
+    """Change a dataset's name, description, public flag or current run (a run of the
+    dataset, its id, or None for the default rule); anything else is refused."""
     unknown = sorted(set(changes) - set(DATASET_EDITABLE))
     if unknown:
         raise InputError(f"a dataset's {', '.join(unknown)} cannot be changed; "
                          f"editable: {', '.join(DATASET_EDITABLE)}")
+    if "current_run" in changes and changes["current_run"] is not None:
+        from connectome.synapses.models import SynapseRun
+
+        run_id = getattr(changes["current_run"], "pk", changes["current_run"])
+        run = SynapseRun.objects.filter(pk=run_id, dataset=dataset).first()
+        if run is None:
+            raise ValidationError(
+                {"current_run": f"dataset '{dataset.name}' has no synapse run {run_id}"})
+        changes["current_run"] = run
     for field, value in changes.items():
         setattr(dataset, field, value)
     dataset.full_clean()

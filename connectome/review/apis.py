@@ -50,10 +50,14 @@ from connectome.review.services import (
     review_skip,
     review_tags_clean,
     review_undo_last,
+    review_upcoming,
 )
 from connectome.synapses.apis import SynapseSerializer
 from connectome.synapses.models import Synapse, SynapseRun
 from detection.errors import InputError
+
+#: The most synapses ``next`` lists ahead of the claimed one.
+MAX_LOOKAHEAD = 10
 
 
 class ReviewSerializer(serializers.ModelSerializer):
@@ -209,6 +213,9 @@ class ReviewQueueItemSerializer(serializers.Serializer):
     batch = BatchProgressSerializer(
         allow_null=True, help_text="your batch the synapse is in (the one asked for when "
                                    "given), with its progress; null when none")
+    upcoming = SynapseSerializer(
+        many=True, required=False,
+        help_text="with `lookahead`: the synapses that follow in your queue, not claimed")
 
 
 class ReviewUndoneSerializer(ReviewQueueItemSerializer):
@@ -248,6 +255,10 @@ class ReviewNextBody(serializers.Serializer):
     batch = IdField(required=False, allow_null=True,
                     help_text="one of your batches: only its synapses, whatever their run "
                               "(progress stays of run); by default your batches come first")
+    lookahead = serializers.IntegerField(
+        min_value=0, max_value=MAX_LOOKAHEAD, default=0,
+        help_text="also list this many synapses that follow in the queue (`upcoming`), "
+                  "unclaimed, so a page can load them ahead")
 
 
 class ReviewUndoBody(serializers.Serializer):
@@ -303,20 +314,29 @@ class _QueueView(APIView):
         return batch
 
     @staticmethod
-    def item(dataset: Dataset, reviewer, synapse, run, batch=None, **extra) -> Response:
+    def item(dataset: Dataset, reviewer, synapse, run, batch=None, upcoming=None,
+             **extra) -> Response:
         claim = None
         if synapse is not None:
-            synapse = Synapse.objects.annotate(
-                pre_segment_id=F("pre__segment_id"), post_segment_id=F("post__segment_id"),
-            ).get(pk=synapse.pk)
+            synapse = _with_segments(Synapse.objects.filter(pk=synapse.pk)).get()
             claim = ReviewClaim.objects.filter(synapse=synapse, reviewer=reviewer).first()
             batch = batch or reviewer_batch_of(synapse=synapse, reviewer=reviewer)
-        serializer = ReviewUndoneSerializer if extra else ReviewQueueItemSerializer
-        return Response(serializer({
+        item = {
             "synapse": synapse, "claim_expires_at": claim and claim.expires_at,
             "progress": review_progress(dataset=dataset, run=run),
             "batch": batch and batch_progress(batch), **extra,
-        }).data)
+        }
+        if upcoming is not None:
+            ids = [s.pk for s in upcoming]
+            found = _with_segments(Synapse.objects.filter(pk__in=ids)).in_bulk()
+            item["upcoming"] = [found[pk] for pk in ids if pk in found]
+        serializer = ReviewUndoneSerializer if extra else ReviewQueueItemSerializer
+        return Response(serializer(item).data)
+
+
+def _with_segments(synapses):
+    return synapses.annotate(pre_segment_id=F("pre__segment_id"),
+                             post_segment_id=F("post__segment_id"))
 
 
 class ReviewNextView(_QueueView):
@@ -332,11 +352,15 @@ class ReviewNextView(_QueueView):
         batch = self.batch(dataset, request.user, body.validated_data.get("batch"))
         # The progress stays of the run the page shows, even while a batch is served.
         run = self.run(dataset, body.validated_data.get("run"))
-        synapse = review_next(dataset=dataset, reviewer=request.user,
-                              run=None if batch else run,
-                              order=body.validated_data["order"],
-                              seed=body.validated_data["seed"], batch=batch)
-        return self.item(dataset, request.user, synapse, run, batch)
+        query = {"order": body.validated_data["order"], "seed": body.validated_data["seed"],
+                 "run": None if batch else run, "batch": batch}
+        synapse = review_next(dataset=dataset, reviewer=request.user, **query)
+        lookahead = body.validated_data["lookahead"]
+        upcoming = None
+        if lookahead:
+            upcoming = review_upcoming(dataset=dataset, reviewer=request.user,
+                                       limit=lookahead, **query)
+        return self.item(dataset, request.user, synapse, run, batch, upcoming)
 
 
 class ReviewSkipView(_QueueView):

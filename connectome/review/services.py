@@ -254,6 +254,32 @@ def _claim_first(queue: QuerySet, *, reviewer, order: str, now) -> Synapse | Non
         # Every candidate was claimed meanwhile; the next read leaves those out.
 
 
+def review_upcoming(
+    *, dataset: Dataset, reviewer, run: SynapseRun | int | None = None,
+    order: str = QueueOrder.CONFIDENCE, seed: int = 0, limit: int = 1,
+    batch: ReviewBatch | None = None,
+) -> list[Synapse]:
+    """The ``limit`` synapses the queue would hand this reviewer after their claim, in order
+    (their batches first, or only ``batch``, as :func:`review_next`); not claimed (another
+    reviewer may still get one first), so a page can load them ahead."""
+    if order not in ORDERS:
+        raise InputError(f"unknown order {order!r}; orders: {', '.join(ORDERS)}")
+    if limit <= 0:
+        return []
+    common = {"dataset": dataset, "reviewer": reviewer, "order": order, "seed": seed,
+              "now": timezone.now()}
+    if batch is not None:
+        return list(_queue(**common, run=None, batch_ids=[batch.pk])[:limit])
+    own = list(ReviewBatch.objects.filter(dataset=dataset, reviewer=reviewer)
+               .values_list("pk", flat=True))
+    upcoming = list(_queue(**common, run=run, batch_ids=own)[:limit]) if own else []
+    if len(upcoming) < limit:
+        seen = {synapse.pk for synapse in upcoming}
+        rest = _queue(**common, run=run)[:limit + len(upcoming)]
+        upcoming += [synapse for synapse in rest if synapse.pk not in seen]
+    return upcoming[:limit]
+
+
 @transaction.atomic
 def review_next(
     *, dataset: Dataset, reviewer, run: SynapseRun | int | None = None,

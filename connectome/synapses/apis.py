@@ -1,8 +1,6 @@
 """Synapses, runs and connectivity over the API: filtered synapse lists, the wiring matrix and
 the cell-type summary."""
 
-import csv
-import io
 import json
 
 from django.db.models import F, QuerySet
@@ -32,12 +30,29 @@ from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
 from connectome.review.selectors import synapses_tagged
 from connectome.synapses import connectivity
-from connectome.synapses.exports import CELL_COLUMNS, CELL_TYPE_COLUMNS
+from connectome.synapses.exports import (
+    wiring_csv_chunks,
+    wiring_graphml_chunks,
+    wiring_parquet_chunks,
+)
 from connectome.synapses.models import Synapse, SynapseRun
-from connectome.synapses.wiring import GROUPINGS, wiring_matrix
+from connectome.synapses.selectors import ALL_RUNS, selected_runs
+from connectome.synapses.table_exports import (
+    DOWNLOAD_FORMATS,
+    synapse_table_chunks,
+    synapses_without_position,
+)
+from connectome.synapses.wiring import ALL_KINDS, GROUPINGS, KINDS, wiring_matrix
 
 #: Wiring matrices with more pairs than this are streamed, not built as one response body.
 STREAM_PAIRS = 5_000
+#: Streamed downloads of the wiring matrix: (chunks, content type, file extension).
+WIRING_OUTPUTS = {
+    "json": None,
+    "csv": (wiring_csv_chunks, "text/csv", "csv"),
+    "parquet": (wiring_parquet_chunks, "application/vnd.apache.parquet", "parquet"),
+    "graphml": (wiring_graphml_chunks, "application/graphml+xml", "graphml"),
+}
 
 
 class SynapseSerializer(serializers.ModelSerializer):
@@ -96,14 +111,44 @@ class SynapseRunSerializer(serializers.ModelSerializer):
                   "created_at"]
 
 
+class RunsField(IdListField):
+    """Synapse run ids, comma-separated, or ``all`` (every run, summed)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and data.strip().lower() == ALL_RUNS:
+            return ALL_RUNS
+        return super().to_internal_value(data)
+
+
+def runs_of(dataset, run) -> list[SynapseRun] | None:
+    """The runs a read counts for the ``run`` parameter (:func:`selected_runs`: the default run
+    when None, every run for ``all``); a run id the dataset lacks is a 400 naming ``run``.
+    ``dataset``: a dataset or its id."""
+    runs = selected_runs(dataset=dataset, run=run)
+    if run not in (None, ALL_RUNS):
+        missing = sorted(set(run) - {r.pk for r in runs})
+        if missing:
+            name = getattr(dataset, "name", None)
+            which = f"dataset '{name}'" if name else f"dataset {getattr(dataset, 'pk', dataset)}"
+            raise serializers.ValidationError(
+                {"run": f"{which} has no synapse run {', '.join(map(str, missing))}"})
+    return runs
+
+
+DEFAULT_RUN_HELP = ("synapse run ids, comma-separated, or 'all' (every run, summed); by "
+                    "default the dataset's default run: its current run, else its newest "
+                    "detection, else its newest run")
+
+
 class ThresholdQuery(serializers.Serializer):
-    run = IdListField(required=False, help_text="synapse run ids, comma-separated; all runs "
-                                                "of the dataset by default")
+    run = RunsField(required=False, help_text=DEFAULT_RUN_HELP)
     min_confidence = serializers.FloatField(
         required=False, help_text="only synapses with confidence >= this")
 
 
 class SynapseQuery(ThresholdQuery):
+    run = RunsField(required=False, help_text="synapse run ids, comma-separated; all runs by "
+                                              "default (a list of rows, not a count)")
     dataset = IdField(required=False)
     pre = IdListField(required=False, help_text="presynaptic cell ids, comma-separated")
     post = IdListField(required=False, help_text="postsynaptic cell ids, comma-separated")
@@ -118,6 +163,8 @@ class SynapseQuery(ThresholdQuery):
                                    help_text="review states, comma-separated")
     tag = NameListField(required=False, help_text="synapses with a review tagged with any of "
                                                   "these tags, comma-separated")
+    kind = ChoiceListField(choices=list(KINDS), required=False,
+                           help_text="synapse kinds (chemical, electrical), comma-separated")
 
     def validate(self, attrs):
         needs = [name for name in ("pre_segment_id", "post_segment_id", "bbox") if name in attrs]
@@ -131,6 +178,8 @@ class BetweenQuery(ThresholdQuery):
     b = IdField(help_text="cell id")
     direction = serializers.ChoiceField(choices=["both", "a_to_b"], default="both")
     review_state = ChoiceListField(choices=Synapse.ReviewState.values, required=False)
+    kind = ChoiceListField(choices=list(KINDS), required=False,
+                           help_text="synapse kinds (chemical, electrical), comma-separated")
 
 
 def filtered_synapses(request, query: dict):
@@ -146,8 +195,10 @@ def filtered_synapses(request, query: dict):
         synapses=synapses, dataset=dataset, pre=query.get("pre"), post=query.get("post"),
         pre_segment_ids=query.get("pre_segment_id"),
         post_segment_ids=query.get("post_segment_id"), bbox=query.get("bbox"),
-        min_confidence=query.get("min_confidence"), runs=query.get("run"),
+        min_confidence=query.get("min_confidence"),
+        runs=None if query.get("run") == ALL_RUNS else query.get("run"),
         methods=query.get("method"), review_states=query.get("review_state"),
+        kinds=query.get("kind"),
     )
 
 
@@ -178,7 +229,7 @@ class SynapseViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"])
     def between(self, request):
         """The synapses between two cells of one dataset: a onto b, and b onto a unless
-        ``direction=a_to_b``."""
+        ``direction=a_to_b``; of the dataset's default run unless ``run`` says otherwise."""
         query = parse_query(BetweenQuery, request)
         visible = Cell.objects.filter(dataset__in=datasets_visible_to(request.user))
         a = get_object_or_404(visible, pk=query["a"])
@@ -188,8 +239,9 @@ class SynapseViewSet(viewsets.ReadOnlyModelViewSet):
         synapses = connectivity.synapses_filtered(
             synapses=connectivity.synapses_between(
                 a=a, b=b, both_directions=query["direction"] == "both"),
-            min_confidence=query.get("min_confidence"), runs=query.get("run"),
-            review_states=query.get("review_state"),
+            min_confidence=query.get("min_confidence"),
+            runs=runs_of(a.dataset_id, query.get("run")),
+            review_states=query.get("review_state"), kinds=query.get("kind"),
         )
         page = self.paginate_queryset(synapse_values(_with_segment_ids(synapses).order_by("id")))
         return self.get_paginated_response(synapse_representation(page))
@@ -219,9 +271,14 @@ class WiringQuery(ThresholdQuery):
     cell_types = NameListField(required=False, help_text="cell types: both partners of one "
                                                          "of these types")
     group_by = serializers.ChoiceField(choices=list(GROUPINGS), default="cell")
-    min_count = CountField(default=1,
-                                         help_text="drop pairs with fewer synapses")
-    output = serializers.ChoiceField(choices=["json", "csv"], default="json")
+    min_count = CountField(default=1, help_text="drop pairs with fewer synapses")
+    kind = serializers.ChoiceField(
+        choices=[*KINDS, ALL_KINDS], default=Synapse.Kind.CHEMICAL.value,
+        help_text="chemical (directed pairs), electrical (unordered pairs, each once) or all "
+                  "(both, each row saying its kind)")
+    output = serializers.ChoiceField(choices=list(WIRING_OUTPUTS), default="json",
+                                     help_text="json, or a streamed download: csv, parquet, "
+                                               "graphml")
 
     def validate(self, attrs):
         given = [name for name in ("cells", "segment_ids", "cell_types") if name in attrs]
@@ -232,6 +289,7 @@ class WiringQuery(ThresholdQuery):
 
 
 class WiringRowSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=list(KINDS))
     pre_cell = serializers.IntegerField(required=False)
     post_cell = serializers.IntegerField(required=False)
     pre_segment_id = serializers.CharField(required=False, help_text="uint64, as a string")
@@ -248,16 +306,20 @@ class WiringRowSerializer(serializers.Serializer):
 
 class WiringSerializer(serializers.Serializer):
     dataset = serializers.IntegerField()
+    runs = serializers.JSONField(help_text="the run ids counted, or 'all'")
     group_by = serializers.CharField()
+    kind = serializers.CharField()
     pairs = serializers.IntegerField()
     synapses = serializers.IntegerField()
+    chemical_synapses = serializers.IntegerField()
+    electrical_synapses = serializers.IntegerField()
     rows = WiringRowSerializer(many=True)
 
 
 def _wiring_row(pair, group_by: str) -> dict:
-    row = {}
+    row = {"kind": pair.kind}
     if group_by == "cell":
-        row = {"pre_cell": pair.pre_cell_id, "post_cell": pair.post_cell_id,
+        row |= {"pre_cell": pair.pre_cell_id, "post_cell": pair.post_cell_id,
                "pre_segment_id": str(pair.pre_segment_id),
                "post_segment_id": str(pair.post_segment_id),
                "pre_name": pair.pre_name, "post_name": pair.post_name}
@@ -265,20 +327,6 @@ def _wiring_row(pair, group_by: str) -> dict:
                contact_area_nm2=pair.contact_area_nm2, weight=pair.weight,
                mean_confidence=pair.mean_confidence)
     return row
-
-
-def _stream_csv(matrix, chunk: int = 2_000):
-    columns = CELL_COLUMNS if matrix.group_by == "cell" else CELL_TYPE_COLUMNS
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for start in range(0, len(matrix.pairs), chunk):
-        writer.writerows(["" if getattr(pair, c) is None else getattr(pair, c) for c in columns]
-                         for pair in matrix.pairs[start:start + chunk])
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue()
 
 
 def _stream_json(head: dict, matrix, chunk: int = 2_000):
@@ -346,31 +394,51 @@ class WiringMatrixView(APIView):
 
     def _matrix(self, request, pk, query):
         dataset = visible_dataset(request, pk)
+        runs = runs_of(dataset, query.get("run"))
         matrix = wiring_matrix(
-            dataset=dataset, runs=query.get("run"), min_confidence=query.get("min_confidence"),
+            dataset=dataset, runs=runs, min_confidence=query.get("min_confidence"),
             min_count=query["min_count"], cells=_cells_of(dataset, query),
-            group_by=query["group_by"],
+            group_by=query["group_by"], kind=query["kind"],
         )
-        if query["output"] == "csv":
-            response = StreamingHttpResponse(_stream_csv(matrix), content_type="text/csv")
-            response["Content-Disposition"] = (
-                f'attachment; filename="wiring-{dataset.pk}-{matrix.group_by}.csv"')
-            return response
-        head = {"dataset": dataset.pk, "group_by": matrix.group_by, "pairs": len(matrix),
-                "synapses": matrix.synapses}
+        if query["output"] != "json":
+            chunks, content_type, extension = WIRING_OUTPUTS[query["output"]]
+            return download(chunks(matrix), content_type, f"wiring-{dataset.pk}-"
+                            f"{_runs_label(runs)}-{matrix.kind}-{matrix.group_by}.{extension}")
+        head = {"dataset": dataset.pk,
+                "runs": ALL_RUNS if runs is None else [run.pk for run in runs],
+                "group_by": matrix.group_by, "kind": matrix.kind, "pairs": len(matrix),
+                "synapses": matrix.synapses,
+                "chemical_synapses": matrix.synapses_of(Synapse.Kind.CHEMICAL),
+                "electrical_synapses": matrix.synapses_of(Synapse.Kind.ELECTRICAL)}
         if len(matrix) > STREAM_PAIRS:
             return StreamingHttpResponse(_stream_json(head, matrix),
                                          content_type="application/json")
         return Response({**head, "rows": [_wiring_row(p, matrix.group_by) for p in matrix.pairs]})
 
 
+def download(chunks, content_type: str, filename: str) -> StreamingHttpResponse:
+    """A streamed attachment: ``chunks`` are sent as they are made."""
+    response = StreamingHttpResponse(chunks, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _runs_label(runs) -> str:
+    if runs is None:
+        return "all-runs"
+    return "run-" + "-".join(str(run.pk) for run in runs) if runs else "no-run"
+
+
 class CellTypeSummarySerializer(serializers.Serializer):
     cell_type = serializers.CharField()
     cells = serializers.IntegerField()
-    outgoing_synapses = serializers.IntegerField()
-    incoming_synapses = serializers.IntegerField()
+    outgoing_synapses = serializers.IntegerField(help_text="chemical")
+    incoming_synapses = serializers.IntegerField(help_text="chemical")
     outgoing_partner_types = serializers.IntegerField()
     incoming_partner_types = serializers.IntegerField()
+    electrical_synapses = serializers.IntegerField(
+        help_text="electrical synapses with a cell of the type on either side, each once")
+    electrical_partner_types = serializers.IntegerField()
 
 
 class CellTypeSummaryView(APIView):
@@ -382,8 +450,54 @@ class CellTypeSummaryView(APIView):
                    responses=CellTypeSummarySerializer(many=True))
     def get(self, request, pk):
         query = parse_query(ThresholdQuery, request)
+        dataset = visible_dataset(request, pk)
         rows = connectivity.cell_type_summary(
-            dataset=visible_dataset(request, pk), runs=query.get("run"),
+            dataset=dataset, runs=runs_of(dataset, query.get("run")),
             min_confidence=query.get("min_confidence"),
         )
         return Response(CellTypeSummarySerializer(rows, many=True).data)
+
+
+class SynapseTableQuery(ThresholdQuery):
+    output = serializers.ChoiceField(choices=list(DOWNLOAD_FORMATS), default="cnapse",
+                                     help_text="cnapse (CSV), cave (CAVE-style CSV) or parquet")
+    kind = ChoiceListField(choices=list(KINDS), required=False,
+                           help_text="synapse kinds (chemical, electrical), comma-separated")
+    review_state = ChoiceListField(choices=Synapse.ReviewState.values, required=False,
+                                   help_text="review states, comma-separated")
+    position_unit = serializers.ChoiceField(choices=["nm", "voxel"], default="nm",
+                                            help_text="cave: positions in nm or voxels")
+
+
+class SynapseTableView(APIView):
+    """The synapse rows of a dataset (its default run unless ``run`` says otherwise; flagged
+    and rejected rows included, with their review state) as a streamed download: a Cnapse
+    CSV, a CAVE-style CSV or Parquet. Readers of the dataset only (404 for others)."""
+
+    permission_classes = [permissions.AllowAny]  # reading: visibility is checked per dataset
+
+    @extend_schema(parameters=[SynapseTableQuery], responses={
+        200: OpenApiResponse(description="the table, streamed")})
+    def get(self, request, pk):
+        query = parse_query(SynapseTableQuery, request)
+        dataset = visible_dataset(request, pk)
+        runs = runs_of(dataset, query.get("run"))
+        synapses = connectivity.synapses_filtered(
+            synapses=Synapse.objects.filter(dataset=dataset), runs=runs,
+            min_confidence=query.get("min_confidence"), kinds=query.get("kind"),
+            review_states=query.get("review_state"),
+        )
+        table_format = query["output"]
+        if table_format != "parquet":
+            missing = synapses_without_position(synapses)
+            if missing is not None:
+                raise serializers.ValidationError({"output": (
+                    f"synapse {missing} has no position, and {table_format} tables need one; "
+                    "download parquet, or the wiring matrix")})
+        chunks = synapse_table_chunks(synapses, table_format,
+                                      position_unit=query["position_unit"],
+                                      voxel_size=dataset.voxel_size)
+        extension, content_type = (("parquet", "application/vnd.apache.parquet")
+                                   if table_format == "parquet" else ("csv", "text/csv"))
+        return download(chunks, content_type, f"synapses-{dataset.pk}-{_runs_label(runs)}-"
+                                              f"{table_format}.{extension}")

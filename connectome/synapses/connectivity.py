@@ -20,20 +20,23 @@ from connectome.synapses.selectors import filter_in_bbox
 from connectome.synapses.wiring import DROPPED_VERDICTS, counted_synapses, oriented
 from detection.errors import InputError
 
-DIRECTIONS = ("upstream", "downstream")
+#: Chemical partners by direction, then the electrical ones (gap junctions have no direction).
+DIRECTIONS = ("upstream", "downstream", "electrical")
+CHEMICAL_DIRECTIONS = DIRECTIONS[:2]
 
 
 def synapses_filtered(
     *, synapses: QuerySet[Synapse], dataset: Dataset | None = None, pre=None, post=None,
     pre_segment_ids=None, post_segment_ids=None, bbox=None, min_confidence: float | None = None,
-    runs=None, methods=None, review_states=None, flags=None,
+    runs=None, methods=None, review_states=None, flags=None, kinds=None,
 ) -> QuerySet[Synapse]:
     """Narrow ``synapses`` by partner, place, confidence, provenance and review.
 
     ``pre``/``post`` are cell ids, ``pre_segment_ids``/``post_segment_ids`` segment ids of
     ``dataset`` (needed for them and for ``bbox``), ``bbox`` a ``(lo, hi)`` box in nm (z, y, x;
     inclusive) on the synapse centre, ``runs`` run ids, ``methods`` run methods,
-    ``review_states`` and ``flags`` values of the model's choices. Each filter given must hold.
+    ``review_states``, ``flags`` and ``kinds`` values of the model's choices. Each filter given
+    must hold.
     """
     if bbox is not None:
         if dataset is None:
@@ -60,6 +63,8 @@ def synapses_filtered(
         synapses = synapses.filter(review_state__in=review_states)
     if flags is not None:
         synapses = synapses.filter(flag__in=flags)
+    if kinds is not None:
+        synapses = synapses.filter(kind__in=kinds)
     return synapses
 
 
@@ -77,31 +82,32 @@ class Partner:
     mean_confidence: float | None
 
 
-# One part per direction and orientation: the synapses that have the cell on ``own`` as stored
-# (review state not wrong_direction), and the reversed ones that have it on the other side.
-# The conditions are those of wiring.counted_synapses; test_partners_agree_with_the_matrix
-# holds the two together.
+# One part per direction and orientation: the chemical synapses that have the cell on ``own``
+# as stored (review state not wrong_direction), and the reversed ones that have it on the other
+# side; electrical synapses with the cell on either side, whatever their review says of the
+# direction. The conditions are those of wiring.counted_synapses;
+# test_partners_agree_with_the_matrix holds the two together.
 _PARTNER_PART = """
     SELECT {code} AS direction, s.{partner}_id AS partner_id, count(*) AS n,
            sum(s.contact_area_nm2) AS area, sum(s.weight) AS weight,
            sum(s.confidence) AS confidence_sum, count(s.confidence) AS confidence_n
     FROM synapses_synapse s
-    WHERE s.dataset_id = %(dataset)s AND s.{on_cell}_id = %(cell)s
-      AND s.review_state {reversed} %(wrong_direction)s
-      AND s.flag = '' AND s.pre_id IS NOT NULL AND s.post_id IS NOT NULL
+    WHERE s.dataset_id = %(dataset)s AND s.{on_cell}_id = %(cell)s AND s.kind = %({kind})s
+      {orientation}AND s.flag = '' AND s.pre_id IS NOT NULL AND s.post_id IS NOT NULL
       AND s.pre_id <> s.post_id AND s.review_state NOT IN ({dropped}){runs}{confidence}
     GROUP BY s.{partner}_id
 """
 
 
 def partner_query(
-    *, cell: Cell, directions=DIRECTIONS, runs=None, min_confidence: float | None = None,
+    *, cell: Cell, directions=CHEMICAL_DIRECTIONS, runs=None, min_confidence: float | None = None,
     min_count: int = 1,
 ) -> tuple[str, dict]:
     """The SQL of :func:`partner_rows` and its parameters (``%(name)s`` style).
 
     Per direction two GROUP BY parts, the synapses as stored and the reversed
     ``wrong_direction`` ones, each an index-only scan of a covering index (migration 0004);
+    ``electrical`` takes the electrical synapses with the cell on either side (two parts);
     the parts of a partner are added up (``min_count`` applies to the sum), then the partner
     cells are joined, one index lookup each. Rows: direction (its index in
     :data:`DIRECTIONS`: integers group and sort faster than text), partner id, segment id (as
@@ -116,6 +122,8 @@ def partner_query(
         raise InputError(f"min_count must be at least 1; got {min_count}")
     params = {"dataset": cell.dataset_id, "cell": cell.pk, "min_count": int(min_count),
               "wrong_direction": Synapse.ReviewState.WRONG_DIRECTION.value,
+              "chemical": Synapse.Kind.CHEMICAL.value,
+              "electrical": Synapse.Kind.ELECTRICAL.value,
               "min_confidence": None if min_confidence is None else float(min_confidence)}
     params.update({f"dropped{i}": str(v) for i, v in enumerate(DROPPED_VERDICTS)})
     run_ids = [] if runs is None else [int(getattr(r, "pk", r)) for r in runs]
@@ -130,11 +138,18 @@ def partner_query(
     }
     parts = []
     for direction in directions:  # checked against DIRECTIONS above: safe to write in the SQL
+        if direction == "electrical":
+            for on_cell, partner in (("pre", "post"), ("post", "pre")):
+                parts.append(_PARTNER_PART.format(code=DIRECTIONS.index(direction),
+                                                  partner=partner, on_cell=on_cell,
+                                                  kind="electrical", orientation="", **extra))
+            continue
         own, other = ("post", "pre") if direction == "upstream" else ("pre", "post")
         for on_cell, partner, reversed_ in ((own, other, "<>"), (other, own, "=")):
-            parts.append(_PARTNER_PART.format(code=DIRECTIONS.index(direction),
-                                              partner=partner, on_cell=on_cell,
-                                              reversed=reversed_, **extra))
+            parts.append(_PARTNER_PART.format(
+                code=DIRECTIONS.index(direction), partner=partner, on_cell=on_cell,
+                kind="chemical", orientation=f"AND s.review_state {reversed_} "
+                                             "%(wrong_direction)s\n      ", **extra))
     # A partner has at most two parts (as stored, reversed): their float sums add up exactly
     # as in any order. Counts are cast back from PostgreSQL's numeric sum of bigints.
     sql = (
@@ -153,7 +168,7 @@ def partner_query(
 
 
 def partner_rows(
-    *, cell: Cell, directions=DIRECTIONS, runs=None, min_confidence: float | None = None,
+    *, cell: Cell, directions=CHEMICAL_DIRECTIONS, runs=None, min_confidence: float | None = None,
     min_count: int = 1,
 ) -> dict[str, list[tuple]]:
     """:func:`cell_partners` as plain tuples, for callers that shape many of them: per
@@ -173,10 +188,12 @@ def partner_rows(
 
 
 def cell_partners(
-    *, cell: Cell, directions=DIRECTIONS, runs=None, min_confidence: float | None = None,
+    *, cell: Cell, directions=CHEMICAL_DIRECTIONS, runs=None, min_confidence: float | None = None,
     min_count: int = 1,
 ) -> dict[str, list[Partner]]:
-    """The cells upstream of ``cell`` (presynaptic to it) and downstream (postsynaptic to it).
+    """The cells upstream of ``cell`` (presynaptic to it) and downstream (postsynaptic to it)
+    through chemical synapses, and, when ``directions`` has ``electrical``, the cells it shares
+    electrical synapses with.
 
     Counted synapses (see the module docstring) that have ``cell`` on the other side, grouped
     by partner; one parameterised query (:func:`partner_query`). A ``wrong_direction`` synapse
@@ -207,18 +224,23 @@ class CellTypeSummary:
     incoming_synapses: int
     outgoing_partner_types: int
     incoming_partner_types: int
+    electrical_synapses: int = 0
+    electrical_partner_types: int = 0
 
 
 def cell_type_summary(
     *, dataset: Dataset, runs=None, min_confidence: float | None = None,
 ) -> list[CellTypeSummary]:
-    """Per cell type (``""`` for cells without one): cells, counted synapses out and in, and how
-    many types it sends to and receives from. Two GROUP BY queries."""
+    """Per cell type (``""`` for cells without one): cells, counted chemical synapses out and
+    in, how many types it sends to and receives from, and its electrical synapses (each once,
+    a junction between two cells of the type too) with the number of types they join it to.
+    Three GROUP BY queries."""
     cells = dict(
         Cell.objects.filter(dataset=dataset).values_list("cell_type")
         .annotate(n=Count("id")).order_by().values_list("cell_type", "n")
     )
-    synapses = counted_synapses(dataset=dataset, runs=runs, min_confidence=min_confidence)
+    synapses = counted_synapses(dataset=dataset, runs=runs, min_confidence=min_confidence,
+                                kind=Synapse.Kind.CHEMICAL)
     pairs = (
         synapses.values(pre_type=oriented("pre", "cell_type"),
                         post_type=oriented("post", "cell_type"))
@@ -233,12 +255,24 @@ def cell_type_summary(
         in_synapses[row["post_type"]] = in_synapses.get(row["post_type"], 0) + row["n"]
         out_types[row["pre_type"]] = out_types.get(row["pre_type"], 0) + 1
         in_types[row["post_type"]] = in_types.get(row["post_type"], 0) + 1
+    gap_synapses: dict[str, int] = {}
+    gap_types: dict[str, set] = {}
+    gaps = counted_synapses(dataset=dataset, runs=runs, min_confidence=min_confidence,
+                            kind=Synapse.Kind.ELECTRICAL)
+    for row in gaps.values("pre__cell_type", "post__cell_type").annotate(n=Count("id")).order_by():
+        a, b = row["pre__cell_type"], row["post__cell_type"]
+        for cell_type in {a, b}:  # a junction between two cells of one type counts once
+            gap_synapses[cell_type] = gap_synapses.get(cell_type, 0) + row["n"]
+        gap_types.setdefault(a, set()).add(b)
+        gap_types.setdefault(b, set()).add(a)
     return [
         CellTypeSummary(
             cell_type=cell_type, cells=n, outgoing_synapses=out_synapses.get(cell_type, 0),
             incoming_synapses=in_synapses.get(cell_type, 0),
             outgoing_partner_types=out_types.get(cell_type, 0),
             incoming_partner_types=in_types.get(cell_type, 0),
+            electrical_synapses=gap_synapses.get(cell_type, 0),
+            electrical_partner_types=len(gap_types.get(cell_type, ())),
         )
         for cell_type, n in sorted(cells.items())
     ]

@@ -111,7 +111,8 @@ def _xyz(values) -> list:
 
 
 def volume_info(*, kind: str, dtype, voxel_size: Sequence[float], levels: Sequence[Level],
-                segment_properties: bool = False, skeletons: bool = False) -> dict:
+                segment_properties: bool = False, skeletons: bool = False,
+                mesh: bool = False) -> dict:
     """The ``info`` JSON of a precomputed volume.
 
     Parameters
@@ -124,8 +125,9 @@ def volume_info(*, kind: str, dtype, voxel_size: Sequence[float], levels: Sequen
         Level-0 voxel size in nm (z, y, x).
     levels : list of Level
         Level 0 first.
-    segment_properties, skeletons : bool
-        Point Neuroglancer at ``segment_properties/`` and ``skeletons/`` beside ``info``.
+    segment_properties, skeletons, mesh : bool
+        Point Neuroglancer at ``segment_properties/``, ``skeletons/`` and ``mesh/`` beside
+        ``info``.
     """
     info = {
         "@type": "neuroglancer_multiscale_volume",
@@ -148,6 +150,8 @@ def volume_info(*, kind: str, dtype, voxel_size: Sequence[float], levels: Sequen
         info["segment_properties"] = "segment_properties"
     if skeletons:
         info["skeletons"] = "skeletons"
+    if mesh:
+        info["mesh"] = "mesh"
     return info
 
 

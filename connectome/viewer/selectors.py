@@ -4,12 +4,16 @@ A layer, cell or synapse is visible exactly when its dataset is (public datasets
 the others to members and staff), as in the API; the views answer 404 otherwise.
 """
 
+from pathlib import Path
+
 from django.db.models import Q, QuerySet
 
 from connectome.cells.models import Cell, Skeleton
+from connectome.cells.selectors import layer_mesh_path
 from connectome.datasets.models import Dataset, Layer
 from connectome.datasets.selectors import datasets_visible_to
-from connectome.synapses.models import Synapse
+from connectome.synapses.models import Synapse, SynapseRun
+from detection.cells.meshes import FRAGMENT_NAME, MANIFEST_NAME
 
 
 def visible_dataset(*, dataset_id: int, user) -> Dataset | None:
@@ -34,7 +38,7 @@ def visible_cell(*, cell_id: int, user) -> Cell | None:
 
 def visible_synapse(*, synapse_id: int, user) -> Synapse | None:
     return (
-        Synapse.objects.select_related("dataset", "pre", "post", "pre__layer")
+        Synapse.objects.select_related("dataset", "run", "pre", "post", "pre__layer")
         .filter(pk=synapse_id, dataset__in=datasets_visible_to(user))
         .first()
     )
@@ -74,4 +78,32 @@ def cell_synapses(cell: Cell, *, limit: int) -> list[Synapse]:
         Synapse.objects.filter(Q(pre=cell) | Q(post=cell), flag=Synapse.Flag.NONE)
         .select_related("pre", "post")
         .order_by("id")[:limit]
+    )
+
+
+def layer_has_meshes(layer: Layer) -> bool:
+    return layer_mesh_path(layer) is not None
+
+
+def mesh_file(layer: Layer, name: str) -> tuple[Path, str] | None:
+    """A file of the layer's meshes and what it is ("manifest" or "fragment"); None when the
+    name is neither or the file is not there (a segment without a mesh, an older job's)."""
+    folder = layer_mesh_path(layer)
+    if folder is None:
+        return None
+    if MANIFEST_NAME.fullmatch(name):
+        what = "manifest"
+    elif FRAGMENT_NAME.fullmatch(name):
+        what = "fragment"
+    else:
+        return None
+    path = folder / name
+    return (path, what) if path.is_file() else None
+
+
+def visible_run(*, run_id: int, user) -> SynapseRun | None:
+    return (
+        SynapseRun.objects.select_related("dataset")
+        .filter(pk=run_id, dataset__in=datasets_visible_to(user))
+        .first()
     )

@@ -20,7 +20,8 @@ from django.urls import reverse
 
 from connectome.cells.models import Cell
 from connectome.datasets.models import Dataset, Layer
-from connectome.synapses.models import Synapse
+from connectome.synapses.models import Synapse, SynapseRun
+from connectome.synapses.selectors import default_run
 from connectome.viewer import selectors
 from connectome.viewer.precomputed import volume_type
 
@@ -39,6 +40,24 @@ INPUTS_LAYER = "input synapses"
 OUTPUTS_LAYER = "output synapses"
 INPUT_COLOR = "#00c8ff"
 OUTPUT_COLOR = "#ff3c3c"
+# The one palette of a synapse, in the viewer and in the pages beside it (the review page gets
+# it in its config): the presynaptic cell, the postsynaptic cell, the detected clefts, any
+# other cell, and the pre -> post arrow drawn over them.
+PALETTE = {
+    "pre": "#ff5a36",
+    "post": "#2f8bff",
+    "cleft": "#ffd21f",
+    "other": "#9a9a9a",
+    "arrow": "#ffffff",
+}
+# Layouts of the synapse state: one xy panel, or xy, xz, yz and 3D.
+SYNAPSE_LAYOUTS = ("xy", "4panel")
+# The pre -> post arrow is drawn at least this fraction of the field of view long (300 nm of a
+# 2 um field, about 90 px of the review page's panel), stretched about its middle.
+ARROW_MIN_FRACTION = 0.15
+RUN_LAYER_PREFIX = "run "
+# A run's synapses are clefts: the palette's cleft colour.
+RUN_COLOR = PALETTE["cleft"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,8 +104,15 @@ def _data_layer(layer: Layer, *, base_url: str, segments: Iterable[int] | None) 
         "name": layer.name,
         "source": layer_source(layer, base_url=base_url),
     }
+    if state["type"] == "segmentation" and selectors.layer_has_meshes(layer):
+        # The selected cells' meshes show in the 3D panel (Neuroglancer loads the mesh named
+        # by the layer's info; said here so that a state never leaves it out).
+        state["source"] = {"url": state["source"], "subsources": {"default": True, "mesh": True}}
     if state["type"] == "segmentation" and segments:
         state["segments"] = list(dict.fromkeys(str(int(s)) for s in segments))
+    if layer.kind == Layer.Kind.SYNAPSES:
+        # Every cleft in one colour, never the random colours that can match a partner's.
+        state["segmentDefaultColor"] = PALETTE["cleft"]
     if layer.kind not in VISIBLE_KINDS:
         state["visible"] = False
     return state
@@ -114,6 +140,24 @@ def annotation_layer(name: str, annotations: list[dict], *, voxel_size: Sequence
     return layer
 
 
+def run_synapses_layer(run: SynapseRun, *, base_url: str, segmentation: str | None = None,
+                       visible: bool = True) -> dict:
+    """Every synapse of ``run`` as lines pre -> post, from the run's precomputed annotations
+    (``connectome/viewer/annotations.py``), linked to ``segmentation`` (a layer name)."""
+    info = reverse("viewer:run-annotations", kwargs={"run_id": run.pk, "path": "info"})
+    layer = {
+        "type": "annotation",
+        "name": f"{RUN_LAYER_PREFIX}{run.name}",
+        "source": f"precomputed://{base_url.rstrip('/')}{info.removesuffix('/info')}",
+        "annotationColor": RUN_COLOR,
+    }
+    if segmentation is not None:
+        layer["linkedSegmentationLayer"] = {r: segmentation for r in RELATIONSHIPS}
+    if not visible:
+        layer["visible"] = False
+    return layer
+
+
 def _synapse_segments(synapse: Synapse) -> list[list[str]]:
     return [[str(c.segment_id)] if c is not None else [] for c in (synapse.pre, synapse.post)]
 
@@ -126,7 +170,8 @@ def dataset_state(
     dataset: Dataset, *, base_url: str, position_nm: Sequence[float] | None = None,
     selected: Iterable[int] | None = None, annotations: list[dict] | None = None,
     field_nm: float | None = None, layout: str = "4panel",
-    segmentation_layer: Layer | None = None,
+    segmentation_layer: Layer | None = None, synapse_run: SynapseRun | None = None,
+    show_run: bool = True,
 ) -> dict:
     """Every layer of ``dataset``: EM as images, label layers as segmentations.
 
@@ -147,6 +192,11 @@ def dataset_state(
         Neuroglancer layout: "4panel", "xy", "xy-3d", ...
     segmentation_layer : Layer, optional
         Layer that gets ``selected``; the dataset's first segmentation layer by default.
+    synapse_run : SynapseRun, optional
+        Run whose synapses are added as one annotation layer (:func:`run_synapses_layer`);
+        the dataset's default run (`default_run`) by default.
+    show_run : bool
+        Whether that layer starts visible.
     """
     voxel_size = dataset.voxel_size
     shape = dataset.shape or (1, 1, 1)
@@ -164,6 +214,11 @@ def dataset_state(
             extra = {**extra, "name": f"{extra['name']} (annotations)"}
         names.add(extra["name"])
         state_layers.append(extra)
+    run = synapse_run or default_run(dataset=dataset)
+    if run is not None:
+        state_layers.append(run_synapses_layer(
+            run, base_url=base_url, visible=show_run,
+            segmentation=segmentation_layer.name if segmentation_layer is not None else None))
     if position_nm is None:
         position = [shape[2] / 2, shape[1] / 2, shape[0] / 2]
     else:
@@ -183,13 +238,57 @@ def dataset_state(
     return state
 
 
+def _rgb(colour: str) -> str:
+    """A ``#rrggbb`` colour as a GLSL ``vec4``."""
+    r, g, b = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return f"vec4({r:.3f}, {g:.3f}, {b:.3f}, 1.0)"
+
+
+# The arrow: a thick line in the arrow colour, a small marker in the pre colour at its start
+# and a large one in the post colour at its end.
+ARROW_SHADER = f"""void main() {{
+  setLineColor({_rgb(PALETTE["arrow"])});
+  setLineWidth(4.0);
+  setEndpointMarkerColor({_rgb(PALETTE["pre"])}, {_rgb(PALETTE["post"])});
+  setEndpointMarkerSize(7.0, 15.0);
+  setEndpointMarkerBorderColor({_rgb(PALETTE["arrow"])});
+  setEndpointMarkerBorderWidth(1.5);
+}}
+"""
+
+
+def arrow_points(start: Sequence[float], end: Sequence[float], *,
+                 min_length_nm: float) -> tuple[tuple, tuple]:
+    """The pre -> post arrow as drawn: both (z, y, x) nm points in the section of their middle,
+    stretched about the middle to at least ``min_length_nm`` in y/x.
+
+    A line across sections shows only where it crosses the section on screen (a stub of a few
+    pixels); in one section it shows whole. Points that coincide in y/x stay as they are.
+    """
+    mid = [(a + b) / 2 for a, b in zip(start, end)]
+    dy, dx = end[1] - start[1], end[2] - start[2]
+    length = (dy * dy + dx * dx) ** 0.5
+    half = max(length, min_length_nm) / 2
+    if length == 0:
+        return (mid[0], start[1], start[2]), (mid[0], end[1], end[2])
+    uy, ux = dy / length, dx / length
+    return ((mid[0], mid[1] - uy * half, mid[2] - ux * half),
+            (mid[0], mid[1] + uy * half, mid[2] + ux * half))
+
+
 def synapse_state(synapse: Synapse, *, base_url: str, field_nm: float = SYNAPSE_FIELD_NM,
                   layout: str = "xy") -> dict:
-    """Centred on the synapse, its pre and post cells selected, a line from pre to post.
+    """Centred on the synapse, its cells selected in :data:`PALETTE`'s colours, an arrow from
+    pre to post.
 
-    The line runs from the presynaptic point to the postsynaptic point, each falling back to
-    the centre; its ``segments`` are ``[[pre id], [post id]]`` and its id is the synapse's.
+    The arrow is a line annotation from the presynaptic point to the postsynaptic point (each
+    falling back to the centre), put in the centre's section and stretched to at least
+    :data:`ARROW_MIN_FRACTION` of the field (:func:`arrow_points`); its ``segments`` are
+    ``[[pre id], [post id]]`` and its id is the synapse's. ``layout`` is one of
+    :data:`SYNAPSE_LAYOUTS`.
     """
+    if layout not in SYNAPSE_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(SYNAPSE_LAYOUTS)}")
     dataset = synapse.dataset
     centre, pre, post = (_point(synapse, p) for p in ("ctr", "pre", "post"))
     if centre is None and pre is not None and post is not None:
@@ -199,23 +298,43 @@ def synapse_state(synapse: Synapse, *, base_url: str, field_nm: float = SYNAPSE_
     segmentation = selectors.segmentation_layer(dataset, cell=cells[0] if cells else None)
     annotations = []
     if centre is not None:
+        start, end = arrow_points(pre or centre, post or centre,
+                                  min_length_nm=ARROW_MIN_FRACTION * field_nm)
         line = {
             "type": "line", "id": str(synapse.pk),
-            "pointA": voxel_position(pre or centre, dataset.voxel_size),
-            "pointB": voxel_position(post or centre, dataset.voxel_size),
+            "pointA": voxel_position((centre[0], *start[1:]), dataset.voxel_size),
+            "pointB": voxel_position((centre[0], *end[1:]), dataset.voxel_size),
             "description": f"synapse {synapse.pk}",
         }
         if cells and segmentation is not None:
             line["segments"] = _synapse_segments(synapse)
-        annotations.append(annotation_layer(
+        layer = annotation_layer(
             SYNAPSE_LAYER, [line], voxel_size=dataset.voxel_size,
             segmentation=segmentation.name if segmentation is not None else None,
-        ))
-    return dataset_state(
+            color=PALETTE["arrow"],
+        )
+        layer["shader"] = ARROW_SHADER
+        annotations.append(layer)
+    state = dataset_state(
         dataset, base_url=base_url, position_nm=centre,
         selected=[c.segment_id for c in cells], annotations=annotations,
         field_nm=field_nm, layout=layout, segmentation_layer=segmentation,
+        synapse_run=synapse.run, show_run=False,
     )
+    colours = {}
+    if synapse.pre is not None:
+        colours[str(synapse.pre.segment_id)] = PALETTE["pre"]
+    if synapse.post is not None:
+        colours.setdefault(str(synapse.post.segment_id), PALETTE["post"])
+    for layer in state["layers"]:
+        if segmentation is not None and layer["name"] == segmentation.name:
+            layer["segmentColors"] = colours
+            layer["segmentDefaultColor"] = PALETTE["other"]
+            if layout == "xy":
+                # No 3D panel: skeletons would only be dots and strokes across the section,
+                # and the viewer would load each cell's skeleton before it counts as drawn.
+                layer["objectAlpha"] = 0
+    return state
 
 
 def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
@@ -233,7 +352,7 @@ def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
     position = _point(cell, "centroid")
     field_nm = None
     if bbox is not None:
-        (lo_z, lo_y, lo_x), (hi_z, hi_y, hi_x) = bbox
+        (_, lo_y, lo_x), (_, hi_y, hi_x) = bbox
         if position is None:
             position = tuple((lo + hi - 1) / 2 * v
                              for lo, hi, v in zip(bbox[0], bbox[1], voxel_size))
@@ -260,7 +379,7 @@ def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
     state = dataset_state(
         dataset, base_url=base_url, position_nm=position, selected=[cell.segment_id],
         annotations=annotations, field_nm=field_nm, layout=layout,
-        segmentation_layer=segmentation,
+        segmentation_layer=segmentation, show_run=False,
     )
     # The 3D view shows the skeleton and the synapses, not the opaque sections in front.
     state["showSlices"] = False

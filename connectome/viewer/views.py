@@ -19,8 +19,10 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET
 
 from connectome.common.security import csp_update
-from connectome.viewer import client, precomputed, selectors, state
+from connectome.viewer import annotations, client, precomputed, selectors, state
 from connectome.viewer.precomputed import SEGMENTATION_KINDS
+from detection.cells.meshes import MESH_INFO
+from detection.errors import InputError
 
 _SEGMENT_ID = re.compile(r"\d{1,20}")
 UINT64_MAX = 2**64 - 1
@@ -28,6 +30,9 @@ UINT64_MAX = 2**64 - 1
 CHUNK_CACHE = "private, max-age=86400"
 # Segment properties and skeleton lists change as cells are annotated.
 INFO_CACHE = "private, no-cache"
+# A skeleton changes when its cell is skeletonized again; a minute old is recent enough, and
+# lets the review page fetch the next synapse's skeletons ahead.
+SKELETON_CACHE = "private, max-age=60"
 
 
 def _not_found(detail: str) -> JsonResponse:
@@ -84,6 +89,8 @@ def layer_data(request, layer_id: int, path: str):
     head, _, name = path.partition("/")
     if head == "skeletons" and segmentation:
         return _skeleton(request, layer, name)
+    if head == "mesh" and segmentation:
+        return _mesh(request, layer, name)
     return _chunk(request, layer, head, name)
 
 
@@ -118,6 +125,7 @@ def _layer_info(layer) -> dict:
                                        itemsize=_itemsize(layer)),
         segment_properties=segmentation and selectors.layer_cells(layer).exists(),
         skeletons=segmentation and selectors.layer_has_skeletons(layer),
+        mesh=segmentation and selectors.layer_has_meshes(layer),
     )
 
 
@@ -138,7 +146,23 @@ def _skeleton(request, layer, name: str):
     return _binary(request, precomputed.encode_skeleton(
         node_id=nodes["node_id"], parent_id=nodes["parent_id"], zyx=nodes["zyx"],
         radius=nodes["radius"],
-    ), cache=INFO_CACHE)
+    ), cache=SKELETON_CACHE)
+
+
+def _mesh(request, layer, name: str):
+    if name == "info":
+        if not selectors.layer_has_meshes(layer):
+            return _not_found(f"layer {layer.pk} has no meshes")
+        return _json(request, MESH_INFO)
+    found = selectors.mesh_file(layer, name)
+    if found is None:
+        return _not_found(f"layer {layer.pk} has no mesh file {name!r}")
+    path, what = found
+    if what == "manifest":
+        # A manifest changes when the meshes are made again; its fragments' names then change.
+        return _binary(request, path.read_bytes(), cache=INFO_CACHE,
+                       content_type="application/json")
+    return _binary(request, path.read_bytes())
 
 
 def _json(request, data: dict) -> HttpResponse:
@@ -160,6 +184,43 @@ def _binary(request, data: bytes, *, cache: str = CHUNK_CACHE,
 
 
 # --------------------------------------------------------------------------------------------
+# Annotation layers of synapse runs
+
+
+@require_GET
+def run_annotations(request, run_id: int, path: str):
+    run = selectors.visible_run(run_id=run_id, user=request.user)
+    if run is None:
+        return _not_found(f"no synapse run {run_id}")
+    head, _, name = path.partition("/")
+    try:
+        if path == "info":
+            return _json(request, annotations.ensure_built(run))
+        if head == "by_id" and _SEGMENT_ID.fullmatch(name) and int(name) <= UINT64_MAX:
+            data = annotations.encode_by_id(run, int(name))
+            if data is None:
+                return _not_found(f"run {run_id} has no synapse {name}")
+            return _binary(request, data, cache=INFO_CACHE)
+        relationship = head.removeprefix("rel_")
+        if head.startswith("rel_") and relationship in annotations.RELATIONSHIPS:
+            if not _SEGMENT_ID.fullmatch(name) or int(name) > UINT64_MAX:
+                return JsonResponse({"detail": f"segment id: {name!r} is not a uint64"},
+                                    status=400)
+            return _binary(request, annotations.encode_related(run, relationship, int(name)),
+                           cache=INFO_CACHE)
+        if head.startswith("spatial") and name:
+            data = annotations.read_spatial_chunk(run.pk, head, name)
+            if data is not None:
+                # A run's geometry never changes (a replaced run is a new id).
+                return _binary(request, data)
+    except annotations.LayerNotBuilt as exc:
+        return _not_found(str(exc))
+    except InputError as exc:
+        return JsonResponse({"detail": str(exc)}, status=400)
+    return _not_found(f"run {run_id} has no annotation data {path!r}")
+
+
+# --------------------------------------------------------------------------------------------
 # Viewer states
 
 
@@ -172,7 +233,16 @@ def dataset_state(request, dataset_id: int):
     dataset = selectors.visible_dataset(dataset_id=dataset_id, user=request.user)
     if dataset is None:
         return _not_found(f"no dataset {dataset_id}")
-    return JsonResponse(state.dataset_state(dataset, base_url=_base_url(request)))
+    run = None
+    if "run" in request.GET:
+        # ?run=<id>: the run whose synapses are shown; the newest by default.
+        raw = request.GET["run"]
+        run = dataset.synapse_runs.filter(pk=int(raw)).first() if raw.isdigit() else None
+        if run is None:
+            return JsonResponse(
+                {"detail": f"run: dataset {dataset_id} has no synapse run {raw!r}"}, status=400)
+    return JsonResponse(state.dataset_state(dataset, base_url=_base_url(request),
+                                            synapse_run=run))
 
 
 @require_GET
@@ -180,7 +250,13 @@ def synapse_state(request, synapse_id: int):
     synapse = selectors.visible_synapse(synapse_id=synapse_id, user=request.user)
     if synapse is None:
         return _not_found(f"no synapse {synapse_id}")
-    return JsonResponse(state.synapse_state(synapse, base_url=_base_url(request)))
+    layout = request.GET.get("layout", "xy")
+    if layout not in state.SYNAPSE_LAYOUTS:
+        return JsonResponse({"layout": [
+            f"unknown layout {layout!r}; layouts: {', '.join(state.SYNAPSE_LAYOUTS)}"]},
+            status=400)
+    return JsonResponse(state.synapse_state(synapse, base_url=_base_url(request),
+                                            layout=layout))
 
 
 @require_GET

@@ -2,7 +2,7 @@
 
 from dataclasses import asdict, dataclass
 
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 
@@ -12,8 +12,9 @@ from connectome.datasets.selectors import dataset_role, datasets_visible_to, has
 from connectome.imports.paths import EXPORT_KIND_PREFIX
 from connectome.jobs.models import Job
 from connectome.review.models import Review
-from connectome.synapses.connectivity import cell_partners
+from connectome.synapses.connectivity import DIRECTIONS, cell_partners
 from connectome.synapses.models import Synapse, SynapseRun
+from connectome.synapses.selectors import ALL_RUNS, default_run, default_run_id
 
 
 def _count_of(model, **match):
@@ -26,14 +27,22 @@ def _count_of(model, **match):
     ), 0)
 
 
-def datasets_with_counts(*, user) -> QuerySet[Dataset]:
-    """The datasets ``user`` can see, with ``n_cells`` and ``n_synapses`` and their layers."""
-    return (
+def datasets_with_counts(*, user) -> list[Dataset]:
+    """The datasets ``user`` can see, with their layers, ``n_cells``, ``default_run_id`` and
+    ``n_synapses``: the synapse rows of each dataset's default run
+    (:func:`connectome.synapses.selectors.default_run`). Three queries however many datasets:
+    theirs with their default runs, their layers, the synapses per default run."""
+    datasets = list(
         datasets_visible_to(user)
-        .annotate(n_cells=_count_of(Cell, dataset="pk"),
-                  n_synapses=_count_of(Synapse, dataset="pk"))
+        .annotate(n_cells=_count_of(Cell, dataset="pk"), default_run_id=default_run_id())
         .prefetch_related("layers")
     )
+    runs = [d.default_run_id for d in datasets if d.default_run_id is not None]
+    counts = dict(Synapse.objects.filter(run_id__in=runs).order_by().values_list("run_id")
+                  .annotate(n=Count("id")).values_list("run_id", "n"))
+    for dataset in datasets:
+        dataset.n_synapses = counts.get(dataset.default_run_id, 0)
+    return datasets
 
 
 def visible_dataset(*, user, pk: int) -> Dataset:
@@ -60,23 +69,73 @@ def dataset_access(*, dataset: Dataset, user) -> Access:
 
 
 @dataclass(frozen=True)
+class RunChoice:
+    """The runs a page shows: from its ``?run=`` (a run id, or ``all``), else the dataset's
+    default run (:func:`connectome.synapses.selectors.default_run`)."""
+
+    #: The runs to count: a list (one run, or none for a dataset without runs), None for all.
+    runs: list[SynapseRun] | None
+    #: What the page's run selector shows: a run id, or "all".
+    selected: int | str | None
+    #: The dataset's default run (None without runs).
+    default: SynapseRun | None
+    #: The dataset's runs, oldest first, for the page's selector.
+    options: tuple[SynapseRun, ...] = ()
+
+    @property
+    def run(self) -> SynapseRun | None:
+        """The one run shown, or None when all runs are (or there is none)."""
+        return self.runs[0] if self.runs else None
+
+    @property
+    def query(self) -> str:
+        """The ``run`` parameter that asks the API for the same runs."""
+        return ALL_RUNS if self.runs is None else ",".join(str(r.pk) for r in self.runs)
+
+
+def run_choice(*, dataset: Dataset, value: str | None) -> RunChoice:
+    default = default_run(dataset=dataset)
+    options = tuple(SynapseRun.objects.filter(dataset=dataset).order_by("created_at", "pk"))
+    value = (value or "").strip()
+    if value == ALL_RUNS:
+        return RunChoice(runs=None, selected=ALL_RUNS, default=default, options=options)
+    run = next((r for r in options if str(r.pk) == value), None)
+    if run is not None:
+        return RunChoice(runs=[run], selected=run.pk, default=default, options=options)
+    return RunChoice(runs=[] if default is None else [default],
+                     selected=None if default is None else default.pk, default=default,
+                     options=options)
+
+
+@dataclass(frozen=True)
 class DatasetCounts:
     cells: int
     synapses: int
+    chemical_synapses: int
+    electrical_synapses: int
     reviews: int
     reviewed_synapses: int
 
 
-def dataset_counts(*, dataset: Dataset) -> DatasetCounts:
-    synapses = Synapse.objects.filter(dataset=dataset).aggregate(
+def dataset_counts(*, dataset: Dataset, runs=None) -> DatasetCounts:
+    """Cells, and the synapse rows of ``runs`` (all runs when None) by kind, their reviews and
+    how many are reviewed."""
+    synapses = Synapse.objects.filter(dataset=dataset)
+    reviews = Review.objects.filter(synapse__dataset=dataset)
+    if runs is not None:
+        synapses = synapses.filter(run__in=runs)
+        reviews = reviews.filter(synapse__run__in=runs)
+    counts = synapses.aggregate(
         total=Count("id"),
+        chemical=Count("id", filter=Q(kind=Synapse.Kind.CHEMICAL)),
+        electrical=Count("id", filter=Q(kind=Synapse.Kind.ELECTRICAL)),
         reviewed=Count("id", filter=~Q(review_state=Synapse.ReviewState.UNREVIEWED)),
     )
     return DatasetCounts(
         cells=Cell.objects.filter(dataset=dataset).count(),
-        synapses=synapses["total"],
-        reviews=Review.objects.filter(synapse__dataset=dataset).count(),
-        reviewed_synapses=synapses["reviewed"],
+        synapses=counts["total"], chemical_synapses=counts["chemical"],
+        electrical_synapses=counts["electrical"], reviews=reviews.count(),
+        reviewed_synapses=counts["reviewed"],
     )
 
 
@@ -107,11 +166,30 @@ def dataset_downloads(*, dataset: Dataset, limit: int = 20) -> list[Job]:
                                    state=Job.State.DONE).order_by("-pk")[:limit])
 
 
-def dataset_cells(*, dataset: Dataset) -> QuerySet[Cell]:
-    """The dataset's cells, each with ``n_outgoing`` and ``n_incoming`` synapse rows (all runs,
-    any review state), in segment-id order."""
+def _synapses_of_cell(side: str, runs, kind: str):
+    """A subquery counting the synapse rows of ``runs`` (all when None) and ``kind`` that have
+    the outer cell on ``side`` (``pre``, ``post``, or ``either``: each row once); 0 when there
+    are none."""
+    if side == "either":
+        on_cell = Q(pre=OuterRef("pk")) | Q(post=OuterRef("pk"))
+    else:
+        on_cell = Q(**{side: OuterRef("pk")})
+    synapses = Synapse.objects.filter(on_cell, kind=kind)
+    if runs is not None:
+        synapses = synapses.filter(run__in=runs)
+    return Coalesce(Subquery(synapses.order_by().annotate(one=Value(1)).values("one")
+                             .annotate(n=Count("id")).values("n")[:1]), 0)
+
+
+def dataset_cells(*, dataset: Dataset, runs=None) -> QuerySet[Cell]:
+    """The dataset's cells in segment-id order, each with the synapse rows of ``runs`` (all
+    runs when None; any review state): chemical ``n_outgoing`` and ``n_incoming``, and
+    ``n_electrical`` (electrical synapses with the cell on either side)."""
+    chemical, electrical = Synapse.Kind.CHEMICAL, Synapse.Kind.ELECTRICAL
     return Cell.objects.filter(dataset=dataset).annotate(
-        n_outgoing=_count_of(Synapse, pre="pk"), n_incoming=_count_of(Synapse, post="pk"),
+        n_outgoing=_synapses_of_cell("pre", runs, chemical),
+        n_incoming=_synapses_of_cell("post", runs, chemical),
+        n_electrical=_synapses_of_cell("either", runs, electrical),
     ).order_by("segment_id")
 
 
@@ -132,10 +210,10 @@ def synapse_reviews(*, synapse: Synapse) -> QuerySet[Review]:
 
 
 def cell_partner_tables(*, cell: Cell, runs=None) -> dict[str, list[dict]]:
-    """Upstream and downstream partners of ``cell`` (see
+    """Upstream and downstream (chemical) and electrical partners of ``cell`` (see
     :func:`connectome.synapses.connectivity.cell_partners`) as rows for a table, contact area
     in µm²."""
-    partners = cell_partners(cell=cell, runs=runs)
+    partners = cell_partners(cell=cell, runs=runs, directions=DIRECTIONS)
     return {
         direction: [
             {**asdict(p), "contact_area_um2": None if p.contact_area_nm2 is None

@@ -1,11 +1,13 @@
 from django.urls import path
 
+from connectome.search.views import search_page
 from connectome.web import views
 
 app_name = "web"
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("search/", search_page, name="search"),
     path("datasets/<int:pk>/", views.dataset_detail, name="dataset"),
     path("datasets/<int:pk>/review/", views.review_queue, name="review"),
     path("datasets/<int:pk>/wiring/", views.wiring, name="wiring"),

@@ -17,6 +17,10 @@ from connectome.review.selectors import (
     review_batches,
     review_progress,
 )
+from connectome.synapses.models import Synapse
+from connectome.synapses.selectors import default_run
+from connectome.synapses.wiring import KINDS
+from connectome.viewer.state import PALETTE
 from connectome.web import selectors
 
 #: The token of the embedded viewer client (one client serves every page).
@@ -50,16 +54,19 @@ def _viewer_state_url(request, kind: str, pk: int) -> str:
 
 def dataset_detail(request, pk):
     dataset = selectors.visible_dataset(user=request.user, pk=pk)
-    precision = precision_estimate(dataset=dataset)
+    # One run by default (?run=all sums them): the counts, the review progress and the
+    # precision are those of the run the review queue opens on.
+    choice = selectors.run_choice(dataset=dataset, value=request.GET.get("run"))
+    precision = precision_estimate(dataset=dataset, run=choice.run)
     return render(request, "web/dataset.html", _page(
-        request, dataset,
+        request, dataset, choice=choice,
         layers=selectors.dataset_layers(dataset=dataset),
-        counts=selectors.dataset_counts(dataset=dataset),
+        counts=selectors.dataset_counts(dataset=dataset, runs=choice.runs),
         runs=[(run, precision_estimate(dataset=dataset, run=run)["synapse"])
               for run in selectors.dataset_runs(dataset=dataset)],
         jobs=selectors.dataset_jobs(dataset=dataset),
         downloads=selectors.dataset_downloads(dataset=dataset),
-        progress=review_progress(dataset=dataset),
+        progress=review_progress(dataset=dataset, run=choice.run),
         batches=review_batches(dataset=dataset),
         precision=precision, precision_rows=_precision_rows(precision),
         viewer_state=_viewer_state_url(request, "dataset", dataset.pk),
@@ -83,9 +90,13 @@ def review_queue(request, pk):
         # ?run=<id> chooses the run (from the dataset page); else the browser's last choice.
         "run": int(run) if run.isdigit() and int(run) in {r.pk for r in runs} else None,
         "can_review": access.can_review,
+        # The viewer states' colours, for the panel's labels and legend.
+        "palette": PALETTE,
     }
-    # Without a choice, the newest run: reviewers judge what a detection found.
-    selected_run = config["run"] or (runs[-1].pk if runs else None)
+    # Without a choice, the dataset's default run (the one its pages count): reviewers judge
+    # what a detection found.
+    default = default_run(dataset=dataset)
+    selected_run = config["run"] or (default.pk if default else None)
     if config["can_review"] or config["synapse"]:
         # The client starts empty and the page restores the first synapse into it, with no
         # chunks of a whole-dataset view loading meanwhile.
@@ -101,29 +112,40 @@ def review_queue(request, pk):
 def wiring(request, pk):
     dataset = selectors.visible_dataset(user=request.user, pk=pk)
     runs = list(selectors.dataset_runs(dataset=dataset))
+    choice = selectors.run_choice(dataset=dataset, value=request.GET.get("run"))
+    kind = request.GET.get("kind")
     return render(request, "web/wiring.html", _page(
-        request, dataset, runs=runs,
+        request, dataset, runs=runs, choice=choice,
         config={"dataset": dataset.pk,
-                "runs": [{"id": run.pk, "name": run.name} for run in runs]},
+                "runs": [{"id": run.pk, "name": run.name} for run in runs],
+                "run": choice.query, "default_run": choice.default and choice.default.pk,
+                "kind": kind if kind in KINDS else Synapse.Kind.CHEMICAL.value},
     ))
 
 
 def cell_list(request, pk):
     dataset = selectors.visible_dataset(user=request.user, pk=pk)
+    choice = selectors.run_choice(dataset=dataset, value=request.GET.get("run"))
+    cells = selectors.dataset_cells(dataset=dataset, runs=choice.runs)
+    # ?cell_type=<type> (from a search) lists the cells of one type.
+    cell_type = request.GET.get("cell_type")
+    if cell_type is not None:
+        cells = cells.filter(cell_type=cell_type.replace("\x00", ""))
     return render(request, "web/cells.html", _page(
-        request, dataset, cells=selectors.dataset_cells(dataset=dataset)))
+        request, dataset, choice=choice, runs=selectors.dataset_runs(dataset=dataset),
+        cells=cells, cell_type=cell_type))
 
 
 def cell_detail(request, pk, cell_id):
     dataset = selectors.visible_dataset(user=request.user, pk=pk)
     cell = selectors.dataset_cell(dataset=dataset, pk=cell_id)
     runs = list(selectors.dataset_runs(dataset=dataset))
-    run = next((r for r in runs if str(r.pk) == request.GET.get("run")), None)
-    partners = selectors.cell_partner_tables(cell=cell, runs=None if run is None else [run])
+    choice = selectors.run_choice(dataset=dataset, value=request.GET.get("run"))
+    partners = selectors.cell_partner_tables(cell=cell, runs=choice.runs)
     return render(request, "web/cell.html", _page(
-        request, dataset, cell=cell, runs=runs, run_id=run and run.pk,
+        request, dataset, cell=cell, runs=runs, choice=choice,
         skeletons=cell.skeletons.defer("nodes"), upstream=partners["upstream"],
-        downstream=partners["downstream"],
+        downstream=partners["downstream"], electrical=partners["electrical"],
         viewer_state=_viewer_state_url(request, "cell", cell.pk),
     ))
 

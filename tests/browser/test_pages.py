@@ -71,8 +71,11 @@ def test_viewer_shows_the_phantom_voxels_and_segments(page, live_server, phantom
 
 
 def _wait_for_next(page, previous) -> int:
+    # Drawn, and the verdict and the queue's answer are in (the page shows the next synapse
+    # while they are under way).
     page.wait_for_function(
-        f"() => window.reviewTimings.renderedSynapseId !== {previous}", timeout=60_000)
+        f"() => window.reviewTimings.renderedSynapseId !== {previous}"
+        " && !window.reviewQueue.busy", timeout=60_000)
     return page.evaluate("window.reviewTimings.renderedSynapseId")
 
 

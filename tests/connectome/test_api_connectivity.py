@@ -33,6 +33,8 @@ def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 BIG = 2**64 - 1  # a segment id stored as a negative BIGINT
+#: The fixture's two runs describe different synapses: count both (one run is the default).
+ALL = {"run": "all"}
 
 
 @pytest.fixture
@@ -158,7 +160,7 @@ def test_cursor_pages_are_stable_under_inserts_and_use_no_offset(client, net):
 
 def test_partners_of_a_cell(client, net):
     a, b, c = net["a"], net["b"], net["c"]
-    body = client.get(f"/api/cells/{a.pk}/partners/").json()
+    body = client.get(f"/api/cells/{a.pk}/partners/", ALL).json()
     assert body["cell"] == a.pk and body["segment_id"] == str(BIG)
     # Rejected and self-contact synapses do not count.
     assert [(p["cell"], p["synapses"]) for p in body["downstream"]] == [(b.pk, 3)]
@@ -174,12 +176,12 @@ def test_partners_follow_the_verdicts(client, net):
     Synapse.objects.filter(pk=net["s"]["ca1"].pk).update(
         review_state=Synapse.ReviewState.WRONG_DIRECTION)       # a -> c after all
     Synapse.objects.filter(pk=net["s"]["ab1"].pk).update(review_state=Synapse.ReviewState.WRONG_PARTNER)
-    body = client.get(f"/api/cells/{a.pk}/partners/").json()
+    body = client.get(f"/api/cells/{a.pk}/partners/", ALL).json()
     assert [(p["cell"], p["synapses"]) for p in body["downstream"]] == [(b.pk, 2), (c.pk, 1)]
     assert [(p["cell"], p["synapses"]) for p in body["upstream"]] == [(b.pk, 1), (c.pk, 1)]
     down_c = body["downstream"][1]
     assert down_c["segment_id"] == "9" and down_c["name"] == "c" and down_c["cell_type"] == "KC"
-    body = client.get(f"/api/cells/{c.pk}/partners/").json()
+    body = client.get(f"/api/cells/{c.pk}/partners/", ALL).json()
     assert [(p["cell"], p["synapses"]) for p in body["upstream"]] == [(a.pk, 1)]
     assert [(p["cell"], p["synapses"]) for p in body["downstream"]] == [(a.pk, 1)]
 
@@ -187,10 +189,10 @@ def test_partners_follow_the_verdicts(client, net):
 def test_partner_thresholds_and_direction(client, net):
     a, b, c = net["a"], net["b"], net["c"]
     url = f"/api/cells/{a.pk}/partners/"
-    body = client.get(url, {"min_confidence": 0.75}).json()
+    body = client.get(url, {"min_confidence": 0.75, **ALL}).json()
     assert [(p["cell"], p["synapses"]) for p in body["downstream"]] == [(b.pk, 2)]
     assert body["upstream"] == []
-    body = client.get(url, {"min_count": 2, "direction": "upstream"}).json()
+    body = client.get(url, {"min_count": 2, "direction": "upstream", **ALL}).json()
     assert "downstream" not in body
     assert [(p["cell"], p["synapses"]) for p in body["upstream"]] == [(c.pk, 2)]
     body = client.get(url, {"run": net["other_run"].pk}).json()
@@ -208,40 +210,40 @@ def _pairs(body):
 
 def test_wiring_matrix_among_cells(client, net):
     a, b, c, d = net["a"], net["b"], net["c"], net["dataset"]
-    body = client.get(f"/api/datasets/{d.pk}/wiring/", {"cells": f"{a.pk},{b.pk}"}).json()
+    body = client.get(f"/api/datasets/{d.pk}/wiring/", {"cells": f"{a.pk},{b.pk}", **ALL}).json()
     assert body["group_by"] == "cell"
     assert _pairs(body) == {(a.pk, b.pk): 3, (b.pk, a.pk): 1}
     assert body["synapses"] == 4
     row = next(r for r in body["rows"] if r["pre_cell"] == a.pk)
     assert row["pre_segment_id"] == str(BIG) and row["contact_area_nm2"] == pytest.approx(600.0)
-    by_segment = client.get(f"/api/datasets/{d.pk}/wiring/", {"segment_ids": f"{BIG},9"}).json()
+    by_segment = client.get(f"/api/datasets/{d.pk}/wiring/", {"segment_ids": f"{BIG},9", **ALL}).json()
     assert _pairs(by_segment) == {(c.pk, a.pk): 2}
-    everything = client.get(f"/api/datasets/{d.pk}/wiring/", {"min_count": 2}).json()
+    everything = client.get(f"/api/datasets/{d.pk}/wiring/", {"min_count": 2, **ALL}).json()
     assert _pairs(everything) == {(a.pk, b.pk): 3, (c.pk, a.pk): 2}
 
 
 def test_wiring_matrix_post_body_for_long_cell_lists(client, net):
     a, b, c, d = net["a"], net["b"], net["c"], net["dataset"]
     response = client.post(f"/api/datasets/{d.pk}/wiring/",
-                           {"cells": [a.pk, b.pk, c.pk], "min_confidence": 0.65}, format="json")
+                           {"cells": [a.pk, b.pk, c.pk], "min_confidence": 0.65, "run": "all"}, format="json")
     assert response.status_code == 200, response.json()
     assert _pairs(response.json()) == {(a.pk, b.pk): 2, (b.pk, a.pk): 1}
 
 
 def test_wiring_matrix_by_cell_type_and_type_selection(client, net):
     d = net["dataset"]
-    body = client.get(f"/api/datasets/{d.pk}/wiring/", {"group_by": "cell_type"}).json()
+    body = client.get(f"/api/datasets/{d.pk}/wiring/", {"group_by": "cell_type", **ALL}).json()
     assert {(r["pre_type"], r["post_type"]): r["synapses"] for r in body["rows"]} == {
         ("KC", "MBON"): 3, ("MBON", "KC"): 1, ("KC", "KC"): 2}
     assert "pre_cell" not in body["rows"][0]
-    body = client.get(f"/api/datasets/{d.pk}/wiring/", {"cell_types": "KC"}).json()
+    body = client.get(f"/api/datasets/{d.pk}/wiring/", {"cell_types": "KC", **ALL}).json()
     assert _pairs(body) == {(net["c"].pk, net["a"].pk): 2}
 
 
 def test_wiring_matrix_csv(client, net):
     a, b, d = net["a"], net["b"], net["dataset"]
     response = client.get(f"/api/datasets/{d.pk}/wiring/",
-                          {"cells": f"{a.pk},{b.pk}", "output": "csv"})
+                          {"cells": f"{a.pk},{b.pk}", "output": "csv", **ALL})
     assert response.status_code == 200
     assert response["Content-Type"] == "text/csv"
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
@@ -251,9 +253,9 @@ def test_wiring_matrix_csv(client, net):
 
 def test_large_wiring_matrix_is_streamed_with_the_same_content(client, net, monkeypatch):
     url = f"/api/datasets/{net['dataset'].pk}/wiring/"
-    whole = client.get(url).json()
+    whole = client.get(url, ALL).json()
     monkeypatch.setattr(synapse_apis, "STREAM_PAIRS", 1)
-    response = client.get(url)
+    response = client.get(url, ALL)
     assert response.streaming
     assert json.loads(b"".join(response.streaming_content)) == whole
 
@@ -277,15 +279,15 @@ def test_wiring_matrix_errors(client, net, params, status, message):
 
 def test_synapses_between_two_cells(client, net):
     a, b, s = net["a"], net["b"], net["s"]
-    body = client.get("/api/synapses/between/", {"a": a.pk, "b": b.pk}).json()
+    body = client.get("/api/synapses/between/", {"a": a.pk, "b": b.pk, **ALL}).json()
     assert _ids(body) == sorted([s["ab1"].pk, s["ab2"].pk, s["ab3"].pk, s["ab_rejected"].pk,
                                  s["ba"].pk])
     body = client.get("/api/synapses/between/",
-                      {"a": b.pk, "b": a.pk, "direction": "a_to_b"}).json()
+                      {"a": b.pk, "b": a.pk, "direction": "a_to_b", **ALL}).json()
     assert _ids(body) == [s["ba"].pk]
     body = client.get("/api/synapses/between/",
                       {"a": a.pk, "b": b.pk, "min_confidence": 0.85,
-                       "review_state": "unreviewed"}).json()
+                       "review_state": "unreviewed", **ALL}).json()
     assert _ids(body) == [s["ab1"].pk]
     response = client.get("/api/synapses/between/", {"a": a.pk, "b": 999999})
     assert response.status_code == 404
@@ -301,12 +303,14 @@ def test_synapses_between_cells_of_two_datasets_is_400(client, net):
 
 
 def test_cell_type_summary(client, net):
-    body = client.get(f"/api/datasets/{net['dataset'].pk}/cell-types/").json()
+    body = client.get(f"/api/datasets/{net['dataset'].pk}/cell-types/", ALL).json()
     assert body == [
         {"cell_type": "KC", "cells": 2, "outgoing_synapses": 5, "incoming_synapses": 3,
-         "outgoing_partner_types": 2, "incoming_partner_types": 2},
+         "outgoing_partner_types": 2, "incoming_partner_types": 2, "electrical_synapses": 0,
+         "electrical_partner_types": 0},
         {"cell_type": "MBON", "cells": 1, "outgoing_synapses": 1, "incoming_synapses": 3,
-         "outgoing_partner_types": 1, "incoming_partner_types": 1},
+         "outgoing_partner_types": 1, "incoming_partner_types": 1, "electrical_synapses": 0,
+         "electrical_partner_types": 0},
     ]
 
 

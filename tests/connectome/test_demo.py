@@ -1,6 +1,7 @@
 """The demo command end to end, inline: phantom -> imports -> detection -> partner assignment."""
 
 import io
+import json
 import re
 import subprocess
 
@@ -9,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from connectome.cells.models import Skeleton
+from connectome.cells.selectors import layer_mesh_path
 from connectome.datasets.models import Dataset
 from connectome.detectors.models import DetectorModel
 from connectome.jobs.models import Job
@@ -62,6 +64,14 @@ def test_demo_detects_synapses_assigns_partners_and_scores_them(var_dir):
     skeletons = Skeleton.objects.filter(cell__dataset=dataset)
     assert skeletons.count() == dataset.cells.count() > 5
     assert all(n > 3 for n in skeletons.values_list("n_nodes", flat=True))
+    # Every cell has a mesh: a manifest naming its fragments, from a mesh_segmentation job.
+    meshed = Job.objects.get(kind="mesh_segmentation")
+    assert meshed.state == Job.State.DONE, meshed.error
+    assert meshed.result["segments"] == dataset.cells.count()
+    folder = layer_mesh_path(dataset.layers.get(name="segmentation"))
+    assert folder is not None
+    for segment in dataset.cells.values_list("segment_id", flat=True):
+        assert json.loads((folder / f"{segment}:0").read_text())["fragments"]
 
     detect = Job.objects.get(kind="detect_and_assign")
     assert detect.state == Job.State.DONE, detect.error

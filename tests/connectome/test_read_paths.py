@@ -142,7 +142,7 @@ def test_partners_of_a_hidden_cell_are_a_404_in_three_queries(settings):
     with CaptureQueriesContext(connection) as queries:
         response = client.get(f"/api/cells/{hidden.pk}/partners/")
     assert response.status_code == 200
-    assert len(queries) == 2  # the cell with the role, the partners
+    assert len(queries) == 3  # the cell with the role, the default run, the partners
 
 
 # --- partner rows -----------------------------------------------------------------------------

@@ -436,6 +436,26 @@ def test_queue_over_the_api(queue):
     assert nothing["undone"] is None
 
 
+def test_next_lists_the_upcoming_synapses_unclaimed(queue):
+    dataset, run, s = queue
+    client, _ = _client("reviewer", dataset)
+    other, _ = _client("reviewer", dataset)
+    base = f"/api/datasets/{dataset.pk}/review"
+    body = client.post(f"{base}/next/", {"run": run.pk, "lookahead": 2}, format="json").json()
+    assert body["synapse"]["id"] == s[2].pk
+    # In queue order after the claimed one, with their segments; not claimed.
+    assert [u["id"] for u in body["upcoming"]] == [s[4].pk, s[3].pk]
+    assert body["upcoming"][0]["pre_segment_id"] == str(s[4].pre.segment_id)
+    assert list(ReviewClaim.objects.values_list("synapse", flat=True)) == [s[2].pk]
+    # Another reviewer still gets the first of them; then the list goes past it.
+    assert other.post(f"{base}/next/", {"run": run.pk}, format="json").json()[
+        "synapse"]["id"] == s[4].pk
+    body = client.post(f"{base}/next/", {"run": run.pk, "lookahead": 10}, format="json").json()
+    assert [u["id"] for u in body["upcoming"]] == [s[3].pk, s[0].pk, s[1].pk]
+    # Without lookahead the answer has no list.
+    assert "upcoming" not in client.post(f"{base}/next/", {}, format="json").json()
+
+
 def test_queue_api_refuses_bad_input(queue):
     dataset, run, s = queue
     client, _ = _client("reviewer", dataset)
@@ -445,6 +465,9 @@ def test_queue_api_refuses_bad_input(queue):
     assert response.status_code == 400 and "has no synapse run" in response.json()["error"]
     response = client.post(f"{base}/next/", {"order": "sideways"}, format="json")
     assert response.status_code == 400 and "order" in response.json()["detail"]
+    for lookahead in (-1, 11, "two"):
+        response = client.post(f"{base}/next/", {"lookahead": lookahead}, format="json")
+        assert response.status_code == 400 and "lookahead" in response.json()["detail"]
     response = client.post(f"{base}/skip/", {"synapse": SynapseFactory().pk}, format="json")
     assert response.status_code == 404
     response = client.get(f"{base}/summary/?confidence=2")

@@ -16,9 +16,13 @@ from connectome.imports.volumes import import_volume
 from connectome.viewer.client import client_root
 from connectome.viewer.precomputed import encode_skeleton
 from connectome.viewer.state import (
+    ARROW_MIN_FRACTION,
     INPUTS_LAYER,
     OUTPUTS_LAYER,
+    PALETTE,
+    SYNAPSE_FIELD_NM,
     SYNAPSE_LAYER,
+    arrow_points,
     cell_state,
     client_url,
     dataset_state,
@@ -314,6 +318,8 @@ def test_skeleton_round_trips_through_the_precomputed_encoding(client, volumes):
 
     response = client.get(_url(seg_layer, "skeletons/3000"))
     assert response["Content-Type"] == "application/octet-stream"
+    # Cached a minute: the review page fetches the next synapse's skeletons ahead.
+    assert response["Cache-Control"] == "private, max-age=60"
     positions, edges, got_radius = _decode_skeleton(response.content)
     np.testing.assert_allclose(positions, zyx[:, ::-1])
     assert sorted(map(tuple, edges.tolist())) == [(1, 0), (2, 1), (3, 1)]
@@ -427,10 +433,85 @@ def test_synapse_state_centres_the_synapse_voxel(volumes, centre_nm):
         "pre_segment": "segmentation", "post_segment": "segmentation"}
     (line,) = line_layer["annotations"]
     assert line["type"] == "line" and line["id"] == str(synapse.pk)
-    assert _voxel(line["pointA"]) == (2, 200, 95)  # the presynaptic point
-    assert line["pointB"] == state["position"]  # no postsynaptic point: the centre
+    # From the presynaptic point (1600, 760 nm in y, x) to the centre (no postsynaptic point),
+    # about 40 nm, stretched about their middle to 300 nm, in the centre's section.
+    pre_yx, centre_yx = np.array([1600.0, 760.0]), np.array(centre_nm[1:])
+    unit = (centre_yx - pre_yx) / np.linalg.norm(centre_yx - pre_yx)
+    for point, sign in ((line["pointA"], -1), (line["pointB"], 1)):
+        y, x = (pre_yx + centre_yx) / 2 + sign * 150 * unit
+        assert point[:2] == pytest.approx([x / 8 + 0.5, y / 8 + 0.5])
+        assert point[2] == state["position"][2]
     assert line["segments"] == [["1000"], ["2000"]]
     assert state["crossSectionScale"] < 1  # a 2 um field: the cleft is several pixels wide
+
+
+def test_arrow_is_stretched_about_its_middle_to_a_visible_length():
+    # 60 nm apart in y/x (36, 48), 2 sections apart in z: 300 nm long, same direction.
+    start, end = arrow_points((40.0, 1000.0, 2000.0), (120.0, 1036.0, 2048.0),
+                              min_length_nm=300.0)
+    assert start == pytest.approx((80.0, 1018 - 0.6 * 150, 2024 - 0.8 * 150))
+    assert end == pytest.approx((80.0, 1018 + 0.6 * 150, 2024 + 0.8 * 150))
+    # A long arrow stays as it is; coinciding points stay a point.
+    assert arrow_points((0, 0, 0), (0, 0, 500.0), min_length_nm=300.0) == (
+        (0, 0, 0), (0, 0, 500.0))
+    assert arrow_points((0, 5.0, 5.0), (40.0, 5.0, 5.0), min_length_nm=300.0) == (
+        (20.0, 5.0, 5.0), (20.0, 5.0, 5.0))
+
+
+def test_synapse_state_colours_the_partners_clefts_and_arrow(volumes, tmp_path):
+    dataset, _, seg_layer, _, _ = volumes
+    clefts = import_volume(dataset=dataset, source=str(tmp_path / "vol.h5"), name="clefts",
+                           kind="synapses", dataset_path="labels", chunks=CHUNKS)
+    pre = Cell.objects.get(dataset=dataset, segment_id=1000, layer=seg_layer)
+    post = Cell.objects.get(dataset=dataset, segment_id=2000, layer=seg_layer)
+    synapse = SynapseFactory(run__dataset=dataset, pre=pre, post=post, pre_z=400.0,
+                             pre_y=800.0, pre_x=760.0, post_z=400.0, post_y=800.0, post_x=840.0)
+    state = synapse_state(synapse, base_url=BASE)
+    cells = _layer(state, "segmentation")
+    assert cells["segmentColors"] == {"1000": PALETTE["pre"], "2000": PALETTE["post"]}
+    assert cells["segmentDefaultColor"] == PALETTE["other"]
+    assert cells["objectAlpha"] == 0  # one xy panel: no skeletons across the section
+    cleft_layer = _layer(state, clefts.name)
+    assert cleft_layer["type"] == "segmentation"
+    assert cleft_layer["segmentDefaultColor"] == PALETTE["cleft"]
+    assert "segmentColors" not in cleft_layer
+    arrow = _layer(state, SYNAPSE_LAYER)
+    assert arrow["annotationColor"] == PALETTE["arrow"]
+    pre_post = ("setEndpointMarkerColor(vec4(1.000, 0.353, 0.212, 1.0), "
+                "vec4(0.184, 0.545, 1.000, 1.0))")
+    for call in ("setLineWidth(4.0)", "setEndpointMarkerSize(7.0, 15.0)", pre_post):
+        assert call in arrow["shader"]
+    (line,) = arrow["annotations"]
+    length_voxels = np.hypot(line["pointB"][0] - line["pointA"][0],
+                             line["pointB"][1] - line["pointA"][1])
+    assert length_voxels * 8 >= ARROW_MIN_FRACTION * SYNAPSE_FIELD_NM - 1e-6
+    # The palette's four colours differ; clefts keep it on the dataset page too.
+    assert len({PALETTE[k] for k in ("pre", "post", "cleft", "other")}) == 4
+    assert _layer(dataset_state(dataset, base_url=BASE), clefts.name)[
+        "segmentDefaultColor"] == PALETTE["cleft"]
+
+
+def test_synapse_state_layouts(client, volumes):
+    dataset, _, _, _, _ = volumes
+    pre = Cell.objects.get(dataset=dataset, segment_id=1000)
+    synapse = SynapseFactory(run__dataset=dataset, pre=pre,
+                             post=Cell.objects.get(dataset=dataset, segment_id=2000))
+    xy = synapse_state(synapse, base_url=BASE)
+    four = synapse_state(synapse, base_url=BASE, layout="4panel")
+    assert (xy["layout"], four["layout"]) == ("xy", "4panel")
+    # The same 2 um field in a panel of about 600 px, or of about 350 px.
+    assert xy["crossSectionScale"] == pytest.approx(2000 / 600 / 8)
+    assert four["crossSectionScale"] == pytest.approx(2000 / 350 / 8)
+    assert "objectAlpha" not in _layer(four, "segmentation")  # the 3D panel shows skeletons
+    with pytest.raises(ValueError, match="layout"):
+        synapse_state(synapse, base_url=BASE, layout="3d")
+
+    url = reverse("viewer:synapse-state", kwargs={"synapse_id": synapse.pk})
+    assert client.get(url).json()["layout"] == "xy"
+    assert client.get(url, {"layout": "4panel"}).json()["layout"] == "4panel"
+    bad = client.get(url, {"layout": "xz"})
+    assert bad.status_code == 400
+    assert "xz" in bad.json()["layout"][0]
 
 
 def test_synapse_state_without_a_partner(volumes):

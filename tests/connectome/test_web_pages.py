@@ -90,7 +90,8 @@ def test_home_links_the_datasets_one_can_see(world):
     dataset = world["dataset"]
     assert f'href="{reverse("web:dataset", args=[dataset.pk])}"' in response.content.decode()
     assert "secret" not in _text(response)
-    assert "fly 40.0 × 8.0 × 8.0 20 × 64 × 48 em (em), labels (segmentation) 3 5" in (
+    # Synapses of the default run (the newest, "detected"), not of both runs summed.
+    assert "fly 40.0 × 8.0 × 8.0 20 × 64 × 48 em (em), labels (segmentation) 3 2" in (
         _text(response))
 
 
@@ -103,17 +104,27 @@ def test_dataset_page_shows_layers_counts_runs_and_precision(world):
     review_create(synapse=s[3], reviewer=reviewer, verdict="not_synapse")
     review_create(synapse=s[4], reviewer=reviewer, verdict="unsure")
 
+    # By default the page counts one run, the newest (neither run is a detection here), as
+    # the review queue does: 2 synapses, both reviewed, one decided (not a synapse).
     response = _client().get(reverse("web:dataset", args=[dataset.pk]))
     assert response.status_code == 200
     text = _text(response)
     assert "em EM image 20 × 64 × 48 uint8" in text
     assert "labels segmentation 20 × 64 × 48 uint64" in text
     counts = response.context["counts"]
+    assert (counts.cells, counts.synapses, counts.reviews) == (3, 2, 2)
+    assert "2 / 2" in text and "counts of run “detected”" in text
+    assert "Synapses 1 reviewed; precision 0.00" in text
+
+    # ?run=all sums the runs.
+    response = _client().get(reverse("web:dataset", args=[dataset.pk]), {"run": "all"})
+    text = _text(response)
+    counts = response.context["counts"]
     assert (counts.cells, counts.synapses, counts.reviews) == (3, 5, 4)
     # Runs with their synapse and reviewed counts and the precision of their synapses.
     # (n counts decided verdicts: "unsure" is left out.)
     assert re.search(r"ground truth test 3 2 1\.00 \[0\.34, 1\.00\] n=2 ", text)
-    assert re.search(r"detected test 2 2 0\.00 \[0\.00, 0\.79\] n=1 ", text)
+    assert re.search(r"detected \(default\) test 2 2 0\.00 \[0\.00, 0\.79\] n=1 ", text)
     # 4 reviewed, 3 decided (unsure left out): 2 real of 3.
     assert "4 / 5" in text
     p = wilson_interval(2, 3)
@@ -211,36 +222,49 @@ def test_wiring_page_gets_its_dataset_and_runs(world):
     assert response.status_code == 200
     config = json.loads(re.search(r'id="wiring-config"[^>]*>(.*?)</script>',
                                   response.content.decode(), re.S).group(1))
+    detected = world["runs"][1].pk
     assert config == {"dataset": dataset.pk, "runs": [
         {"id": world["runs"][0].pk, "name": "ground truth"},
-        {"id": world["runs"][1].pk, "name": "detected"}]}
+        {"id": detected, "name": "detected"}],
+        "run": str(detected), "default_run": detected, "kind": "chemical"}
+    config = json.loads(re.search(
+        r'id="wiring-config"[^>]*>(.*?)</script>', _client().get(
+            reverse("web:wiring", args=[dataset.pk]), {"run": "all", "kind": "electrical"})
+        .content.decode(), re.S).group(1))
+    assert (config["run"], config["kind"]) == ("all", "electrical")
     assert "<canvas id=\"matrix\"" in response.content.decode()
 
 
 def test_cells_page_counts_synapse_rows(world):
     dataset = world["dataset"]
+    # name, type, segment, size, outgoing and incoming chemical, electrical
+    text = _text(_client().get(reverse("web:cells", args=[dataset.pk]), {"run": "all"}))
+    assert "KC-1 KC 11 – 3 1 0" in text
+    assert "MBON-1 MBON 12 – 1 3 0" in text
+    assert "PN-1 PN 13 – 1 1 0" in text
+    # By default, the newest run alone ("detected": a -> b, b -> c).
     text = _text(_client().get(reverse("web:cells", args=[dataset.pk])))
-    # name, type, segment, size, outgoing, incoming
-    assert "KC-1 KC 11 – 3 1" in text
-    assert "MBON-1 MBON 12 – 1 3" in text
-    assert "PN-1 PN 13 – 1 1" in text
+    assert "KC-1 KC 11 – 1 0 0" in text
+    assert "MBON-1 MBON 12 – 1 1 0" in text
+    assert "PN-1 PN 13 – 0 1 0" in text
 
 
 def test_cell_page_partners_drop_rejected_synapses(world):
     dataset = world["dataset"]
     a, b, c = world["cells"]
     url = reverse("web:cell", args=[dataset.pk, a.pk])
-    text = _text(_client().get(url))
+    text = _text(_client().get(url, {"run": "all"}))
     assert "KC-1 · cell" in text
     assert "Downstream · 1 postsynaptic partners" in text
     assert "MBON-1 MBON 12 3" in text   # three synapses a -> b over both runs
     assert "PN-1 PN 13 1" in text       # upstream: c -> a
+    assert "MBON-1 MBON 12 1" in _text(_client().get(url))  # the default run: a -> b once
     review_create(synapse=world["synapses"][3], reviewer=None, verdict="not_synapse")
-    assert "MBON-1 MBON 12 2" in _text(_client().get(url))
+    assert "MBON-1 MBON 12 2" in _text(_client().get(url, {"run": "all"}))
     detected = world["runs"][1]
     only_detected = _text(_client().get(url, {"run": detected.pk}))
     assert "Downstream · 0 postsynaptic partners" in only_detected
-    html = _client().get(url).content.decode()
+    html = _client().get(url, {"run": "all"}).content.decode()
     assert reverse("web:cell", args=[dataset.pk, b.pk]) in html
     assert reverse("viewer:cell-state", args=[a.pk]) in html
 

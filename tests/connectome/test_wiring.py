@@ -228,7 +228,7 @@ def test_csv_per_cell_pair(net, tmp_path):
     assert export_wiring_csv(wiring_matrix(dataset=dataset, runs=[detect]), target) == 5
     assert target.read_text().splitlines()[0] == (
         "pre_segment_id,post_segment_id,pre_name,post_name,pre_type,post_type,synapses,"
-        "contact_area_nm2,weight,mean_confidence")
+        "contact_area_nm2,weight,mean_confidence,kind")
     rows = _read_csv(target)
     assert [(r["pre_segment_id"], r["post_segment_id"], r["synapses"]) for r in rows] == [
         ("10", "20", "3"), ("10", "30", "1"), ("20", "10", "1"), ("30", "10", "1"),
@@ -248,8 +248,9 @@ def test_csv_per_cell_type_pair(net, tmp_path):
     matrix = wiring_matrix(dataset=dataset, runs=[detect], group_by="cell_type")
     assert export_wiring_csv(matrix, target) == 4
     lines = target.read_text().splitlines()
-    assert lines[0] == "pre_type,post_type,synapses,contact_area_nm2,weight,mean_confidence"
-    assert lines[1] == "exc,,1,70.0,,0.95"
+    assert lines[0] == ("pre_type,post_type,synapses,contact_area_nm2,weight,mean_confidence,"
+                        "kind")
+    assert lines[1] == "exc,,1,70.0,,0.95,chemical"
     assert [line.split(",")[:4] for line in lines[2:]] == [
         ["exc", "exc", "2", "55.0"], ["exc", "inh", "3", "310.0"], ["inh", "exc", "1", "30.0"]]
 
@@ -268,8 +269,8 @@ def test_graphml_reads_back_with_uint64_ids_as_strings(net, tmp_path):
     assert edge["synapses"] == 3 and edge["contact_area_nm2"] == 310.0
     assert edge["weight"] == pytest.approx(2.6)
     assert edge["mean_confidence"] == pytest.approx(1.9 / 3)
-    assert graph.edges["30", str(BIG)] == {"synapses": 1, "contact_area_nm2": 70.0,
-                                           "mean_confidence": 0.95}
+    assert graph.edges["30", str(BIG)] == {"kind": "chemical", "synapses": 1,
+                                           "contact_area_nm2": 70.0, "mean_confidence": 0.95}
 
 
 def test_graphml_per_cell_type(net, tmp_path):
@@ -313,6 +314,25 @@ def test_command_by_cell_type_shows_the_strongest_pairs(net):
     ]
 
 
+def test_command_counts_the_default_run_unless_told(net):
+    dataset, detect, truth, (a, b, *_) = net
+    out = StringIO()
+    call_command("wiring_matrix", "net", stdout=out)  # truth is the newest run: the default
+    assert out.getvalue().splitlines()[0] == (
+        "wiring matrix of dataset 'net' by cell (truth): 1 pairs, 1 synapses")
+    out = StringIO()
+    call_command("wiring_matrix", "net", "--run", "all", stdout=out)
+    assert out.getvalue().splitlines()[0] == (
+        "wiring matrix of dataset 'net' by cell (all runs): 5 pairs, 8 synapses")
+    SynapseFactory(run=detect, pre=a, post=b, kind=Synapse.Kind.ELECTRICAL)
+    SynapseFactory(run=detect, pre=b, post=a, kind=Synapse.Kind.ELECTRICAL)
+    out = StringIO()
+    call_command("wiring_matrix", "net", "--run", "detect", "--kind", "electrical", stdout=out)
+    assert out.getvalue().splitlines() == [
+        "wiring matrix of dataset 'net' by cell (detect): 1 electrical pairs, 2 synapses",
+        "  A <-> B: 2"]
+
+
 def test_command_refuses_unknown_dataset_and_run(net):
     with pytest.raises(CommandError, match="no dataset with id or name 'nowhere'"):
         call_command("wiring_matrix", "nowhere")
@@ -325,7 +345,7 @@ def test_command_refuses_unknown_dataset_and_run(net):
 
 def test_partners_agree_with_the_matrix():
     """A cell's partners (their own SQL) count exactly what the matrix counts, under every
-    verdict, flag, missing partner, run and confidence threshold."""
+    verdict, flag, missing partner, run, kind and confidence threshold."""
     import random
 
     from connectome.synapses.connectivity import cell_partners
@@ -343,13 +363,27 @@ def test_partners_agree_with_the_matrix():
             review_state=rng.choice(states), flag=rng.choice(flags + [""] * 4),
             confidence=rng.choice([None, rng.random()]),
             contact_area_nm2=rng.choice([None, rng.uniform(100, 1000)]),
-            weight=rng.choice([None, rng.random()]))
+            weight=rng.choice([None, rng.random()]),
+            kind=rng.choice([Synapse.Kind.CHEMICAL] * 3 + [Synapse.Kind.ELECTRICAL]))
     for selection in [{}, {"runs": [runs[0].pk]}, {"min_confidence": 0.5},
                       {"runs": runs, "min_confidence": 0.2}]:
         matrix = wiring_matrix(dataset=dataset, **selection)
         assert matrix.synapses > 10
+        gaps = wiring_matrix(dataset=dataset, kind="electrical", **selection)
+        assert gaps.synapses > 2
         for cell in cells:
-            found = cell_partners(cell=cell, **selection)
+            found = cell_partners(cell=cell, directions=("upstream", "downstream", "electrical"),
+                                  **selection)
+            expected = {}
+            for pair in gaps.pairs:  # an unordered pair: the cell on either side
+                if cell.pk in (pair.pre_cell_id, pair.post_cell_id):
+                    other = pair.post_cell_id if pair.pre_cell_id == cell.pk else pair.pre_cell_id
+                    expected[other] = pair
+            got = {p.cell_id: p for p in found["electrical"]}
+            assert {k: p.synapses for k, p in got.items()} == {
+                k: p.synapses for k, p in expected.items()}, (selection, cell)
+            for cell_id, partner in got.items():
+                assert partner.weight == pytest.approx(expected[cell_id].weight)
             for direction, mine, theirs in (("downstream", "pre_cell_id", "post_cell_id"),
                                              ("upstream", "post_cell_id", "pre_cell_id")):
                 expected = {getattr(p, theirs): p for p in matrix.pairs

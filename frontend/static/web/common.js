@@ -55,6 +55,20 @@ const Web = (() => {
     if (event.target.matches("select[data-autosubmit]")) event.target.form.submit();
   });
 
+  // "/" anywhere but in a text field puts the cursor in the header's search box. (The review
+  // queue's keys ignore what is typed into fields, the search box included.)
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target && (["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName) ||
+                   target.isContentEditable)) return;
+    const box = document.getElementById("search-box");
+    if (!box) return;
+    event.preventDefault();
+    box.focus();
+    box.select();
+  });
+
   return {get: (url) => request("GET", url), post: (url, body) => request("POST", url, body || {}),
           el, fixed, duration};
 })();

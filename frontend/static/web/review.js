@@ -1,8 +1,12 @@
 // The review queue: one synapse at a time in the embedded viewer, verdicts by button or key.
 //
 // The viewer client loads once; each synapse's viewer state (centred on it, pre and post
-// segments shown, a pre->post line) is fetched and restored in place. `window.reviewTimings`
-// records when the first synapse was on screen, counted from navigation start.
+// cells in the palette's colours, a pre->post arrow) is fetched and shown in place: the first
+// one restored whole, the next ones moved to (same layers, new position, segments and arrow).
+// The queue lists the synapses after the claimed one; their states and cells are fetched, and
+// the chunks of the first of them warmed, while the reviewer looks at the current one.
+// `window.reviewTimings` records when the first synapse was on screen, counted from navigation
+// start, and how long each next one took.
 "use strict";
 
 (() => {
@@ -16,15 +20,35 @@
                   unsure: "unsure"};
   // The one key table (review_tools.js): the keys dispatched here and listed by `?`.
   const KEYS = ReviewTools.bindings();
+  const LAYOUTS = ["xy", "4panel"];
+  // Synapses listed after the claimed one, loaded ahead.
+  const LOOKAHEAD = 2;
+  // Viewer states kept (the shown, the upcoming and the last few judged, for undo).
+  const KEEP_STATES = 12;
+
+  // The palette of the viewer states, for the panel's labels and legend.
+  for (const [name, colour] of Object.entries(config.palette)) {
+    document.documentElement.style.setProperty(`--${name}-colour`, colour);
+  }
 
   const timings = window.reviewTimings = {
     clientLoadedMs: null, firstItemMs: null, firstSynapseMs: null, firstSynapseId: null,
-    renderedSynapseId: null, perSynapseMs: [],
+    renderedSynapseId: null, perSynapseMs: [], stepMs: [], statesAhead: 0, statesOnDemand: 0,
+    moves: 0, restores: 0,
   };
   let current = null;      // the synapse on screen (API object), or null
   let busy = false;        // a request is in flight: keys are dropped
   let pick = null;         // {side: "post"|"pre"} while picking the right partner
+  let upcoming = [];       // synapses after the claimed one (API objects), not claimed
+  let actionStarted = null; // performance.now() of the key or button that moves on
+  let cellLayer = null;    // name of the cells' segmentation layer in the shown state
+  let lastDrawn = Promise.resolve();  // resolves once the synapse on screen is drawn
+  const judged = [];       // synapses judged on this page, oldest first (for undo)
   const cells = new Map(); // cell id -> Promise of the cell
+  const states = new Map(); // "<synapse id>:<layout>" -> {promise, ahead, state once loaded}
+  const remembered = `review:${config.dataset}:`;
+  let layout = localStorage.getItem("review:layout");
+  if (!LAYOUTS.includes(layout)) layout = LAYOUTS[0];
 
   const cell = (id) => {
     if (id === null || id === undefined) return Promise.resolve(null);
@@ -41,6 +65,58 @@
     const panel = $("synapse-panel");
     panel.classList.add("on");
     setTimeout(() => panel.classList.remove("on"), 350);
+  }
+
+  // --- viewer states, fetched ahead ---------------------------------------------------------
+
+  // The viewer state of `synapse` in the current layout; `ahead`: fetched before it is shown.
+  function stateOf(synapse, {ahead = false} = {}) {
+    const key = `${synapse.id}:${layout}`;
+    if (!states.has(key)) {
+      const entry = {promise: Web.get(`/viewer/state/synapses/${synapse.id}/?layout=${layout}`),
+                     ahead, state: null};
+      entry.promise.then((state) => { entry.state = state; }, () => states.delete(key));
+      states.set(key, entry);
+      while (states.size > KEEP_STATES) states.delete(states.keys().next().value);
+    } else {
+      // Most recently used last, so the oldest go first.
+      const entry = states.get(key);
+      states.delete(key);
+      states.set(key, entry);
+    }
+    return states.get(key);
+  }
+
+  function stateLoaded(synapse) {
+    const entry = states.get(`${synapse.id}:${layout}`);
+    return Boolean(entry && entry.state);
+  }
+
+  // Once the synapse on screen is drawn (`drawn`), load the upcoming synapses' states and
+  // cells, and warm the chunks of the first of them: the server and the browser's two cores
+  // draw the synapse in front of the reviewer first.
+  const warmed = new Set();  // "<synapse id>:<layout>" whose chunks were fetched
+  function prefetch(drawn) {
+    const ahead = upcoming.filter((synapse) => !current || synapse.id !== current.id);
+    drawn.then(async () => {
+      for (const synapse of ahead) {
+        stateOf(synapse, {ahead: true}).promise.catch(() => {});
+        cell(synapse.pre).catch(() => {});
+        cell(synapse.post).catch(() => {});
+      }
+      const following = ahead[0];
+      const key = following && `${following.id}:${layout}`;
+      if (!following || warmed.has(key)) return;
+      warmed.add(key);
+      await frame.warm(await stateOf(following, {ahead: true}).promise, viewerPanel());
+    }).catch(() => {});  // loading ahead is an optimisation; showing reports its own errors
+  }
+
+  // The size of the xy panel in CSS pixels: the whole viewer, or a quarter of it.
+  function viewerPanel() {
+    const box = document.getElementById("viewer").getBoundingClientRect();
+    const share = layout === "4panel" ? 2 : 1;
+    return {width: box.width / share, height: box.height / share};
   }
 
   // --- showing a synapse --------------------------------------------------------------------
@@ -90,29 +166,49 @@
                                     `Synapse ${synapse.id}`));
     renderFacts(synapse).catch((error) => status(error.message, true));
     const started = performance.now();
-    const state = await Web.get(`/viewer/state/synapses/${synapse.id}/`);
+    const pressed = actionStarted;
+    const entry = stateOf(synapse);
+    const state = await entry.promise;
     if (current !== synapse) return;
-    await frame.setState(
-      ViewerFrame.colourPartners(state, synapse.pre_segment_id, synapse.post_segment_id));
+    cellLayer = state.selectedLayer ? state.selectedLayer.layer : null;
+    if (entry.ahead) timings.statesAhead += 1;
+    else timings.statesOnDemand += 1;
+    const stateAt = performance.now();
+    const how = await frame.show(state);
+    timings[how === "moved" ? "moves" : "restores"] += 1;
+    const shownAt = performance.now();
     // Drawn in the background: the reviewer may judge (and press a key) before the last chunk.
-    frame.ready().then((readyAt) => {
+    const drawn = lastDrawn = frame.ready();
+    drawn.then((readyAt) => {
       if (current !== synapse) return;
+      // Where the time went, from the key (or from the queue's answer without one).
+      const from = pressed ?? started;
+      timings.lastStep = {synapse: synapse.id, how, queueMs: started - from,
+                          stateMs: stateAt - from, shownMs: shownAt - from,
+                          drawnMs: readyAt - from};
       timings.renderedSynapseId = synapse.id;
       timings.perSynapseMs.push(readyAt - started);
+      if (pressed !== null) timings.stepMs.push(readyAt - pressed);
       if (timings.firstSynapseMs === null) {
         timings.firstSynapseMs = readyAt;
         timings.firstSynapseId = synapse.id;
       }
       showTimings();
     }, (error) => status(String(error), true));
+    prefetch(drawn);
   }
 
   function showTimings() {
     const s = (ms) => `${(ms / 1000).toFixed(2)} s`;
     const rest = timings.perSynapseMs.slice(1).sort((a, b) => a - b);
+    const steps = [...timings.stepMs].sort((a, b) => a - b);
     let text = `First synapse on screen ${s(timings.firstSynapseMs)} after opening the page ` +
       `(viewer client ready at ${s(timings.clientLoadedMs)}).`;
-    if (rest.length) text += ` Next ones: median ${s(rest[Math.floor(rest.length / 2)])}.`;
+    if (steps.length) {
+      text += ` Next ones: median ${s(steps[Math.floor(steps.length / 2)])} from the key.`;
+    } else if (rest.length) {
+      text += ` Next ones: median ${s(rest[Math.floor(rest.length / 2)])}.`;
+    }
     $("timing").textContent = text;
   }
 
@@ -142,7 +238,7 @@
   function queueBody() {
     const run = $("run").value;
     return {order: $("order").value, run: run ? Number(run) : null, seed: 0,
-            ...ReviewTools.queueOptions()};  // review tools: the batch chosen
+            lookahead: LOOKAHEAD, ...ReviewTools.queueOptions()};  // review tools: the batch
   }
 
   async function next() {
@@ -150,7 +246,44 @@
     if (timings.firstItemMs === null) timings.firstItemMs = performance.now();
     showProgress(item.progress);
     ReviewTools.item(item);  // review tools: the batch's progress
+    upcoming = item.upcoming || [];
     await show(item.synapse);
+  }
+
+  // Move on to the synapse that `request()` (a verdict or skip and the queue's next item, or
+  // an undo) hands out. `guess`, the synapse it will nearly always be, is shown at once when
+  // its state is loaded, while the request runs; when the answer is another synapse (someone
+  // else claimed the guess meanwhile) that one is shown, and when the request fails or hands
+  // out nothing (`stayOnEmpty`) the synapse from before comes back.
+  async function advance(request, guess, {stayOnEmpty = false} = {}) {
+    const before = current;
+    let early = null;
+    if (guess && stateLoaded(guess)) {
+      early = show(guess);
+      early.catch(() => {});
+    }
+    let item;
+    try {
+      item = await request();
+    } catch (error) {
+      if (early && before) await show(before);
+      throw error;
+    }
+    if (item.progress) showProgress(item.progress);
+    ReviewTools.item(item);  // review tools: the batch's progress
+    if (item.upcoming) upcoming = item.upcoming;
+    if (!item.synapse && stayOnEmpty) {
+      if (early && before) await show(before);
+      return item;
+    }
+    if (early && item.synapse && item.synapse.id === guess.id) {
+      Object.assign(guess, item.synapse);  // the same synapse, as the queue gives it now
+      await early;
+      prefetch(lastDrawn);
+      return item;
+    }
+    await show(item.synapse);
+    return item;
   }
 
   // Run `work` unless something else runs; report errors in the panel.
@@ -159,6 +292,7 @@
   async function act(work) {
     if (busy) return;
     busy = true;
+    actionStarted = performance.now();
     document.body.classList.add("busy");
     try {
       await work();
@@ -166,47 +300,84 @@
       status(error.message, true);
     } finally {
       busy = false;
+      actionStarted = null;
       document.body.classList.remove("busy");
     }
   }
+
+  // The first upcoming synapse other than `synapse`.
+  const following = (synapse) => upcoming.find((s) => s.id !== synapse.id);
 
   const verdict = (value, corrections = {}, note = "") => act(async () => {
     if (!current) return;
     const synapse = current;
     // review tools: the note and tags go with the verdict, and are cleared once it is stored.
-    await Web.post("/api/reviews/", {synapse: synapse.id, verdict: value, ...corrections,
-                                     ...ReviewTools.annotations()});
-    ReviewTools.cleared();
-    status(`Synapse ${synapse.id}: ${LABELS[value]}${note}.`);
-    flash();
-    await next();
+    const annotations = ReviewTools.annotations();
+    await advance(async () => {
+      await Web.post("/api/reviews/", {synapse: synapse.id, verdict: value, ...corrections,
+                                       ...annotations});
+      ReviewTools.cleared();
+      status(`Synapse ${synapse.id}: ${LABELS[value]}${note}.`);
+      flash();
+      judged.push(synapse);
+      return Web.post(`${api}next/`, queueBody());
+    }, following(synapse));
     refreshSummary().catch((error) => status(error.message, true));
   });
 
   const skip = () => act(async () => {
     if (!current) return;
     const synapse = current;
-    await Web.post(`${api}skip/`, {synapse: synapse.id});
-    ReviewTools.cleared();  // review tools
-    status(`Synapse ${synapse.id} skipped.`);
-    await next();
+    await advance(async () => {
+      await Web.post(`${api}skip/`, {synapse: synapse.id});
+      ReviewTools.cleared();  // review tools
+      status(`Synapse ${synapse.id} skipped.`);
+      judged.push(synapse);  // a skip can be undone too
+      return Web.post(`${api}next/`, queueBody());
+    }, following(synapse));
   });
 
+  // The synapse of the last verdict comes back; the one on screen goes back to the front of
+  // the upcoming ones (its claim is released, and the queue hands it out next).
   const undo = () => act(async () => {
+    const before = current;
     // With the page's run (and batch), so the progress is the one on screen.
-    const item = await Web.post(`${api}undo/`, queueBody());
+    const item = await advance(() => Web.post(`${api}undo/`, queueBody()),
+                               judged[judged.length - 1], {stayOnEmpty: true});
     if (!item.synapse) {
       status("No verdict or skip of yours to take back.");
       return;
     }
-    showProgress(item.progress);
-    ReviewTools.item(item);  // review tools
+    if (judged.length && judged[judged.length - 1].id === item.synapse.id) judged.pop();
+    if (before && before.id !== item.synapse.id) {
+      upcoming = [before, ...upcoming.filter((s) => s.id !== before.id)];
+    }
     status(item.undone === "skip" ?
       `Skip of synapse ${item.synapse.id} taken back; review it now.` :
       `Verdict on synapse ${item.synapse.id} taken back; review it again.`);
-    await show(item.synapse);
     refreshSummary().catch((error) => status(error.message, true));
   });
+
+  // --- layout: one xy panel, or xy, xz, yz and 3D ----------------------------------------------
+
+  function showLayout() {
+    const button = $("layout");
+    if (!button) return;
+    button.textContent = layout === "xy" ? "Four panels" : "One panel";
+    button.setAttribute("aria-pressed", String(layout === "4panel"));
+  }
+
+  // Switch the layout, remember it in this browser, and show the current synapse in it.
+  async function toggleLayout() {
+    if (busy) return;  // a synapse is being handed out; the next press switches
+    layout = layout === "xy" ? "4panel" : "xy";
+    localStorage.setItem("review:layout", layout);
+    showLayout();
+    if (!current) return;
+    const synapse = current;
+    const state = await stateOf(synapse).promise;
+    if (current === synapse) await frame.show(state);
+  }
 
   // --- wrong partner: pick the right cell in the viewer --------------------------------------
 
@@ -224,9 +395,15 @@
     if (panel) panel.hidden = true;
   }
 
+  // The segment under the mouse in the cells' layer (the clefts are a segmentation layer too,
+  // and a cleft is no cell).
+  function hoveredCell() {
+    return cellLayer === null ? null : frame.hoveredSegment(cellLayer);
+  }
+
   function updateHover() {
     if (!pick) return;
-    const segment = frame.hoveredSegment();
+    const segment = hoveredCell();
     $("pick-hover").textContent = segment ? `segment ${segment}` : "no segment";
   }
 
@@ -253,19 +430,24 @@
   // --- keys and buttons ---------------------------------------------------------------------
 
   function onKey(event) {
-    if (!config.can_review || event.ctrlKey || event.metaKey || event.altKey) return false;
+    if (event.ctrlKey || event.metaKey || event.altKey) return false;
     const target = event.target;
     if (target && (["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName) ||
                    target.isContentEditable)) return false;
     if (ReviewTools.onKey(event)) return true;  // review tools: the help overlay is open
+    // Caps lock or shift still mean the verdict keys; only p and P differ.
+    const key = event.key === "P" ? "P" : event.key.toLowerCase();
+    if (KEYS[key] && KEYS[key][0] === "layout") {
+      if (!event.repeat) toggleLayout().catch((error) => status(error.message, true));
+      return true;
+    }
+    if (!config.can_review) return false;
     if (pick) {
       const pickAction = ReviewTools.pickAction(event.key);
       if (pickAction === "cancel") { stopPick(); return true; }
-      if (pickAction === "choose") { pickSegment(frame.hoveredSegment()); return true; }
+      if (pickAction === "choose") { pickSegment(hoveredCell()); return true; }
       if (pickAction === "switch") { startPick(pick.side === "post" ? "pre" : "post"); return true; }
     }
-    // Caps lock or shift still mean the verdict keys; only p and P differ.
-    const key = event.key === "P" ? "P" : event.key.toLowerCase();
     const binding = KEYS[key];
     if (!binding) return false;
     if (event.repeat) return true;
@@ -286,11 +468,13 @@
   // A click in the viewer while picking (not a drag) picks the segment under the mouse.
   let down = null;
   frame.onMouse("mousedown", (event) => { down = [event.clientX, event.clientY]; });
-  frame.onMouse("mousemove", () => requestAnimationFrame(updateHover));
+  // The viewer picks what lies under the mouse after the browser's mouse event; the line
+  // follows its result, not the event.
+  frame.onHover(updateHover);
   frame.onMouse("click", (event) => {
     if (!pick || !down) return;
     const moved = Math.hypot(event.clientX - down[0], event.clientY - down[1]);
-    if (moved < 5) pickSegment(frame.hoveredSegment());
+    if (moved < 5) pickSegment(hoveredCell());
   });
 
   for (const button of document.querySelectorAll("#verdicts button")) {
@@ -303,8 +487,13 @@
   }
   const pickNone = $("pick-none");
   if (pickNone) pickNone.addEventListener("click", () => { stopPick(); verdict("wrong_partner"); });
+  const layoutButton = $("layout");
+  if (layoutButton) {
+    layoutButton.addEventListener(
+      "click", () => toggleLayout().catch((error) => status(error.message, true)));
+  }
+  showLayout();
   // The order and run are remembered per dataset in this browser.
-  const remembered = `review:${config.dataset}:`;
   for (const id of ["order", "run"]) {
     const saved = localStorage.getItem(remembered + id);
     const chosenInLink = id === "run" && config.run !== null;
@@ -320,7 +509,13 @@
   }
 
   // For scripts and tests: the synapse on screen (as the API gave it).
-  window.reviewQueue = {get current() { return current; }, get busy() { return busy; }};
+  // `upcoming`: the synapses loaded ahead; `next()` fetches the queue's item again (the
+  // claimed synapse, or the next one after a verdict) and shows it.
+  window.reviewQueue = {
+    get current() { return current; }, get busy() { return busy; },
+    get upcoming() { return upcoming; }, get layout() { return layout; },
+    next: () => act(next),
+  };
 
   // --- start --------------------------------------------------------------------------------
 

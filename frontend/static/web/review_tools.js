@@ -32,6 +32,8 @@ const ReviewTools = (() => {
     {key: "n", action: "note", mode: "queue",
      help: "Write a note for the next verdict (Esc leaves the note box)"},
     {key: "?", action: "help", mode: "queue", help: "This help (Esc or ? closes it)"},
+    {key: "v", action: "layout", mode: "queue",
+     help: "One viewer panel, or four (xy, xz, yz and 3D)"},
     {key: "Enter", action: "choose", mode: "pick", help: "Pick the cell under the mouse"},
     {key: "Tab", action: "switch", mode: "pick", help: "Switch between pre and post"},
     {key: "Escape", action: "cancel", mode: "pick", help: "Cancel picking"},

@@ -1,6 +1,8 @@
 // The wiring matrix as a heatmap on a canvas: rows presynaptic, columns postsynaptic, colour by
-// synapse count or summed contact area. Data from /api/datasets/<id>/wiring/; a click on a
-// pair lists its synapses, each linked to its page with the viewer.
+// synapse count or summed contact area; electrical synapses (no direction) on their own,
+// drawn symmetric. Data from /api/datasets/<id>/wiring/ for one run (the dataset's default
+// unless chosen; "all" sums the runs); a click on a pair lists its synapses, each linked to
+// its page with the viewer.
 "use strict";
 
 (() => {
@@ -19,18 +21,27 @@
   const keyOf = (row, side) => data.groupBy === "cell" ? row[`${side}_cell`] : row[`${side}_type`];
   const pairKey = (pre, post) => `${pre}\u0000${post}`;
 
+  const kind = () => document.querySelector("input[name=kind]:checked").value;
+
   function query(extra = {}) {
-    const params = new URLSearchParams({group_by: $("group-by").value,
+    const params = new URLSearchParams({group_by: $("group-by").value, kind: kind(),
                                         min_count: $("min-count").value, ...extra});
     if ($("run").value) params.set("run", $("run").value);
     return params;
   }
 
+  let loads = 0;  // a response to an older request (controls changed since) is dropped
+
   async function load() {
+    const ticket = ++loads;
     const params = query();
-    $("csv").href = `/api/datasets/${config.dataset}/wiring/?${query({output: "csv"})}`;
+    for (const output of ["csv", "parquet", "graphml"]) {
+      $(output).href = `/api/datasets/${config.dataset}/wiring/?${query({output})}`;
+    }
     const body = await Web.get(`/api/datasets/${config.dataset}/wiring/?${params}`);
+    if (ticket !== loads) return;
     const groupBy = body.group_by;
+    const electrical = body.kind === "electrical";
     const axis = new Map();
     const cells = new Map();
     const add = (key, label, type, count, side) => {
@@ -44,15 +55,20 @@
           (row[`${side}_type`] || "(no type)");
         add(key, label, row[`${side}_type`], row.synapses, side === "pre" ? "out" : "in");
       }
-      cells.set(pairKey(groupBy === "cell" ? row.pre_cell : row.pre_type,
-                        groupBy === "cell" ? row.post_cell : row.post_type), row);
+      const pre = groupBy === "cell" ? row.pre_cell : row.pre_type;
+      const post = groupBy === "cell" ? row.post_cell : row.post_type;
+      cells.set(pairKey(pre, post), row);
+      if (electrical) cells.set(pairKey(post, pre), row);  // no direction: both squares
     }
-    if (data && data.groupBy !== groupBy) clearPair();
-    data = {groupBy, rows: body.rows, cells, axis: [...axis.values()],
+    if (data && (data.groupBy !== groupBy || data.kind !== body.kind)) clearPair();
+    data = {groupBy, kind: body.kind, runs: body.runs, rows: body.rows, cells, axis: [...axis.values()],
             synapses: body.synapses, pairs: body.pairs};
     const max = Math.max(1, ...body.rows.map((row) => row.synapses));
     if ($("min-count").value === "1") $("min-count").max = Math.max(2, max);
-    $("summary").textContent = `· ${body.pairs} pairs, ${body.synapses} synapses`;
+    $("summary").textContent = `· ${body.pairs} ${body.kind} ${electrical ? "unordered " : ""}` +
+      `pairs, ${body.synapses} ${body.kind} synapses`;
+    $("axes").textContent = electrical ? "electrical synapses: no direction, drawn both ways" :
+      "rows: presynaptic · columns: postsynaptic";
     draw();
   }
 
@@ -106,12 +122,13 @@
     context.strokeRect(left, top, n * size, n * size);
     const values = data.rows.map((row) => row[valueKey] || 0);
     const max = Math.max(1e-9, ...values);
+    const square = Math.max(1, size - (size > 4 ? 1 : 0));
     for (const row of data.rows) {
       const i = data.index.get(keyOf(row, "pre"));
       const j = data.index.get(keyOf(row, "post"));
       context.fillStyle = colour(Math.sqrt((row[valueKey] || 0) / max));
-      context.fillRect(left + j * size, top + i * size, Math.max(1, size - (size > 4 ? 1 : 0)),
-                       Math.max(1, size - (size > 4 ? 1 : 0)));
+      context.fillRect(left + j * size, top + i * size, square, square);
+      if (data.kind === "electrical") context.fillRect(left + i * size, top + j * size, square, square);
     }
     if (labels) {
       context.fillStyle = "#333";
@@ -162,7 +179,8 @@
       (row.contact_area_nm2 ? `, ${(row.contact_area_nm2 / 1e6).toFixed(3)} µm²` : "") +
       (row.mean_confidence !== null ? `, mean confidence ${Web.fixed(row.mean_confidence)}` : "") :
       "no synapses";
-    return `${pair.pre.label} → ${pair.post.label}: ${values}`;
+    const arrow = data.kind === "electrical" ? "↔" : "→";
+    return `${pair.pre.label} ${arrow} ${pair.post.label}: ${values}`;
   }
 
   canvas.addEventListener("mousemove", (event) => {
@@ -191,7 +209,8 @@
   }
 
   async function showPair(pair) {
-    $("pair-title").textContent = `${pair.pre.label} → ${pair.post.label}`;
+    $("pair-title").textContent =
+      `${pair.pre.label} ${data.kind === "electrical" ? "↔" : "→"} ${pair.post.label}`;
     $("pair-hint").textContent = describe(pair);
     if (data.groupBy === "cell") {
       await listSynapses(pair.pre.key, pair.post.key, $("pair-list"));
@@ -205,8 +224,10 @@
       params.set("cell_types", [...new Set(types)].join(","));
     }
     const body = await Web.get(`/api/datasets/${config.dataset}/wiring/?${params}`);
-    const rows = body.rows.filter((row) => row.pre_type === pair.pre.key &&
-                                           row.post_type === pair.post.key);
+    const rows = body.rows.filter((row) =>
+      (row.pre_type === pair.pre.key && row.post_type === pair.post.key) ||
+      (data.kind === "electrical" && row.pre_type === pair.post.key &&
+       row.post_type === pair.pre.key));
     const {el} = Web;
     const target = el("div");
     const list = el("table", {}, el("tr", {}, el("th", {}, "pre"), el("th", {}, "post"),
@@ -227,7 +248,10 @@
   }
 
   async function listSynapses(pre, post, target, title = null) {
-    const params = new URLSearchParams({a: pre, b: post, direction: "a_to_b", page_size: 500});
+    // Electrical synapses have no direction: either way round, whatever the table said.
+    const params = new URLSearchParams({
+      a: pre, b: post, direction: data.kind === "electrical" ? "both" : "a_to_b",
+      kind: data.kind, page_size: 500});
     if ($("run").value) params.set("run", $("run").value);
     const body = await Web.get(`/api/synapses/between/?${params}`);
     const {el} = Web;
@@ -259,6 +283,9 @@
     timer = setTimeout(reload, 200);
   });
   for (const id of ["group-by", "run"]) $(id).addEventListener("change", reload);
+  for (const input of document.querySelectorAll("input[name=kind]")) {
+    input.addEventListener("change", reload);
+  }
   for (const id of ["sort", "value"]) $(id).addEventListener("change", () => data && draw());
   window.addEventListener("resize", () => data && draw());
 

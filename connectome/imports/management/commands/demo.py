@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from connectome.cells.models import Skeleton
+from connectome.cells.selectors import layer_mesh_path
 from connectome.cells.services import cells_annotate
 from connectome.datasets.models import Dataset
 from connectome.datasets.services import dataset_create
@@ -55,7 +56,7 @@ class Command(BaseCommand):
     help = (
         "Generate the phantom (synthetic EM with ground-truth cells and synapses) and import "
         "its EM volume, segmentation and cells, ground-truth synapse table and vesicle clouds "
-        "with jobs; skeletonize the cells; train a detector on another phantom with a "
+        "with jobs; skeletonize and mesh the cells; train a detector on another phantom with a "
         "train_detector job; detect the synapses with it and assign their partners by "
         "diffusion with a detect_and_assign job; print how both compare with the ground truth, "
         "beside the detector's cross-validated estimate."
@@ -115,6 +116,10 @@ class Command(BaseCommand):
             # Skeletons of the cells, for the cell pages' viewer (kimimaro, a few seconds).
             self._run(dataset, "skeletonize", {
                 "layer": dataset.layers.get(name="segmentation").pk, "min_size_voxels": 1000})
+        segmentation = dataset.layers.get(name="segmentation")
+        if layer_mesh_path(segmentation) is None:
+            # Meshes of the cells, for the cell and review pages' 3D view (zmesh, seconds).
+            self._run(dataset, "mesh_segmentation", {"segmentation_layer": segmentation.pk})
         self._detect_and_assign(dataset, detector)
         self._report(dataset, detector)
 

@@ -7,7 +7,8 @@ from connectome.synapses.exports import (
     export_wiring_graphml,
 )
 from connectome.synapses.models import SynapseRun
-from connectome.synapses.wiring import GROUPINGS, wiring_matrix
+from connectome.synapses.selectors import ALL_RUNS, selected_runs
+from connectome.synapses.wiring import ALL_KINDS, GROUPINGS, KINDS, wiring_matrix
 
 SHOWN = 10
 
@@ -21,7 +22,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("dataset", help="dataset id or name")
         parser.add_argument("--run", action="extend", nargs="+", default=None, metavar="NAME",
-                            help="only these synapse runs (default: all runs of the dataset)")
+                            help="these synapse runs, summed, or 'all' (default: the "
+                                 "dataset's default run: its current run, else its newest "
+                                 "detection)")
+        parser.add_argument("--kind", choices=[*KINDS, ALL_KINDS], default=KINDS[0],
+                            help="chemical (directed), electrical (unordered pairs) or all")
         parser.add_argument("--min-confidence", type=float,
                             help="count only synapses with at least this confidence")
         parser.add_argument("--min-count", type=int, default=1,
@@ -38,12 +43,13 @@ class Command(BaseCommand):
             raise CommandError(f"--min-count must be at least 1; got {options['min_count']}")
         matrix = wiring_matrix(
             dataset=dataset, runs=runs, min_confidence=options["min_confidence"],
-            min_count=options["min_count"], group_by=options["by"],
+            min_count=options["min_count"], group_by=options["by"], kind=options["kind"],
         )
         scope = ", ".join(r.name for r in runs) if runs is not None else "all runs"
+        kind = "" if options["kind"] == KINDS[0] else f"{options['kind']} "
         self.stdout.write(
             f"wiring matrix of dataset '{dataset.name}' by {matrix.group_by} ({scope}): "
-            f"{len(matrix)} pairs, {matrix.synapses} synapses"
+            f"{len(matrix)} {kind}pairs, {matrix.synapses} synapses"
         )
         try:
             if options["csv"]:
@@ -60,6 +66,8 @@ class Command(BaseCommand):
 
     def _runs(self, dataset, names):
         if not names:
+            return selected_runs(dataset=dataset)
+        if names == [ALL_RUNS]:
             return None
         runs = {r.name: r for r in SynapseRun.objects.filter(dataset=dataset, name__in=names)}
         missing = [n for n in names if n not in runs]
@@ -75,9 +83,10 @@ class Command(BaseCommand):
     def _show_strongest(self, matrix):
         strongest = sorted(matrix.pairs, key=lambda p: -p.synapses)[:SHOWN]
         for pair in strongest:
+            arrow = "->" if pair.kind == KINDS[0] else "<->"
             if matrix.group_by == "cell":
                 pre = pair.pre_name or pair.pre_segment_id
                 post = pair.post_name or pair.post_segment_id
             else:
                 pre, post = pair.pre_type or UNTYPED_NODE, pair.post_type or UNTYPED_NODE
-            self.stdout.write(f"  {pre} -> {post}: {pair.synapses}")
+            self.stdout.write(f"  {pre} {arrow} {post}: {pair.synapses}")
