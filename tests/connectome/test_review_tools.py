@@ -399,3 +399,24 @@ def test_batches_on_the_admin_and_the_pages(queue, settings):
     page = client.get(f"/datasets/{dataset.pk}/").content.decode()
     assert "from the admin" in page and f'data-batch="{batch.pk}"' in page
     assert "1 / 1" in page
+
+
+def test_lookahead_follows_the_batches(queue):
+    dataset, run, _other, s, extra = queue
+    rita = _member(dataset, "reviewer")
+    review_batch_create(dataset=dataset, name="b", reviewer=rita,
+                        synapse_ids=[s[4].pk, s[5].pk, extra[1].pk])
+    base = f"/api/datasets/{dataset.pk}/review"
+    client = _client(rita)
+    # Within the run: her batch's synapses of the run first, then the run's queue.
+    item = client.post(f"{base}/next/", {"run": run.pk, "lookahead": 3}, format="json").json()
+    assert item["synapse"]["id"] == s[4].pk
+    assert [u["id"] for u in item["upcoming"]] == [s[5].pk, s[0].pk, s[1].pk]
+    # The batch chosen: only its synapses, whatever their run.
+    batch = ReviewBatch.objects.get()
+    client.post(f"{base}/skip/", {"synapse": s[4].pk}, format="json")
+    item = client.post(f"{base}/next/", {"run": run.pk, "batch": batch.pk, "lookahead": 3},
+                       format="json").json()
+    # (in confidence order: the other run's 0.1 before the 0.6)
+    assert item["synapse"]["id"] == extra[1].pk
+    assert [u["id"] for u in item["upcoming"]] == [s[5].pk]
