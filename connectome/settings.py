@@ -254,6 +254,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets shared by several fields named "kind": one schema name each.
+    "ENUM_NAME_OVERRIDES": {
+        "SynapseKindEnum": "connectome.synapses.models.Synapse.Kind",
+        "SearchResultKindEnum": "connectome.search.selectors.KINDS",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------------
