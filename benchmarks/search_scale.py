@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+# The scale benchmarks share their database scaffolding (run from this folder, as scripts).
+from api_scale import admin_execute, percentiles, setup_django
+
 logger = logging.getLogger("search_scale")
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 N_TYPES = 500
 
 
@@ -43,24 +44,6 @@ def parse_args():
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def admin_execute(sql: str):
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def setup_django(database: str):
-    if not database.replace("_", "").isalnum() or "bench" not in database:
-        raise SystemExit(f"refusing database name {database!r}: it must contain 'bench'")
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{database}"
-    os.environ["DEBUG"] = "0"
-    os.environ["SECRET_KEY"] = secrets.token_urlsafe(40)
-    os.environ["ALLOWED_HOSTS"] = "testserver"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "connectome.settings")
-    import django
-
-    django.setup()
 
 
 def load(*, n_cells: int, n_synapses: int, rng) -> dict:
@@ -96,12 +79,6 @@ def load(*, n_cells: int, n_synapses: int, rng) -> dict:
         conn.execute("VACUUM (ANALYZE) cells_cell")
         conn.execute("VACUUM (ANALYZE) synapses_synapse")
     return {"load_s": time.perf_counter() - start}
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ms = np.asarray(samples) * 1000
-    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "max_ms": float(ms.max())}
 
 
 def measure(*, repeats: int, rng) -> dict:
