@@ -3,13 +3,13 @@
 from rest_framework import serializers
 
 from connectome.cells.meshes import mesh_block, mesh_finish, mesh_plan, mesh_writes
-from connectome.jobs.registry import register_job
+from connectome.jobs.registry import BlockJobParameters, register_job
 from detection.errors import InputError
 
 UINT64_MAX = 2**64 - 1
 
 
-class MeshSegmentationParameters(serializers.Serializer):
+class MeshSegmentationParameters(BlockJobParameters):
     segmentation_layer = serializers.IntegerField(help_text="id of a segmentation layer")
     segment_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=UINT64_MAX), min_length=1,
@@ -27,11 +27,6 @@ class MeshSegmentationParameters(serializers.Serializer):
     block_shape = serializers.ListField(
         child=serializers.IntegerField(min_value=2, max_value=4096), min_length=3,
         max_length=3, default=[64, 256, 256], help_text="z, y, x voxels of the level per block")
-    queue = serializers.ChoiceField(choices=["cpu", "gpu"], default="cpu",
-                                    help_text="queue of the block tasks")
-    max_attempts = serializers.IntegerField(
-        min_value=1, max_value=20, default=3,
-        help_text="attempts per block on transient errors before the job fails")
 
     def validate_segment_ids(self, value):
         return None if value is None else sorted(set(value))

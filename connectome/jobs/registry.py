@@ -32,6 +32,17 @@ from rest_framework import serializers
 from detection.errors import InputError
 
 
+class BlockJobParameters(serializers.Serializer):
+    """Parameters every block-wise kind takes: the queue of its block tasks and how often a
+    block is tried on transient errors."""
+
+    queue = serializers.ChoiceField(choices=["cpu", "gpu"], default="cpu",
+                                    help_text="queue of the block tasks")
+    max_attempts = serializers.IntegerField(
+        min_value=1, max_value=20, default=3,
+        help_text="attempts per block on transient errors before the job fails")
+
+
 @dataclass(frozen=True)
 class JobSpec:
     kind: str

@@ -6,7 +6,7 @@ from connectome.common.validators import validate_name
 from connectome.detectors.selectors import detectors_visible_to
 from connectome.imports.parameters import SourcePathField
 from connectome.jobs.blocks import Finish
-from connectome.jobs.registry import register_job
+from connectome.jobs.registry import BlockJobParameters, register_job
 from connectome.jobs.services import JobConflict, JobParameterError, job_create
 from connectome.pipeline.detection import (
     NO_CALIBRATION,
@@ -22,7 +22,7 @@ from connectome.synapses.models import SynapseRun
 from detection.errors import InputError
 
 
-class DetectSynapsesParameters(serializers.Serializer):
+class DetectSynapsesParameters(BlockJobParameters):
     method = serializers.ChoiceField(choices=["voxel_classifier"], default="voxel_classifier")
     model_id = serializers.IntegerField(
         required=False, allow_null=True, default=None,
@@ -64,11 +64,6 @@ class DetectSynapsesParameters(serializers.Serializer):
                                        allow_null=True, default=None,
                                        help_text="minimum mean probability of an instance; "
                                                  "none: the model's calibration")
-    queue = serializers.ChoiceField(choices=["cpu", "gpu"], default="cpu",
-                                    help_text="queue of the block tasks")
-    max_attempts = serializers.IntegerField(
-        min_value=1, max_value=20, default=3,
-        help_text="attempts per block on transient errors before the job fails")
 
     def validate(self, attrs):
         if (attrs.get("model") is None) == (attrs.get("model_id") is None):
