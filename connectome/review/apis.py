@@ -5,7 +5,7 @@ summary. Dataset admins hand review batches to reviewers."""
 from django.contrib.auth import get_user_model
 from django.db.models import F
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
@@ -54,6 +54,7 @@ from connectome.review.services import (
 )
 from connectome.synapses.apis import SynapseSerializer
 from connectome.synapses.models import Synapse, SynapseRun
+from connectome.synapses.selectors import ALL_RUNS, default_run
 from detection.errors import InputError
 
 #: The most synapses ``next`` lists ahead of the claimed one.
@@ -240,11 +241,23 @@ class ReviewSummarySerializer(serializers.Serializer):
     tags = ReviewTagChoicesSerializer()
 
 
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                                 {"type": "string", "enum": [ALL_RUNS]}]})
 class ReviewRunField(IdField):
+    """A synapse run id, or ``all`` (every run of the dataset); absent or null: the dataset's
+    default run, the one its pages show (``docs/api.md``, *Which run is counted*)."""
+
     def __init__(self, **kwargs):
         super().__init__(required=False, allow_null=True,
-                         help_text="synapse run id; all runs of the dataset by default",
+                         help_text="synapse run id, or `all` for every run; the dataset's "
+                                   "default run when absent",
                          **kwargs)
+
+    def run_validation(self, data=serializers.empty):
+        # Before the integer's own parsing and its range validators.
+        if isinstance(data, str) and data.strip().lower() == ALL_RUNS:
+            return ALL_RUNS
+        return super().run_validation(data)
 
 
 class ReviewNextBody(serializers.Serializer):
@@ -293,8 +306,12 @@ class _QueueView(APIView):
 
     @staticmethod
     def run(dataset: Dataset, run_id):
-        if run_id is None:
+        """The run the queue serves and counts: None (every run) for ``all``, the dataset's
+        default run when no run is given."""
+        if run_id == ALL_RUNS:
             return None
+        if run_id is None:
+            return default_run(dataset=dataset)
         run = SynapseRun.objects.filter(dataset=dataset, pk=run_id).first()
         if run is None:
             raise serializers.ValidationError(

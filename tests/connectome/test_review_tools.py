@@ -216,10 +216,14 @@ def test_undo_progress_is_of_the_run_the_page_shows(queue):
     assert (undone["progress"]["reviewed"], undone["progress"]["total"]) == (0, 6)
     summary = client.get(f"{base}/summary/?run={run.pk}").json()
     assert summary["progress"] == undone["progress"]
-    # Without a run it is the dataset's, as before.
+    # With "all" it is every run's; without a run the dataset's default run's (the newest
+    # here: no current run, no detection).
+    client.post("/api/reviews/", {"synapse": s[0].pk, "verdict": "confirmed"}, format="json")
+    undone = client.post(f"{base}/undo/", {"run": "all"}, format="json").json()
+    assert undone["progress"]["total"] == 8
     client.post("/api/reviews/", {"synapse": s[0].pk, "verdict": "confirmed"}, format="json")
     undone = client.post(f"{base}/undo/", {}, format="json").json()
-    assert undone["progress"]["total"] == 8
+    assert undone["progress"]["total"] == 2
     response = client.post(f"{base}/undo/", {"run": SynapseRunFactory().pk}, format="json")
     assert response.status_code == 400 and "run" in response.json()["detail"]
 
@@ -240,12 +244,12 @@ def test_batch_by_run_and_count_is_served_first_and_shows_progress(queue):
     assert batch["created_by"] == admin_user.username
     assert batch["selection"] == f"2 lowest confidence, run {other.name}"
 
-    # Rita's queue serves her batch first (here: no run chosen), then the rest in order.
+    # Rita's queue serves her batch first (here: every run), then the rest in order.
     served = []
     client = _client(rita)
     base = f"/api/datasets/{dataset.pk}/review"
     for _ in range(3):
-        item = client.post(f"{base}/next/", {}, format="json").json()
+        item = client.post(f"{base}/next/", {"run": "all"}, format="json").json()
         served.append(item["synapse"]["id"])
         client.post("/api/reviews/", {"synapse": item["synapse"]["id"],
                                       "verdict": "confirmed"}, format="json")

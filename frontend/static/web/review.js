@@ -223,8 +223,8 @@
   }
 
   async function refreshSummary() {
-    const run = $("run").value;
-    const summary = await Web.get(`${api}summary/${run ? `?run=${run}` : ""}`);
+    const run = $("run").value;  // a run id, or "all"
+    const summary = await Web.get(`${api}summary/?run=${encodeURIComponent(run)}`);
     showProgress(summary.progress);
     ReviewTools.summary(summary);  // review tools: the tag chips
     const p = summary.precision.synapse;
@@ -237,7 +237,7 @@
 
   function queueBody() {
     const run = $("run").value;
-    return {order: $("order").value, run: run ? Number(run) : null, seed: 0,
+    return {order: $("order").value, run: run === "all" ? "all" : Number(run), seed: 0,
             lookahead: LOOKAHEAD, ...ReviewTools.queueOptions()};  // review tools: the batch
   }
 
