@@ -72,13 +72,13 @@ def segmentation_layer(dataset: Dataset, *, cell: Cell | None = None) -> Layer |
     return dataset.layers.filter(kind=Layer.Kind.SEGMENTATION).order_by("id").first()
 
 
-def cell_synapses(cell: Cell, *, limit: int) -> list[Synapse]:
-    """Up to ``limit`` connections (unflagged synapses) in or out of ``cell``, oldest first."""
-    return list(
-        Synapse.objects.filter(Q(pre=cell) | Q(post=cell), flag=Synapse.Flag.NONE)
-        .select_related("pre", "post")
-        .order_by("id")[:limit]
-    )
+def cell_synapses(cell: Cell, *, limit: int, runs=None) -> list[Synapse]:
+    """Up to ``limit`` connections (unflagged synapses) in or out of ``cell``, oldest first;
+    of ``runs`` (runs or ids) when given, else of every run."""
+    synapses = Synapse.objects.filter(Q(pre=cell) | Q(post=cell), flag=Synapse.Flag.NONE)
+    if runs is not None:
+        synapses = synapses.filter(run__in=runs)
+    return list(synapses.select_related("pre", "post").order_by("id")[:limit])
 
 
 def layer_has_meshes(layer: Layer) -> bool:

@@ -338,8 +338,11 @@ def synapse_state(synapse: Synapse, *, base_url: str, field_nm: float = SYNAPSE_
 
 
 def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
-               layout: str = "4panel") -> dict:
+               layout: str = "4panel", runs: Sequence[SynapseRun] | None = None) -> dict:
     """The cell selected (with its skeleton), at its centroid, with its synapses as points.
+
+    ``runs``: the runs whose synapses are shown (the page's run; None: every run); with one
+    run, that run is also the (hidden) annotation layer of every synapse.
 
     Outputs (the cell is presynaptic) and inputs go in two annotation layers,
     :data:`OUTPUTS_LAYER` and :data:`INPUTS_LAYER`; each point is the synapse centre (else the
@@ -360,7 +363,7 @@ def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
     segmentation = selectors.segmentation_layer(dataset, cell=cell)
     link = segmentation.name if segmentation is not None else None
     points = {OUTPUTS_LAYER: [], INPUTS_LAYER: []}
-    for synapse in selectors.cell_synapses(cell, limit=synapse_limit):
+    for synapse in selectors.cell_synapses(cell, limit=synapse_limit, runs=runs):
         output = synapse.pre_id == cell.pk
         where = _point(synapse, "ctr") or _point(synapse, "pre" if output else "post")
         if where is None:
@@ -380,6 +383,7 @@ def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
         dataset, base_url=base_url, position_nm=position, selected=[cell.segment_id],
         annotations=annotations, field_nm=field_nm, layout=layout,
         segmentation_layer=segmentation, show_run=False,
+        synapse_run=runs[0] if runs is not None and len(runs) == 1 else None,
     )
     # The 3D view shows the skeleton and the synapses, not the opaque sections in front.
     state["showSlices"] = False

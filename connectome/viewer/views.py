@@ -19,6 +19,7 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET
 
 from connectome.common.security import csp_update
+from connectome.synapses.selectors import ALL_RUNS, selected_runs
 from connectome.viewer import annotations, client, precomputed, selectors, state
 from connectome.viewer.precomputed import SEGMENTATION_KINDS
 from detection.cells.meshes import MESH_INFO
@@ -233,16 +234,28 @@ def dataset_state(request, dataset_id: int):
     dataset = selectors.visible_dataset(dataset_id=dataset_id, user=request.user)
     if dataset is None:
         return _not_found(f"no dataset {dataset_id}")
-    run = None
-    if "run" in request.GET:
-        # ?run=<id>: the run whose synapses are shown; the newest by default.
-        raw = request.GET["run"]
-        run = dataset.synapse_runs.filter(pk=int(raw)).first() if raw.isdigit() else None
-        if run is None:
-            return JsonResponse(
-                {"detail": f"run: dataset {dataset_id} has no synapse run {raw!r}"}, status=400)
-    return JsonResponse(state.dataset_state(dataset, base_url=_base_url(request),
-                                            synapse_run=run))
+    runs = _runs(request, dataset)
+    if isinstance(runs, JsonResponse):
+        return runs
+    # One run's synapses as a layer: the page's run, else the default run.
+    return JsonResponse(state.dataset_state(
+        dataset, base_url=_base_url(request),
+        synapse_run=runs[0] if runs is not None and len(runs) == 1 else None))
+
+
+def _runs(request, dataset):
+    """The runs of ``?run=`` (an id, or ``all``: None); the dataset's default run when absent;
+    a 400 JsonResponse naming ``run`` for anything else."""
+    raw = request.GET.get("run")
+    if raw is None:
+        return selected_runs(dataset=dataset)
+    if raw == ALL_RUNS:
+        return None
+    run = dataset.synapse_runs.filter(pk=int(raw)).first() if raw.isdigit() else None
+    if run is None:
+        return JsonResponse(
+            {"detail": f"run: dataset {dataset.pk} has no synapse run {raw!r}"}, status=400)
+    return [run]
 
 
 @require_GET
@@ -264,4 +277,7 @@ def cell_state(request, cell_id: int):
     cell = selectors.visible_cell(cell_id=cell_id, user=request.user)
     if cell is None:
         return _not_found(f"no cell {cell_id}")
-    return JsonResponse(state.cell_state(cell, base_url=_base_url(request)))
+    runs = _runs(request, cell.dataset)
+    if isinstance(runs, JsonResponse):
+        return runs
+    return JsonResponse(state.cell_state(cell, base_url=_base_url(request), runs=runs))

@@ -47,9 +47,14 @@ def _page(request, dataset, **context):
             "viewer_client": reverse("viewer:client", args=[VIEWER_TOKEN]), **context}
 
 
-def _viewer_state_url(request, kind: str, pk: int) -> str:
-    """Absolute URL of a viewer-state endpoint: the client takes ``#!<url>`` and fetches it."""
-    return request.build_absolute_uri(reverse(f"viewer:{kind}-state", args=[pk]))
+def _viewer_state_url(request, kind: str, pk: int, choice=None) -> str:
+    """Absolute URL of a viewer-state endpoint: the client takes ``#!<url>`` and fetches it.
+    With the page's run ``choice``, the state shows the synapses of the same run(s) (the
+    state's own default is the dataset's default run too)."""
+    url = request.build_absolute_uri(reverse(f"viewer:{kind}-state", args=[pk]))
+    if choice is not None and (choice.runs is None or choice.run != choice.default):
+        url += f"?run={choice.query}"
+    return url
 
 
 def dataset_detail(request, pk):
@@ -69,7 +74,7 @@ def dataset_detail(request, pk):
         progress=review_progress(dataset=dataset, run=choice.run),
         batches=review_batches(dataset=dataset),
         precision=precision, precision_rows=_precision_rows(precision),
-        viewer_state=_viewer_state_url(request, "dataset", dataset.pk),
+        viewer_state=_viewer_state_url(request, "dataset", dataset.pk, choice),
     ))
 
 
@@ -146,7 +151,7 @@ def cell_detail(request, pk, cell_id):
         request, dataset, cell=cell, runs=runs, choice=choice,
         skeletons=cell.skeletons.defer("nodes"), upstream=partners["upstream"],
         downstream=partners["downstream"], electrical=partners["electrical"],
-        viewer_state=_viewer_state_url(request, "cell", cell.pk),
+        viewer_state=_viewer_state_url(request, "cell", cell.pk, choice),
     ))
 
 

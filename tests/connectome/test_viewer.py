@@ -586,3 +586,30 @@ def test_state_endpoints_follow_dataset_permissions(client, data_root, tmp_path)
             f"precomputed://http://testserver/viewer/layers/{em_layer.pk}")
     assert _layer(states[1], "segmentation")["segments"] == ["1000", "2000"]
     assert _layer(states[2], "segmentation")["segments"] == ["1000"]
+
+
+def test_cell_state_shows_the_synapses_of_the_pages_run(client, data_root, tmp_path):
+    """A ground truth and a detection of the same synapses: the cell's viewer shows one run's,
+    the default run's unless ``?run=`` names another or ``all``, as the cell page counts."""
+    dataset, _, _, _, _ = _volumes(tmp_path, is_public=True)
+    cell = Cell.objects.get(dataset=dataset, segment_id=1000)
+    other = Cell.objects.get(dataset=dataset, segment_id=2000)
+    truth = SynapseFactory(run__dataset=dataset, run__method="ground_truth", pre=cell,
+                           post=other)
+    detected = SynapseFactory(run__dataset=dataset, run__method="diffusion", pre=cell,
+                              post=other)
+    url = reverse("viewer:cell-state", kwargs={"cell_id": cell.pk})
+
+    def shown(query=""):
+        response = client.get(url + query)
+        assert response.status_code == 200, response.content
+        return [a["id"] for a in _layer(response.json(), OUTPUTS_LAYER)["annotations"]]
+
+    assert shown() == [str(detected.pk)]  # the default run: the partner assignment
+    assert shown(f"?run={truth.run_id}") == [str(truth.pk)]
+    assert shown("?run=all") == [str(truth.pk), str(detected.pk)]
+    response = client.get(url + "?run=999999")
+    assert response.status_code == 400 and "run" in response.json()["detail"]
+    # The page hands its run to the state it embeds.
+    page = client.get(reverse("web:cell", args=[dataset.pk, cell.pk]) + f"?run={truth.run_id}")
+    assert f"state/cells/{cell.pk}/?run={truth.run_id}" in page.content.decode()
