@@ -42,8 +42,6 @@ from detection.io.zarr_store import open_multiscale
 
 logger = logging.getLogger(__name__)
 
-FORMAT = MESH_FORMAT
-
 
 def mesh_folder(job: Job) -> Path:
     """Where a mesh job writes its fragments and manifests, relative to DATA_ROOT."""
@@ -142,7 +140,7 @@ def mesh_finish(job: Job, parameters: dict, say) -> Finish:
     say(f"writing the manifests of {len(fragments)} segments")
     meshes.write_manifests(folder, fragments)
     record = {
-        "format": FORMAT, "path": str(mesh_folder(job)), "job": job.pk,
+        "format": MESH_FORMAT, "path": str(mesh_folder(job)), "job": job.pk,
         "segments": len(fragments), "triangles": triangles, "level": parameters["level"],
         "simplification_factor": parameters["simplification_factor"],
     }

@@ -5,6 +5,7 @@ from pathlib import Path
 from django.conf import settings
 
 from connectome.cells.models import Cell
+from detection.cells.meshes import MESH_INFO
 
 BATCH = 5000
 
@@ -25,7 +26,8 @@ def cell_ids_by_segment(*, dataset, segment_ids) -> tuple[dict[int, int], list[i
     return found, [s for s in wanted if s not in found]
 
 
-MESH_FORMAT = "neuroglancer_legacy_mesh"
+#: What a mesh job records as its format: the mesh ``info``'s type.
+MESH_FORMAT = MESH_INFO["@type"]
 
 
 def layer_mesh_path(layer) -> Path | None:
