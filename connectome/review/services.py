@@ -254,6 +254,19 @@ def _claim_first(queue: QuerySet, *, reviewer, order: str, now) -> Synapse | Non
         # Every candidate was claimed meanwhile; the next read leaves those out.
 
 
+def _queues(*, dataset, reviewer, run, order: str, seed: int, now,
+            batch: ReviewBatch | None = None) -> list[QuerySet[Synapse]]:
+    """The reviewer's queue in the order it is served: only ``batch`` when given; else their
+    own batches in the dataset (within ``run``) first, then the rest of ``run``."""
+    common = {"dataset": dataset, "reviewer": reviewer, "order": order, "seed": seed, "now": now}
+    if batch is not None:
+        return [_queue(**common, run=None, batch_ids=[batch.pk])]
+    own = list(ReviewBatch.objects.filter(dataset=dataset, reviewer=reviewer)
+               .values_list("pk", flat=True))
+    first = [_queue(**common, run=run, batch_ids=own)] if own else []
+    return [*first, _queue(**common, run=run)]
+
+
 def review_upcoming(
     *, dataset: Dataset, reviewer, run: SynapseRun | int | None = None,
     order: str = QueueOrder.CONFIDENCE, seed: int = 0, limit: int = 1,
@@ -266,17 +279,17 @@ def review_upcoming(
         raise InputError(f"unknown order {order!r}; orders: {', '.join(ORDERS)}")
     if limit <= 0:
         return []
-    common = {"dataset": dataset, "reviewer": reviewer, "order": order, "seed": seed,
-              "now": timezone.now()}
-    if batch is not None:
-        return list(_queue(**common, run=None, batch_ids=[batch.pk])[:limit])
-    own = list(ReviewBatch.objects.filter(dataset=dataset, reviewer=reviewer)
-               .values_list("pk", flat=True))
-    upcoming = list(_queue(**common, run=run, batch_ids=own)[:limit]) if own else []
-    if len(upcoming) < limit:
-        seen = {synapse.pk for synapse in upcoming}
-        rest = _queue(**common, run=run)[:limit + len(upcoming)]
-        upcoming += [synapse for synapse in rest if synapse.pk not in seen]
+    upcoming, seen = [], set()
+    for queue in _queues(dataset=dataset, reviewer=reviewer, run=run, order=order, seed=seed,
+                         now=timezone.now(), batch=batch):
+        # A later queue may repeat what an earlier one listed (the rest of the run holds the
+        # reviewer's own batches too): read enough to make up for it.
+        for synapse in queue[:limit + len(upcoming)]:
+            if synapse.pk not in seen:
+                seen.add(synapse.pk)
+                upcoming.append(synapse)
+        if len(upcoming) >= limit:
+            break
     return upcoming[:limit]
 
 
@@ -309,19 +322,12 @@ def review_next(
         _release_other_claims(dataset=dataset, reviewer=reviewer, keep=claim.synapse_id)
         return claim.synapse
     _release_other_claims(dataset=dataset, reviewer=reviewer)
-    common = {"dataset": dataset, "reviewer": reviewer, "order": order, "seed": seed, "now": now}
-    if batch is not None:
-        queue = _queue(**common, run=None, batch_ids=[batch.pk])
-        return _claim_first(queue, reviewer=reviewer, order=order, now=now)
-    own = list(ReviewBatch.objects.filter(dataset=dataset, reviewer=reviewer)
-               .values_list("pk", flat=True))
-    if own:
-        synapse = _claim_first(_queue(**common, run=run, batch_ids=own),
-                               reviewer=reviewer, order=order, now=now)
+    for queue in _queues(dataset=dataset, reviewer=reviewer, run=run, order=order, seed=seed,
+                         now=now, batch=batch):
+        synapse = _claim_first(queue, reviewer=reviewer, order=order, now=now)
         if synapse is not None:
             return synapse
-    return _claim_first(_queue(**common, run=run), reviewer=reviewer, order=order,
-                        now=now)
+    return None
 
 
 @transaction.atomic
