@@ -290,6 +290,15 @@ class ReviewSummaryQuery(serializers.Serializer):
                                         help_text="confidence level of the intervals")
 
 
+def _dataset_run(dataset: Dataset, run_id: int) -> SynapseRun:
+    """The dataset's run ``run_id``; a 400 naming ``run`` when it has none."""
+    run = SynapseRun.objects.filter(dataset=dataset, pk=run_id).first()
+    if run is None:
+        raise serializers.ValidationError(
+            {"run": f"dataset '{dataset.name}' has no synapse run {run_id}"})
+    return run
+
+
 class _QueueView(APIView):
     """A dataset's review queue: visible datasets only (404), writes need the reviewer role."""
 
@@ -312,11 +321,7 @@ class _QueueView(APIView):
             return None
         if run_id is None:
             return default_run(dataset=dataset)
-        run = SynapseRun.objects.filter(dataset=dataset, pk=run_id).first()
-        if run is None:
-            raise serializers.ValidationError(
-                {"run": f"dataset '{dataset.name}' has no synapse run {run_id}"})
-        return run
+        return _dataset_run(dataset, run_id)
 
     @staticmethod
     def batch(dataset: Dataset, reviewer, batch_id) -> ReviewBatch | None:
@@ -507,12 +512,7 @@ class ReviewBatchViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin,
         reviewer = get_user_model().objects.filter(username=data["reviewer"]).first()
         if reviewer is None:
             raise serializers.ValidationError({"reviewer": f"no user '{data['reviewer']}'"})
-        run = None
-        if data.get("run") is not None:
-            run = SynapseRun.objects.filter(dataset=dataset, pk=data["run"]).first()
-            if run is None:
-                raise serializers.ValidationError(
-                    {"run": f"dataset '{dataset.name}' has no synapse run {data['run']}"})
+        run = _dataset_run(dataset, data["run"]) if data.get("run") is not None else None
         try:
             batch = review_batch_create(
                 dataset=dataset, name=data["name"], reviewer=reviewer, created_by=request.user,
