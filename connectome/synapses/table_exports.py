@@ -166,15 +166,8 @@ def synapse_table_chunks(
         if table_format == "cnapse":
             tables.write_cnapse(buffer, [])
         else:
-            buffer.write(_cave_header())
+            buffer.write(",".join(tables.cave_header(with_id=True)) + "\n")
         yield buffer.getvalue()
-
-
-def _cave_header() -> str:
-    header = ["id", "pre_pt_root_id", "post_pt_root_id"]
-    for names in tables.CAVE_POINT_COLUMNS.values():
-        header += [f"{names[0]}_{axis}" for axis in ("x", "y", "z")]
-    return ",".join([*header, "size"]) + "\n"
 
 
 #: What the Cnapse and CAVE rows of ``connectome.imports.synapse_tables`` read of a synapse.

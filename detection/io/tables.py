@@ -64,6 +64,7 @@ __all__ = [
     "CnapseRow",
     "EdgeRow",
     "TableFormatError",
+    "cave_header",
     "decode_error_message",
     "utf8_errors",
     "read_cave",
@@ -790,6 +791,14 @@ def read_cave(source: Source, *, position_unit: str = "nm",
     return rows
 
 
+def cave_header(*, with_id: bool) -> list[str]:
+    """The columns :func:`write_cave` writes: ``id`` first when ``with_id``."""
+    header = (["id"] if with_id else []) + ["pre_pt_root_id", "post_pt_root_id"]
+    for names in CAVE_POINT_COLUMNS.values():
+        header += [f"{names[0]}_{axis}" for axis in _AXES_IN_FILE]
+    return [*header, "size"]
+
+
 def write_cave(target: Source, rows: Iterable[CaveRow], *, position_unit: str = "nm",
                voxel_size: Sequence[float] | None = None) -> None:
     """Write a CAVE-style synapse table with split ``_x/_y/_z`` point columns.
@@ -820,10 +829,7 @@ def write_cave(target: Source, rows: Iterable[CaveRow], *, position_unit: str = 
     vx, vy, vz = _checked_unit(position_unit, voxel_size)
     rows = list(rows)
     has_id = any(r.id is not None for r in rows)
-    header = (["id"] if has_id else []) + ["pre_pt_root_id", "post_pt_root_id"]
-    for names in CAVE_POINT_COLUMNS.values():
-        header += [f"{names[0]}_{axis}" for axis in _AXES_IN_FILE]
-    header.append("size")
+    header = cave_header(with_id=has_id)
 
     with _open_text(target, "w") as stream:
         writer = csv.writer(stream, lineterminator="\n")

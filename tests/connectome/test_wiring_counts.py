@@ -357,6 +357,20 @@ def test_synapse_table_downloads_are_streamed_and_read_back(twice, tmp_path):
     assert set(table.column("run_id").to_pylist()) == {truth.pk, detected.pk}
 
 
+def test_a_synapse_table_without_rows_is_its_header():
+    dataset = DatasetFactory(is_public=True)
+    SynapseRunFactory(dataset=dataset)
+    url = f"/api/datasets/{dataset.pk}/synapse-table/"
+    client = APIClient()
+    cave = _body(client.get(url, {"output": "cave"})).decode()
+    assert cave == (
+        "id,pre_pt_root_id,post_pt_root_id,pre_pt_position_x,pre_pt_position_y,"
+        "pre_pt_position_z,post_pt_position_x,post_pt_position_y,post_pt_position_z,"
+        "ctr_pt_position_x,ctr_pt_position_y,ctr_pt_position_z,size\n")
+    cnapse = _body(client.get(url, {"output": "cnapse"})).decode()
+    assert cnapse.count("\n") == 1 and cnapse.startswith("syn_id,")
+
+
 def _written(path, response):
     path.write_bytes(_body(response))
     return path
