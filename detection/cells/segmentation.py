@@ -1,8 +1,8 @@
 """Cells from affinities: seeded watershed into fragments, then waterz's agglomeration, whole or
 block by block.
 
-1. Fragments (:func:`fragments`): the boundary is one minus the mean of the nearest-neighbour
-   affinities; seeds are the maxima of the distance (in nm) to the boundary, and a seeded
+1. Fragments (:func:`fragments`): a voxel's boundary value is one minus the weakest affinity of
+   its edges (:func:`boundary_map`); seeds are the maxima of the distance (in nm) to the boundary, and a seeded
    watershed on the boundary grows them until they meet. Serial sections (sections much thicker
    than pixels) get 2D fragments per section, which never cross a section: whether a profile
    continues into the next section is the agglomeration's to decide, from the z affinities.
@@ -60,11 +60,21 @@ class FragmentParameters:
 
 
 def boundary_map(affs: np.ndarray, *, in_plane: bool = False) -> np.ndarray:
-    """One minus the mean nearest-neighbour affinity of each voxel's edges (in-plane ones
-    only for ``in_plane``), float32."""
+    """How likely each voxel lies on a cell boundary: one minus the weakest affinity among the
+    edges it shares with its face neighbours (in-plane ones only for ``in_plane``), float32.
+
+    Both voxels of a cut edge are marked, so two cells that touch with no membrane between them
+    (dense FIB-SEM labels) are parted by a boundary two voxels thick; edges leaving the volume
+    do not count."""
     affs = _check_affinities(affs)
-    channels = affs[1:3] if in_plane else affs[:3]
-    return 1.0 - channels.mean(axis=0)
+    weakest = np.ones(affs.shape[1:], np.float32)
+    for c in ((1, 2) if in_plane else (0, 1, 2)):
+        here = tuple(slice(1, None) if a == c else slice(None) for a in range(3))
+        there = tuple(slice(None, -1) if a == c else slice(None) for a in range(3))
+        edge = affs[c][here]
+        np.minimum(weakest[here], edge, out=weakest[here])
+        np.minimum(weakest[there], edge, out=weakest[there])
+    return 1.0 - weakest
 
 
 def _check_affinities(affs) -> np.ndarray:
@@ -87,7 +97,7 @@ def _seeds(boundary: np.ndarray, mask, sampling, p: FragmentParameters):
     if p.smoothing_nm > 0:
         sigma = [p.smoothing_nm / s for s in sampling]
         distance = ndi.gaussian_filter(distance, sigma)
-    size = [max(1, int(round(2 * p.seed_distance_nm / s)) | 1) for s in sampling]
+    size = [max(1, round(2 * p.seed_distance_nm / s) | 1) for s in sampling]
     peaks = (distance == ndi.maximum_filter(distance, size=size)) & inside & (distance > 0)
     seeds, n = ndi.label(peaks)
     return seeds, n, distance

@@ -16,7 +16,12 @@ import logging
 import numpy as np
 
 from detection.cells import segmentation as seg
-from detection.cells.boundaries import AffinityNet, AffinityParameters, LabelVolume, train_affinities
+from detection.cells.boundaries import (
+    AffinityNet,
+    AffinityParameters,
+    LabelVolume,
+    train_affinities,
+)
 from detection.cells.evaluation import adapted_rand_error, variation_of_information
 from detection.errors import InputError
 
@@ -40,7 +45,7 @@ def threshold_table(affs: np.ndarray, truth: np.ndarray, *, voxel_size, threshol
         rows.append({"threshold": float(t), "voi_split": float(voi.split),
                      "voi_merge": float(voi.merge), "voi": float(voi.total),
                      "arand": float(rand.error), "fragments": int(n),
-                     "cells": int(len(np.unique(labels[labels > 0])))})
+                     "cells": len(np.unique(labels[labels > 0]))})
     return rows
 
 
