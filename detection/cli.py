@@ -1,4 +1,4 @@
-"""Command line: ``connectome-detect train | predict | evaluate``.
+"""Command line: ``connectome-detect train | predict | evaluate | score-cells``.
 
     connectome-detect train --volume vnc.h5 --dataset volumes/raw \\
         --labels vnc.h5 --labels-dataset volumes/labels/synapse_mask --label-convention binary \\
@@ -7,6 +7,9 @@
         --out-probability prob.zarr --out-table candidates.csv [--out-vesicles vesicles.zarr]
     connectome-detect evaluate --table candidates.csv --instances instances.zarr \\
         --gt vnc.h5 --gt-dataset volumes/labels/synapse_ids_3d
+    connectome-detect score-cells --segmentation cells.h5:volumes/labels/cells \\
+        --truth vnc.h5:volumes/labels/neuron_ids [--ignore FILE[:DATASET]] [--connected-truth] \\
+        [--skeletons] [--json [FILE]]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -337,6 +341,124 @@ def cmd_evaluate(args) -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
+# --- score-cells -----------------------------------------------------------------------------
+
+def file_and_dataset(text: str, flag: str) -> tuple[str, str | None]:
+    """``FILE`` or ``FILE:DATASET``: the file is the longest part before a colon that exists
+    (so that a dataset path may hold colons, and a file name too)."""
+    if os.path.exists(text):
+        return text, None
+    cuts = [i for i, c in enumerate(text) if c == ":"]
+    for cut in reversed(cuts):
+        if os.path.exists(text[:cut]):
+            return text[:cut], text[cut + 1:] or None
+    raise CliError(f"{flag} {text}: no such file (give FILE or FILE:DATASET)")
+
+
+def _read_whole(text: str, flag: str, args, roi):
+    path, dataset = file_and_dataset(text, flag)
+    with _open(path, dataset, args) as source:
+        box = tuple(slice(*r.indices(n)[:2]) for r, n in zip(roi, source.shape))
+        return source.read(box), source.shape, source.voxel_size
+
+
+def _score_inputs(args):
+    """The segmentation, the ground truth, the ignore mask (or None) and the voxel size (or
+    None), read whole (inside ``--roi``)."""
+    roi = _roi(args.roi) or (slice(None),) * 3
+    seg, seg_shape, seg_voxel = _read_whole(args.segmentation, "--segmentation", args, roi)
+    gt, gt_shape, gt_voxel = _read_whole(args.truth, "--truth", args, roi)
+    if seg_shape != gt_shape:
+        raise CliError(f"--segmentation has shape {seg_shape} and --truth {gt_shape}; they "
+                       "must cover the same voxels")
+    ignore = None
+    if args.ignore:
+        mask, mask_shape, _ = _read_whole(args.ignore, "--ignore", args, roi)
+        if mask_shape != gt_shape:
+            raise CliError(f"--ignore has shape {mask_shape} and --truth {gt_shape}")
+        ignore = mask != 0
+    return seg, gt, ignore, gt_voxel or seg_voxel
+
+
+def _part_text(row: dict, shown: int = 5) -> str:
+    parts = row["truth"] if row["kind"] == "merge" else row["cells"]
+    listed = ", ".join(map(str, parts[:shown]))
+    more = row["parts"] - min(len(parts), shown)
+    listed += f" and {more} more" if more > 0 else ""
+    if row["kind"] == "merge":
+        return f"cell {row['cells'][0]} holds bodies {listed}"
+    return f"body {row['truth'][0]} is in cells {listed}"
+
+
+def score_cells_report(args) -> dict:
+    """Every figure ``score-cells`` prints, as one JSON-ready dict."""
+    from detection.cells import evaluation
+
+    seg, gt, ignore, voxel_size = _score_inputs(args)
+    if args.connected_truth:
+        gt = evaluation.connected_ground_truth(gt, connectivity=args.connectivity)
+    table = evaluation.contingency_table(seg, gt, ignore=ignore)
+    rows = evaluation.overlap_report(seg, gt, ignore=ignore, min_voxels=args.min_voxels)
+    report = {
+        "segmentation": args.segmentation, "truth": args.truth, "ignore": args.ignore,
+        "connected_truth": bool(args.connected_truth), "voxels": table.voxels,
+        "voi": evaluation.voi_from_table(table).to_dict(),
+        "rand": evaluation.rand_from_table(table).to_dict(),
+        "skeletons": None,
+        "report": {"min_voxels": args.min_voxels,
+                   "merges": sum(row["kind"] == "merge" for row in rows),
+                   "splits": sum(row["kind"] == "split" for row in rows),
+                   "worst": rows[:args.worst]},
+    }
+    if args.skeletons:
+        if voxel_size is None:
+            raise CliError("--skeletons: neither file states a voxel size; pass --voxel-size "
+                           "Z Y X (nm)")
+        truth = gt if ignore is None else np.where(ignore, 0, gt)
+        skeletons = evaluation.ground_truth_skeletons(
+            truth, voxel_size, dust_threshold=args.skeleton_min_voxels)
+        errors = evaluation.skeleton_errors(seg, skeletons)
+        report["skeletons"] = {"voxel_size": list(voxel_size), "traced": len(skeletons),
+                               "splits": errors.splits, "merges": errors.merges}
+    return report
+
+
+def print_score_cells(report: dict, worst: int) -> None:
+    voi, rand = report["voi"], report["rand"]
+    print(f"{report['voxels']} voxels scored (ground truth 0 and ignored voxels left out"
+          + ("; ground-truth ids split into connected pieces" if report["connected_truth"]
+             else "") + ")")
+    print(f"VOI split {voi['split']:.4f} merge {voi['merge']:.4f} total {voi['total']:.4f} "
+          "bits")
+    print(f"ARAND {rand['error']:.4f} (precision {rand['precision']:.4f}, recall "
+          f"{rand['recall']:.4f})")
+    if report["skeletons"] is not None:
+        skeletons = report["skeletons"]
+        print(f"skeletons: {skeletons['traced']} traced, {skeletons['splits']} split edges, "
+              f"{skeletons['merges']} merges")
+    found = report["report"]
+    rows = found["worst"]
+    print(f"{found['merges']} merged cells and {found['splits']} split bodies (parts of at "
+          f"least {found['min_voxels']} voxels)" + (f"; the {len(rows)} worst:" if rows else ""))
+    for rank, row in enumerate(rows[:worst], 1):
+        (z0, y0, x0), (z1, y1, x1) = row["bbox"]
+        print(f"  {rank:2d}. {row['kind']:5s} {row['bits']:.4f} bits  {_part_text(row)}; "
+              f"box z {z0}:{z1}, y {y0}:{y1}, x {x0}:{x1}; look at (z, y, x) "
+              f"{tuple(row['point'])}")
+
+
+def cmd_score_cells(args) -> None:
+    if args.worst < 0 or args.min_voxels < 1:
+        raise CliError("--worst must be 0 or more and --min-voxels 1 or more")
+    report = score_cells_report(args)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+        return
+    print_score_cells(report, args.worst)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,6 +558,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tolerance-nm", type=float, default=300.0)
     evaluate.add_argument("--json", help="also write the scores here")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    score = sub.add_parser(
+        "score-cells",
+        help="VOI, adapted Rand error, skeleton splits and merges, and the worst cells of a "
+             "cell segmentation against ground truth")
+    score.add_argument("--segmentation", required=True, metavar="FILE[:DATASET]",
+                       help="predicted cell labels (TIFF, HDF5, zarr or precomputed)")
+    score.add_argument("--truth", required=True, metavar="FILE[:DATASET]",
+                       help="ground-truth labels; 0 is not scored")
+    score.add_argument("--ignore", metavar="FILE[:DATASET]",
+                       help="mask whose non-zero voxels are not scored")
+    score.add_argument("--connected-truth", action="store_true",
+                       help="split every ground-truth id into its connected pieces first (ids "
+                            "that collide, as Cardona's 8-bit neurite ids)")
+    score.add_argument("--connectivity", type=int, choices=[6, 18, 26], default=6,
+                       help="of --connected-truth (default 6: faces)")
+    score.add_argument("--skeletons", action="store_true",
+                       help="also trace skeletons of the ground truth (kimimaro) and count the "
+                            "split edges and merged skeletons; needs a voxel size")
+    score.add_argument("--skeleton-min-voxels", type=int, default=1000,
+                       help="ground-truth pieces of at most this many voxels get no skeleton")
+    score.add_argument("--min-voxels", type=int, default=100,
+                       help="the overlap that makes a body part of a merge, or a cell part of "
+                            "a split (default 100)")
+    score.add_argument("--worst", type=int, default=10, help="cells listed (default 10)")
+    voxel_args(score)
+    score.add_argument("--roi", help="z0:z1,y0:y1,x0:x1 voxels")
+    score.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                       help="also write the scores as JSON to FILE; without FILE, print them "
+                            "as JSON instead of the text")
+    score.set_defaults(func=cmd_score_cells)
     return parser
 
 

@@ -1,6 +1,8 @@
 """connectome-detect train / predict / evaluate on a phantom written as a CREMI-like file."""
 
 import csv
+import json
+import re
 
 import h5py
 import numpy as np
@@ -9,6 +11,7 @@ import zarr
 
 from detection.cli import main
 from detection.synthetic.phantom import make_phantom, write_phantom_h5
+from tests.conftest import shared_file
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +227,141 @@ def test_predict_writes_the_vesicle_map_of_a_network_with_a_vesicle_head(phantom
     assert ("--out-vesicles: plain.cnn has no vesicle head (its heads: synapse); use a network "
             "trained with vesicle labels" in capsys.readouterr().err)
     assert not (tmp_path / "p2.zarr").exists() and not (tmp_path / "v2.zarr").exists()
+
+
+# --- score-cells -----------------------------------------------------------------------------
+
+def _scores_printed(out: str) -> dict:
+    """The figures of score-cells' text: VOI split, merge, total and ARAND, precision, recall."""
+    voi = re.search(r"VOI split (\S+) merge (\S+) total (\S+) bits", out)
+    rand = re.search(r"ARAND (\S+) \(precision (\S+), recall (\S+)\)", out)
+    assert voi and rand, out
+    return {"split": float(voi[1]), "merge": float(voi[2]), "total": float(voi[3]),
+            "error": float(rand[1]), "precision": float(rand[2]), "recall": float(rand[3])}
+
+
+def _cell_volumes(*, wrong_at_the_end=True):
+    """Bodies 1, 2 and 3 (rods along x); cell 10 merges bodies 1 and 2, body 3 is split into
+    cells 20 and 21; voxels with x >= 36 are to be ignored (and wrongly labelled)."""
+    gt = np.zeros((8, 16, 40), dtype=np.uint64)
+    gt[:, 1:5, 2:38], gt[:, 7:11, 2:38], gt[2:6, 5:7, 2:38] = 1, 2, 3
+    seg = gt.copy()
+    seg[(gt == 1) | (gt == 2)] = 10
+    seg[gt == 3] = 20
+    seg[(gt == 3) & (np.arange(40) >= 20)] = 21
+    ignore = np.zeros(gt.shape, dtype=np.uint8)
+    ignore[..., 36:] = 1
+    if wrong_at_the_end:
+        seg[..., 36:] = 99
+    return seg, gt, ignore
+
+
+def test_score_cells_prints_the_library_figures(tmp_path, capsys):
+    from detection.cells import evaluation
+
+    seg, gt, ignore = _cell_volumes()
+    path = tmp_path / "cells.h5"
+    with h5py.File(path, "w") as f:
+        f["volumes/labels/cells"] = seg
+        f["volumes/labels/neuron_ids"] = gt
+        f["volumes/labels/ignore"] = ignore
+    args = ["score-cells", "--segmentation", f"{path}:volumes/labels/cells",
+            "--truth", f"{path}:volumes/labels/neuron_ids",
+            "--ignore", f"{path}:volumes/labels/ignore", "--min-voxels", "50"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    mask = ignore != 0
+    voi = evaluation.variation_of_information(seg, gt, ignore=mask)
+    rand = evaluation.adapted_rand_error(seg, gt, ignore=mask)
+    printed = _scores_printed(out)
+    for name, value in [*voi.to_dict().items(), *rand.to_dict().items()]:
+        if name != "voxels":
+            assert printed[name] == pytest.approx(value, abs=5e-5), name
+    assert voi.merge == pytest.approx(1.0 * (2 * 8 * 4 * 34) / voi.voxels)  # two equal bodies
+    assert f"{voi.voxels} voxels scored" in out
+    assert "1 merged cells and 1 split bodies (parts of at least 50 voxels); the 2 worst:" in out
+    rows = evaluation.overlap_report(seg, gt, ignore=mask, min_voxels=50)
+    assert f"1. merge {rows[0]['bits']:.4f} bits  cell 10 holds bodies 1, 2; box z 0:8, " \
+           "y 1:11, x 2:36" in out
+    assert "2. split" in out and "body 3 is in cells 20, 21" in out
+
+    # As JSON on stdout: exactly the library's numbers and rows.
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["voi"] == voi.to_dict() and report["rand"] == rand.to_dict()
+    assert report["report"]["worst"] == rows
+    assert (report["report"]["merges"], report["report"]["splits"]) == (1, 1)
+    assert report["skeletons"] is None
+    # To a file, beside the text.
+    assert main([*args, "--json", str(tmp_path / "scores.json"), "--worst", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "the 1 worst:" in out and "2. split" not in out
+    assert json.loads((tmp_path / "scores.json").read_text())["voi"] == voi.to_dict()
+
+
+def test_score_cells_counts_skeleton_errors_and_splits_colliding_ids(tmp_path, capsys):
+    seg, gt, _ = _cell_volumes(wrong_at_the_end=False)
+    # Body 1 and a far-away rod share id 1, and the segmentation keeps them apart (cell 30).
+    gt[2:6, 12:15, 2:38] = 1
+    seg[2:6, 12:15, 2:38] = 30
+    path = tmp_path / "cells.h5"
+    with h5py.File(path, "w") as f:
+        f["seg"], f["gt"] = seg, gt
+    base = ["score-cells", "--segmentation", f"{path}:seg", "--truth", f"{path}:gt"]
+    assert main([*base, "--skeletons"]) == 2
+    assert ("--skeletons: neither file states a voxel size; pass --voxel-size Z Y X (nm)"
+            in capsys.readouterr().err)
+    assert main([*base, "--skeletons", "--voxel-size", "40", "8", "8",
+                 "--skeleton-min-voxels", "10", "--json"]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    # Rods 1 (with its far piece, traced as one id) and 2 merged in cell 10; rod 3 cut once.
+    assert raw["skeletons"]["traced"] == 3
+    assert raw["skeletons"]["merges"] == 1
+    assert raw["skeletons"]["splits"] == 1
+    assert raw["voi"]["split"] > 0
+    assert main([*base, "--connected-truth", "--json"]) == 0
+    pieces = json.loads(capsys.readouterr().out)
+    assert pieces["connected_truth"] is True
+    # The far piece of id 1 is a body of its own: no longer a split; rod 3's cut still is.
+    assert 0 < pieces["voi"]["split"] < raw["voi"]["split"]
+    assert pieces["report"]["splits"] == 1
+
+
+def test_score_cells_names_what_is_wrong(tmp_path, capsys):
+    path = tmp_path / "cells.h5"
+    with h5py.File(path, "w") as f:
+        f["a"] = np.ones((2, 3, 4), np.uint8)
+        f["b"] = np.ones((2, 3, 5), np.uint8)
+    assert main(["score-cells", "--segmentation", f"{path}:a", "--truth", f"{path}:b"]) == 2
+    assert ("--segmentation has shape (2, 3, 4) and --truth (2, 3, 5); they must cover the "
+            "same voxels" in capsys.readouterr().err)
+    missing = tmp_path / "nothing.h5"
+    assert main(["score-cells", "--segmentation", f"{missing}:a", "--truth", f"{path}:b"]) == 2
+    assert (f"--segmentation {missing}:a: no such file (give FILE or FILE:DATASET)"
+            in capsys.readouterr().err)
+    assert main(["score-cells", "--segmentation", f"{path}:c", "--truth", f"{path}:b"]) == 2
+    assert "connectome-detect score-cells:" in capsys.readouterr().err
+
+
+def test_score_cells_on_a_real_watershed(capsys):
+    from detection.cells import evaluation
+
+    path = shared_file("fibsem_mini.h5")
+    assert main(["score-cells", "--segmentation", f"{path}:train/volumes/labels/watershed",
+                 "--truth", f"{path}:train/volumes/labels/neuron_ids"]) == 0
+    out = capsys.readouterr().out
+    with h5py.File(path, "r") as f:
+        seg = f["train/volumes/labels/watershed"][:]
+        gt = f["train/volumes/labels/neuron_ids"][:]
+    voi = evaluation.variation_of_information(seg, gt)
+    rand = evaluation.adapted_rand_error(seg, gt)
+    printed = _scores_printed(out)
+    for name, value in [*voi.to_dict().items(), *rand.to_dict().items()]:
+        if name != "voxels":
+            assert printed[name] == pytest.approx(value, abs=5e-5), name
+    # A watershed over-segments: splits dominate, and the ten worst cells are listed.
+    assert voi.split > voi.merge
+    listed = re.findall(r"^\s+(\d+)\. (merge|split) ", out, flags=re.MULTILINE)
+    assert [int(rank) for rank, _ in listed] == list(range(1, 11))
+    worst = evaluation.overlap_report(seg, gt)[:10]
+    assert [kind for _, kind in listed] == [row["kind"] for row in worst]
