@@ -1,4 +1,5 @@
-"""Command line: ``connectome-detect train | predict | evaluate | score-cells``.
+"""Command line: ``connectome-detect train | predict | evaluate | score-cells | train-cells |
+segment-cells``.
 
     connectome-detect train --volume vnc.h5 --dataset volumes/raw \\
         --labels vnc.h5 --labels-dataset volumes/labels/synapse_mask --label-convention binary \\
@@ -10,6 +11,10 @@
     connectome-detect score-cells --segmentation cells.h5:volumes/labels/cells \\
         --truth vnc.h5:volumes/labels/neuron_ids [--ignore FILE[:DATASET]] [--connected-truth] \\
         [--skeletons] [--json [FILE]]
+    connectome-detect train-cells --volume medulla.h5:volumes/raw \
+        --labels medulla.h5:volumes/labels/neuron_ids [--validation-fraction 0.2] --out cells.aff
+    connectome-detect segment-cells --volume medulla.h5:volumes/raw --model cells.aff \
+        --out cells.zarr [--truth medulla.h5:volumes/labels/neuron_ids]
 """
 
 from __future__ import annotations
@@ -459,6 +464,119 @@ def cmd_score_cells(args) -> None:
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 
+# --- train-cells / segment-cells -----------------------------------------------------------
+
+def _cell_volume(args, text: str, flag: str, roi):
+    data, _, voxel_size = _read_whole(text, flag, args, roi)
+    if voxel_size is None:
+        raise CliError(f"{flag} {text}: the file states no voxel size; pass --voxel-size Z Y X "
+                       "(nm)")
+    return data, tuple(float(v) for v in voxel_size)
+
+
+def cmd_train_cells(args) -> None:
+    """Train a cell model on dense labels; the last ``--validation-fraction`` of the sections
+    (or ``--validation-volume``) chooses the merge threshold and is never trained on."""
+    from detection.cells.boundaries import AffinityParameters, LabelVolume
+    from detection.cells.training import train_cell_model
+
+    roi = _roi(args.roi) or (slice(None),) * 3
+    em, voxel_size = _cell_volume(args, args.volume, "--volume", roi)
+    labels, _ = _cell_volume(args, args.labels, "--labels", roi)
+    if labels.shape != em.shape:
+        raise CliError(f"--labels has shape {labels.shape} and --volume {em.shape}")
+    if args.validation_volume:
+        if not args.validation_labels:
+            raise CliError("--validation-volume needs --validation-labels")
+        v_em, _ = _cell_volume(args, args.validation_volume, "--validation-volume", roi)
+        v_labels, _ = _cell_volume(args, args.validation_labels, "--validation-labels", roi)
+        training = [LabelVolume(args.volume, em, voxel_size, labels)]
+        validation = [LabelVolume(args.validation_volume, v_em, voxel_size, v_labels)]
+    else:
+        if not 0 < args.validation_fraction < 1:
+            raise CliError("--validation-fraction must lie between 0 and 1")
+        cut = round(em.shape[0] * (1 - args.validation_fraction))
+        if cut < 1 or cut >= em.shape[0]:
+            raise CliError(f"--validation-fraction {args.validation_fraction} leaves no sections "
+                           f"to train or to validate on among {em.shape[0]}")
+        training = [LabelVolume(f"{args.volume} z 0-{cut}", em[:cut], voxel_size, labels[:cut])]
+        validation = [LabelVolume(f"{args.volume} z {cut}-{em.shape[0]}", em[cut:], voxel_size,
+                                  labels[cut:])]
+    defaults = AffinityParameters()
+    parameters = AffinityParameters(
+        pixel_nm=args.pixel_nm or defaults.pixel_nm, width=args.width or defaults.width,
+        iterations=args.iterations or defaults.iterations, seed=args.seed)
+    progress = _Progress("step")
+    model = train_cell_model(training, validation, voxel_size=voxel_size, parameters=parameters,
+                             progress=progress)
+    progress.close()
+    model.save(args.out)
+    chosen = model.agglomeration
+    best = min(chosen["table"], key=lambda r: r["voi"])
+    print(f"wrote {args.out}: merge threshold {chosen['threshold']:.2f} (validation VOI "
+          f"{best['voi']:.3f}: split {best['voi_split']:.3f}, merge {best['voi_merge']:.3f}; "
+          f"ARAND {best['arand']:.3f}); {model.training['seconds']:.0f} s of training")
+
+
+def cmd_segment_cells(args) -> None:
+    """Cells of a volume, block by block, with a cell model; scored when ``--truth`` is given."""
+    from detection.cells.boundaries import AffinityNet
+    from detection.cells.pipeline import segment_volume
+
+    path, dataset = file_and_dataset(args.volume, "--volume")
+    with _open(path, dataset, args) as source:
+        voxel_size = _voxel_size(args, source)
+        model = AffinityNet.load(args.model, voxel_size=voxel_size,
+                                 allow_other_voxel_size=args.allow_other_voxel_size)
+        block = tuple(args.block_shape) if args.block_shape else (64, 256, 256)
+        block = tuple(max(s, b // s * s) for b, s in zip(block, model.grid_step))
+        progress = _Progress("block")
+        # Read block by block (with the network's halo), never whole.
+        summary = segment_volume(_Boxes(source), model, args.out, block_shape=block,
+                                 threshold=args.threshold, progress=progress)
+        progress.close()
+    print(f"wrote {args.out} (cells, fragments, affinities): {summary['cells']} cells from "
+          f"{summary['fragments']} fragments in {summary['blocks']} blocks")
+    if args.truth:
+        from detection.cells.evaluation import (
+            adapted_rand_error,
+            variation_of_information,
+        )
+
+        truth, _, _ = _read_whole(args.truth, "--truth", args, (slice(None),) * 3)
+        cells = zarr.open_group(args.out, mode="r")["cells"][:]
+        if truth.shape != cells.shape:
+            raise CliError(f"--truth has shape {truth.shape} and the volume {cells.shape}")
+        voi = variation_of_information(cells, truth)
+        rand = adapted_rand_error(cells, truth)
+        print(f"VOI split {voi.split:.4f} merge {voi.merge:.4f} total {voi.total:.4f} bits; "
+              f"ARAND {rand.error:.4f}")
+
+
+class _Boxes:
+    """A volume source read by slicing (``source[box]``), as the cell pipeline reads arrays."""
+
+    def __init__(self, source):
+        self.source, self.shape = source, tuple(source.shape)
+
+    def __getitem__(self, box):
+        return self.source.read(tuple(box))
+
+
+class _Progress:
+    """A ``progress(done, total)`` callback drawing a bar on a terminal."""
+
+    def __init__(self, unit: str):
+        self.bar = tqdm(total=1, unit=unit, disable=not sys.stderr.isatty(), leave=False)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -589,6 +707,40 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the scores as JSON to FILE; without FILE, print them "
                             "as JSON instead of the text")
     score.set_defaults(func=cmd_score_cells)
+
+    train_cells = sub.add_parser(
+        "train-cells", help="train a cell model (affinity network) on dense labels, with its "
+                            "merge threshold chosen on validation sections")
+    train_cells.add_argument("--volume", required=True, metavar="FILE[:DATASET]")
+    train_cells.add_argument("--labels", required=True, metavar="FILE[:DATASET]",
+                             help="dense cell ids; 0 is a boundary")
+    train_cells.add_argument("--validation-fraction", type=float, default=0.2,
+                             help="last share of the sections kept to choose the threshold")
+    train_cells.add_argument("--validation-volume", metavar="FILE[:DATASET]")
+    train_cells.add_argument("--validation-labels", metavar="FILE[:DATASET]")
+    train_cells.add_argument("--iterations", type=int, help="training steps (default 1500)")
+    train_cells.add_argument("--pixel-nm", type=float, help="in-plane network pixel (default 8)")
+    train_cells.add_argument("--width", type=int, help="channels of the first level (default 12)")
+    train_cells.add_argument("--seed", type=int, default=0)
+    voxel_args(train_cells)
+    train_cells.add_argument("--roi", help="z0:z1,y0:y1,x0:x1 voxels")
+    train_cells.add_argument("--out", required=True, help="model file to write")
+    train_cells.set_defaults(func=cmd_train_cells)
+
+    segment_cells = sub.add_parser("segment-cells",
+                                   help="cells of a volume from its EM, block by block")
+    segment_cells.add_argument("--volume", required=True, metavar="FILE[:DATASET]")
+    segment_cells.add_argument("--model", required=True, help="a train-cells model file")
+    segment_cells.add_argument("--allow-other-voxel-size", action="store_true")
+    segment_cells.add_argument("--out", required=True,
+                               help="zarr group to write (cells, fragments, affinities)")
+    segment_cells.add_argument("--threshold", type=float, help="merge threshold; the model's "
+                                                               "by default")
+    segment_cells.add_argument("--block-shape", nargs=3, type=int, metavar=("Z", "Y", "X"))
+    segment_cells.add_argument("--truth", metavar="FILE[:DATASET]",
+                               help="ground-truth cells to score against (0 not scored)")
+    voxel_args(segment_cells)
+    segment_cells.set_defaults(func=cmd_segment_cells)
     return parser
 
 

@@ -327,9 +327,15 @@ def _boxes(shape, block_shape):
                             zip((z, y, x), block_shape, shape))
 
 
-def _grown(box, margin, shape):
+def grow_box(box, margin, shape):
+    """``box`` (3 slices) grown by ``margin`` voxels per axis, clipped to ``shape``."""
     return tuple(slice(max(0, b.start - m), min(s, b.stop + m)) for b, m, s in
                  zip(box, margin, shape))
+
+
+def inner_box(box, region):
+    """``box`` as slices into ``region`` (which holds it)."""
+    return tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
 
 
 def segment_blockwise(affs: np.ndarray, *, voxel_size, threshold: float, block_shape,
@@ -348,9 +354,9 @@ def segment_blockwise(affs: np.ndarray, *, voxel_size, threshold: float, block_s
                                     parameters=parameters)
     merges = []
     for box in boxes:
-        region = _grown(box, context, shape)
-        core = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
-        merges.append(block_merges(affs[(slice(None),) + region], frag[region], core,
+        region = grow_box(box, context, shape)
+        merges.append(block_merges(affs[(slice(None),) + region], frag[region],
+                                   inner_box(box, region),
                                    threshold=threshold, scoring=scoring))
     ids, cells = stitch(frag, np.concatenate(merges) if merges else np.zeros((0, 2)))
     return relabel(frag, ids, cells)
