@@ -50,6 +50,7 @@ from detection.cells.boundaries import (
 from detection.cells.evaluation import (
     adapted_rand_error,
     connected_ground_truth,
+    overlap_report,
     variation_of_information,
 )
 from detection.cells.training import best_threshold, threshold_table
@@ -102,6 +103,31 @@ def scores(cells, truth, connected_truth=None) -> dict:
     return out
 
 
+def errors_by_axis(cells, truth) -> dict:
+    """Per axis, the share of face-adjacent voxel pairs of one true body that the segmentation
+    parts (split edges) and of two true bodies that it joins (merged edges); truth 0 left out.
+    On serial sections, z splits are cells not followed from one section to the next."""
+    out = {}
+    for axis, name in enumerate("zyx"):
+        a = np.moveaxis(truth, axis, 0)
+        b = np.moveaxis(cells, axis, 0)
+        t0, t1, c0, c1 = a[1:], a[:-1], b[1:], b[:-1]
+        scored = (t0 > 0) & (t1 > 0)
+        same = scored & (t0 == t1)
+        other = scored & (t0 != t1)
+        out[name] = {"split_edges": round(float((same & (c0 != c1)).sum() / max(same.sum(), 1)), 4),
+                     "merged_edges": round(float((other & (c0 == c1)).sum() /
+                                                 max(other.sum(), 1)), 4)}
+    return out
+
+
+def worst_errors(cells, truth, count: int = 5) -> list[dict]:
+    """The largest merges and splits (overlap report rows), for the error analysis."""
+    rows = overlap_report(cells, truth, min_voxels=200)
+    return [{k: row[k] for k in ("kind", "bits", "cells", "truth", "bbox")}
+            for row in rows[:count]]
+
+
 def choose_and_score(affs_validation, truth_validation, affs_test, truth_test, voxel_size,
                      connected_test=None) -> dict:
     """Threshold chosen on the validation part, applied to the test part; plus the watershed
@@ -112,8 +138,11 @@ def choose_and_score(affs_validation, truth_validation, affs_test, truth_test, v
     frag, _ = seg.fragments(affs_test, voxel_size=voxel_size)
     cells = next(seg.agglomerate(affs_test, frag, [threshold]))
     seconds = time.perf_counter() - started
+    truth = truth_test if connected_test is None else connected_test
     return {"threshold": threshold, "validation": summed,
             "test": scores(cells, truth_test, connected_test),
+            "errors_by_axis": errors_by_axis(cells, truth),
+            "worst": worst_errors(cells, truth),
             "watershed_only": scores(frag, truth_test, connected_test),
             "segmentation_seconds": round(seconds, 2)}
 
