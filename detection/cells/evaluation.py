@@ -1024,7 +1024,7 @@ def likely_errors(edges, cells, *, threshold: float, margin: float,
     last = cell["last_merge"]
     close = np.flatnonzero(np.isfinite(last) & (last > threshold - margin))
     for i in close.tolist():
-        distance = max(threshold - last[i], 0.0)
+        distance = max(threshold - float(last[i]), 0.0)
         rows.append(((distance, -int(cell["voxels"][i])), {
             "kind": "merge", "cells": [int(cell["id"][i])], "voxels": [int(cell["voxels"][i])],
             "score": float(last[i]), "confidence": 1.0 - distance / margin,
