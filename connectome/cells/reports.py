@@ -31,6 +31,7 @@ from django.utils import timezone
 from connectome.cells.models import Cell
 from connectome.common.fields import UINT64_MAX
 from connectome.datasets.models import Layer
+from connectome.viewer.state import client_url, focus_state_url
 from detection.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -304,7 +305,6 @@ def located_rows(layer: Layer, ranked: Sequence[tuple[int, dict]], *,
     margin, at least :data:`MIN_FIELD_NM`), and ``viewer``: the address (under ``base_url``,
     the scheme and host the browser reaches) of the viewer client opening the dataset state
     that selects the row's cells in ``layer`` there."""
-    from connectome.viewer.state import client_url, focus_state_url
 
     segments = {int(s) for _, row in ranked for s in row.get("cells", [])}
     found = {
