@@ -7,7 +7,7 @@ from drf_spectacular.views import (
 )
 from rest_framework.routers import DefaultRouter
 
-from connectome.cells.apis import CellViewSet, SkeletonViewSet
+from connectome.cells.apis import CellViewSet, LayerErrorsView, SkeletonViewSet
 from connectome.common.security import csp_update
 from connectome.datasets.apis import DatasetViewSet, LayerViewSet
 from connectome.detectors.apis import DetectorModelViewSet
@@ -55,6 +55,8 @@ api = [
     path("datasets/<int:pk>/review/undo/", ReviewUndoView.as_view(), name="dataset-review-undo"),
     path("datasets/<int:pk>/review/summary/", ReviewSummaryView.as_view(),
          name="dataset-review-summary"),
+    path("datasets/<int:pk>/layers/<int:layer_id>/errors/", LayerErrorsView.as_view(),
+         name="layer-errors"),
     path("search/", SearchView.as_view(), name="search"),
     path("jobs/<int:pk>/download/", JobDownloadView.as_view(), name="job-download"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -1,13 +1,17 @@
 """Cells, their partners and their skeletons over the API."""
 
+from urllib.parse import urlencode
+
 from django.db import connection
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, serializers, viewsets
+from rest_framework import mixins, permissions, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from connectome.cells.models import Cell, Skeleton
+from connectome.cells.reports import MAX_ROWS, ROW_KINDS, error_report, located_rows
 from connectome.cells.services import cells_annotate
 from connectome.common.fields import int64_to_uint64
 from connectome.common.params import (
@@ -19,7 +23,7 @@ from connectome.common.params import (
     parse_query,
 )
 from connectome.common.validators import validate_name
-from connectome.datasets.models import Membership
+from connectome.datasets.models import Layer, Membership
 from connectome.datasets.permissions import DatasetRolePermission
 from connectome.datasets.selectors import datasets_visible_to
 from connectome.synapses.apis import DEFAULT_RUN_HELP, RunsField, runs_of
@@ -247,3 +251,104 @@ class SkeletonViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(parameters=[SkeletonQuery])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Error reports of segmentation layers
+
+
+class ErrorReportQuery(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=ROW_KINDS, required=False,
+                                   help_text="merge or split rows only")
+    after = serializers.IntegerField(
+        min_value=0, max_value=MAX_ROWS, default=0,
+        help_text="rank of the last row seen: the page starts after it (follow next)")
+    page_size = serializers.IntegerField(min_value=1, max_value=1000, default=100)
+
+
+class ErrorRowSerializer(serializers.Serializer):
+    rank = serializers.IntegerField(help_text="1 for the worst row of the report")
+    kind = serializers.ChoiceField(choices=ROW_KINDS)
+    cells = serializers.ListField(child=serializers.CharField(),
+                                  help_text="segment ids (uint64, as strings)")
+    cell_ids = serializers.ListField(child=serializers.IntegerField(allow_null=True),
+                                     help_text="database ids of those cells (null: none)")
+    voxels = serializers.ListField(child=serializers.IntegerField(), required=False)
+    truth = serializers.ListField(child=serializers.CharField(), required=False,
+                                  help_text="ground-truth ids (ground-truth reports)")
+    overlap = serializers.ListField(child=serializers.IntegerField(), required=False)
+    parts = serializers.IntegerField(required=False)
+    bits = serializers.FloatField(required=False)
+    share = serializers.FloatField(required=False)
+    score = serializers.FloatField(required=False)
+    confidence = serializers.FloatField(required=False)
+    contact = serializers.IntegerField(required=False)
+    bbox = serializers.ListField(child=serializers.ListField(child=serializers.IntegerField()),
+                                 allow_null=True, help_text="[[z0, y0, x0], [z1, y1, x1]]")
+    point = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
+    position = serializers.ListField(child=serializers.IntegerField(), allow_null=True,
+                                     help_text="voxel (z, y, x) the viewer centres on")
+    field_nm = serializers.FloatField()
+    viewer = serializers.CharField(help_text="the viewer at this error")
+
+
+class ErrorReportSerializer(serializers.Serializer):
+    dataset = serializers.IntegerField()
+    layer = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=["likely", "ground_truth"])
+    job = serializers.IntegerField(allow_null=True)
+    created_at = serializers.CharField()
+    rows = serializers.IntegerField(help_text="rows stored (of the kind asked for)")
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = ErrorRowSerializer(many=True)
+
+
+class LayerErrorsView(APIView):
+    """The error report of a segmentation layer: likely merges and splits (from the
+    agglomeration), or the merges and splits found against ground truth, worst first, each
+    with the viewer at it. Pages follow ``next`` (keyset on the rank)."""
+
+    permission_classes = [permissions.AllowAny]  # reading: visibility is checked per dataset
+
+    @extend_schema(parameters=[ErrorReportQuery], responses=ErrorReportSerializer)
+    def get(self, request, pk, layer_id):
+        if not (0 < pk <= MAX_ID and 0 < layer_id <= MAX_ID):
+            raise Http404("No such layer.")
+        layer = (Layer.objects.select_related("dataset")
+                 .filter(pk=layer_id, dataset_id=pk,
+                         dataset__in=datasets_visible_to(request.user)).first())
+        if layer is None:
+            raise Http404(f"dataset {pk} has no layer {layer_id} you can see")
+        report = error_report(layer)
+        if report is None:
+            raise Http404(f"layer {layer_id} has no error report")
+        query = parse_query(ErrorReportQuery, request)
+        ranked = [(rank, row) for rank, row in enumerate(report.rows, 1)
+                  if query.get("kind") in (None, row["kind"])]
+        start = next((i for i, (rank, _) in enumerate(ranked) if rank > query["after"]),
+                     len(ranked))
+        size = query["page_size"]
+        page = ranked[start:start + size]
+
+        def link(after: int | None) -> str | None:
+            if after is None:
+                return None
+            params = {k: v for k, v in request.query_params.items() if k != "after"}
+            if after:
+                params["after"] = after
+            return request.build_absolute_uri(
+                f"{request.path}{'?' + urlencode(params) if params else ''}")
+
+        following = page[-1][0] if start + size < len(ranked) else None
+        earlier = None
+        if start > 0:
+            first = max(0, start - size)
+            earlier = ranked[first - 1][0] if first else 0
+        return Response({
+            "dataset": layer.dataset_id, "layer": layer.pk, "kind": report.kind,
+            "job": report.job, "created_at": report.created_at, "rows": len(ranked),
+            "next": link(following), "previous": link(earlier),
+            "results": located_rows(layer, page,
+                                    base_url=request.build_absolute_uri("/").rstrip("/")),
+        })

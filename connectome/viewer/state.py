@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from django.urls import reverse
 
@@ -388,6 +388,26 @@ def cell_state(cell: Cell, *, base_url: str, synapse_limit: int = 2000,
     # The 3D view shows the skeleton and the synapses, not the opaque sections in front.
     state["showSlices"] = False
     return state
+
+
+def focus_state_url(dataset_id: int, *, base_url: str, layer_id: int | None = None,
+                    segments: Iterable[int] = (), position: Sequence[int] | None = None,
+                    field_nm: float | None = None) -> str:
+    """Absolute URL of the dataset state that selects ``segments`` in layer ``layer_id`` and
+    centres on voxel ``position`` (z, y, x) with a field ``field_nm`` wide (the query of
+    ``viewer:dataset-state``, ``docs/viewer.md``)."""
+    query = {}
+    if layer_id is not None:
+        query["layer"] = str(int(layer_id))
+    segments = [str(int(s)) for s in segments]
+    if segments:
+        query["segments"] = ",".join(segments)
+    if position is not None:
+        query["position"] = ",".join(str(int(v)) for v in position)
+    if field_nm is not None:
+        query["field_nm"] = f"{float(field_nm):g}"
+    path = reverse("viewer:dataset-state", args=[dataset_id])
+    return f"{base_url.rstrip('/')}{path}" + (f"?{urlencode(query, safe=',')}" if query else "")
 
 
 def client_url(state: dict | str, *, token: str = "connectome") -> str:

@@ -6,6 +6,7 @@ dataset, as the API does. Errors are JSON, never an HTML page the client could t
 
 import gzip
 import json
+import math
 import re
 
 from django.http import (
@@ -237,10 +238,63 @@ def dataset_state(request, dataset_id: int):
     runs = _runs(request, dataset)
     if isinstance(runs, JsonResponse):
         return runs
+    focus = _focus(request, dataset)
+    if isinstance(focus, JsonResponse):
+        return focus
     # One run's synapses as a layer: the page's run, else the default run.
     return JsonResponse(state.dataset_state(
         dataset, base_url=_base_url(request),
-        synapse_run=runs[0] if runs is not None and len(runs) == 1 else None))
+        synapse_run=runs[0] if runs is not None and len(runs) == 1 else None, **focus))
+
+
+_POSITION = re.compile(r"(\d{1,12}),(\d{1,12}),(\d{1,12})")
+#: Segments one state selects at most.
+MAX_SELECTED = 1000
+
+
+def _focus(request, dataset) -> dict | JsonResponse:
+    """What ``?layer=``, ``?segments=``, ``?position=`` and ``?field_nm=`` ask a dataset state
+    to select and centre on, as :func:`state.dataset_state` arguments; a 400 JsonResponse
+    naming the parameter for anything else."""
+    focus = {}
+
+    def bad(name: str, problem: str) -> JsonResponse:
+        return JsonResponse({name: [problem]}, status=400)
+
+    raw = request.GET.get("layer")
+    if raw is not None:
+        layer = (dataset.layers.filter(pk=int(raw), kind__in=SEGMENTATION_KINDS).first()
+                 if raw.isdigit() and len(raw) < 19 else None)
+        if layer is None:
+            return bad("layer", f"dataset {dataset.pk} has no segmentation layer {raw!r}")
+        focus["segmentation_layer"] = layer
+    raw = request.GET.get("segments")
+    if raw is not None:
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        wrong = [p for p in parts if not _SEGMENT_ID.fullmatch(p) or int(p) > UINT64_MAX]
+        if wrong or not parts or len(parts) > MAX_SELECTED:
+            return bad("segments", f"expected 1 to {MAX_SELECTED} segment ids (uint64), "
+                                   f"comma-separated; got {raw[:100]!r}")
+        focus["selected"] = [int(p) for p in parts]
+    raw = request.GET.get("position")
+    if raw is not None:
+        match = _POSITION.fullmatch(raw.replace(" ", ""))
+        voxel = [int(v) for v in match.groups()] if match else None
+        shape = dataset.shape
+        if voxel is None or (shape is not None and any(v >= n for v, n in zip(voxel, shape))):
+            return bad("position", f"expected a voxel z,y,x inside the dataset's shape "
+                                   f"{shape}; got {raw[:100]!r}")
+        focus["position_nm"] = [v * s for v, s in zip(voxel, dataset.voxel_size)]
+    raw = request.GET.get("field_nm")
+    if raw is not None:
+        try:
+            field = float(raw)
+        except ValueError:
+            field = math.nan
+        if not 0 < field <= 1e9:
+            return bad("field_nm", f"expected a width in nm above 0; got {raw[:100]!r}")
+        focus["field_nm"] = field
+    return focus
 
 
 def _runs(request, dataset):

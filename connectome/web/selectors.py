@@ -222,3 +222,39 @@ def cell_partner_tables(*, cell: Cell, runs=None) -> dict[str, list[dict]]:
         ]
         for direction, found in partners.items()
     }
+
+
+#: Rows of each layer's error report that the cells page lists (the API has them all).
+ERROR_ROWS_SHOWN = 50
+
+
+@dataclass(frozen=True)
+class LayerErrors:
+    """The first rows of a segmentation layer's error report, as the cells page lists them."""
+
+    layer: Layer
+    kind: str
+    rows: int
+    shown: list[dict]
+
+
+def error_reports(*, dataset: Dataset, base_url: str,
+                  limit: int = ERROR_ROWS_SHOWN) -> list[LayerErrors]:
+    """Per segmentation layer of ``dataset`` with an error report, its first ``limit`` rows
+    located (:func:`connectome.cells.reports.located_rows`: cells, the voxel to look at and
+    the viewer there, under ``base_url``), each with ``members``: (segment id, cell id or
+    None) pairs."""
+    from connectome.cells.reports import error_report, layers_with_reports, located_rows
+
+    found = []
+    for layer in layers_with_reports(dataset):
+        report = error_report(layer)
+        if report is None:
+            continue
+        ranked = list(enumerate(report.rows[:limit], 1))
+        shown = located_rows(layer, ranked, base_url=base_url)
+        for row in shown:
+            row["members"] = list(zip(row["cells"], row["cell_ids"]))
+        found.append(LayerErrors(layer=layer, kind=report.kind, rows=len(report.rows),
+                                 shown=shown))
+    return found

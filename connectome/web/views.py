@@ -136,9 +136,11 @@ def cell_list(request, pk):
     cell_type = request.GET.get("cell_type")
     if cell_type is not None:
         cells = cells.filter(cell_type=cell_type.replace("\x00", ""))
+    errors = selectors.error_reports(dataset=dataset,
+                                     base_url=request.build_absolute_uri("/").rstrip("/"))
     return render(request, "web/cells.html", _page(
         request, dataset, choice=choice, runs=selectors.dataset_runs(dataset=dataset),
-        cells=cells, cell_type=cell_type))
+        cells=cells, cell_type=cell_type, error_reports=errors))
 
 
 def cell_detail(request, pk, cell_id):

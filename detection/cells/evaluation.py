@@ -1024,7 +1024,7 @@ def likely_errors(edges, cells, *, threshold: float, margin: float,
     last = cell["last_merge"]
     close = np.flatnonzero(np.isfinite(last) & (last > threshold - margin))
     for i in close.tolist():
-        distance = max(threshold - last[i], 0.0)
+        distance = max(threshold - float(last[i]), 0.0)
         rows.append(((distance, -int(cell["voxels"][i])), {
             "kind": "merge", "cells": [int(cell["id"][i])], "voxels": [int(cell["voxels"][i])],
             "score": float(last[i]), "confidence": 1.0 - distance / margin,
@@ -1044,7 +1044,7 @@ def likely_errors(edges, cells, *, threshold: float, margin: float,
     return [row for _, row in rows]
 
 
-def _voxels_of(block: np.ndarray, hit: np.ndarray, z0: int, shape) -> np.ndarray:
+def _voxels_of(hit: np.ndarray, z0: int, shape) -> np.ndarray:
     """(k, 3) int64 (z, y, x) of flat indices ``hit`` into planes from ``z0``."""
     plane = shape[1] * shape[2]
     z, rest = np.divmod(hit + z0 * plane, plane)
@@ -1066,7 +1066,7 @@ def _cell_boxes(seg, ids: np.ndarray) -> tuple[dict, dict]:
         if not len(hit):
             continue
         row = at[hit]
-        zyx = _voxels_of(s, hit, z0, shape)
+        zyx = _voxels_of(hit, z0, shape)
         order = np.argsort(row, kind="stable")
         starts = _starts(row[order])
         here = row[order][starts]
@@ -1085,7 +1085,7 @@ def _cell_boxes(seg, ids: np.ndarray) -> tuple[dict, dict]:
         if not len(hit):
             continue
         row = at[hit]
-        zyx = _voxels_of(s, hit, z0, shape)
+        zyx = _voxels_of(hit, z0, shape)
         distance = ((zyx - centre[row]) ** 2).sum(axis=1)
         pick = np.lexsort((distance, row))
         first = pick[_starts(row[pick])]

@@ -386,6 +386,9 @@ def test_overlap_report_lists_the_merge_and_the_split_worst_first():
         voi.split)
     assert [r["cells"] for r in everything if r["kind"] == "split"] == [[20, 21], [10, 22]]
     assert overlap_report(seg, gt, min_voxels=50, max_rows=1) == [merge]
+    values = [v for row in rows for v in row.values()]
+    values += [x for v in values if isinstance(v, list) for x in v]
+    assert {type(v) for v in values} == {str, int, float, list}
     assert overlap_report(seg, gt, min_voxels=50, max_parts=2) == rows
 
 
@@ -451,6 +454,9 @@ def test_likely_errors_are_the_decisions_close_to_the_threshold():
     assert listed == [("merge", [4]), ("split", [1, 4]), ("merge", [5]), ("merge", [1]),
                       ("split", [1, 2]), ("split", [4, 5])]
     confidence = {(row["kind"], tuple(row["cells"])): row["confidence"] for row in rows}
+    # Plain Python numbers, ready for JSON.
+    assert {type(v) for row in rows for v in row.values() if not isinstance(v, list)} <= {
+        str, int, float, type(None)}
     assert confidence[("merge", (4,))] == 1.0
     assert confidence[("split", (1, 4))] == 1.0
     assert confidence[("merge", (1,))] == pytest.approx(0.5, abs=1e-6)
