@@ -231,6 +231,18 @@ class RayParameters:
         return tuple(math.floor(self.max_radius_nm / voxel[a]) if a in self.axes() else 0
                      for a in range(3))
 
+    def check_tables(self, voxel_size) -> None:
+        """Raise InputError if the ray tables at this voxel size would be too large."""
+        voxel = _voxel_size(voxel_size)
+        reach = self.reach(voxel)
+        if math.prod(2 * r + 1 for r in reach) > MAX_TABLE_ENTRIES:
+            span = " x ".join(str(2 * r + 1) for r in reach)
+            raise InputError(
+                f"max_radius_nm {self.max_radius_nm:g} spans {span} voxels of "
+                f"{' x '.join(f'{v:g}' for v in voxel)} nm, more than the "
+                f"{MAX_TABLE_ENTRIES:,} the ray tables hold: use a smaller radius (or plane "
+                "mode)")
+
     def halo(self, voxel_size) -> tuple[int, int, int]:
         """The halo (z, y, x voxels) a block must be read with to equal the whole volume."""
         voxel = _voxel_size(voxel_size)
@@ -256,10 +268,9 @@ class HullPoints:
     def __len__(self) -> int:
         return int(self.cell.shape[0])
 
-    def save(self, path) -> None:
-        """Write to an ``.npz`` file (the job shares them with its blocks this way)."""
-        with open(path, "wb") as stream:
-            np.savez(stream, zyx=self.zyx, cell=self.cell)
+    def save(self, target) -> None:
+        """Write to an ``.npz`` file (a path or a binary stream)."""
+        np.savez(target, zyx=self.zyx, cell=self.cell)
 
     @classmethod
     def load(cls, path) -> HullPoints:
@@ -423,14 +434,8 @@ def _directions(parameters: RayParameters) -> np.ndarray:
 
 @lru_cache(maxsize=2)
 def _geometry(parameters: RayParameters, voxel: tuple[float, float, float]) -> _Geometry:
+    parameters.check_tables(voxel)
     reach = parameters.reach(voxel)
-    entries = math.prod(2 * r + 1 for r in reach)
-    if entries > MAX_TABLE_ENTRIES:
-        span = " x ".join(str(2 * r + 1) for r in reach)
-        raise InputError(
-            f"max_radius_nm {parameters.max_radius_nm:g} spans {span} voxels of "
-            f"{' x '.join(f'{v:g}' for v in voxel)} nm, more than the {MAX_TABLE_ENTRIES:,} "
-            "the ray tables hold: use a smaller radius (or plane mode)")
     grids = np.meshgrid(*[np.arange(-r, r + 1) * v for r, v in zip(reach, voxel)],
                         indexing="ij")
     offset = np.stack(grids, axis=-1)

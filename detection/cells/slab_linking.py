@@ -60,11 +60,10 @@ class SlabProfiles:
     cell: np.ndarray
     report: LinkReport
 
-    def save(self, path) -> None:
-        """Write to an ``.npz`` file (the slab's report goes along as JSON)."""
-        with open(path, "wb") as stream:
-            np.savez(stream, start=self.start, z=self.z, ids=self.ids, cell=self.cell,
-                     report=json.dumps(self.report.to_dict()))
+    def save(self, target) -> None:
+        """Write to an ``.npz`` file (a path or a binary stream); the report goes as JSON."""
+        np.savez(target, start=self.start, z=self.z, ids=self.ids, cell=self.cell,
+                 report=json.dumps(self.report.to_dict()))
 
     @classmethod
     def load(cls, path) -> SlabProfiles:
