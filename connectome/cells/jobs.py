@@ -1,8 +1,15 @@
-"""Cell job kinds: thin handlers that call connectome/cells/meshes.py and hulls.py."""
+"""Cell job kinds: thin handlers that call connectome/cells/meshes.py, hulls.py and
+linking.py."""
 
 from rest_framework import serializers
 
 from connectome.cells.hulls import hulls_block, hulls_finish, hulls_plan, hulls_writes
+from connectome.cells.linking import (
+    linking_block,
+    linking_finish,
+    linking_plan,
+    linking_writes,
+)
 from connectome.cells.meshes import mesh_block, mesh_finish, mesh_plan, mesh_writes
 from connectome.common.validators import validate_name
 from connectome.jobs.registry import BlockJobParameters, register_job
@@ -92,3 +99,35 @@ def run_skeleton_hulls(job, params, progress):
     """Paint cell hulls from the dataset's skeletons and a boundary layer (ray casting)."""
     _dataset(job)
     return hulls_plan(job, params)
+
+
+class LinkSectionsParameters(BlockJobParameters):
+    profiles_layer = serializers.IntegerField(
+        help_text="id of a segmentation layer of per-section 2D profiles (ids per section)")
+    membrane_layer = serializers.IntegerField(
+        required=False, allow_null=True, default=None,
+        help_text="id of a mask or prediction layer of the membrane (optional)")
+    membrane_threshold = serializers.FloatField(
+        min_value=0.0, max_value=1.0, default=0.5,
+        help_text="a prediction's membrane: probability at or above this")
+    name = serializers.CharField(max_length=200, validators=[validate_name],
+                                 help_text="name of the new 3D segmentation layer")
+    min_overlap = serializers.FloatField(min_value=0.001, max_value=1.0, default=0.5)
+    margin_nm = serializers.FloatField(min_value=0.0, max_value=100_000.0, default=20.0)
+    allow_branches = serializers.BooleanField(default=True)
+    min_branch_overlap = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.25)
+    slab_sections = serializers.IntegerField(
+        min_value=1, max_value=4096, default=16,
+        help_text="sections per block (each also reads the section before it)")
+    first_id = serializers.IntegerField(
+        min_value=1, max_value=UINT64_MAX, required=False, allow_null=True, default=None,
+        help_text="segment id of the first linked cell; one above the dataset's largest by "
+                  "default")
+
+
+@register_job("link_sections", parameters=LinkSectionsParameters, block=linking_block,
+              finish=linking_finish, writes=linking_writes)
+def run_link_sections(job, params, progress):
+    """Link per-section 2D profiles into 3D cells, slab by slab; a new segmentation layer."""
+    _dataset(job)
+    return linking_plan(job, params)

@@ -53,7 +53,9 @@ def _axis(cy, cx) -> np.ndarray:
 def _tube_skeleton(cy, cx) -> SkeletonNodes:
     """A chain of nodes along the tube's axis, in nm (node ids 1..n, each the next's parent)."""
     n = len(_axis(cy, cx))
-    return SkeletonNodes(node_id=np.arange(1, n + 1), parent_id=np.arange(0, n) - (np.arange(n) == 0),
+    parent = np.arange(0, n)
+    parent[0] = -1
+    return SkeletonNodes(node_id=np.arange(1, n + 1), parent_id=parent,
                          zyx=_axis(cy, cx) * np.asarray(VOXEL), radius=np.zeros(n),
                          compartment=np.zeros(n))
 
