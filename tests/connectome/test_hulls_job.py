@@ -19,6 +19,7 @@ from connectome.cells.models import Cell
 from connectome.datasets.models import Layer
 from connectome.imports.skeletons import import_skeletons
 from connectome.imports.volumes import import_volume
+from connectome.jobs.blocks import blocks_run_inline, job_resume
 from connectome.jobs.models import Job, JobLock
 from connectome.jobs.services import (
     JobConflict,
@@ -169,6 +170,17 @@ def test_a_failed_block_leaves_no_layer_and_no_measures(scene, monkeypatch):
     assert not Layer.objects.filter(dataset=dataset, name="hulls").exists()
     assert not Cell.objects.filter(dataset=dataset, layer__isnull=False).exists()
     assert not JobLock.objects.exists()
+    # Resumed, the blocks done are kept and the rest run: the same hulls as in one go.
+    monkeypatch.undo()
+    assert job_resume(job=job, enqueue=False) == 12 - 2
+    job = blocks_run_inline(job_id=job.pk)
+    assert job.state == Job.State.DONE, job.error
+    assert job.result["block_attempts"] == 12     # a failed block's attempts start again
+    again = job_run_inline(kind="skeleton_hulls", dataset=dataset,
+                           parameters=_parameters(boundary_layer, name="in one go"))
+    assert again.state == Job.State.DONE, again.error
+    np.testing.assert_array_equal(_labels(Layer.objects.get(dataset=dataset, name="hulls")),
+                                  _labels(Layer.objects.get(dataset=dataset, name="in one go")))
 
 
 def test_bad_parameters_are_refused_at_submission(scene, tmp_path):

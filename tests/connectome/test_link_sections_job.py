@@ -12,6 +12,7 @@ import pytest
 from connectome.cells.models import Cell
 from connectome.datasets.models import Layer
 from connectome.imports.volumes import import_volume
+from connectome.jobs.blocks import blocks_run_inline, job_resume
 from connectome.jobs.models import Job, JobLock
 from connectome.jobs.services import JobParameterError, job_create, job_run_inline
 from detection.cells.section_linking import link_sections
@@ -137,7 +138,7 @@ def test_bad_layers_and_a_taken_first_id_are_refused(dataset):
     assert not Job.objects.exists()
 
 
-def test_a_failed_slab_leaves_no_layer_and_no_cells(dataset, monkeypatch):
+def test_a_failed_slab_leaves_no_layer_and_no_cells(dataset, stack, monkeypatch):
     dataset, layers = dataset
     from connectome.cells import linking
 
@@ -157,6 +158,15 @@ def test_a_failed_slab_leaves_no_layer_and_no_cells(dataset, monkeypatch):
     assert job.state == Job.State.FAILED and "block 3" in job.error
     assert not Layer.objects.filter(dataset=dataset, name="linked").exists()
     assert Cell.objects.count() == before and not JobLock.objects.exists()
+    # Resumed: slabs 4 and 5 were never run, slab 3 failed; the rest are kept.
+    monkeypatch.undo()
+    assert job_resume(job=job, enqueue=False) == 3
+    job = blocks_run_inline(job_id=job.pk)
+    assert job.state == Job.State.DONE, job.error
+    profiles, membrane = stack
+    expected, _ = link_sections(profiles, membrane=membrane, voxel_size=VOXEL)
+    np.testing.assert_array_equal(_labels(Layer.objects.get(dataset=dataset, name="linked")),
+                                  np.where(expected > 0, expected + job.result["first_id"] - 1, 0))
 
 
 def test_real_vnc_profiles_through_the_job(data_root, tmp_path):
