@@ -119,11 +119,11 @@ def link_slab(profiles, *, start: int, membrane=None, voxel_size, **options) -> 
     for index in range(linked.shape[0]):
         labels = profiles[index]
         foreground = labels != 0
-        pairs = np.unique(np.stack([labels[foreground].astype(np.uint64),
-                                    linked[index][foreground]]), axis=1)
-        z.append(np.full(pairs.shape[1], start + index, dtype=np.int64))
-        ids.append(pairs[0])
-        cell.append(pairs[1].astype(np.int64))
+        # All pixels of a profile are in one cell: its first pixel's cell is the profile's.
+        section_ids, first = np.unique(labels[foreground], return_index=True)
+        z.append(np.full(section_ids.size, start + index, dtype=np.int64))
+        ids.append(section_ids.astype(np.uint64))
+        cell.append(linked[index][foreground][first].astype(np.int64))
     return SlabProfiles(start=int(start), z=np.concatenate(z), ids=np.concatenate(ids),
                         cell=np.concatenate(cell), report=report)
 
