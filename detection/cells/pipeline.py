@@ -4,11 +4,12 @@ The three steps of :mod:`detection.cells.segmentation` over a whole volume, in b
 (what the ``segment_cells`` jobs do across workers, here in one process, for the command line
 and the benchmarks):
 
-1. per block: the affinities of the block (read with the network's halo), stored as uint8, and
-   its fragments (ids offset by the block's index), stored as uint64;
-2. per block: the merges of its fragments, read with a context margin of its neighbours'
+1. per block: the affinities of the block (read with the network's halo), stored as uint8;
+2. per block: its fragments (ids offset by the block's index; the watershed sees a context
+   margin of the neighbours' affinities), stored as uint64;
+3. per block: the merges of its fragments, read with a context margin of its neighbours'
    fragments and affinities;
-3. the merges of all blocks stitched (a union-find over fragment ids), then every block's
+4. the merges of all blocks stitched (a union-find over fragment ids), then every block's
    fragments relabelled to cells.
 
 Memory holds one block with its halo or context, plus the tables of fragment ids and merges (16
@@ -69,20 +70,25 @@ def segment_volume(em, model: AffinityNet, out, *, block_shape=(64, 256, 256), c
     halo = model.halo_voxels()
     seconds = {"affinities": 0.0, "fragments": 0.0, "merges": 0.0, "stitch": 0.0,
                "relabel": 0.0}
-    total = 3 * len(boxes)
+    total = 4 * len(boxes)
     done = 0
-    fragment_ids = []
-    for i, box in enumerate(boxes):
+    for box in boxes:
         started = time.perf_counter()
         region = seg.grow_box(box, halo, shape)
         affs = model.predict_region(np.asarray(em[region]), core=seg.inner_box(box, region),
                                     offset=[r.start for r in region], whole_shape=shape)
-        affs = np.round(affs * 255).astype(np.uint8)
-        affs_out[(slice(None),) + box] = affs
+        affs_out[(slice(None),) + box] = np.round(affs * 255).astype(np.uint8)
         seconds["affinities"] += time.perf_counter() - started
+        done += 1
+        if progress:
+            progress(done, total)
+    fragment_ids = []
+    for i, box in enumerate(boxes):
         started = time.perf_counter()
-        frag = seg.block_fragments(affs.astype(np.float32) / 255, block_index=i,
-                                   voxel_size=model.voxel_size, parameters=parameters)
+        region = seg.grow_box(box, context, shape)
+        affs = affs_out[(slice(None),) + region].astype(np.float32) / 255
+        frag = seg.block_fragments(affs, block_index=i, voxel_size=model.voxel_size,
+                                   core=seg.inner_box(box, region), parameters=parameters)
         frag_out[box] = frag
         fragment_ids.append(np.unique(frag[frag > 0]))
         seconds["fragments"] += time.perf_counter() - started

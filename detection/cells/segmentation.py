@@ -11,8 +11,10 @@ block by block.
    of the edges between them stays below the threshold. The threshold is chosen on held-out
    labelled data and stored with the affinity model (``model.agglomeration``).
 3. Block-wise (:func:`block_fragments`, :func:`block_merges`, :func:`stitch`,
-   :func:`relabel`): fragments are made per block (ids made unique with each block's offset)
-   and stop at the block's faces; each block then agglomerates its fragments together with
+   :func:`relabel`): fragments are made per block (ids made unique with each block's offset;
+   the watershed sees a margin around the block, so that a cell clipping into it is flooded
+   from its own seed, and keeps the block's voxels); each block then agglomerates its
+   fragments together with
    its neighbours' within a context margin and keeps the merges that involve its own fragments;
    a union-find over all blocks' merges gives the cells. A merge any block makes is kept, so
    the block-wise result differs from the whole volume's only near block faces and through the
@@ -240,12 +242,24 @@ def segment(affs: np.ndarray, *, voxel_size, threshold: float, mask=None,
 BLOCK_ID_STRIDE = 2**32
 
 
-def block_fragments(affs: np.ndarray, *, block_index: int, voxel_size, mask=None,
+def block_fragments(affs: np.ndarray, *, block_index: int, voxel_size, core=None, mask=None,
                     parameters: FragmentParameters = FragmentParameters()) -> np.ndarray:
-    """Fragments of one block's affinities (the block alone, no halo: fragments end at its
-    faces), numbered from ``block_index * BLOCK_ID_STRIDE + 1`` so that no two blocks share
-    an id."""
-    frag, n = fragments(affs, voxel_size=voxel_size, mask=mask, parameters=parameters)
+    """Fragments of one block, numbered from ``block_index * BLOCK_ID_STRIDE + 1`` so that no
+    two blocks share an id.
+
+    ``affs`` covers the block grown by a halo and ``core`` (slices into it) is the block; the
+    watershed runs on the whole region and only the core is returned, so a cell that only clips
+    into the block is flooded from its own seed in the halo instead of by its neighbours'
+    seeds in the block (which would put voxels of two cells in one fragment). Without ``core``,
+    the fragments of ``affs`` alone, ending at its faces."""
+    frag, _ = fragments(affs, voxel_size=voxel_size, mask=mask, parameters=parameters)
+    if core is not None:
+        frag = frag[tuple(core)]
+    ids, inverse = np.unique(frag, return_inverse=True)
+    frag = inverse.reshape(frag.shape).astype(np.uint64)
+    if ids[0] != 0:
+        frag += np.uint64(1)
+    n = int(frag.max())
     if n >= BLOCK_ID_STRIDE:
         raise InputError(f"block {block_index} holds {n} fragments, more than a block may "
                          f"({BLOCK_ID_STRIDE - 1}); use smaller blocks")
@@ -342,15 +356,17 @@ def segment_blockwise(affs: np.ndarray, *, voxel_size, threshold: float, block_s
                       context, mask=None, parameters: FragmentParameters = FragmentParameters(),
                       scoring: str = "mean") -> np.ndarray:
     """The block-wise path in memory, with the functions the block jobs call: fragments per
-    block, merges per block with ``context`` voxels around it, stitched, relabelled."""
+    block (the watershed seeing ``context`` voxels around it), merges per block with
+    ``context`` voxels around it, stitched, relabelled."""
     affs = _check_affinities(affs)
     shape = affs.shape[1:]
     frag = np.zeros(shape, np.uint64)
     boxes = list(_boxes(shape, block_shape))
     for i, box in enumerate(boxes):
-        frag[box] = block_fragments(affs[(slice(None),) + box], block_index=i,
-                                    voxel_size=voxel_size,
-                                    mask=None if mask is None else mask[box],
+        region = grow_box(box, context, shape)
+        frag[box] = block_fragments(affs[(slice(None),) + region], block_index=i,
+                                    voxel_size=voxel_size, core=inner_box(box, region),
+                                    mask=None if mask is None else mask[region],
                                     parameters=parameters)
     merges = []
     for box in boxes:
