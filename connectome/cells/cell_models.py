@@ -209,8 +209,12 @@ def train_and_store(*, job, parameters: dict, progress) -> DetectorModel:
     validate = [label_volume(v) for v in held_out]
 
     def report(done, total):
-        message = (f"training: step {done} / {total}" if done < total else
-                   f"choosing the merge threshold on {len(held_out)} validation volumes")
+        # The count goes on every report; the message every twentieth of the way.
+        message = None
+        if done >= total:
+            message = f"choosing the merge threshold on {len(held_out)} validation volumes"
+        elif done == 1 or done % max(1, total // 20) == 0:
+            message = f"training: step {done} / {total}"
         progress.update(done, total, message)  # raises JobCancelled on a cancel
 
     model = train_cell_model(train, validate, voxel_size=voxel_size, parameters=network,

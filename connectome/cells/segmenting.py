@@ -326,9 +326,14 @@ def segment_finish(job: Job, parameters: dict, say) -> Finish:
 
 # --- 2. agglomerate_cells: merges per block, stitched ----------------------------------------
 
+#: What each job of the chain leaves for the next, in its folder.
+LEFT_FOR_NEXT = {"segment_cells": "fragments.zarr", "agglomerate_cells": "stitched.npz"}
+
+
 def earlier_job(dataset: Dataset, job_id: int, kind: str) -> Job:
     """The job of the chain before this one: of ``kind``, on the dataset, with every block
-    done (its final step may still be running: it is what makes the next job)."""
+    done (its final step may still be running: it is what makes the next job) and what it
+    leaves for the next still there."""
     earlier = Job.objects.filter(pk=job_id, dataset=dataset).first()
     if earlier is None:
         raise InputError(f"dataset '{dataset.name}' has no job {job_id}")
@@ -337,6 +342,9 @@ def earlier_job(dataset: Dataset, job_id: int, kind: str) -> Job:
     if earlier.state not in (Job.State.RUNNING, Job.State.DONE) or not earlier.blocks.exists() \
             or earlier.blocks.exclude(state=JobBlock.State.DONE).exists():
         raise InputError(f"{kind} job {job_id} has not done its blocks ({earlier.state})")
+    if not (_folder(earlier) / LEFT_FOR_NEXT[kind]).exists():
+        raise InputError(f"{kind} job {job_id} has no {LEFT_FOR_NEXT[kind]} any more (the "
+                         "segmentation it was part of was stored); start with segment_cells")
     return earlier
 
 

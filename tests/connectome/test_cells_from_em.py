@@ -186,6 +186,16 @@ def test_segment_cells_through_the_api_equals_the_library_block_by_block(
     # The fragments and merges are gone; the affinities and the segmentation stay.
     assert not (settings.DATA_ROOT / segmenting.job_folder(segmented) / "fragments.zarr").exists()
     assert not (settings.DATA_ROOT / segmenting.job_folder(agglomerated)).exists()
+    # Its later steps are refused on their own once its segmentation is stored.
+    for kind, given, message in (
+            ("agglomerate_cells", {"segment_job": segmented.pk, "threshold": 0.5},
+             f"segment_cells job {segmented.pk} has no fragments.zarr any more (the "
+             "segmentation it was part of was stored); start with segment_cells"),
+            ("relabel_cells", {"agglomerate_job": segmented.pk},
+             f"job {segmented.pk} is a segment_cells job, not agglomerate_cells")):
+        with pytest.raises(JobParameterError) as caught:
+            job_create(kind=kind, dataset=dataset, enqueue=False, parameters=given)
+        assert caught.value.errors[next(iter(given))] == [message]
     # The cells cover the phantom's cells: every true cell is mostly one segmented cell.
     for cell in np.unique(phantom.segmentation[phantom.segmentation > 0]):
         inside = labels[phantom.segmentation == cell]
