@@ -1,5 +1,5 @@
-"""Cell job kinds: thin handlers that call connectome/cells/meshes.py, hulls.py and
-linking.py."""
+"""Cell job kinds: thin handlers that call connectome/cells/meshes.py, hulls.py, linking.py,
+cell_models.py and segmenting.py."""
 
 from rest_framework import serializers
 
