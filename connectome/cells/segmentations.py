@@ -93,11 +93,13 @@ def segment_table(array, boxes) -> SegmentTable:
 
 
 def layer_row(*, dataset: Dataset, name: str, meta: dict, path: Path, job: Job, method: str,
-              parameters: dict, source_path: str = "") -> Layer:
-    """The segmentation layer row of a group a job wrote under its folder."""
+              parameters: dict, source_path: str = "",
+              kind: str = Layer.Kind.SEGMENTATION) -> Layer:
+    """The layer row (a segmentation unless ``kind`` says otherwise) of a group a job wrote
+    under its folder."""
     shape, chunks = meta["shape"], meta["chunks"]
     return Layer.objects.create(
-        dataset=dataset, name=name, kind=Layer.Kind.SEGMENTATION, dtype=str(meta["dtype"]),
+        dataset=dataset, name=name, kind=kind, dtype=str(meta["dtype"]),
         shape_z=shape[0], shape_y=shape[1], shape_x=shape[2],
         chunk_z=chunks[0], chunk_y=chunks[1], chunk_x=chunks[2], storage_path=str(path),
         downsample_factors=[list(f) for f in meta["factors"]], source_path=source_path,

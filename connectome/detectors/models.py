@@ -7,17 +7,26 @@ from connectome.common.validators import validate_name, voxel_size_model_validat
 
 
 class DetectorModel(models.Model):
-    """One trained synapse detector (a ``train_detector`` job makes it).
+    """One trained model: a synapse detector (a ``train_detector`` job makes it) or a cell
+    model (kind ``affinities``, a ``train_cell_model`` job makes it).
 
-    ``figures`` are the cross-validated precision / recall / F1 with their 95 % intervals,
-    pooled, per volume and leave-one-volume-out; ``calibration`` the post-processing chosen by
-    that cross-validation (hysteresis, size, split, score), which detection jobs use when
-    given no thresholds. The file lives under DATA_ROOT and is never served.
+    A synapse detector's ``figures`` are the cross-validated precision / recall / F1 with
+    their 95 % intervals, pooled, per volume and leave-one-volume-out; its ``calibration`` the
+    post-processing chosen by that cross-validation (hysteresis, size, split, score), which
+    detection jobs use when given no thresholds. A cell model's ``figures`` are the validation
+    table (VOI and adapted Rand error per merge threshold) and the threshold chosen on it; its
+    ``calibration`` the agglomeration settings the model carries (``model.agglomeration``),
+    which ``segment_cells`` jobs use when given no threshold. The file lives under DATA_ROOT
+    and is never served.
     """
 
     class Kind(models.TextChoices):
         TREES = "trees", "voxel classifier (boosted trees)"
         NETWORK = "network", "network (2D U-Net)"
+        AFFINITIES = "affinities", "cell model (3D U-Net affinities)"
+
+    #: The kinds that detect synapses (the others segment cells).
+    SYNAPSE_KINDS = (Kind.TREES, Kind.NETWORK)
 
     name = models.CharField(max_length=200, validators=[validate_name])
     version = models.PositiveIntegerField(help_text="1, 2, ... per name")
@@ -34,9 +43,13 @@ class DetectorModel(models.Model):
                                       blank=True)
     parameters = models.JSONField(default=dict, blank=True)
     figures = models.JSONField(default=dict, blank=True,
-                               help_text="cross-validated precision / recall / F1")
+                               help_text="synapse detectors: cross-validated precision / recall / "
+                                         "F1; cell models: the validation table and the "
+                                         "threshold chosen on it")
     calibration = models.JSONField(null=True, blank=True,
-                                   help_text="the post-processing chosen by cross-validation")
+                                   help_text="synapse detectors: the post-processing chosen by "
+                                             "cross-validation; cell models: the "
+                                             "agglomeration settings")
     file = models.CharField(max_length=500, unique=True, help_text="relative to DATA_ROOT")
     size = models.PositiveBigIntegerField(help_text="bytes of the file")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,

@@ -44,9 +44,12 @@ def model_calibration(model) -> dict | None:
 
 
 def detector_store(*, name: str, kind: str, model, staged: Path, sources: list[dict],
-                   datasets, parameters: dict, user=None, job=None) -> DetectorModel:
+                   datasets, parameters: dict, user=None, job=None, figures: dict | None = None,
+                   calibration: dict | None = None) -> DetectorModel:
     """Record a trained model saved at ``staged`` and move the file into place, in one
-    transaction: the next version of ``name``, its figures and calibration.
+    transaction: the next version of ``name``, its figures and calibration (by default those
+    of a synapse detector's cross-validation, :func:`model_figures` and
+    :func:`model_calibration`; a cell model gives its own).
 
     If anything fails, the record rolls back and the moved file is removed, so no record
     points at a missing file and no file is left without its record.
@@ -67,8 +70,10 @@ def detector_store(*, name: str, kind: str, model, staged: Path, sources: list[d
                     record = DetectorModel.objects.create(
                         name=name, version=version, kind=kind, voxel_size_z=voxel_size[0],
                         voxel_size_y=voxel_size[1], voxel_size_x=voxel_size[2],
-                        sources=sources, parameters=parameters, figures=model_figures(model),
-                        calibration=model_calibration(model), file=f"pending-{staged}",
+                        sources=sources, parameters=parameters,
+                        figures=model_figures(model) if figures is None else figures,
+                        calibration=(model_calibration(model) if calibration is None
+                                     else calibration), file=f"pending-{staged}",
                         size=Path(staged).stat().st_size, created_by=user, job=job)
                     record.datasets.set(datasets)
                     folder = detector_folder(record.pk)

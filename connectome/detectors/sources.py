@@ -59,7 +59,9 @@ class Source:
         }
 
 
-def _layer(dataset: Dataset, layer_id: int, *, role: str, kinds) -> Layer:
+def source_layer(dataset: Dataset, layer_id: int, *, role: str, kinds) -> Layer:
+    """Layer ``layer_id`` of ``dataset``, of one of ``kinds``, or InputError naming the dataset,
+    the layer and the ``role`` it was given for."""
     layer = Layer.objects.filter(pk=layer_id).select_related("dataset").first()
     if layer is None or layer.dataset_id != dataset.pk:
         where = "" if layer is None else f" (it is layer '{layer.name}' of another dataset)"
@@ -72,10 +74,11 @@ def _layer(dataset: Dataset, layer_id: int, *, role: str, kinds) -> Layer:
     return layer
 
 
-def resolve_source(spec: dict, *, user=None) -> Source:
+def resolve_source(spec: dict, *, user=None, label_kinds=LABEL_KINDS) -> Source:
     """The rows of one source, or InputError naming the dataset and layer.
 
-    ``user`` (None: the shell) must be an admin of the dataset.
+    ``user`` (None: the shell) must be an admin of the dataset; the label layer must be of one
+    of ``label_kinds`` (a cell model's labels are a segmentation).
     """
     visible = Dataset.objects.all() if user is None else datasets_visible_to(user)
     dataset = visible.filter(pk=spec["dataset"]).first()
@@ -83,11 +86,11 @@ def resolve_source(spec: dict, *, user=None) -> Source:
         raise InputError(f"there is no dataset {spec['dataset']} that you can see")
     if user is not None and not has_role(dataset=dataset, user=user, role=Membership.Role.ADMIN):
         raise InputError(f"training on dataset '{dataset.name}' needs the admin role on it")
-    em = _layer(dataset, spec["em_layer"], role="EM", kinds=(Layer.Kind.EM,))
-    labels = _layer(dataset, spec["labels_layer"], role="label", kinds=LABEL_KINDS)
+    em = source_layer(dataset, spec["em_layer"], role="EM", kinds=(Layer.Kind.EM,))
+    labels = source_layer(dataset, spec["labels_layer"], role="label", kinds=label_kinds)
     ignore = None
     if spec.get("ignore_layer") is not None:
-        ignore = _layer(dataset, spec["ignore_layer"], role="ignore", kinds=LABEL_KINDS)
+        ignore = source_layer(dataset, spec["ignore_layer"], role="ignore", kinds=LABEL_KINDS)
     for other, role in ((labels, "label"), (ignore, "ignore")):
         if other is not None and other.shape != em.shape:
             raise InputError(

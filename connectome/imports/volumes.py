@@ -196,7 +196,7 @@ def import_volume(
                        if volume.voxel_size_note else {}),
                     "fill_missing": bool(fill_missing)},
         job=job,
-        with_rows=(lambda layer: _create_cells(layer, table)) if table is not None else None,
+        with_rows=(lambda layer: create_cells(layer, table)) if table is not None else None,
     )
     logger.info("imported %s as layer %s (%s)", label, layer, kind)
     return layer
@@ -221,7 +221,7 @@ _CELL_STAT_FIELDS = [
 ]
 
 
-def _create_cells(layer: Layer, table: SegmentTable, *, batch_size: int = 5000) -> None:
+def create_cells(layer: Layer, table: SegmentTable, *, batch_size: int = 5000) -> None:
     """One cell per segment; cells already known by id (e.g. from a synapse table) get the stats."""
     voxel = np.asarray(layer.dataset.voxel_size)
     centroids = table.centroid * voxel

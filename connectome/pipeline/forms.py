@@ -3,6 +3,7 @@
 from django import forms
 
 from connectome.datasets.models import Dataset, Layer
+from connectome.detectors.models import DetectorModel
 from connectome.detectors.selectors import detectors_visible_to
 from connectome.jobs.services import (
     JobParameterError,
@@ -64,7 +65,8 @@ class DetectionForm(forms.Form):
     def __init__(self, *args, dataset: Dataset, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.dataset, self.user = dataset, user
-        self.fields["model_id"].queryset = detectors_visible_to(user).order_by("name", "version")
+        self.fields["model_id"].queryset = detectors_visible_to(user).filter(
+            kind__in=DetectorModel.SYNAPSE_KINDS).order_by("name", "version")
         layers = Layer.objects.filter(dataset=dataset)
         self.fields["em_layer"].queryset = layers.filter(kind=Layer.Kind.EM)
         self.fields["segmentation_layer"].queryset = layers.filter(kind=Layer.Kind.SEGMENTATION)

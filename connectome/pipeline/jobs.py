@@ -3,6 +3,7 @@
 from rest_framework import serializers
 
 from connectome.common.validators import validate_name
+from connectome.detectors.models import DetectorModel
 from connectome.detectors.selectors import detectors_visible_to
 from connectome.imports.parameters import SourcePathField
 from connectome.jobs.blocks import Finish
@@ -76,6 +77,10 @@ class DetectSynapsesParameters(BlockJobParameters):
             if detector is None:
                 raise serializers.ValidationError(
                     {"model_id": [f"there is no detector {attrs['model_id']} that you can see"]})
+            if detector.kind not in DetectorModel.SYNAPSE_KINDS:
+                raise serializers.ValidationError({"model_id": [
+                    f"'{detector.name}' version {detector.version} (id {detector.pk}) is a "
+                    f"cell model ({detector.kind}), not a synapse detector"]})
             if detector.calibration is None and all(attrs.get(k) is None for k in THRESHOLDS):
                 raise serializers.ValidationError({"model_id": [
                     f"detector '{detector.name}' version {detector.version} (id {detector.pk}) "

@@ -1,4 +1,5 @@
-"""The demo command end to end, inline: phantom -> imports -> detection -> partner assignment."""
+"""The demo command end to end, inline: phantom -> imports -> detection -> partner assignment;
+with --from-em, phantom EM -> cell model -> segmented cells -> detection -> partners."""
 
 import io
 import json
@@ -9,10 +10,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from connectome.cells.models import Skeleton
+from connectome.cells.models import Cell, Skeleton
 from connectome.cells.selectors import layer_mesh_path
 from connectome.datasets.models import Dataset
 from connectome.detectors.models import DetectorModel
+from connectome.imports.management.commands import demo as command
 from connectome.jobs.models import Job
 from connectome.synapses.models import Synapse, SynapseRun
 
@@ -144,3 +146,74 @@ def test_the_demo_stops_waiting_when_its_worker_has_stopped(var_dir):
     with pytest.raises(CommandError, match=rf"job \d+ \(import_volume\) is queued, but the "
                                            rf"worker \(pid {worker.pid}\) has stopped"):
         demo("--worker-pid", str(worker.pid), mode="--wait")
+
+
+def cell_figures(output: str) -> dict[str, float]:
+    """VOI split and merge and the adapted Rand error the demo printed for its cells."""
+    line = next(line for line in output.splitlines() if line.startswith("cells from EM"))
+    return {name: float(value) for name, value in re.findall(
+        r"(split|merge|adapted Rand error) ([\d.]+)", line)}
+
+
+@pytest.mark.slow
+def test_the_demo_from_em_segments_the_cells_then_detects_and_assigns_on_them(
+        var_dir, monkeypatch):
+    # Blocks that cut the test's small phantom.
+    monkeypatch.setattr(command, "SEGMENTATION", {**command.SEGMENTATION,
+                                                  "block_shape": [16, 96, 96],
+                                                  "context": [4, 24, 24]})
+    get_user_model().objects.create_superuser("admin", "admin@localhost", "admin")
+    output = demo("--from-em")
+
+    # The cell model: trained by its job on the training phantom's EM and cells.
+    training = Job.objects.get(kind="train_cell_model")
+    assert training.state == Job.State.DONE, training.error
+    assert set(training.dataset.layers.values_list("name", flat=True)) == {"em", "clefts",
+                                                                            "cells"}
+    model = DetectorModel.objects.get(name="demo cell model")
+    assert (model.kind, model.version, model.job) == ("affinities", 1, training)
+    assert model.voxel_size == (40.0, 8.0, 8.0)
+    assert f"threshold {model.figures['threshold']:.2f}, VOI split " \
+           f"{model.figures['chosen']['voi_split']:.3f}" in output
+
+    # The phantom's EM alone (and its vesicle clouds), segmented block by block.
+    dataset = Dataset.objects.get(name="phantom from EM")
+    assert not Dataset.objects.filter(name="phantom").exists()
+    chain = list(Job.objects.filter(dataset=dataset, kind__in=[
+        "segment_cells", "agglomerate_cells", "relabel_cells"]).order_by("pk"))
+    assert [(j.kind, j.state) for j in chain] == [
+        ("segment_cells", "done"), ("agglomerate_cells", "done"), ("relabel_cells", "done")]
+    assert chain[0].parameters["model_id"] == model.pk
+    assert chain[0].progress_total == 1 * 2 * 2
+    layers = dict(dataset.layers.values_list("name", "kind"))
+    assert layers == {"em": "em", "vesicles": "mask", "cells": "segmentation",
+                      "cells affinities z": "prediction", "cells affinities y": "prediction",
+                      "cells affinities x": "prediction", "detected probability": "prediction",
+                      "detected synapses": "synapses"}
+    cells = Cell.objects.filter(dataset=dataset)
+    assert cells.count() == chain[-1].result["cells"] > 5
+    assert f"cells from EM (layer 'cells'): {cells.count()} cells, the phantom has " in output
+    scores = cell_figures(output)
+    assert set(scores) == {"split", "merge", "adapted Rand error"}
+    # A short training on a small phantom: most cells found, few merged.
+    assert scores["split"] + scores["merge"] < 1.5 and scores["adapted Rand error"] < 0.3
+
+    # Detection and partners on the segmented cells.
+    detect = Job.objects.get(kind="detect_and_assign", dataset=dataset)
+    assert detect.state == Job.State.DONE, detect.error
+    assert detect.parameters["segmentation_layer"] == dataset.layers.get(name="cells").pk
+    partners = SynapseRun.objects.get(dataset=dataset, name="detected partners")
+    counted = partners.synapses.filter(flag=Synapse.Flag.NONE)
+    assert counted.exists() and not counted.filter(pre__isnull=True).exists()
+    assert set(counted.values_list("pre__layer__name", flat=True)) == {"cells"}
+    detection, assignment = figures(output, "detected"), figures(output, "detected partners")
+    assert len(detection) == 2 and len(assignment) == 4
+    assert detection[0] >= 0.8 and detection[1] >= 0.6, detection
+    assert "segmented cells named by the phantom cell they overlap most" in output
+
+    # A second run starts no job and prints the same figures.
+    jobs = Job.objects.count()
+    again = demo("--from-em")
+    assert Job.objects.count() == jobs
+    assert "cell model: 'demo cell model' version 1" in again
+    assert cell_figures(again) == scores and figures(again, "detected") == detection
