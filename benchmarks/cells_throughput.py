@@ -50,7 +50,7 @@ def model_path(work: Path) -> Path:
         [LabelVolume("phantom 11", train.em, VOXEL_SIZE, train.segmentation)],
         [LabelVolume("phantom 12", validation.em, VOXEL_SIZE, validation.segmentation)],
         voxel_size=VOXEL_SIZE,
-        parameters=AffinityParameters(pixel_nm=16, width=8, depth=2, iterations=300, batch=1,
+        parameters=AffinityParameters(pixel_nm=16, width=8, depth=2, iterations=200, batch=1,
                                       patch=(16, 96, 96)))
     model.save(path)
     return path

@@ -353,17 +353,20 @@ def inner_box(box, region):
 
 
 def segment_blockwise(affs: np.ndarray, *, voxel_size, threshold: float, block_shape,
-                      context, mask=None, parameters: FragmentParameters = FragmentParameters(),
+                      context, fragment_context=None, mask=None,
+                      parameters: FragmentParameters = FragmentParameters(),
                       scoring: str = "mean") -> np.ndarray:
     """The block-wise path in memory, with the functions the block jobs call: fragments per
-    block (the watershed seeing ``context`` voxels around it), merges per block with
-    ``context`` voxels around it, stitched, relabelled."""
+    block (the watershed seeing ``fragment_context`` voxels around it, by default
+    ``context``; zeros: fragments end at the block's faces, as the ``segment_cells`` job cuts
+    them), merges per block with ``context`` voxels around it, stitched, relabelled."""
+    fragment_context = context if fragment_context is None else fragment_context
     affs = _check_affinities(affs)
     shape = affs.shape[1:]
     frag = np.zeros(shape, np.uint64)
     boxes = list(_boxes(shape, block_shape))
     for i, box in enumerate(boxes):
-        region = grow_box(box, context, shape)
+        region = grow_box(box, fragment_context, shape)
         frag[box] = block_fragments(affs[(slice(None),) + region], block_index=i,
                                     voxel_size=voxel_size, core=inner_box(box, region),
                                     mask=None if mask is None else mask[region],
