@@ -133,7 +133,8 @@ def run_link_sections(job, params, progress):
     return linking_plan(job, params)
 
 
-# --- cells from EM: train_cell_model, segment_cells -> agglomerate_cells -> relabel_cells ---
+# --- cells from EM: train_cell_model; segment_cells -> fragment_cells -> agglomerate_cells ->
+# relabel_cells
 
 from connectome.cells import cell_models, segmenting  # noqa: E402
 from connectome.jobs.services import JobConflict  # noqa: E402
@@ -278,8 +279,8 @@ class _ChainParameters(BlockJobParameters):
                   "'<name> affinities' by default")
 
 
-CONTEXT_HELP = ("voxels (z, y, x) of the neighbours' fragments and affinities each block "
-                "agglomerates with its own")
+CONTEXT_HELP = ("voxels (z, y, x) of the neighbours' affinities each block's watershed sees, "
+                "and of their fragments and affinities its agglomeration sees")
 
 
 class SegmentCellsParameters(_ChainParameters):
@@ -308,15 +309,33 @@ class SegmentCellsParameters(_ChainParameters):
               block=segmenting.segment_block, finish=segmenting.segment_finish,
               writes=segmenting.segment_writes)
 def run_segment_cells(job, params, progress):
-    """Segment cells from EM block-wise: affinities and fragments, then agglomerate_cells."""
+    """Segment cells from EM block-wise: affinities, then fragment_cells."""
     if job.dataset is None:
         raise InputError(f"{job.kind} job {job.pk} has no dataset")
     return segmenting.segment_plan(job, params)
 
 
-class AgglomerateCellsParameters(_ChainParameters):
+class FragmentCellsParameters(_ChainParameters):
     segment_job = serializers.IntegerField(help_text="the segment_cells job whose affinities "
-                                                     "and fragments are agglomerated")
+                                                     "are cut into fragments")
+    threshold = serializers.FloatField(min_value=0, max_value=1,
+                                       help_text="merge threshold (1 - mean affinity)")
+    context = _zyx(minimum=0, maximum=4096, default=[8, 64, 64], help_text=CONTEXT_HELP)
+
+
+@register_job("fragment_cells", parameters=FragmentCellsParameters,
+              block=segmenting.fragment_block, finish=segmenting.fragment_finish,
+              writes=segmenting.fragment_writes)
+def run_fragment_cells(job, params, progress):
+    """Cut the affinities into fragments block-wise (seeing a margin), then agglomerate_cells."""
+    if job.dataset is None:
+        raise InputError(f"{job.kind} job {job.pk} has no dataset")
+    return segmenting.fragment_plan(job, params)
+
+
+class AgglomerateCellsParameters(_ChainParameters):
+    fragment_job = serializers.IntegerField(help_text="the fragment_cells job whose fragments "
+                                                      "are agglomerated")
     threshold = serializers.FloatField(min_value=0, max_value=1,
                                        help_text="merge threshold (1 - mean affinity)")
     context = _zyx(minimum=0, maximum=4096, default=[8, 64, 64], help_text=CONTEXT_HELP)

@@ -1,27 +1,31 @@
-"""Cells from a dataset's EM, block by block on any number of workers: three chained jobs.
+"""Cells from a dataset's EM, block by block on any number of workers: four chained jobs.
 
-The block framework runs one block phase per job, so the segmentation is three jobs, each
-made by the final step of the one before (as ``detect_and_assign`` makes its assignment job),
-which hands it the locks on what the chain writes: the three affinity layers, the
-segmentation layer and the dataset's cell list.
+The block framework runs one block phase per job, and each step of
+:mod:`detection.cells.segmentation` needs its neighbours' output of the step before (a block's
+fragments see a margin of its neighbours' affinities, its merges their fragments), so the
+segmentation is four jobs, each made by the final step of the one before (as
+``detect_and_assign`` makes its assignment job), which hands it the locks on what the chain
+writes: the three affinity layers, the segmentation layer and the dataset's cell list.
 
 1. ``segment_cells``: plan the blocks on the global grid of the block shape (blocks start on
    the network's grid in-plane; one zarr chunk per block, so no two blocks share one). Each
    block reads its box grown by the network's halo from the EM layer, predicts the three
    nearest-neighbour affinities of its core (:meth:`AffinityNet.predict_region`, on CUDA when
-   the worker has it), writes them as ``round(255 a)`` into three uint8 groups (``affinities-z``,
-   ``-y``, ``-x``: one layer per channel, so each is an ordinary prediction layer the viewer
-   shows), then cuts its fragments from the stored values
-   (:func:`detection.cells.segmentation.block_fragments`, ids offset by the block's index,
-   ending at its faces) into ``fragments.zarr``, and lists its fragment ids in
-   ``fragment-ids/<index>.npy``. The final step builds the affinities' pyramids and makes:
-2. ``agglomerate_cells``: the same blocks; each reads its box grown by the context margin
+   the worker has it) and writes them as ``round(255 a)`` into three uint8 groups
+   (``affinities-z``, ``-y``, ``-x``: one layer per channel, so each is an ordinary prediction
+   layer the viewer shows). The final step builds their pyramids and makes:
+2. ``fragment_cells``: the same blocks; each cuts its fragments from the stored affinities of
+   its box grown by the context margin, keeping its own voxels
+   (:func:`~detection.cells.segmentation.block_fragments`, ids offset by the block's index),
+   into ``fragments.zarr``, and lists its fragment ids in ``fragment-ids/<index>.npy``. The
+   final step makes:
+3. ``agglomerate_cells``: the same blocks; each reads its box grown by the context margin
    (its neighbours' fragments and affinities included) and keeps the merges waterz makes there
    that involve its own fragments (:func:`~detection.cells.segmentation.block_merges`), written
    as its result file ``merges/<index>.npy``. The final step joins every block's merges by
    union-find (:func:`~detection.cells.segmentation.stitch`) into ``stitched.npz`` (fragment
    ids and their cells, numbered 1..n) and makes:
-3. ``relabel_cells``: the same blocks; each writes its fragments' cells into
+4. ``relabel_cells``: the same blocks; each writes its fragments' cells into
    ``segmentation.zarr`` (uint64). The final step builds its pyramid, measures every cell
    (size, bounding box, centroid; :class:`~detection.cells.segment_stats.SegmentStatistics`),
    lists the likely errors of the agglomeration (cells merged, and pairs kept apart, by a
@@ -258,10 +262,6 @@ def segment_plan(job: Job, parameters: dict) -> BlockPlan:
             create_multiscale(folder / f"affinities-{axis}.zarr", shape=em.shape,
                               dtype=np.uint8, voxel_size=dataset.voxel_size, chunks=chunks,
                               kind="prediction", overwrite=True)
-        create_multiscale(folder / "fragments.zarr", shape=em.shape, dtype=np.uint64,
-                          voxel_size=dataset.voxel_size, chunks=chunks, kind="segmentation",
-                          levels=1, overwrite=True)
-        (folder / "fragment-ids").mkdir(exist_ok=True)
     logger.info("job %s: cells of layer %s with %s, %d blocks of %s, halo %s", job.pk, em.pk,
                 _describe(record), len(boxes), block_shape, model.halo_voxels())
     return BlockPlan(boxes=boxes, queue=parameters["queue"],
@@ -275,15 +275,11 @@ def _save_whole(path: Path, array: np.ndarray) -> None:
 
 
 def segment_block(job: Job, box, parameters: dict) -> dict:
-    """Affinities and fragments of one block; its fragment count for the final step."""
+    """The affinities of one block."""
     dataset = job.dataset
     em = em_layer(dataset, parameters["em_layer"])
-    record = cell_model_record(parameters["model_id"])
-    model = load_cell_model(record, dataset.voxel_size)
+    model = load_cell_model(cell_model_record(parameters["model_id"]), dataset.voxel_size)
     folder = _folder(job)
-    fragments_group = open_multiscale(folder / "fragments.zarr", mode="r+")[0]
-    block_shape = fragments_group["0"].chunks
-    index = block_index(box, em.shape, block_shape)
     source = open_multiscale(em.path)[0]["0"]
     outer, core = with_halo(box, model.halo_voxels(), tuple(source.shape))
     affs = stored(model.predict_region(read_box(source, outer), core=core,
@@ -292,15 +288,17 @@ def segment_block(job: Job, box, parameters: dict) -> dict:
     for channel, axis in enumerate(AXES):
         write_block(open_multiscale(folder / f"affinities-{axis}.zarr", mode="r+")[0], box,
                     affs[channel])
-    chosen = model_settings(record, parameters["threshold"])
-    fragments = seg.block_fragments(from_stored(affs), block_index=index,
-                                    voxel_size=dataset.voxel_size,
-                                    parameters=seg.FragmentParameters(**chosen["fragments"]))
-    write_block(fragments_group, box, fragments)
-    ids = np.unique(fragments)
-    ids = ids[ids > 0]
-    _save_whole(folder / "fragment-ids" / f"{index}.npy", ids)
-    return {"fragments": len(ids), "device": model.device.type}
+    return {"device": model.device.type}
+
+
+def _follow_up(job: Job, kind: str, parameters: dict, **given) -> dict:
+    """In the final step's store: the next job of the chain, handed this one's locks."""
+    follow = job_create(
+        kind=kind, dataset=job.dataset, user=job.created_by, enqueue=False, parent=job,
+        parameters={"name": parameters["name"],
+                    "affinities_layer": parameters.get("affinities_layer") or "",
+                    "max_attempts": parameters["max_attempts"], **given})
+    return {"then_job": follow.pk}
 
 
 def segment_finish(job: Job, parameters: dict, say) -> Finish:
@@ -309,28 +307,79 @@ def segment_finish(job: Job, parameters: dict, say) -> Finish:
     for axis in AXES:
         say(f"building the pyramid of the {axis} affinities")
         build_pyramid(open_multiscale(folder / f"affinities-{axis}.zarr", mode="r+")[0])
+    return Finish(
+        result={"model_id": parameters["model_id"], "threshold": parameters["threshold"]},
+        store=lambda: _follow_up(job, "fragment_cells", parameters, segment_job=job.pk,
+                                 threshold=parameters["threshold"],
+                                 context=parameters["context"]))
+
+
+# --- 2. fragment_cells: fragments per block, seeing a margin ----------------------------------
+
+def _read_affinities(folder: Path, box) -> np.ndarray:
+    return from_stored(np.stack([
+        open_multiscale(folder / f"affinities-{axis}.zarr")[0]["0"][box] for axis in AXES]))
+
+
+def _boxes_of(job: Job) -> list[tuple[tuple, tuple]]:
+    return [(tuple(box[:3]), tuple(box[3:]))
+            for box in job.blocks.order_by("index").values_list("box", flat=True)]
+
+
+def fragment_plan(job: Job, parameters: dict) -> BlockPlan:
+    segmented = earlier_job(job.dataset, parameters["segment_job"], "segment_cells")
+    affinities = open_multiscale(_folder(segmented) / "affinities-z.zarr")[0]["0"]
+    boxes = _boxes_of(segmented)
+    folder = _folder(job)
+    with transaction.atomic():
+        job_hold(job)
+        create_multiscale(folder / "fragments.zarr", shape=affinities.shape, dtype=np.uint64,
+                          voxel_size=job.dataset.voxel_size, chunks=affinities.chunks,
+                          kind="segmentation", levels=1, overwrite=True)
+        (folder / "fragment-ids").mkdir(exist_ok=True)
+    return BlockPlan(boxes=boxes, queue=parameters["queue"],
+                     max_attempts=parameters["max_attempts"],
+                     message=f"0 / {len(boxes)} blocks, context "
+                             f"{' x '.join(map(str, parameters['context']))}")
+
+
+def fragment_block(job: Job, box, parameters: dict) -> dict:
+    """The fragments of one block, its watershed seeing the context margin of its neighbours'
+    affinities; its fragment ids listed for the stitching."""
+    segmented = Job.objects.get(pk=parameters["segment_job"])
+    record = cell_model_record(segmented.parameters["model_id"])
+    chosen = model_settings(record, parameters["threshold"])
+    folder = _folder(job)
+    group = open_multiscale(folder / "fragments.zarr", mode="r+")[0]
+    shape = tuple(group["0"].shape)
+    index = block_index(box, shape, group["0"].chunks)
+    region, core = with_halo(box, parameters["context"], shape)
+    fragments = seg.block_fragments(_read_affinities(_folder(segmented), region),
+                                    block_index=index, voxel_size=job.dataset.voxel_size,
+                                    core=core,
+                                    parameters=seg.FragmentParameters(**chosen["fragments"]))
+    write_block(group, box, fragments)
+    ids = np.unique(fragments)
+    ids = ids[ids > 0]
+    _save_whole(folder / "fragment-ids" / f"{index}.npy", ids)
+    return {"fragments": len(ids)}
+
+
+def fragment_finish(job: Job, parameters: dict, say) -> Finish:
     fragments = sum(int(r.get("fragments", 0)) for r in job.blocks.values_list("result",
                                                                                flat=True))
-    names = layer_names(parameters)
-
-    def store() -> dict:
-        follow = job_create(
-            kind="agglomerate_cells", dataset=job.dataset, user=job.created_by, enqueue=False,
-            parent=job, parameters={
-                "segment_job": job.pk, "threshold": parameters["threshold"],
-                "context": parameters["context"], "name": names["segmentation"],
-                "affinities_layer": parameters.get("affinities_layer") or "",
-                "max_attempts": parameters["max_attempts"]})
-        return {"then_job": follow.pk}
-
-    return Finish(result={"fragments": fragments, "model_id": parameters["model_id"],
-                          "threshold": parameters["threshold"]}, store=store)
+    return Finish(result={"fragments": fragments},
+                  store=lambda: _follow_up(job, "agglomerate_cells", parameters,
+                                           fragment_job=job.pk,
+                                           threshold=parameters["threshold"],
+                                           context=parameters["context"]))
 
 
-# --- 2. agglomerate_cells: merges per block, stitched ----------------------------------------
+# --- the jobs after the first ----------------------------------------------------------------
 
 #: What each job of the chain leaves for the next, in its folder.
-LEFT_FOR_NEXT = {"segment_cells": "fragments.zarr", "agglomerate_cells": "stitched.npz"}
+LEFT_FOR_NEXT = {"segment_cells": "affinities-z.zarr", "fragment_cells": "fragments.zarr",
+                 "agglomerate_cells": "stitched.npz"}
 
 
 def earlier_job(dataset: Dataset, job_id: int, kind: str) -> Job:
@@ -362,17 +411,25 @@ def _chain_writes(kind: str, field: str, earlier_kind: str):
     return writes
 
 
-agglomerate_writes = _chain_writes("agglomerate_cells", "segment_job", "segment_cells")
+fragment_writes = _chain_writes("fragment_cells", "segment_job", "segment_cells")
+agglomerate_writes = _chain_writes("agglomerate_cells", "fragment_job", "fragment_cells")
+relabel_writes = _chain_writes("relabel_cells", "agglomerate_job", "agglomerate_cells")
 
 
-def _boxes_of(job: Job) -> list[tuple[tuple, tuple]]:
-    return [(tuple(box[:3]), tuple(box[3:]))
-            for box in job.blocks.order_by("index").values_list("box", flat=True)]
+def _chain(job: Job) -> list[Job]:
+    """The jobs of the chain up to ``job``, first to last (each names the one before)."""
+    chain = [job]
+    for field in ("agglomerate_job", "fragment_job", "segment_job"):
+        if field in chain[0].parameters:
+            chain.insert(0, Job.objects.get(pk=chain[0].parameters[field]))
+    return chain
 
+
+# --- 3. agglomerate_cells: merges per block, stitched ----------------------------------------
 
 def agglomerate_plan(job: Job, parameters: dict) -> BlockPlan:
-    segmented = earlier_job(job.dataset, parameters["segment_job"], "segment_cells")
-    boxes = _boxes_of(segmented)
+    fragmented = earlier_job(job.dataset, parameters["fragment_job"], "fragment_cells")
+    boxes = _boxes_of(fragmented)
     with transaction.atomic():
         job_hold(job)
         (_folder(job) / "merges").mkdir(parents=True, exist_ok=True)
@@ -382,22 +439,16 @@ def agglomerate_plan(job: Job, parameters: dict) -> BlockPlan:
                              f"{' x '.join(map(str, parameters['context']))}")
 
 
-def _read_affinities(folder: Path, box) -> np.ndarray:
-    return from_stored(np.stack([
-        open_multiscale(folder / f"affinities-{axis}.zarr")[0]["0"][box] for axis in AXES]))
-
-
 def agglomerate_block(job: Job, box, parameters: dict) -> dict:
     """The merges one block makes with its context; written as the block's result file."""
-    segmented = Job.objects.get(pk=parameters["segment_job"])
+    segmented, fragmented, _ = _chain(job)
     record = cell_model_record(segmented.parameters["model_id"])
     scoring = model_settings(record, parameters["threshold"])["scoring"]
-    source = _folder(segmented)
-    fragments = open_multiscale(source / "fragments.zarr")[0]["0"]
+    fragments = open_multiscale(_folder(fragmented) / "fragments.zarr")[0]["0"]
     shape = tuple(fragments.shape)
     region, core = with_halo(box, parameters["context"], shape)
-    merges = seg.block_merges(_read_affinities(source, region), fragments[region], core,
-                              threshold=parameters["threshold"], scoring=scoring)
+    merges = seg.block_merges(_read_affinities(_folder(segmented), region), fragments[region],
+                              core, threshold=parameters["threshold"], scoring=scoring)
     index = block_index(box, shape, fragments.chunks)
     _save_whole(_folder(job) / "merges" / f"{index}.npy", merges)
     return {"merges": len(merges)}
@@ -405,10 +456,10 @@ def agglomerate_block(job: Job, box, parameters: dict) -> dict:
 
 def agglomerate_finish(job: Job, parameters: dict, say) -> Finish:
     """Stitch every block's merges into cells; store the next job of the chain."""
-    segmented = Job.objects.get(pk=parameters["segment_job"])
+    fragmented = Job.objects.get(pk=parameters["fragment_job"])
     indices = list(job.blocks.order_by("index").values_list("index", flat=True))
     say(f"stitching the merges of {len(indices)} blocks")
-    ids = [np.load(_folder(segmented) / "fragment-ids" / f"{i}.npy") for i in indices]
+    ids = [np.load(_folder(fragmented) / "fragment-ids" / f"{i}.npy") for i in indices]
     merges = [np.load(_folder(job) / "merges" / f"{i}.npy") for i in indices]
     fragment_ids, cell_ids = seg.stitch(
         np.concatenate(ids) if ids else np.zeros(0, np.uint64),
@@ -416,36 +467,19 @@ def agglomerate_finish(job: Job, parameters: dict, say) -> Finish:
     write_whole(_folder(job) / "stitched.npz", lambda stream: np.savez(
         stream, fragment_ids=fragment_ids, cell_ids=cell_ids))
     cells = int(cell_ids.max()) if len(cell_ids) else 0
-
-    def store() -> dict:
-        follow = job_create(
-            kind="relabel_cells", dataset=job.dataset, user=job.created_by, enqueue=False,
-            parent=job, parameters={
-                "agglomerate_job": job.pk, "name": parameters["name"],
-                "affinities_layer": parameters.get("affinities_layer") or "",
-                "max_attempts": parameters["max_attempts"]})
-        return {"then_job": follow.pk}
-
     return Finish(result={"fragments": len(fragment_ids), "cells": cells,
-                          "merges": int(sum(len(m) for m in merges))}, store=store)
+                          "merges": int(sum(len(m) for m in merges))},
+                  store=lambda: _follow_up(job, "relabel_cells", parameters,
+                                           agglomerate_job=job.pk))
 
 
-# --- 3. relabel_cells: the segmentation layer and its cells ----------------------------------
-
-relabel_writes = _chain_writes("relabel_cells", "agglomerate_job", "agglomerate_cells")
-
-
-def _chain(job: Job) -> tuple[Job, Job]:
-    """The segment_cells and agglomerate_cells jobs a relabel_cells job follows."""
-    agglomerated = Job.objects.get(pk=job.parameters["agglomerate_job"])
-    return Job.objects.get(pk=agglomerated.parameters["segment_job"]), agglomerated
-
+# --- 4. relabel_cells: the segmentation layer and its cells ----------------------------------
 
 def relabel_plan(job: Job, parameters: dict) -> BlockPlan:
     agglomerated = earlier_job(job.dataset, parameters["agglomerate_job"], "agglomerate_cells")
-    segmented = Job.objects.get(pk=agglomerated.parameters["segment_job"])
-    fragments = open_multiscale(_folder(segmented) / "fragments.zarr")[0]["0"]
-    boxes = _boxes_of(segmented)
+    fragmented = Job.objects.get(pk=agglomerated.parameters["fragment_job"])
+    fragments = open_multiscale(_folder(fragmented) / "fragments.zarr")[0]["0"]
+    boxes = _boxes_of(fragmented)
     with transaction.atomic():
         job_hold(job)
         create_multiscale(_folder(job) / "segmentation.zarr", shape=fragments.shape,
@@ -470,8 +504,8 @@ def stitched_table(agglomerated: Job) -> tuple[np.ndarray, np.ndarray]:
 
 def relabel_block(job: Job, box, parameters: dict) -> dict:
     """Write one block's cells."""
-    segmented, agglomerated = _chain(job)
-    fragments = open_multiscale(_folder(segmented) / "fragments.zarr")[0]["0"][box]
+    _, fragmented, agglomerated, _ = _chain(job)
+    fragments = open_multiscale(_folder(fragmented) / "fragments.zarr")[0]["0"][box]
     cells = seg.relabel(fragments, *stitched_table(agglomerated))
     write_block(open_multiscale(_folder(job) / "segmentation.zarr", mode="r+")[0], box, cells)
     return {"cells": len(np.unique(cells[cells > 0]))}
@@ -480,7 +514,7 @@ def relabel_block(job: Job, box, parameters: dict) -> dict:
 def relabel_finish(job: Job, parameters: dict, say) -> Finish:
     """Build the pyramid, measure the cells; store the four layers and the cells at once."""
     dataset = job.dataset
-    segmented, agglomerated = _chain(job)
+    segmented, fragmented, agglomerated, _ = _chain(job)
     group, _ = open_multiscale(_folder(job) / "segmentation.zarr", mode="r+")
     say("building the segmentation's pyramid")
     build_pyramid(group)
@@ -491,13 +525,13 @@ def relabel_finish(job: Job, parameters: dict, say) -> Finish:
     record = cell_model_record(segmented.parameters["model_id"])
     threshold = agglomerated.parameters["threshold"]
     say("listing the likely errors")
-    likely = likely_error_rows(segmented, level0, threshold=threshold)
+    likely = likely_error_rows(segmented, fragmented, level0, threshold=threshold)
     recorded = {
         "em_layer": segmented.parameters["em_layer"], "model_id": record.pk,
         "model_name": record.name, "model_version": record.version,
         "threshold": threshold, "context": agglomerated.parameters["context"],
-        "jobs": {"segment_cells": segmented.pk, "agglomerate_cells": agglomerated.pk,
-                 "relabel_cells": job.pk}}
+        "jobs": {"segment_cells": segmented.pk, "fragment_cells": fragmented.pk,
+                 "agglomerate_cells": agglomerated.pk, "relabel_cells": job.pk}}
 
     def store() -> dict:
         common = {"dataset": dataset, "job": job, "source_path": str(record.file),
@@ -512,8 +546,7 @@ def relabel_finish(job: Job, parameters: dict, say) -> Finish:
         report = None
         if likely is not None:
             report = store_error_report(layer, likely, job=job, kind="likely")
-        intermediate = [_folder(segmented) / "fragments.zarr",
-                        _folder(segmented) / "fragment-ids", _folder(agglomerated)]
+        intermediate = [_folder(fragmented), _folder(agglomerated)]
         transaction.on_commit(lambda: [shutil.rmtree(p, ignore_errors=True)
                                        for p in intermediate])
         return {"segmentation_layer": layer.pk,
@@ -523,7 +556,8 @@ def relabel_finish(job: Job, parameters: dict, say) -> Finish:
     return Finish(result={"voxels_in_cells": int(table.sizes.sum())}, store=store)
 
 
-def likely_error_rows(segmented: Job, cells, *, threshold: float) -> list[dict] | None:
+def likely_error_rows(segmented: Job, fragmented: Job, cells, *,
+                      threshold: float) -> list[dict] | None:
     """The rows of the layer's error report: cells the agglomeration merged barely and pairs
     it kept apart barely (:func:`detection.cells.evaluation.likely_errors` on the record of
     :func:`~detection.cells.segmentation.agglomeration_record`), located in ``cells``.
@@ -536,11 +570,10 @@ def likely_error_rows(segmented: Job, cells, *, threshold: float) -> list[dict] 
                     format_numbers(shape), REPORT_MAX_VOXELS)
         return None
     everything = tuple(slice(0, n) for n in shape)
-    folder = _folder(segmented)
     labels = np.asarray(cells[everything])
-    fragments = open_multiscale(folder / "fragments.zarr")[0]["0"][everything]
-    cell_table, edges = seg.agglomeration_record(_read_affinities(folder, everything),
-                                                 fragments, labels)
+    fragments = open_multiscale(_folder(fragmented) / "fragments.zarr")[0]["0"][everything]
+    cell_table, edges = seg.agglomeration_record(
+        _read_affinities(_folder(segmented), everything), fragments, labels)
     rows = likely_errors(edges, cell_table, threshold=threshold, margin=LIKELY_MARGIN,
                          min_contact=LIKELY_MIN_CONTACT)
     return locate_errors(rows, labels)

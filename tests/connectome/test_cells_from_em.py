@@ -1,4 +1,5 @@
-"""Cells from EM as jobs: segment_cells -> agglomerate_cells -> relabel_cells through the API,
+"""Cells from EM as jobs: segment_cells -> fragment_cells -> agglomerate_cells -> relabel_cells
+through the API,
 equal to the library's block-wise segmentation; refusals; blocks run again; failures and
 cancels that leave nothing."""
 
@@ -133,13 +134,15 @@ def test_segment_cells_through_the_api_equals_the_library_block_by_block(
     with django_capture_on_commit_callbacks(execute=True):
         job_execute(job_id=job_id, inline_blocks=True)
 
-    segmented, agglomerated, relabelled = chain = the_chain(Job.objects.get(pk=job_id))
-    assert [j.kind for j in chain] == ["segment_cells", "agglomerate_cells", "relabel_cells"]
+    segmented, fragmented, agglomerated, relabelled = chain = the_chain(
+        Job.objects.get(pk=job_id))
+    assert [j.kind for j in chain] == ["segment_cells", "fragment_cells", "agglomerate_cells",
+                                       "relabel_cells"]
     assert all(j.state == Job.State.DONE for j in chain), [(j.kind, j.error) for j in chain]
     assert segmented.parameters["model_id"] == record.pk
     assert segmented.parameters["threshold"] == THRESHOLD == agglomerated.parameters["threshold"]
-    assert [j.progress_total for j in chain] == [2 * 2 * 2] * 3
-    assert agglomerated.parameters["context"] == CONTEXT
+    assert [j.progress_total for j in chain] == [2 * 2 * 2] * 4
+    assert fragmented.parameters["context"] == agglomerated.parameters["context"] == CONTEXT
     assert not JobLock.objects.exists()
 
     layers = {layer.name: layer for layer in dataset.layers.all()}
@@ -174,7 +177,7 @@ def test_segment_cells_through_the_api_equals_the_library_block_by_block(
     # The phantom's 8 cells come out as cells, not as one or as hundreds of fragments.
     phantom = phantom_file[0]
     assert 6 <= len(ids) <= 30
-    assert agglomerated.result["fragments"] > len(ids)
+    assert agglomerated.result["fragments"] == fragmented.result["fragments"] > len(ids)
     # The likely errors, from the agglomeration's record, are the layer's error report.
     report = error_report(layers["cells"])
     assert report.kind == "likely" and report.job == relabelled.pk
@@ -185,12 +188,13 @@ def test_segment_cells_through_the_api_equals_the_library_block_by_block(
         assert labels[tuple(row["point"])] == cell
         assert 0 < row["confidence"] <= 1
     # The fragments and merges are gone; the affinities and the segmentation stay.
-    assert not (settings.DATA_ROOT / segmenting.job_folder(segmented) / "fragments.zarr").exists()
-    assert not (settings.DATA_ROOT / segmenting.job_folder(agglomerated)).exists()
+    for intermediate in (fragmented, agglomerated):
+        assert not (settings.DATA_ROOT / segmenting.job_folder(intermediate)).exists()
+    assert (settings.DATA_ROOT / segmenting.job_folder(segmented) / "affinities-z.zarr").exists()
     # Its later steps are refused on their own once its segmentation is stored.
     for kind, given, message in (
-            ("agglomerate_cells", {"segment_job": segmented.pk, "threshold": 0.5},
-             f"segment_cells job {segmented.pk} has no fragments.zarr any more (the "
+            ("agglomerate_cells", {"fragment_job": fragmented.pk, "threshold": 0.5},
+             f"fragment_cells job {fragmented.pk} has no fragments.zarr any more (the "
              "segmentation it was part of was stored); start with segment_cells"),
             ("relabel_cells", {"agglomerate_job": segmented.pk},
              f"job {segmented.pk} is a segment_cells job, not agglomerate_cells")):
@@ -291,48 +295,67 @@ def planned(dataset, em, **extra) -> Job:
     return job
 
 
+def dies_half_way(job: Job, index: int, *groups) -> None:
+    """Block ``index`` of ``job`` was running when its worker died, after writing garbage into
+    its chunks of ``groups`` (and its fragment list, if it has one)."""
+    block = JobBlock.objects.get(job=job, index=index)
+    then = timezone.now() - timedelta(seconds=90)
+    JobBlock.objects.filter(pk=block.pk).update(
+        state=JobBlock.State.RUNNING, worker="gone:1", started_at=then, heartbeat_at=then,
+        attempts=1)
+    folder = settings.DATA_ROOT / segmenting.job_folder(job)
+    for group in groups:
+        open_multiscale(folder / group, mode="r+")[0]["0"][block.slices] = 7
+    if (folder / "fragment-ids").exists():
+        np.save(folder / "fragment-ids" / f"{index}.npy", np.array([7], np.uint64))
+
+
 def test_a_block_whose_worker_died_or_that_failed_is_run_again_to_the_same_result(
         em_dataset, settings, monkeypatch):
     dataset, em, _ = em_dataset
     settings.JOB_STALE_S = 30
     monkeypatch.setattr("connectome.jobs.tasks.run_block.apply_async",
                         lambda *args, **kwargs: None)
+    monkeypatch.setattr("connectome.jobs.blocks.job_enqueue", lambda job_id: None)
+    # The affinities: block 1's worker dies half-way; the sweep sends it again, and its run
+    # overwrites what the dead one wrote.
     job = planned(dataset, em)
-    folder = settings.DATA_ROOT / segmenting.job_folder(job)
     assert block_execute(job_id=job.pk, index=0).status == "done"
-    # Block 1's worker died half-way: garbage in its chunks and its fragment list, the row
-    # still running. The sweep sends it again; its run overwrites what the dead one wrote.
-    box = JobBlock.objects.get(job=job, index=1).slices
-    then = timezone.now() - timedelta(seconds=90)
-    JobBlock.objects.filter(job=job, index=1).update(
-        state=JobBlock.State.RUNNING, worker="gone:1", started_at=then, heartbeat_at=then,
-        attempts=1)
-    fragments = open_multiscale(folder / "fragments.zarr", mode="r+")[0]["0"]
-    fragments[box] = 7
-    open_multiscale(folder / "affinities-x.zarr", mode="r+")[0]["0"][box] = 3
-    np.save(folder / "fragment-ids" / "1.npy", np.array([7], np.uint64))
+    dies_half_way(job, 1, *(f"affinities-{axis}.zarr" for axis in "zyx"))
     assert blocks_recover_stale(job_id=job.pk) == {job.pk: [1]}
-    assert block_execute(job_id=job.pk, index=1).status == "done"
-    assert JobBlock.objects.get(job=job, index=1).attempts == 2
-    # Block 2 fails on bad input: the job fails naming it; a resume runs it (only it) again.
+    for index in range(1, 8):
+        assert block_execute(job_id=job.pk, index=index).status == "done"
+    job = blocks_finish(job_id=job.pk)
+    assert job.state == Job.State.DONE, job.error
+    # The fragments: block 1 dies half-way too, block 2 fails on bad input: the job fails
+    # naming it, leaving nothing; a resume runs the blocks that are not done.
+    fragmenting = Job.objects.get(pk=job.result["then_job"])
+    assert fragmenting.kind == "fragment_cells"
+    job_execute(job_id=fragmenting.pk)
+    assert block_execute(job_id=fragmenting.pk, index=0).status == "done"
+    dies_half_way(fragmenting, 1, "fragments.zarr")
+    assert blocks_recover_stale(job_id=fragmenting.pk) == {fragmenting.pk: [1]}
+    assert block_execute(job_id=fragmenting.pk, index=1).status == "done"
     original = segmenting.seg.block_fragments
 
     def broken(*args, **kwargs):
         raise InputError("no fragments today")
 
     monkeypatch.setattr(segmenting.seg, "block_fragments", broken)
-    assert block_execute(job_id=job.pk, index=2).status == "failed"
-    job.refresh_from_db()
-    assert job.state == Job.State.FAILED
-    assert job.error == "block 2 (z 0:8, y 64:128, x 0:64) failed (not retried): no fragments today"
+    assert block_execute(job_id=fragmenting.pk, index=2).status == "failed"
+    fragmenting.refresh_from_db()
+    assert fragmenting.state == Job.State.FAILED
+    assert fragmenting.error == ("block 2 (z 0:8, y 64:128, x 0:64) failed (not retried): no "
+                                 "fragments today")
     assert not dataset.layers.exclude(name="em").exists() and not JobLock.objects.exists()
     monkeypatch.setattr(segmenting.seg, "block_fragments", original)
-    assert job_resume(job=job, enqueue=False) == 6
-    assert blocks_run_inline(job_id=job.pk).state == Job.State.DONE
+    assert job_resume(job=fragmenting, enqueue=False) == 6
+    assert blocks_run_inline(job_id=fragmenting.pk).state == Job.State.DONE
     assert all(j.state == Job.State.DONE for j in the_chain(job))
     # (A resume counts a failed block's attempts afresh.)
-    assert list(JobBlock.objects.filter(job=job).order_by("index").values_list(
-        "attempts", flat=True)) == [1, 2, 1, 1, 1, 1, 1, 1]
+    for ran in (job, fragmenting):
+        assert list(JobBlock.objects.filter(job=ran).order_by("index").values_list(
+            "attempts", flat=True)) == [1, 2, 1, 1, 1, 1, 1, 1]
     affs = stored_affinities(dataset)
     np.testing.assert_array_equal(segmentation_of(dataset), seg.segment_blockwise(
         affs, voxel_size=VOXEL, threshold=THRESHOLD, block_shape=BLOCK, context=CONTEXT,
@@ -353,8 +376,8 @@ def test_a_failed_or_cancelled_job_of_the_chain_leaves_no_layer_and_no_cells(
     monkeypatch.setattr(segmenting.seg, "relabel", broken)
     job = job_execute(job_id=job_create(kind="segment_cells", dataset=dataset, enqueue=False,
                                         parameters=parameters(em)).pk, inline_blocks=True)
-    segmented, agglomerated, relabelled = the_chain(job)
-    assert (segmented.state, agglomerated.state) == (Job.State.DONE, Job.State.DONE)
+    *before, relabelled = the_chain(job)
+    assert [j.state for j in before] == [Job.State.DONE] * 3
     assert relabelled.state == Job.State.FAILED
     assert "the table is torn" in relabelled.error
     assert list(dataset.layers.values_list("name", flat=True)) == ["em"]
@@ -367,7 +390,7 @@ def test_a_failed_or_cancelled_job_of_the_chain_leaves_no_layer_and_no_cells(
     labels = segmentation_of(dataset)
     assert Cell.objects.filter(dataset=dataset).count() == len(np.unique(labels[labels > 0]))
 
-    # A cancelled agglomeration: no relabel job, no layer, no lock.
+    # A cancelled fragment_cells job: no later job, no layer, no lock.
     other = DatasetFactory(name="second", voxel_size_z=VOXEL[0], voxel_size_y=VOXEL[1],
                            voxel_size_x=VOXEL[2])
     other_em = import_volume(dataset=other, source=str(em.path), name="em", format="zarr")
@@ -377,15 +400,15 @@ def test_a_failed_or_cancelled_job_of_the_chain_leaves_no_layer_and_no_cells(
     monkeypatch.setattr("connectome.jobs.blocks.job_enqueue", lambda job_id: None)
     second = blocks_finish(job_id=second.pk)
     assert second.state == Job.State.DONE, second.error
-    agglomerating = Job.objects.get(pk=second.result["then_job"])
-    assert JobLock.objects.filter(dataset=other, job=agglomerating).count() == 5
-    job_execute(job_id=agglomerating.pk)
-    assert block_execute(job_id=agglomerating.pk, index=0).status == "done"
-    job_cancel(job=agglomerating)
-    assert blocks_run_inline(job_id=agglomerating.pk).state == Job.State.CANCELLED
+    fragmenting = Job.objects.get(pk=second.result["then_job"])
+    assert JobLock.objects.filter(dataset=other, job=fragmenting).count() == 5
+    job_execute(job_id=fragmenting.pk)
+    assert block_execute(job_id=fragmenting.pk, index=0).status == "done"
+    job_cancel(job=fragmenting)
+    assert blocks_run_inline(job_id=fragmenting.pk).state == Job.State.CANCELLED
     assert list(other.layers.values_list("name", flat=True)) == ["em"]
     assert not other.cells.exists() and not JobLock.objects.filter(dataset=other).exists()
-    assert not Job.objects.filter(kind="relabel_cells", dataset=other).exists()
+    assert not Job.objects.filter(kind="agglomerate_cells", dataset=other).exists()
 
 
 def test_synapse_detection_refuses_a_cell_model(em_dataset):

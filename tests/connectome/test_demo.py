@@ -179,10 +179,11 @@ def test_the_demo_from_em_segments_the_cells_then_detects_and_assigns_on_them(
     # The phantom's EM alone (and its vesicle clouds), segmented block by block.
     dataset = Dataset.objects.get(name="phantom from EM")
     assert not Dataset.objects.filter(name="phantom").exists()
-    chain = list(Job.objects.filter(dataset=dataset, kind__in=[
-        "segment_cells", "agglomerate_cells", "relabel_cells"]).order_by("pk"))
+    chain = list(Job.objects.filter(dataset=dataset, kind__in=command.SEGMENTATION_JOBS)
+                 .order_by("pk"))
     assert [(j.kind, j.state) for j in chain] == [
-        ("segment_cells", "done"), ("agglomerate_cells", "done"), ("relabel_cells", "done")]
+        ("segment_cells", "done"), ("fragment_cells", "done"), ("agglomerate_cells", "done"),
+        ("relabel_cells", "done")]
     assert chain[0].parameters["model_id"] == model.pk
     assert chain[0].progress_total == 1 * 2 * 2
     layers = dict(dataset.layers.values_list("name", "kind"))

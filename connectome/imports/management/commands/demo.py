@@ -75,7 +75,7 @@ SEGMENTATION = {"name": "cells", "block_shape": [48, 192, 192], "context": [8, 4
 # Partners on the segmented cells by arrivals alone: the watershed fills the membranes, so the
 # cleft's voxels lie in cells, and min_inside would make every cell around a cleft a partner.
 FROM_EM_ASSIGNMENT = {"assign_method": "diffusion", "assign_options": {"min_share": 0.45}}
-SEGMENTATION_JOBS = ("segment_cells", "agglomerate_cells", "relabel_cells")
+SEGMENTATION_JOBS = ("segment_cells", "fragment_cells", "agglomerate_cells", "relabel_cells")
 
 
 class Command(BaseCommand):
