@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         started = time.perf_counter()
         blocks = seg.segment_blockwise(affs, voxel_size=VOXEL_SIZE, threshold=threshold,
                                        block_shape=block_shape, context=context,
-                                       fragment_context=(0, 0, 0), parameters=parameters,
+                                       parameters=parameters,
                                        scoring=settings.get("scoring", "mean"))
         between = variation_of_information(blocks, whole)
         row = {"block_shape": list(block_shape), "context": list(context),

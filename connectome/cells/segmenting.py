@@ -37,10 +37,7 @@ writes: the three affinity layers, the segmentation layer and the dataset's cell
 
 These are the functions :func:`detection.cells.segmentation.segment_blockwise` calls in
 memory, in the same order with the same block numbering, so the stored segmentation equals
-``segment_blockwise`` run on the stored affinities with ``fragment_context=(0, 0, 0)``
-(tested). Unlike the command line's path (:mod:`detection.cells.pipeline`), the jobs cut
-fragments at block faces: their watershed does not yet see a margin of the neighbours'
-affinities, which would take a fragment job between the first two.
+``segment_blockwise`` run on the stored affinities (tested).
 
 Faults: a block run again (its worker died, the sweep or a resume sends it again) rewrites its
 own chunk and its own files with the same values, files written whole then renamed. Nothing is

@@ -358,8 +358,8 @@ def segment_blockwise(affs: np.ndarray, *, voxel_size, threshold: float, block_s
                       scoring: str = "mean") -> np.ndarray:
     """The block-wise path in memory, with the functions the block jobs call: fragments per
     block (the watershed seeing ``fragment_context`` voxels around it, by default
-    ``context``; zeros: fragments end at the block's faces, as the ``segment_cells`` job cuts
-    them), merges per block with ``context`` voxels around it, stitched, relabelled."""
+    ``context``; zeros: fragments end at the block's faces), merges per block with ``context``
+    voxels around it, stitched, relabelled."""
     fragment_context = context if fragment_context is None else fragment_context
     affs = _check_affinities(affs)
     shape = affs.shape[1:]

@@ -156,8 +156,7 @@ def test_segment_cells_through_the_api_equals_the_library_block_by_block(
     # Exactly what the library's block-wise path gives on the stored affinities.
     affs = stored_affinities(dataset)
     expected = seg.segment_blockwise(affs, voxel_size=VOXEL, threshold=THRESHOLD,
-                                     block_shape=BLOCK, context=CONTEXT,
-                                     fragment_context=(0, 0, 0))
+                                     block_shape=BLOCK, context=CONTEXT)
     labels = segmentation_of(dataset)
     np.testing.assert_array_equal(labels, expected)
     # The stored affinities are the network's on the whole volume (to one step of 1/255:
@@ -358,8 +357,7 @@ def test_a_block_whose_worker_died_or_that_failed_is_run_again_to_the_same_resul
             "attempts", flat=True)) == [1, 2, 1, 1, 1, 1, 1, 1]
     affs = stored_affinities(dataset)
     np.testing.assert_array_equal(segmentation_of(dataset), seg.segment_blockwise(
-        affs, voxel_size=VOXEL, threshold=THRESHOLD, block_shape=BLOCK, context=CONTEXT,
-        fragment_context=(0, 0, 0)))
+        affs, voxel_size=VOXEL, threshold=THRESHOLD, block_shape=BLOCK, context=CONTEXT))
 
 
 def test_a_failed_or_cancelled_job_of_the_chain_leaves_no_layer_and_no_cells(
