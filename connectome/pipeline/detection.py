@@ -36,6 +36,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from connectome.cells.segmentations import layer_row
 from connectome.datasets.models import Dataset, Layer
 from connectome.jobs.blocks import BlockPlan, Finish
 from connectome.jobs.models import Job, JobBlock
@@ -334,13 +335,13 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
         common = {"dataset": dataset, "job": job, "method": METHOD, "source_path": path,
                   "parameters": recorded}
         layers = [
-            _layer_row(name=names[0], kind=Layer.Kind.PREDICTION, meta=meta,
+            layer_row(name=names[0], kind=Layer.Kind.PREDICTION, meta=meta,
                        path=job_folder(job) / "probability.zarr", **common),
-            _layer_row(name=names[1], kind=Layer.Kind.SYNAPSES, meta=instance_meta,
+            layer_row(name=names[1], kind=Layer.Kind.SYNAPSES, meta=instance_meta,
                        path=job_folder(job) / name, **common),
         ]
         if vesicles is not None:
-            layers.append(_layer_row(name=vesicles_layer_name(parameters),
+            layers.append(layer_row(name=vesicles_layer_name(parameters),
                                      kind=Layer.Kind.PREDICTION, meta=vesicles[1],
                                      path=job_folder(job) / "vesicles.zarr", **common))
         run = SynapseRun.objects.create(
@@ -357,17 +358,6 @@ def detection_finish(job: Job, parameters: dict, say) -> Finish:
 
     return Finish(result={"blocks_with_synapse_voxels": len(blocks)}, store=store,
                   discard=lambda: shutil.rmtree(folder / name, ignore_errors=True))
-
-
-def _layer_row(*, dataset, name, kind, meta, path, job, method, source_path, parameters):
-    shape, chunks = meta["shape"], meta["chunks"]
-    return Layer.objects.create(
-        dataset=dataset, name=name, kind=kind, dtype=str(meta["dtype"]),
-        shape_z=shape[0], shape_y=shape[1], shape_x=shape[2],
-        chunk_z=chunks[0], chunk_y=chunks[1], chunk_x=chunks[2], storage_path=str(path),
-        downsample_factors=[list(f) for f in meta["factors"]], source_path=source_path,
-        method=method, parameters=parameters, job=job,
-    )
 
 
 def _synapse_row(candidate, run: SynapseRun) -> Synapse:
