@@ -136,7 +136,8 @@ def worst_errors(cells, truth, count: int = 5) -> list[dict]:
 def choose_and_score(affs_validation, truth_validation, affs_test, truth_test, voxel_size,
                      connected_test=None) -> dict:
     """Threshold chosen on the validation part, applied to the test part; plus the watershed
-    alone (no agglomeration) on the test part."""
+    alone (no agglomeration) on the test part. Returns the test part's cells and the
+    figures."""
     table = threshold_table(affs_validation, truth_validation, voxel_size=voxel_size)
     threshold, summed = best_threshold([table])
     started = time.perf_counter()
@@ -144,7 +145,7 @@ def choose_and_score(affs_validation, truth_validation, affs_test, truth_test, v
     cells = next(seg.agglomerate(affs_test, frag, [threshold]))
     seconds = time.perf_counter() - started
     truth = truth_test if connected_test is None else connected_test
-    return {"threshold": threshold, "validation": summed,
+    return cells, {"threshold": threshold, "validation": summed,
             "test": scores(cells, truth_test, connected_test),
             "errors_by_axis": errors_by_axis(cells, truth),
             "worst": worst_errors(cells, truth),
@@ -230,14 +231,12 @@ def run_ours(name, fold, em, labels, voxel_size, work: Path) -> dict:
     affs_test = model.predict_region(em[test])
     network_seconds = time.perf_counter() - started
     affs_validation = model.predict_region(em[validation])
-    ours = choose_and_score(affs_validation, labels[validation], affs_test, labels[test],
-                            voxel_size, connected)
+    whole, ours = choose_and_score(affs_validation, labels[validation], affs_test,
+                                   labels[test], voxel_size, connected)
     # The block-wise path on the same affinities: how far it lies from the whole volume's.
     blocks = seg.segment_blockwise(affs_test, voxel_size=voxel_size, threshold=ours["threshold"],
                                    block_shape=BLOCKWISE["block_shape"][name],
                                    context=BLOCKWISE["context"][name])
-    whole = next(seg.agglomerate(affs_test, seg.fragments(affs_test, voxel_size=voxel_size)[0],
-                                 [ours["threshold"]]))
     between = variation_of_information(blocks, whole)
     ours["blockwise"] = {"block_shape": BLOCKWISE["block_shape"][name],
                          "context": BLOCKWISE["context"][name],
@@ -260,8 +259,9 @@ def run_reference(name, fold, em, labels, voxel_size, work: Path) -> dict:
     connected = connected_ground_truth(labels[test]) if name == "cardona" else None
     (b_validation, b_test), rate = reference_boundaries(
         em[train], labels[train], [em[validation], em[test]], voxel_size)
-    ref = choose_and_score(affinities_from_boundary(b_validation), labels[validation],
-                           affinities_from_boundary(b_test), labels[test], voxel_size, connected)
+    _, ref = choose_and_score(affinities_from_boundary(b_validation), labels[validation],
+                              affinities_from_boundary(b_test), labels[test], voxel_size,
+                              connected)
     ref["forest_voxels_per_second"] = round(rate)
     path.write_text(json.dumps(ref))
     return ref

@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from skimage.segmentation import watershed
 
 from detection.errors import InputError
+from detection.io.sources import iter_blocks
 
 #: waterz's default scoring: one minus the mean affinity of the edges between two regions.
 MEAN_AFFINITY = "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>"
@@ -332,15 +333,6 @@ def relabel(fragments: np.ndarray, fragment_ids: np.ndarray, cell_ids: np.ndarra
     return out
 
 
-def _boxes(shape, block_shape):
-    starts = [range(0, s, b) for s, b in zip(shape, block_shape)]
-    for z in starts[0]:
-        for y in starts[1]:
-            for x in starts[2]:
-                yield tuple(slice(a, min(a + b, s)) for a, b, s in
-                            zip((z, y, x), block_shape, shape))
-
-
 def grow_box(box, margin, shape):
     """``box`` (3 slices) grown by ``margin`` voxels per axis, clipped to ``shape``."""
     return tuple(slice(max(0, b.start - m), min(s, b.stop + m)) for b, m, s in
@@ -364,7 +356,7 @@ def segment_blockwise(affs: np.ndarray, *, voxel_size, threshold: float, block_s
     affs = _check_affinities(affs)
     shape = affs.shape[1:]
     frag = np.zeros(shape, np.uint64)
-    boxes = list(_boxes(shape, block_shape))
+    boxes = list(iter_blocks(shape, block_shape))
     for i, box in enumerate(boxes):
         region = grow_box(box, fragment_context, shape)
         frag[box] = block_fragments(affs[(slice(None),) + region], block_index=i,
@@ -382,18 +374,6 @@ def segment_blockwise(affs: np.ndarray, *, voxel_size, threshold: float, block_s
 
 
 # -- the agglomeration's record, for reports of likely errors -----------------------------
-
-def _face_pairs(labels: np.ndarray):
-    """(a, b) label pairs of every face-adjacent voxel pair with two different non-zero
-    labels, a < b."""
-    pairs = []
-    for axis in range(3):
-        a = np.moveaxis(labels, axis, 0)[1:].ravel()
-        b = np.moveaxis(labels, axis, 0)[:-1].ravel()
-        keep = (a != b) & (a > 0) & (b > 0)
-        pairs.append(np.stack([np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])], 1))
-    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
-
 
 def agglomeration_record(affs: np.ndarray, fragments: np.ndarray, cells: np.ndarray, *,
                          merges: np.ndarray | None = None) -> tuple[dict, dict]:
