@@ -14,8 +14,8 @@ network pixel.
 
 Prediction is tiled as the synapse network's is: every tile's input starts on the pooling grid
 of the whole volume and reaches a halo past the network's receptive field, mirrored only at the
-volume's own borders, so a block gives the values the whole volume gives (within 1e-4: convolutions of
-different sizes round their last float bits differently; tested).
+volume's own borders, so a block gives the values the whole volume gives (within 1e-4:
+convolutions of different sizes round their last float bits differently; tested).
 
 Training (:func:`train_affinities`) reads dense labels: 0 is a boundary (membrane, or no cell),
 and an ``ignore`` mask leaves voxels out of the loss. Each output's cross-entropy is balanced
