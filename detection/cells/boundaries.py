@@ -81,7 +81,8 @@ def z_pools(voxel_size, pixel_nm: float) -> bool:
     return float(voxel_size[0]) <= 2.0 * factor * min(float(v) for v in voxel_size[1:])
 
 
-def offsets_for(parameters: AffinityParameters, isotropic: bool) -> tuple[tuple[int, int, int], ...]:
+def offsets_for(parameters: AffinityParameters,
+                isotropic: bool) -> tuple[tuple[int, int, int], ...]:
     """The network's output offsets: the nearest three, then the long-range ones (along z only
     where sections are thin)."""
     r = int(parameters.long_range)
@@ -472,7 +473,8 @@ def train_affinities(volumes, *, voxel_size, parameters: AffinityParameters = Af
         ignores.append(network_labels(ign, factor).astype(bool))
     count = sum(d.size for d in data)
     mean = sum(float(d.sum(dtype=np.float64)) for d in data) / count
-    std = float(np.sqrt(sum(float(((d - mean) ** 2).sum(dtype=np.float64)) for d in data) / count)) or 1.0
+    spread = sum(float(((d - mean) ** 2).sum(dtype=np.float64)) for d in data)
+    std = float(np.sqrt(spread / count)) or 1.0
     data = [((d - mean) / std).astype(np.float32) for d in data]
     torch.manual_seed(p.seed)
     rng = np.random.default_rng(p.seed)
